@@ -1,0 +1,32 @@
+# Two entry points on a fresh machine: `make run` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.PHONY: setup run test test-slow clean
+
+setup: $(STAMP)
+
+# CPU stack from DESIGN.md §9. torchrec goes in with --no-deps because its metadata pulls
+# the CUDA fbgemm-gpu wheel, which fails to load without an NVIDIA driver.
+$(STAMP): requirements-cpu.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-cpu.txt
+	$(VPY) -m pip install -q --no-deps torchrec==1.8.0
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VPY) jobs/train_argus.py $(ARGS)
+
+test: $(STAMP)
+	$(VPY) -m pytest -m "not slow" -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(VPY) -m pytest -m slow -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""ARGUS-style sequential recommender models: pure torch / TorchRec, no Ray."""

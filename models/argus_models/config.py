@@ -1,0 +1,65 @@
+"""Model hyper-parameters and the data-derived schema the model is built for."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and head sizes (DESIGN.md §4)."""
+
+    embedding_dim: int = field(default=64, metadata={"help": "width of every embedding table and of the transformer"})
+    num_layers: int = field(default=2, metadata={"help": "transformer blocks"})
+    num_heads: int = field(default=2, metadata={"help": "attention heads"})
+    ffn_multiplier: float = field(default=4.0, metadata={"help": "SwiGLU hidden width = multiplier·d·2/3"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, attention and FFN"})
+    max_seq_len: int = field(default=50, metadata={"help": "history events the encoder reads"})
+    positions: Literal["rope", "learned"] = field(default="rope", metadata={"help": "rope or learned positions"})
+    tokenization: Literal["one_token"] = field(
+        default="one_token", metadata={"help": "one token per event: Proj([E_ctx; E_item; E_fb])"}
+    )
+    normalize_embeddings: bool = field(
+        default=False, metadata={"help": "L2-normalise query and item vectors (then tune loss.temperature)"}
+    )
+
+
+@dataclass
+class ActionHead:
+    """One feedback head: its name, kind and how many input-embedding codes it has."""
+
+    name: str
+    kind: Literal["binary", "ratio", "graded"]
+    num_codes: int  # rows of the feedback-token table (2 for binary, buckets for ratio, levels for graded)
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits the head emits: one for binary/ratio, one per level for graded."""
+        return self.num_codes if self.kind == "graded" else 1
+
+
+@dataclass
+class ModelSchema:
+    """What the data defines: catalogue size, context cardinalities, action heads.
+
+    Item index 0 is padding; real items are 1..num_items. Context values likewise start at 1.
+    """
+
+    num_items: int
+    contexts: dict[str, int] = field(default_factory=dict)  # column -> number of values (incl. padding 0)
+    actions: list[ActionHead] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSchema":
+        raw = json.loads(Path(path).read_text())
+        return cls(
+            num_items=raw["num_items"],
+            contexts=dict(raw["contexts"]),
+            actions=[ActionHead(**a) for a in raw["actions"]],
+        )

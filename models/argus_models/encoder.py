@@ -1,0 +1,111 @@
+"""Pre-norm causal transformer: RMSNorm, SDPA attention, SwiGLU FFN, RoPE or learned positions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from argus_models.config import ModelConfig
+
+
+def rope_cache(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables, each [S, head_dim/2]."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels. x: [B, H, S, hd]; cos/sin: [S, hd/2]."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.embedding_dim % cfg.num_heads:
+            raise ValueError(f"model.embedding_dim={cfg.embedding_dim} is not divisible by model.num_heads={cfg.num_heads}")
+        self.num_heads = cfg.num_heads
+        self.use_rope = cfg.positions == "rope"
+        self.qkv = nn.Linear(cfg.embedding_dim, 3 * cfg.embedding_dim, bias=False)
+        self.out = nn.Linear(cfg.embedding_dim, cfg.embedding_dim, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """x: [B, S, D]; mask: bool [B, 1, S, S] (True = may attend)."""
+        B, S, D = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 3×[B, H, S, hd]
+        if self.use_rope and rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, S, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(cfg.ffn_multiplier * cfg.embedding_dim * 2 / 3)
+        self.gate_up = nn.Linear(cfg.embedding_dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.embedding_dim, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.drop(self.down(F.silu(gate) * up))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.embedding_dim)
+        self.attn = SelfAttention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.embedding_dim)
+        self.ffn = SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask, rope))
+        return x + self.ffn(self.norm2(x))
+
+
+def causal_padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """bool [B, 1, S, S]: position t attends to s ≤ t, both inside the sequence.
+
+    Padded query rows attend to position 0 only so softmax never sees an all-False row.
+    """
+    pos = torch.arange(seq_len, device=lengths.device)
+    valid = pos[None, :] < lengths[:, None]  # [B, S]
+    causal = pos[None, :] <= pos[:, None]  # [S, S]
+    mask = causal[None] & valid[:, None, :]  # [B, S, S]
+    mask = mask | (~valid[:, :, None] & (pos[None, None, :] == 0))
+    return mask[:, None]
+
+
+class CausalEncoder(nn.Module):
+    """Token vectors [B, S, D] + lengths [B] → contextual states [B, S, D]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.RMSNorm(cfg.embedding_dim)
+        self.pos = nn.Embedding(cfg.max_seq_len, cfg.embedding_dim) if cfg.positions == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B, S, D = x.shape
+        if S > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        rope = None
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(S, device=x.device))[None]
+        else:
+            rope = rope_cache(S, D // self.cfg.num_heads, x.device)
+        x = self.drop(x)
+        mask = causal_padding_mask(lengths, S)
+        for block in self.blocks:
+            x = block(x, mask, rope)
+        return self.norm(x)

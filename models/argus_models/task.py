@@ -1,0 +1,139 @@
+"""The training task: batch type, losses over the model's named outputs, and the module that
+`TrainPipelineSparseDist` drives (`forward(batch) -> (loss, outputs)`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
+
+from argus_models.losses import corrected_logq_loss, feedback_loss, full_softmax_loss, logq_loss
+from argus_models.model import NEG_ITEM, ArgusDenseArch, ArgusSparseArch
+
+
+@dataclass
+class SequenceBatch(Pipelineable):
+    """A batch of event windows (history + the events to predict).
+
+    sparse_features: KJT with one value per event for every per-event feature, plus NEG_ITEM
+                     (ids looked up in the item table, all in row 0)
+    items:    [B, W]  item ids (0 = padding)
+    lengths:  [B]     events in each window
+    actions:  [B, W, A] action targets per event (binary 0/1, ratio in [0,1], graded level index)
+    neg_ids:  [n]     the NEG_ITEM ids, in order
+    """
+
+    sparse_features: KeyedJaggedTensor
+    items: torch.Tensor
+    lengths: torch.Tensor
+    actions: torch.Tensor
+    neg_ids: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "SequenceBatch":
+        return SequenceBatch(
+            sparse_features=self.sparse_features.to(device=device, non_blocking=non_blocking),
+            items=self.items.to(device=device, non_blocking=non_blocking),
+            lengths=self.lengths.to(device=device, non_blocking=non_blocking),
+            actions=self.actions.to(device=device, non_blocking=non_blocking),
+            neg_ids=self.neg_ids.to(device=device, non_blocking=non_blocking),
+        )
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        self.sparse_features.record_stream(stream)
+        for t in (self.items, self.lengths, self.actions, self.neg_ids):
+            t.record_stream(stream)
+
+    def pin_memory(self) -> "SequenceBatch":
+        return SequenceBatch(
+            sparse_features=self.sparse_features.pin_memory(),
+            items=self.items.pin_memory(),
+            lengths=self.lengths.pin_memory(),
+            actions=self.actions.pin_memory(),
+            neg_ids=self.neg_ids.pin_memory(),
+        )
+
+
+class ArgusObjective(nn.Module):
+    """L = L_item + Σ_a λ_a L_a over every position of every window.
+
+    next_item_loss: "corrected_logq" | "logq" (sampled, mixed negatives) | "full_softmax"
+    log_q: [C+1] log-probability of drawing each item as a negative (see losses.mixed_log_q).
+    """
+
+    def __init__(
+        self,
+        dense: ArgusDenseArch,
+        log_q: torch.Tensor,
+        next_item_loss: str = "corrected_logq",
+        in_batch_negatives: int = 128,
+        action_weights: dict[str, float] | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if next_item_loss not in ("corrected_logq", "logq", "full_softmax"):
+            raise ValueError(f"unknown next-item loss {next_item_loss!r}; use corrected_logq, logq or full_softmax")
+        self.dense = dense
+        self.register_buffer("log_q", log_q.float(), persistent=False)
+        self.next_item_loss = next_item_loss
+        self.in_batch_negatives = in_batch_negatives
+        heads = {h.name for h in dense.schema.actions}
+        unknown = set(action_weights or {}) - heads
+        if unknown:
+            raise ValueError(f"loss.action_weights names unknown action(s) {sorted(unknown)}; the data has {sorted(heads)}")
+        self.action_weights = {h: float((action_weights or {}).get(h, 1.0)) for h in sorted(heads)}
+        self.temperature = temperature
+
+    def forward(self, emb: dict[str, torch.Tensor], batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.dense(emb, batch.lengths)
+        W = batch.items.shape[1]
+        valid = torch.arange(W - 1, device=batch.lengths.device)[None, :] < (batch.lengths - 1)[:, None]  # [B, W-1]
+        query = out["query"][valid]  # [N, D]
+        pos_emb = out["target"][valid]  # [N, D]
+        pos_ids = batch.items[:, 1:][valid]  # [N]
+        item_loss = self._next_item(query, pos_emb, pos_ids, emb[NEG_ITEM], batch.neg_ids)
+        loss = item_loss.mean()
+        logs = {"loss_item": loss.detach()}
+        if "feedback" in out:
+            logits = self.dense.action_logits(out["feedback"])
+            for idx, head in enumerate(self.dense.schema.actions):
+                target = batch.actions[:, 1:, idx][valid]
+                l_a = feedback_loss(head, logits[head.name][valid], target).mean()
+                loss = loss + self.action_weights[head.name] * l_a
+                logs[f"loss_{head.name}"] = l_a.detach()
+        logs["loss"] = loss.detach()
+        return loss, logs
+
+    def _next_item(
+        self, query: torch.Tensor, pos_emb: torch.Tensor, pos_ids: torch.Tensor, neg_emb: torch.Tensor, neg_ids: torch.Tensor
+    ) -> torch.Tensor:
+        t = self.temperature
+        if self.next_item_loss == "full_softmax":
+            logits = query @ self.dense.item_vectors(neg_emb).T / t  # neg_emb holds the whole catalogue
+            return full_softmax_loss(logits, pos_ids)
+        if self.in_batch_negatives > 0:
+            pick = torch.randint(0, pos_ids.numel(), (self.in_batch_negatives,), device=pos_ids.device)
+            neg_emb = torch.cat([pos_emb[pick], self.dense.item_vectors(neg_emb)])
+            neg_ids = torch.cat([pos_ids[pick], neg_ids])
+        else:
+            neg_emb = self.dense.item_vectors(neg_emb)
+        pos_logits = (query * pos_emb).sum(-1) / t  # [N]
+        neg_logits = query @ neg_emb.T / t  # [N, K]
+        hit = neg_ids[None, :] == pos_ids[:, None]
+        fn = corrected_logq_loss if self.next_item_loss == "corrected_logq" else logq_loss
+        return fn(pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit)
+
+
+class ArgusTrainTask(nn.Module):
+    """Sparse arch + objective. `forward(batch) -> (loss, logs)` as TrainPipelineSparseDist expects."""
+
+    def __init__(self, sparse: ArgusSparseArch, objective: ArgusObjective) -> None:
+        super().__init__()
+        self.sparse = sparse
+        self.objective = objective
+
+    def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        emb = self.sparse(batch.sparse_features)
+        return self.objective(emb, batch)

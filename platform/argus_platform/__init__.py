@@ -1,0 +1,1 @@
+"""Argus Platform: data, sharding, training and evaluation on Ray for ARGUS-style recommenders."""

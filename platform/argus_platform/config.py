@@ -1,0 +1,140 @@
+"""The root config of the training job (`jobs/train_argus.py`): one nested dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from argus_models.config import ModelConfig
+
+from argus_platform.configlib import ConfigError
+from argus_platform.data.spec import DatasetSpec
+
+
+def _help(text: str, default=None, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded synthetic multi-action log (DESIGN.md §8)."""
+
+    num_users: int = _help("users in the generated log", 1500)
+    num_items: int = _help("catalogue size", 1000)
+    events_per_user: int = _help("mean events per user (Poisson, at least min_events)", 40)
+    min_events: int = _help("minimum events per user", 8)
+    latent_dim: int = _help("dimension of the true user/item factors", 8)
+    zipf_exponent: float = _help("item popularity exponent", 1.05)
+    interest_drift: float = _help("per-event random-walk step of user interests", 0.15)
+    affinity_temperature: float = _help("sharpness of choice given affinity (higher = more predictable)", 3.0)
+    seed: int = _help("generator seed (the log is a pure function of the config)", 7)
+    chunk_users: int = _help("users generated per Parquet row group (bounds memory)", 20000)
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "sasrec", "movielens", "kuairand", "events"] = _help(
+        "synthetic | sasrec (`user item` lines) | movielens (ratings.dat / u.data) | kuairand | events (Parquet/CSV + spec)",
+        "synthetic",
+    )
+    path: str = _help("input file for non-synthetic sources", "")
+    spec: DatasetSpec = _help("column names and action kinds of the event log", factory=DatasetSpec)
+    synthetic: SyntheticConfig = _help("synthetic generator settings", factory=SyntheticConfig)
+    split: Literal["leave_last_out", "temporal"] = _help("evaluation split protocol", "leave_last_out")
+    temporal_val_quantile: float = _help("temporal split: validation starts at this time quantile", 0.8)
+    temporal_test_quantile: float = _help("temporal split: test starts at this time quantile", 0.9)
+    min_events_per_user: int = _help("users with fewer usable events are left out of training", 3)
+    max_bad_fraction: float = _help("fail when more than this fraction of rows is quarantined", 0.05)
+    min_item_count: int = _help("items seen fewer times in the log map to the OOV id", 1)
+
+
+@dataclass
+class LossConfig:
+    next_item: Literal["corrected_logq", "logq", "full_softmax"] = _help(
+        "next-item loss: corrected_logq (default), logq (Yi et al.), full_softmax", "corrected_logq"
+    )
+    in_batch_negatives: int = _help("in-batch negatives per step (sampled from the batch's positives)", 128)
+    uniform_negatives: int = _help("uniform negatives per step from the catalogue", 128)
+    action_weights: dict[str, float] = _help(
+        "λ_a per action head in L = L_item + Σ λ_a L_a (missing actions get 1.0)", factory=dict
+    )
+    temperature: float = _help("logit temperature for the next-item scores", 1.0)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = _help("passes over the training sequences", 12)
+    batch_size: int = _help("sequences per worker per step", 64)
+    dense_lr: float = _help("AdamW learning rate for the transformer", 2e-3)
+    sparse_lr: float = _help("row-wise Adagrad learning rate for the embedding tables", 0.05)
+    weight_decay: float = _help("AdamW weight decay", 0.01)
+    warmup_steps: int = _help("linear warm-up steps of the dense learning rate", 50)
+    grad_clip: float = _help("max grad norm of the dense parameters (0 = off)", 1.0)
+    seed: int = _help("training seed", 0)
+    eval_every_epochs: int = _help("validate (and checkpoint) every N epochs", 2)
+    early_stopping_patience: int = _help("stop after this many evaluations without validation gain (0 = off)", 0)
+    log_every_steps: int = _help("progress line every N steps", 20)
+
+
+@dataclass
+class ShardingConfig:
+    sharding_type: Optional[str] = _help(
+        "force a sharding type for every table (row_wise, table_wise, column_wise, data_parallel); "
+        "null lets the planner choose",
+        None,
+    )
+    compute_kernel: Optional[str] = _help("force a kernel (fused, dense, ...); null lets the planner choose", None)
+
+
+@dataclass
+class ScalingCfg:
+    num_workers: int = _help("Ray Train workers", 2)
+    use_gpu: bool = _help("one GPU per worker, nccl backend", False)
+    cpus_per_worker: float = _help("CPUs reserved per worker", 1.0)
+    torch_threads: int = _help("intra-op threads per worker (0 = torch default)", 1)
+    local_num_cpus: int = _help(
+        "logical CPUs for a local Ray started by the job; keep above the workers' total so Ray Data gets budget", 4
+    )
+
+
+@dataclass
+class EvalConfig:
+    filter_seen: bool = _help("drop items already in the user's history from the ranking", True)
+    ks: list[int] = _help("cut-offs for NDCG/HR", factory=lambda: [10, 100])
+    batch_size: int = _help("users per evaluation batch", 256)
+    max_users: int = _help("evaluate at most this many users per split (0 = all)", 0)
+
+
+@dataclass
+class RunCfg:
+    dir: str = _help("run directory (config, data, checkpoints, metrics.json); empty = runs/argus-<time>", "")
+    checkpoints_to_keep: int = _help("checkpoints kept in the run directory", 2)
+    max_failures: int = _help("worker-group restarts Ray Train attempts after a failure", 0)
+
+
+@dataclass
+class TrainJobConfig:
+    """Root config of `jobs/train_argus.py`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    scaling: ScalingCfg = field(default_factory=ScalingCfg)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunCfg = field(default_factory=RunCfg)
+
+    def validate(self) -> None:
+        if self.data.source != "synthetic" and not self.data.path:
+            raise ConfigError(f"data.path is required for data.source={self.data.source!r}")
+        if not 0 <= self.data.max_bad_fraction <= 1:
+            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.data.max_bad_fraction}")
+        if self.loss.next_item != "full_softmax" and self.loss.in_batch_negatives + self.loss.uniform_negatives <= 0:
+            raise ConfigError("loss.in_batch_negatives + loss.uniform_negatives must be positive for sampled softmax")
+        if self.scaling.num_workers < 1:
+            raise ConfigError("scaling.num_workers must be at least 1")
+        if self.optim.eval_every_epochs < 1:
+            raise ConfigError("optim.eval_every_epochs must be at least 1")

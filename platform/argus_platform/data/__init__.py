@@ -1,0 +1,1 @@
+"""Event logs → validated canonical Parquet → vocabularies → per-user sequences and splits."""

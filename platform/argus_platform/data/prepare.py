@@ -1,0 +1,101 @@
+"""Data preparation for a run: source → canonical log (+ quarantine) → vocabulary → splits.
+
+Everything lands in the run directory, so a resumed run (and Serve/Tune later) reuse it:
+  data/events.parquet, data/{train,validation,test}/, data/summary.json,
+  quarantine/events.parquet, vocab/, spec.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from argus_platform.config import DataConfig
+from argus_platform.configlib import from_dict, to_dict
+from argus_platform.data.quarantine import write_canonical
+from argus_platform.data.sequences import build_sequences
+from argus_platform.data.sources import open_source
+from argus_platform.data.spec import DatasetSpec
+from argus_platform.data.vocab import Vocabulary, build_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedRun:
+    spec: DatasetSpec
+    vocab: Vocabulary
+    item_counts: np.ndarray  # [N+1] training-split counts
+    paths: dict[str, str]  # split -> sequences directory
+    summary: dict
+
+
+def _layout(run_dir: Path) -> dict[str, Path]:
+    return {
+        "events": run_dir / "data" / "events.parquet",
+        "synthetic": run_dir / "data" / "synthetic",
+        "splits": run_dir / "data",
+        "summary": run_dir / "data" / "summary.json",
+        "quarantine": run_dir / "quarantine" / "events.parquet",
+        "vocab": run_dir / "vocab",
+        "counts": run_dir / "vocab" / "train_item_counts.npy",
+        "spec": run_dir / "spec.json",
+    }
+
+
+def load_prepared(run_dir: Path) -> PreparedRun:
+    p = _layout(run_dir)
+    summary = json.loads(p["summary"].read_text())
+    return PreparedRun(
+        spec=from_dict(DatasetSpec, json.loads(p["spec"].read_text())),
+        vocab=Vocabulary.load(p["vocab"]),
+        item_counts=np.load(p["counts"]),
+        paths=summary["splits"],
+        summary=summary,
+    )
+
+
+def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
+    """Prepare (or reuse, when the run directory already holds it for the same data config)."""
+    p = _layout(run_dir)
+    if p["summary"].is_file():
+        prepared = load_prepared(run_dir)
+        if prepared.summary.get("data_config") == to_dict(cfg):
+            log.info("reusing prepared data in %s", p["splits"])
+            return prepared
+        raise ValueError(
+            f"{run_dir} already holds data prepared with a different data config; "
+            "use a new run.dir (or delete its data/ folder)"
+        )
+    started = time.time()
+    spec, chunks, source = open_source(cfg, p["synthetic"])
+    validation = write_canonical(spec, chunks, source, p["events"], p["quarantine"], cfg.max_bad_fraction)
+    log.info("validated %s: %d rows, %d quarantined (%.1fs)", source, validation["rows"], validation["quarantined_rows"], time.time() - started)
+    vocab = build_vocabulary(p["events"], spec)
+    vocab.save(p["vocab"])
+    seqs = build_sequences(p["events"], vocab, spec, cfg, p["splits"])
+    np.save(p["counts"], seqs.item_counts)
+    p["spec"].write_text(json.dumps(to_dict(spec), indent=2))
+    summary = {
+        "data_config": to_dict(cfg),
+        "validation": validation,
+        "num_items": vocab.num_items,
+        "num_users": len(vocab.users),
+        "users_too_short": seqs.users_too_short,
+        "split": cfg.split,
+        "temporal_cuts": seqs.temporal_cuts,
+        "rows": seqs.rows,
+        "splits": seqs.paths,
+        "seconds": round(time.time() - started, 1),
+    }
+    p["summary"].write_text(json.dumps(summary, indent=2))
+    log.info(
+        "prepared %d users, %d items; split rows %s; %d users below data.min_events_per_user (%.1fs)",
+        len(vocab.users), vocab.num_items, seqs.rows, seqs.users_too_short, time.time() - started,
+    )
+    return PreparedRun(spec=spec, vocab=vocab, item_counts=seqs.item_counts, paths=seqs.paths, summary=summary)

@@ -1,0 +1,140 @@
+"""Validate event chunks into the canonical log; quarantine and count unusable rows.
+
+Nothing is dropped silently: each unusable row is written to `quarantine/events.parquet` with the
+reason and its row number in the source file, counted per reason, and the job fails when the
+quarantined fraction exceeds `data.max_bad_fraction`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from argus_platform.data.sources import DataSourceError
+from argus_platform.data.spec import ITEM, TIME, USER, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+MISSING = "__missing__"  # context value for a null context cell (kept: context is optional per event)
+
+
+class TooManyBadRows(ValueError):
+    """More rows were quarantined than `data.max_bad_fraction` allows."""
+
+
+def canonical_schema(spec: DatasetSpec) -> pa.Schema:
+    return pa.schema(
+        [(USER, pa.string()), (ITEM, pa.string()), (TIME, pa.int64())]
+        + [(c, pa.string()) for c in spec.context_columns]
+        + [(a.name, pa.float32()) for a in spec.actions]
+    )
+
+
+def _timestamps(col: pd.Series) -> pd.Series:
+    """Seconds as float (NaN where unparsable). Numbers pass through; date strings are parsed."""
+    num = pd.to_numeric(col, errors="coerce")
+    if col.dtype == object and num.isna().mean() > 0.5:
+        dt = pd.to_datetime(col, errors="coerce", utc=True)
+        num = (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return num.astype("float64")
+
+
+def _ids(col: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(ids as strings, null mask). Integral floats lose their '.0' so 12 and 12.0 are one id."""
+    bad = col.isna()
+    if pd.api.types.is_float_dtype(col):
+        col = col.astype("Int64")
+    s = col.astype(str).str.strip()
+    bad |= s.eq("") | s.str.lower().isin(["nan", "none", "null", "<na>"])
+    return s, bad
+
+
+def validate_chunk(df: pd.DataFrame, spec: DatasetSpec, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split one chunk into (clean canonical rows, quarantined rows with `_reason`)."""
+    required = [USER, ITEM, TIME, *spec.context_columns, *(a.name for a in spec.actions)]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataSourceError(f"{source}: missing column(s) {missing}; found {[c for c in df.columns if c != '_row']}")
+    reason = pd.Series("", index=df.index, dtype=object)
+
+    def flag(mask: pd.Series, text) -> None:
+        mask = mask & reason.eq("")
+        if mask.any():
+            reason[mask] = text if isinstance(text, str) else text[mask]
+
+    users, bad_user = _ids(df[USER])
+    items, bad_item = _ids(df[ITEM])
+    flag(bad_user, f"null {USER}")
+    flag(bad_item, f"null {ITEM}")
+    ts = _timestamps(df[TIME])
+    flag(ts.isna() | (ts < 0), "bad timestamp: " + df[TIME].astype(str))
+    clean = {USER: users, ITEM: items, TIME: ts}
+    for c in spec.context_columns:
+        clean[c] = df[c].astype(object).where(df[c].notna(), MISSING).astype(str)
+    for a in spec.actions:
+        v = pd.to_numeric(df[a.name], errors="coerce")
+        flag(~pd.Series(a.valid(v.to_numpy()), index=df.index), f"action {a.name} out of range ({a.kind}): " + df[a.name].astype(str))
+        clean[a.name] = v
+    ok = reason.eq("")
+    good = pd.DataFrame({k: v[ok] for k, v in clean.items()})
+    good[TIME] = good[TIME].astype(np.int64)
+    for a in spec.actions:
+        good[a.name] = good[a.name].astype(np.float32)
+    bad = df[~ok].astype(str).assign(_reason=reason[~ok].astype(str))
+    return good, bad
+
+
+def write_canonical(
+    spec: DatasetSpec,
+    chunks: Iterator[pd.DataFrame],
+    source: str,
+    events_path: Path,
+    quarantine_path: Path,
+    max_bad_fraction: float,
+) -> dict:
+    """Stream chunks into the canonical Parquet log; returns the validation summary."""
+    schema = canonical_schema(spec)
+    events_path.parent.mkdir(parents=True, exist_ok=True)
+    total, bad_total, reasons = 0, 0, Counter()
+    qwriter = None
+    with pq.ParquetWriter(events_path, schema) as writer:
+        for df in chunks:
+            good, bad = validate_chunk(df, spec, source)
+            total += len(df)
+            writer.write_table(pa.Table.from_pandas(good, schema=schema, preserve_index=False))
+            if len(bad):
+                bad_total += len(bad)
+                reasons.update(bad["_reason"].str.split(":").str[0])
+                qtable = pa.Table.from_pandas(bad, preserve_index=False)
+                if qwriter is None:
+                    quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+                    qwriter = pq.ParquetWriter(quarantine_path, qtable.schema)
+                qwriter.write_table(qtable.cast(qwriter.schema))
+    if qwriter is not None:
+        qwriter.close()
+    summary = {
+        "source": source,
+        "rows": total,
+        "clean_rows": total - bad_total,
+        "quarantined_rows": bad_total,
+        "quarantined_fraction": bad_total / max(total, 1),
+        "quarantine_reasons": dict(reasons),
+        "quarantine_file": str(quarantine_path) if bad_total else None,
+    }
+    if total == 0:
+        raise DataSourceError(f"{source}: no rows read")
+    if bad_total:
+        log.warning("quarantined %d of %d rows (%s) → %s", bad_total, total, dict(reasons), quarantine_path)
+    if summary["quarantined_fraction"] > max_bad_fraction:
+        raise TooManyBadRows(
+            f"{source}: {bad_total} of {total} rows ({summary['quarantined_fraction']:.1%}) are unusable, above "
+            f"data.max_bad_fraction={max_bad_fraction}; reasons {dict(reasons)}; see {quarantine_path}"
+        )
+    return summary

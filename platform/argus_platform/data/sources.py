@@ -1,0 +1,211 @@
+"""Readers for every supported input, each yielding DataFrame chunks plus the spec that describes them.
+
+  synthetic   the embedded generator (DESIGN.md §8)
+  sasrec      `user item` per line, chronological within a user (no time, no feedback)
+  movielens   raw `ratings.dat` (`u::i::r::t`), `u.data` (tab-separated) or `ratings.csv`
+              rating → like (≥ 4), dislike (≤ 2) and a graded `rating` action
+  kuairand    the KuaiRand multi-feedback slice (tab-separated; many binary action columns)
+  events      any Parquet/CSV log, read through `data.spec` (a column mapping)
+
+Chunks carry a `_row` column (row number in the source file) so quarantined rows can be traced.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from argus_platform.config import DataConfig
+from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 500_000
+
+
+class DataSourceError(ValueError):
+    """An input file that cannot be read as declared (missing file, wrong columns)."""
+
+
+def _require_file(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise DataSourceError(f"input file {p} does not exist (set data.path)")
+    return p
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="latin-1")
+    return open(path, encoding="latin-1")
+
+
+def _with_row(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    start = 0
+    for df in chunks:
+        df = df.reset_index(drop=True)
+        df["_row"] = np.arange(start, start + len(df), dtype=np.int64)
+        start += len(df)
+        yield df
+
+
+def read_sasrec(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
+    """`user item` lines; the line number is the timestamp, so order within a user is kept."""
+    p = _require_file(path)
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        with _open_text(p) as fh:
+            reader = pd.read_csv(fh, sep=r"\s+", header=None, names=[USER, ITEM, "_extra"], dtype=str, chunksize=CHUNK_ROWS, engine="c")
+            offset = 0
+            for df in reader:
+                if df["_extra"].notna().any():
+                    bad = df.index[df["_extra"].notna()][0]
+                    raise DataSourceError(f"{p}: line {offset + bad + 1} has more than two fields; expected `user item`")
+                df = df.drop(columns="_extra")
+                df[TIME] = np.arange(offset, offset + len(df), dtype=np.int64)
+                offset += len(df)
+                yield df
+
+    return DatasetSpec(), _with_row(chunks())
+
+
+def _movielens_levels(ratings: str) -> list[float]:
+    return [x / 2 for x in range(1, 11)] if ratings == "half" else [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def read_movielens(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
+    """ratings.dat (`::`), u.data (tab) or ratings.csv (header) → like / dislike / graded rating."""
+    p = _require_file(path)
+    with _open_text(p) as fh:
+        first = fh.readline()
+    names = [USER, ITEM, "rating", TIME]
+    if "::" in first:
+        kwargs = dict(sep="::", engine="python", header=None, names=names)
+        levels = _movielens_levels("whole")
+    elif "\t" in first:
+        kwargs = dict(sep="\t", header=None, names=names)
+        levels = _movielens_levels("whole")
+    elif first.lower().startswith("userid,"):
+        kwargs = dict(sep=",", header=0, names=names)
+        levels = _movielens_levels("half")
+    else:
+        raise DataSourceError(
+            f"{p}: not a MovieLens ratings file (expected `u::i::r::t` ratings.dat, tab-separated u.data "
+            f"or ratings.csv with a userId header); first line: {first.strip()[:80]!r}"
+        )
+    spec = DatasetSpec(
+        actions=[
+            ActionSpec(name="like", kind="binary"),
+            ActionSpec(name="dislike", kind="binary"),
+            ActionSpec(name="rating", kind="graded", levels=levels),
+        ]
+    )
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        with _open_text(p) as fh:
+            for df in pd.read_csv(fh, dtype=str, chunksize=CHUNK_ROWS, **kwargs):
+                r = pd.to_numeric(df["rating"], errors="coerce")
+                # Derived actions stay NaN where the rating is unusable, so the row is quarantined once.
+                df["like"] = np.where(r.isna(), np.nan, (r >= 4).astype(float))
+                df["dislike"] = np.where(r.isna(), np.nan, (r <= 2).astype(float))
+                yield df
+
+    return spec, _with_row(chunks())
+
+
+KUAIRAND_ACTIONS = {
+    "click": "is_click",
+    "long_view": "long_view",
+    "like": "label",
+    "comment": "is_comment",
+    "follow": "is_follow",
+    "forward": "is_forward",
+    "profile_enter": "is_profile_enter",
+}
+
+
+def read_kuairand(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
+    """KuaiRand slice: video → item, time_ms → seconds, hour-of-day as context, 7 binary actions."""
+    p = _require_file(path)
+    spec = DatasetSpec(
+        context_columns=["hour"],
+        actions=[ActionSpec(name=name, kind="binary") for name in KUAIRAND_ACTIONS],
+    )
+    needed = ["user_id", "video_id", "time_ms", "hourmin", *KUAIRAND_ACTIONS.values()]
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for df in pd.read_csv(p, sep="\t", dtype=str, chunksize=CHUNK_ROWS):
+            missing = [c for c in needed if c not in df.columns]
+            if missing:
+                raise DataSourceError(f"{p}: missing KuaiRand column(s) {missing}; found {list(df.columns)}")
+            ms = pd.to_numeric(df["time_ms"], errors="coerce")
+            hourmin = pd.to_numeric(df["hourmin"], errors="coerce")
+            out = pd.DataFrame(
+                {
+                    USER: df["user_id"],
+                    ITEM: df["video_id"],
+                    TIME: (ms // 1000).astype("Int64"),
+                    "hour": (hourmin // 100).astype("Int64").astype(str),
+                }
+            )
+            for name, col in KUAIRAND_ACTIONS.items():
+                out[name] = df[col]
+            yield out
+
+    return spec, _with_row(chunks())
+
+
+def read_events(path: str | Path, spec: DatasetSpec) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
+    """A Parquet or CSV event log read through a column mapping (`data.spec`)."""
+    p = _require_file(path)
+    wanted = [spec.user_column, spec.item_column, *([spec.timestamp_column] if spec.timestamp_column else [])]
+    wanted += spec.context_columns + [a.source_column for a in spec.actions]
+    if p.suffix == ".parquet":
+        columns = pq.ParquetFile(p).schema_arrow.names
+    else:
+        columns = list(pd.read_csv(p, nrows=0).columns)
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise DataSourceError(f"{p}: missing column(s) {missing} named in data.spec; the file has {columns}")
+    rename = {spec.user_column: USER, spec.item_column: ITEM}
+    if spec.timestamp_column:
+        rename[spec.timestamp_column] = TIME
+    rename.update({a.source_column: a.name for a in spec.actions})
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        if p.suffix == ".parquet":
+            batches = (b.to_pandas() for b in pq.ParquetFile(p).iter_batches(batch_size=CHUNK_ROWS, columns=wanted))
+        else:
+            batches = pd.read_csv(p, usecols=wanted, dtype=str, chunksize=CHUNK_ROWS)
+        offset = 0
+        for df in batches:
+            df = df[wanted].rename(columns=rename)
+            if not spec.timestamp_column:
+                df[TIME] = np.arange(offset, offset + len(df), dtype=np.int64)
+            offset += len(df)
+            yield df
+
+    return spec.canonical(), _with_row(chunks())
+
+
+def open_source(cfg: DataConfig, synthetic_dir: Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame], str]:
+    """(spec of the canonical log, chunks, a name for messages) for the configured source."""
+    if cfg.source == "synthetic":
+        from argus_platform.data.synthetic import generate, synthetic_spec
+
+        path = generate(cfg.synthetic, synthetic_dir)
+        _, chunks = read_events(path, synthetic_spec())
+        return synthetic_spec(), chunks, str(path)
+    readers = {"sasrec": read_sasrec, "movielens": read_movielens, "kuairand": read_kuairand}
+    if cfg.source in readers:
+        spec, chunks = readers[cfg.source](cfg.path)
+        return spec, chunks, cfg.path
+    spec, chunks = read_events(cfg.path, cfg.spec)
+    return spec, chunks, cfg.path
