@@ -26,9 +26,9 @@ class SyntheticConfig:
     events_per_user: int = _help("mean events per user (Poisson, at least min_events)", 40)
     min_events: int = _help("minimum events per user", 8)
     latent_dim: int = _help("dimension of the true user/item factors", 8)
-    zipf_exponent: float = _help("item popularity exponent", 1.05)
+    zipf_exponent: float = _help("item popularity exponent", 0.8)
     interest_drift: float = _help("per-event random-walk step of user interests", 0.15)
-    affinity_temperature: float = _help("sharpness of choice given affinity (higher = more predictable)", 3.0)
+    affinity_temperature: float = _help("sharpness of choice given affinity (higher = more predictable)", 4.0)
     seed: int = _help("generator seed (the log is a pure function of the config)", 7)
     chunk_users: int = _help("users generated per Parquet row group (bounds memory)", 20000)
 

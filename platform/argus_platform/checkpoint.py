@@ -1,0 +1,60 @@
+"""Checkpoints: sharded model + optimizer state through `torch.distributed.checkpoint`, plus
+what a reader needs without the training code (config, schema, spec, vocabulary, counts, step).
+
+Layout of one checkpoint directory (each rank writes its own `__<rank>_0.distcp` shard; Ray
+Train merges the workers' directories into one):
+  .metadata, __*_*.distcp     DCP state {"model": ..., "optim": ...}
+  train_state.json            epoch, step, best validation and the metrics history
+  config.yaml, schema.json, spec.json, train_item_counts.npy, vocab/
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch.distributed.checkpoint as dcp
+import yaml
+
+from argus_platform.configlib import to_dict
+
+TRAIN_STATE = "train_state.json"
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_epoch: int = -1
+    best_validation: float = float("-inf")
+    best_metrics: dict = field(default_factory=dict)
+    evals_without_gain: int = 0
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def load(cls, directory: Path) -> "TrainState":
+        return cls(**json.loads((Path(directory) / TRAIN_STATE).read_text()))
+
+
+def save_checkpoint(directory: Path, sharded, state: TrainState, cfg, run_dir: Path, rank: int) -> None:
+    """Collective: every rank writes its shards; rank 0 adds the metadata files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dcp.save({"model": sharded.model.state_dict(), "optim": sharded.optimizer.state_dict()}, checkpoint_id=str(directory))
+    if rank == 0:
+        (directory / TRAIN_STATE).write_text(json.dumps(asdict(state), indent=2))
+        (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        for name in ("schema.json", "spec.json"):
+            shutil.copy(run_dir / name, directory / name)
+        shutil.copy(run_dir / "vocab" / "train_item_counts.npy", directory / "train_item_counts.npy")
+        shutil.copytree(run_dir / "vocab", directory / "vocab", dirs_exist_ok=True)
+
+
+def load_checkpoint(directory: Path, sharded) -> TrainState:
+    """Collective: restore model and optimizer shards in place; returns the saved train state."""
+    state = {"model": sharded.model.state_dict(), "optim": sharded.optimizer.state_dict()}
+    dcp.load(state, checkpoint_id=str(directory))
+    sharded.model.load_state_dict(state["model"])
+    sharded.optimizer.load_state_dict(state["optim"])
+    return TrainState.load(directory)

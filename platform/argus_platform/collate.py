@@ -1,0 +1,101 @@
+"""Arrow batches of per-user sequences → `SequenceBatch` (windowing, padding, KJT, negatives)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchrec import KeyedJaggedTensor
+
+from argus_models.config import ModelSchema
+from argus_models.model import ITEM, NEG_ITEM, ctx_feature, fb_feature, sequence_features
+from argus_models.task import SequenceBatch
+
+from argus_platform.data.sequences import act_col, ctx_col
+from argus_platform.data.spec import ITEM as ITEM_COL
+
+
+def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets [B+1]) of a list column."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+
+def window_index(offsets: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the flat values of each row's last `window` events, and the new lengths."""
+    lens = np.diff(offsets)
+    new_len = np.minimum(lens, window)
+    start = offsets[:-1] + lens - new_len
+    row_start = np.repeat(np.cumsum(new_len) - new_len, new_len)
+    idx = np.arange(new_len.sum()) - row_start + np.repeat(start, new_len)
+    return idx, new_len
+
+
+class Collator:
+    """Builds SequenceBatches for one schema.
+
+    window: events per row (max_seq_len history + 1 target event).
+    negatives: "uniform" (n uniform ids per batch), "catalogue" (all ids, for full softmax) or "none".
+    """
+
+    def __init__(self, schema: ModelSchema, action_kinds: dict[str, tuple[str, int]], window: int,
+                 negatives: str = "none", num_uniform: int = 0, seed: int = 0) -> None:
+        self.schema, self.window = schema, window
+        self.action_kinds = action_kinds  # name -> (kind, codes)
+        self.negatives, self.num_uniform = negatives, num_uniform
+        self.rng = np.random.default_rng(seed)
+
+    def _codes(self, name: str, targets: np.ndarray) -> np.ndarray:
+        kind, codes = self.action_kinds[name]
+        if kind == "ratio":
+            return np.minimum((targets * codes).astype(np.int64), codes - 1)
+        return targets.astype(np.int64)
+
+    def __call__(self, batch: pa.Table) -> SequenceBatch:
+        items_flat, offsets = _flat(batch.column(ITEM_COL))
+        idx, lengths = window_index(offsets, self.window)
+        B, W = len(lengths), int(lengths.max())
+        per_feature = {ITEM: items_flat[idx].astype(np.int64)}
+        for c in self.schema.contexts:
+            per_feature[ctx_feature(c)] = _flat(batch.column(ctx_col(c)))[0][idx].astype(np.int64)
+        actions = np.zeros((B, W, len(self.schema.actions)), dtype=np.float32)
+        rows = np.repeat(np.arange(B), lengths)
+        cols = np.arange(len(idx)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        for a_i, head in enumerate(self.schema.actions):
+            targets = _flat(batch.column(act_col(head.name)))[0][idx]
+            actions[rows, cols, a_i] = targets
+            per_feature[fb_feature(head.name)] = self._codes(head.name, targets)
+        items = np.zeros((B, W), dtype=np.int64)
+        items[rows, cols] = per_feature[ITEM]
+        if self.negatives == "uniform":
+            neg = self.rng.integers(1, self.schema.num_items + 1, size=self.num_uniform)
+        elif self.negatives == "catalogue":
+            neg = np.arange(self.schema.num_items + 1)
+        else:
+            neg = np.zeros(0, dtype=np.int64)
+        keys = sequence_features(self.schema) + [NEG_ITEM]
+        values = np.concatenate([per_feature[k] for k in keys[:-1]] + [neg.astype(np.int64)])
+        neg_lengths = np.zeros(B, dtype=np.int64)
+        neg_lengths[0] = len(neg)
+        all_lengths = np.concatenate([lengths] * (len(keys) - 1) + [neg_lengths])
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(all_lengths.astype(np.int32))
+        )
+        return SequenceBatch(
+            sparse_features=kjt,
+            items=torch.from_numpy(items),
+            lengths=torch.from_numpy(lengths.astype(np.int64)),
+            actions=torch.from_numpy(actions),
+            neg_ids=torch.from_numpy(neg.astype(np.int64)),
+        )
+
+
+def history_items(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Whole history (all events but the last) of each evaluation row: (values, offsets)."""
+    values, offsets = _flat(batch.column(ITEM_COL))
+    lens = np.diff(offsets) - 1
+    keep = np.ones(len(values), dtype=bool)
+    keep[offsets[1:] - 1] = False
+    return values[keep], np.concatenate([[0], np.cumsum(lens)])

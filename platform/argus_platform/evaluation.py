@@ -1,0 +1,179 @@
+"""Full-catalogue evaluation (DESIGN.md §6).
+
+Each evaluation row is a history whose last event is the target. The model's query at the last
+history position scores every item; items already in the history are filtered when
+`eval.filter_seen` (the target itself is never filtered, so a repeat can still be a hit).
+Metrics: NDCG@k, HR@k, MRR, catalogue coverage of the top-10; per action head AUC and
+normalised entropy (binary, ratio ≥ 0.5 for AUC) or accuracy/MAE (graded). The popularity
+baseline (training-split counts) runs through the same ranking code.
+
+Workers evaluate their own shard and the sums are reduced across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+
+from argus_models.losses import feedback_probability
+from argus_models.model import ArgusDenseArch, lookup_local, table_name, ITEM
+
+from argus_platform.collate import Collator, history_items
+from argus_platform.config import EvalConfig
+
+RANKERS = ("model", "popularity")
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula, ties averaged. NaN when only one class is present."""
+    labels = labels.astype(bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def normalized_entropy(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean log loss divided by the entropy of the base rate (< 1 beats predicting the rate)."""
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    y = y.astype(np.float64)
+    ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    rate = np.clip(y.mean(), 1e-7, 1 - 1e-7)
+    base = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    return float(ll / base)
+
+
+class RankingAccumulator:
+    """Sums of per-example ranking metrics for one ranker."""
+
+    def __init__(self, ks: list[int], num_items: int) -> None:
+        self.ks = ks
+        self.sums = {f"ndcg@{k}": 0.0 for k in ks} | {f"hr@{k}": 0.0 for k in ks} | {"mrr": 0.0}
+        self.count = 0
+        self.covered = torch.zeros(num_items + 1, dtype=torch.bool)
+
+    def add(self, scores: torch.Tensor, target: torch.Tensor) -> None:
+        """scores: [B, C+1] (−inf = excluded); target: [B]."""
+        t_score = scores.gather(1, target[:, None])
+        rank = (scores > t_score).sum(dim=1).double()  # 0-based
+        for k in self.ks:
+            hit = rank < k
+            self.sums[f"hr@{k}"] += hit.double().sum().item()
+            self.sums[f"ndcg@{k}"] += torch.where(hit, 1.0 / torch.log2(rank + 2.0), 0.0).sum().item()
+        self.sums["mrr"] += (1.0 / (rank + 1.0)).sum().item()
+        self.count += len(target)
+        self.covered[scores.topk(min(10, scores.shape[1]), dim=1).indices.flatten()] = True
+
+    def reduce(self) -> dict[str, float]:
+        keys = sorted(self.sums)
+        vec = torch.tensor([self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64)
+        covered = self.covered.to(torch.int32)
+        covered[0] = 0
+        if dist.is_initialized():
+            dist.all_reduce(vec)
+            dist.all_reduce(covered)
+        n = max(vec[-1].item(), 1.0)
+        out = {k: vec[i].item() / n for i, k in enumerate(keys)}
+        out["coverage@10"] = (covered > 0).sum().item() / max(len(covered) - 1, 1)
+        out["users"] = int(vec[-1].item())
+        return out
+
+
+@torch.no_grad()
+def evaluate(
+    dense: ArgusDenseArch,
+    tables: dict[str, torch.Tensor],
+    batches: Iterable[pa.Table],
+    collator: Collator,
+    item_counts: torch.Tensor,
+    cfg: EvalConfig,
+    device: torch.device,
+    with_baseline: bool = True,
+) -> dict[str, dict[str, float]]:
+    """{"model": {...}, "popularity": {...}} for one split (collective when distributed)."""
+    was_training = dense.training
+    dense.eval()
+    schema = dense.schema
+    item_matrix = dense.item_vectors(tables[table_name(ITEM)].to(device))  # [C+1, D]
+    tables = {k: v.to(device) for k, v in tables.items()}
+    C = schema.num_items
+    # popularity with a deterministic tie-break (lower index = more frequent overall)
+    pop_scores = (item_counts.double() * (C + 2) - torch.arange(C + 1, dtype=torch.float64)).to(device)
+    accs = {r: RankingAccumulator(cfg.ks, C) for r in (RANKERS if with_baseline else ("model",))}
+    preds: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
+    labels: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
+    seen_users = 0
+    for table in batches:
+        if cfg.max_users and seen_users >= cfg.max_users:
+            break
+        seen_users += table.num_rows
+        batch = collator(table).to(device)
+        emb = lookup_local(tables, batch.sparse_features)
+        out = dense(emb, batch.lengths)
+        B = len(batch.lengths)
+        rows = torch.arange(B, device=device)
+        last = batch.lengths - 2  # last history position; it predicts event lengths-1
+        target = batch.items[rows, batch.lengths - 1]
+        seen_vals, seen_offsets = history_items(table)
+        seen_rows = torch.from_numpy(np.repeat(np.arange(B), np.diff(seen_offsets))).to(device)
+        seen_items = torch.from_numpy(seen_vals.astype(np.int64)).to(device)
+        for ranker, acc in accs.items():
+            if ranker == "model":
+                scores = (out["query"][rows, last] @ item_matrix.T).float()
+            else:
+                scores = pop_scores[None, :].expand(B, -1).clone()
+            scores[:, 0] = float("-inf")
+            if cfg.filter_seen:
+                t_score = scores[rows, target].clone()
+                scores[seen_rows, seen_items] = float("-inf")
+                scores[rows, target] = t_score
+            acc.add(scores, target)
+        if "feedback" in out:
+            logits = dense.action_logits(out["feedback"][rows, last])
+            for a_i, head in enumerate(schema.actions):
+                preds[head.name].append(feedback_probability(head, logits[head.name]).cpu().numpy()
+                                        if head.kind != "graded" else logits[head.name].float().cpu().numpy())
+                labels[head.name].append(batch.actions[rows, batch.lengths - 1, a_i].cpu().numpy())
+    result = {r: acc.reduce() for r, acc in accs.items()}
+    result["model"].update(_feedback_metrics(schema, preds, labels))
+    if was_training:
+        dense.train()
+    return result
+
+
+def _gather_arrays(parts: list[np.ndarray]) -> np.ndarray:
+    local = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return np.concatenate([g for g in gathered if g is not None and len(g)]) if any(len(g) for g in gathered) else local
+
+
+def _feedback_metrics(schema, preds, labels) -> dict[str, float]:
+    out = {}
+    for head in schema.actions:
+        p, y = _gather_arrays(preds[head.name]), _gather_arrays(labels[head.name])
+        if len(y) == 0:
+            continue
+        if head.kind == "graded":
+            probs = torch.from_numpy(p).softmax(-1).numpy()
+            expected = probs @ np.arange(probs.shape[1])
+            out[f"{head.name}/accuracy"] = float((probs.argmax(1) == y).mean())
+            out[f"{head.name}/mae"] = float(np.abs(expected - y).mean())
+        else:
+            out[f"{head.name}/auc"] = auc(p, y >= 0.5)
+            out[f"{head.name}/ne"] = normalized_entropy(p, y)
+    return out

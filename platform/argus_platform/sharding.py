@@ -1,0 +1,150 @@
+"""Shard the ARGUS task: tables on `meta` → planner `collective_plan` → DistributedModelParallel,
+fused row-wise Adagrad for the tables + AdamW for the dense part in one CombinedOptimizer.
+
+Same code on CPU (gloo) and GPU (nccl); only the device and the planner topology differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.nn.parallel import DistributedDataParallel
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.types import ShardingPlan
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from argus_models.config import ModelSchema
+from argus_models.losses import mixed_log_q
+from argus_models.model import ArgusDenseArch, ArgusSparseArch, embedding_configs
+from argus_models.task import ArgusObjective, ArgusTrainTask
+
+from argus_platform.config import TrainJobConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardedTask:
+    model: DistributedModelParallel
+    optimizer: CombinedOptimizer
+    dense_optimizer: KeyedOptimizerWrapper
+    plan: ShardingPlan
+
+    @property
+    def task(self) -> ArgusTrainTask:
+        """The unwrapped task (DMP may wrap the dense part in DDP)."""
+        module = self.model.module
+        return module.module if isinstance(module, DistributedDataParallel) else module
+
+    @property
+    def dense(self) -> ArgusDenseArch:
+        return self.task.objective.dense
+
+
+def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor) -> ArgusTrainTask:
+    """The unsharded task with its tables on `meta`."""
+    probs = item_counts.double() / item_counts.sum().clamp_min(1)
+    n_ib = cfg.loss.in_batch_negatives if cfg.loss.next_item != "full_softmax" else 0
+    n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
+    log_q = mixed_log_q(probs, n_ib, n_u) if n_ib + n_u > 0 else torch.zeros_like(probs)
+    dense = ArgusDenseArch(cfg.model, schema)
+    objective = ArgusObjective(
+        dense,
+        log_q=log_q,
+        next_item_loss=cfg.loss.next_item,
+        in_batch_negatives=n_ib,
+        action_weights=cfg.loss.action_weights,
+        temperature=cfg.loss.temperature,
+    )
+    return ArgusTrainTask(ArgusSparseArch(schema, cfg.model.embedding_dim, device="meta"), objective)
+
+
+def make_sharder(cfg: TrainJobConfig) -> EmbeddingCollectionSharder:
+    return EmbeddingCollectionSharder(
+        fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
+    )
+
+
+def make_topology(world_size: int, local_world_size: int, compute_device: str, hbm_cap_bytes: int | None = None) -> Topology:
+    trainer = TrainerConfig(world_size=world_size, local_world_size=local_world_size, hbm_cap_bytes=hbm_cap_bytes)
+    return TopologyFactory.create_topology(trainer, kernel_config=KernelConfig(compute_device=compute_device))
+
+
+def constraints_for(cfg: TrainJobConfig, schema: ModelSchema) -> dict[str, ParameterConstraints] | None:
+    if cfg.sharding.sharding_type is None and cfg.sharding.compute_kernel is None:
+        return None
+    kwargs = {}
+    if cfg.sharding.sharding_type:
+        kwargs["sharding_types"] = [cfg.sharding.sharding_type]
+    if cfg.sharding.compute_kernel:
+        kwargs["compute_kernels"] = [cfg.sharding.compute_kernel]
+    return {t.name: ParameterConstraints(**kwargs) for t in embedding_configs(schema, cfg.model.embedding_dim)}
+
+
+def describe_plan(plan: ShardingPlan) -> str:
+    lines = []
+    for module_path, module_plan in plan.plan.items():
+        for table, ps in module_plan.items():
+            ranks = sorted({r for r in (ps.ranks or [])})
+            shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []
+            sizes = ", ".join(f"rank{s.placement.rank()}:{list(s.shard_sizes)}" for s in shards) if shards else f"ranks {ranks}"
+            lines.append(f"  {module_path}.{table}: {ps.sharding_type} / {ps.compute_kernel} ({sizes})")
+    return "\n".join(lines)
+
+
+def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device) -> ShardedTask:
+    """Plan for the live process group and wrap in DMP (collective: every rank calls it)."""
+    task = build_task(cfg, schema, item_counts)
+    sharder = make_sharder(cfg)
+    world = dist.get_world_size()
+    local_world = int(torch.cuda.device_count()) if device.type == "cuda" else world
+    planner = EmbeddingShardingPlanner(
+        topology=make_topology(world, max(1, min(local_world, world)), device.type),
+        batch_size=cfg.optim.batch_size * (cfg.model.max_seq_len + 1),
+        constraints=constraints_for(cfg, schema),
+    )
+    plan = planner.collective_plan(task, [sharder], dist.GroupMember.WORLD)
+    model = DistributedModelParallel(task, device=device, plan=plan, sharders=[sharder])
+    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    dense_opt = KeyedOptimizerWrapper(
+        dense_params,
+        lambda params: torch.optim.AdamW(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay),
+    )
+    optimizer = CombinedOptimizer([model.fused_optimizer, dense_opt])
+    return ShardedTask(model=model, optimizer=optimizer, dense_optimizer=dense_opt, plan=plan)
+
+
+def gather_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full embedding tables on every rank (collective), keyed by table name.
+
+    Used to evaluate and export with plain lookups; for catalogues too large for one host this is
+    where a per-rank scoring pass would go instead.
+    """
+    out = {}
+    state = model.state_dict()
+    for key in sorted(state):
+        if ".embeddings." not in key or not key.endswith(".weight"):
+            continue
+        name = key.split(".")[-2]
+        t = state[key]
+        if isinstance(t, ShardedTensor):
+            full = torch.empty(t.size(), dtype=t.dtype) if dist.get_rank() == 0 else None
+            t.gather(dst=0, out=full)
+            if full is None:
+                full = torch.empty(t.size(), dtype=t.dtype)
+            dist.broadcast(full, src=0)
+        elif hasattr(t, "full_tensor"):  # DTensor
+            full = t.full_tensor().cpu()
+        else:
+            full = t.detach().cpu().clone()
+        out[name] = full
+    return out

@@ -1,0 +1,165 @@
+"""The per-worker training loop: shard → resume → TrainPipelineSparseDist epochs → evaluate →
+checkpoint → report. `train_loop_per_worker` is the Ray Train entry point; `run_worker` holds the
+logic and takes its data and reporting as arguments so it can run without Ray (torchrun)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+from argus_models.config import ModelSchema
+
+from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from argus_platform.collate import Collator
+from argus_platform.config import TrainJobConfig
+from argus_platform.configlib import from_dict
+from argus_platform.data.prepare import load_prepared
+from argus_platform.evaluation import evaluate
+from argus_platform.sharding import describe_plan, gather_tables, shard
+
+log = logging.getLogger("argus.train")
+
+Iterate = Callable[[str, int], Iterable[pa.Table]]  # (split, batch_size) -> Arrow batches
+Report = Callable[[dict, Path | None], None]  # (metrics, checkpoint dir or None)
+
+
+def _say(rank: int, msg: str) -> None:
+    if rank == 0:
+        print(msg, flush=True)
+
+
+def make_collators(cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int) -> tuple[Collator, Collator]:
+    kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
+    window = cfg.model.max_seq_len + 1
+    negatives = "catalogue" if cfg.loss.next_item == "full_softmax" else ("uniform" if cfg.loss.uniform_negatives else "none")
+    train = Collator(schema, kinds, window, negatives, cfg.loss.uniform_negatives, seed=cfg.optim.seed * 1000 + rank)
+    return train, Collator(schema, kinds, window)
+
+
+def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir: Path | None, report: Report, device: torch.device) -> dict:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if cfg.scaling.torch_threads > 0:
+        torch.set_num_threads(cfg.scaling.torch_threads)
+    torch.manual_seed(cfg.optim.seed + rank)
+    prepared = load_prepared(run_dir)
+    schema = ModelSchema.load(run_dir / "schema.json")
+    counts = torch.from_numpy(prepared.item_counts)
+    sharded = shard(cfg, schema, counts, device)
+    _say(rank, f"[argus] sharding plan ({world} x {device.type}):\n{describe_plan(sharded.plan)}")
+    dense_params = sum(p.numel() for p in sharded.dense.parameters())
+    _say(rank, f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
+    state = TrainState()
+    if resume_dir is not None:
+        state = load_checkpoint(resume_dir, sharded)
+        _say(rank, f"[argus] resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
+    train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank)
+    pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)
+    o = cfg.optim
+    for epoch in range(state.epoch, o.epochs):
+        sharded.model.train()
+        pipeline.reset()
+        batches = map(train_collate, iterate("train", o.batch_size))
+        t0, n_steps, loss_sum = time.time(), 0, 0.0
+        while True:
+            lr = o.dense_lr * min(1.0, (state.step + 1) / max(o.warmup_steps, 1))
+            for group in sharded.dense_optimizer.param_groups:
+                group["lr"] = lr
+            try:
+                logs = pipeline.progress(batches)
+            except StopIteration:
+                break
+            state.step += 1
+            n_steps += 1
+            loss_sum += float(logs["loss"])
+            if o.log_every_steps and state.step % o.log_every_steps == 0:
+                parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
+                _say(rank, f"[argus] epoch {epoch + 1}/{o.epochs} step {state.step} {parts} ({n_steps / (time.time() - t0):.1f} steps/s)")
+        if n_steps == 0:
+            raise RuntimeError("no training batches: the train split is smaller than one batch per worker; lower optim.batch_size")
+        state.epoch = epoch + 1
+        metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": time.time() - t0}
+        _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({metrics['epoch_seconds']:.1f}s)")
+        last = state.epoch == o.epochs
+        if state.epoch % o.eval_every_epochs and not last:
+            report(metrics, None)
+            continue
+        tables = gather_tables(sharded.model)
+        results = {split: evaluate(sharded.dense, tables, iterate(split, cfg.eval.batch_size), eval_collate, counts, cfg.eval, device)
+                   for split in ("validation", "test")}
+        val = results["validation"]["model"]["ndcg@10"]
+        metrics.update({f"validation/{k}": v for k, v in results["validation"]["model"].items()})
+        state.history.append({"epoch": state.epoch, "validation": results["validation"]["model"]})
+        if val > state.best_validation:
+            state.best_validation, state.best_epoch, state.evals_without_gain = val, state.epoch, 0
+            state.best_metrics = {
+                "validation": results["validation"]["model"],
+                "test": results["test"]["model"],
+                "baselines": {"popularity": {s: results[s]["popularity"] for s in ("validation", "test")}},
+            }
+        else:
+            state.evals_without_gain += 1
+        metrics["final"] = _final(cfg, state)  # the checkpoint's metrics carry the run's result so far
+        pop = results["validation"]["popularity"]["ndcg@10"]
+        _say(rank, f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} hr@10={results['validation']['model']['hr@10']:.4f} "
+                   f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})")
+        with tempfile.TemporaryDirectory(prefix="argus-ckpt-") as tmp:
+            save_checkpoint(Path(tmp), sharded, state, cfg, run_dir, rank)
+            report(metrics, Path(tmp))
+        if o.early_stopping_patience and state.evals_without_gain >= o.early_stopping_patience:
+            _say(rank, f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
+            break
+    return _final(cfg, state)
+
+
+def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
+    return {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "steps": state.step,
+            "protocol": {"split": cfg.data.split, "filter_seen": cfg.eval.filter_seen, "ranking": "full catalogue",
+                         "selection": "best validation ndcg@10"}}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point: the config dict is the only thing that crosses the process boundary."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(TrainJobConfig, config["job"])
+    run_dir = Path(config["run_dir"])
+    shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "validation", "test")}
+
+    def iterate(split: str, batch_size: int) -> Iterable[pa.Table]:
+        shuffle = 4 * batch_size if split == "train" else None
+        return shards[split].iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=split == "train",
+                                          local_shuffle_buffer_size=shuffle, local_shuffle_seed=None)
+
+    def report(metrics: dict, ckpt: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
+        ray.train.report(_json_safe(metrics), checkpoint=checkpoint)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run_worker(cfg, run_dir, iterate, Path(d), report, ray.train.torch.get_device())
+    else:
+        run_worker(cfg, run_dir, iterate, None, report, ray.train.torch.get_device())
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

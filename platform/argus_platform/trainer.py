@@ -1,0 +1,120 @@
+"""Driver side of the training job: run directory, Ray, data preparation, TorchTrainer, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import ray
+import yaml
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from argus_models.config import ModelSchema
+
+from argus_platform.config import TrainJobConfig
+from argus_platform.configlib import to_dict
+from argus_platform.data.prepare import PreparedRun, prepare_data
+from argus_platform.train_loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+# Shipped to every Ray worker, so a cluster without the project installed can import it.
+PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[2] / "models" / "argus_models"]
+
+
+def resolve_run_dir(cfg: TrainJobConfig) -> Path:
+    if cfg.run.dir:
+        return Path(cfg.run.dir).resolve()
+    return (Path("runs") / time.strftime("argus-%Y%m%d-%H%M%S")).resolve()
+
+
+def init_ray(cfg: TrainJobConfig) -> None:
+    """Join the cluster when there is one (`ray job submit`, RAY_ADDRESS); else start a local Ray
+    with more logical CPUs than the workers take, so Ray Data keeps a budget."""
+    if ray.is_initialized():
+        return
+    # Train V2 re-routes print() through its logger, which doubles progress lines on the driver.
+    runtime_env = {"py_modules": [str(p) for p in PACKAGES], "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    if os.environ.get("RAY_ADDRESS") or _cluster_running():
+        ray.init(address="auto", runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.scaling.local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _cluster_running() -> bool:
+    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"))
+
+
+def model_schema(prepared: PreparedRun) -> ModelSchema:
+    return ModelSchema(
+        num_items=prepared.vocab.num_items,
+        contexts=prepared.vocab.context_sizes(),
+        actions=[a.head() for a in prepared.spec.actions],
+    )
+
+
+def train(cfg: TrainJobConfig) -> dict:
+    """Run the whole job; returns the final metrics (also written to <run dir>/metrics.json)."""
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    resumed = any(run_dir.glob("checkpoint_*"))
+    if resumed:
+        print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
+    config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    print(f"[argus] run directory: {run_dir}", flush=True)
+    init_ray(cfg)
+    started = time.time()
+    prepared = prepare_data(cfg.data, run_dir)
+    v = prepared.summary["validation"]
+    print(f"[argus] data: {prepared.summary['num_users']:,} users, {prepared.summary['num_items']:,} items, "
+          f"{v['clean_rows']:,} events; {v['quarantined_rows']:,} rows quarantined {v['quarantine_reasons'] or ''}; "
+          f"split {cfg.data.split} rows {prepared.summary['rows']} ({time.time() - started:.0f}s)", flush=True)
+    model_schema(prepared).save(run_dir / "schema.json")
+    datasets = {split: ray.data.read_parquet(path) for split, path in prepared.paths.items()}
+    datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.optim.seed)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": to_dict(cfg), "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    final = (result.metrics or {}).get("final")
+    if not final:
+        raise RuntimeError(f"training finished without final metrics; see the logs above and {run_dir}")
+    final["run_dir"] = str(run_dir)
+    final["data"] = {k: prepared.summary[k] for k in ("num_users", "num_items", "rows", "validation", "users_too_short")}
+    final["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    final["seconds"] = round(time.time() - started, 1)
+    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
+    return final
+
+
+def format_summary(final: dict) -> str:
+    """Model vs popularity on the test split, as a small table."""
+    pop = final["baselines"]["popularity"]["test"]
+    keys = [k for k in ("ndcg@10", "hr@10", "ndcg@100", "hr@100", "mrr", "coverage@10") if k in final["test"]]
+    lines = [f"{'test metric':<14}{'model':>10}{'popularity':>12}"]
+    lines += [f"{k:<14}{final['test'][k]:>10.4f}{pop[k]:>12.4f}" for k in keys]
+    heads = sorted(k for k in final["test"] if "/" in k)
+    lines += [f"{k:<24}{final['test'][k]:>10.4f}" for k in heads]
+    lines.append(f"best epoch {final['best_epoch']} of {final['epochs_trained']}; run {final['run_dir']}")
+    lines.append(f"checkpoint {final['checkpoint']}")
+    return "\n".join(lines)
