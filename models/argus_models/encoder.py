@@ -74,14 +74,12 @@ class Block(nn.Module):
 def causal_padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """bool [B, 1, S, S]: position t attends to s ≤ t, both inside the sequence.
 
-    Padded query rows attend to position 0 only so softmax never sees an all-False row.
+    Padded query rows see the valid prefix (never an all-False row); their outputs are ignored.
     """
     pos = torch.arange(seq_len, device=lengths.device)
     valid = pos[None, :] < lengths[:, None]  # [B, S]
     causal = pos[None, :] <= pos[:, None]  # [S, S]
-    mask = causal[None] & valid[:, None, :]  # [B, S, S]
-    mask = mask | (~valid[:, :, None] & (pos[None, None, :] == 0))
-    return mask[:, None]
+    return (causal[None] & valid[:, None, :])[:, None]  # [B, 1, S, S]
 
 
 class CausalEncoder(nn.Module):

@@ -1,0 +1,63 @@
+import pytest
+
+from argus_platform.config import TrainJobConfig
+from argus_platform.configlib import ConfigError, load_config, to_dict
+
+
+def test_defaults_round_trip():
+    cfg = load_config(TrainJobConfig)
+    assert to_dict(load_config(TrainJobConfig, overrides=[])) == to_dict(cfg)
+    assert cfg.data.source == "synthetic" and cfg.scaling.num_workers == 2
+
+
+def test_yaml_and_typed_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  epochs: 3\nmodel:\n  num_layers: 1\n")
+    cfg = load_config(TrainJobConfig, path, ["optim.dense_lr=0.01", "eval.ks=[5, 20]", "loss.action_weights={like: 2}"])
+    assert cfg.optim.epochs == 3 and cfg.model.num_layers == 1
+    assert cfg.optim.dense_lr == 0.01 and cfg.eval.ks == [5, 20]
+    assert cfg.loss.action_weights == {"like": 2.0}
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(TrainJobConfig, overrides=["optim.dense_lr=1"]).optim.dense_lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.epoch=3", "unknown config key 'optim.epoch'"),
+        ("nope.x=1", "unknown config key 'nope'"),
+        ("optim.epochs=three", "optim.epochs: expected an integer"),
+        ("loss.next_item=softmax", "is not one of"),
+        ("scaling.use_gpu=maybe", "expected true/false"),
+        ("optim.epochs", "must look like key.path=value"),
+    ],
+)
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainJobConfig, overrides=[override])
+
+
+def test_unknown_yaml_key_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'optim.learning_rate'"):
+        load_config(TrainJobConfig, path)
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="data.path is required"):
+        load_config(TrainJobConfig, overrides=["data.source=sasrec"])
+
+
+def test_action_specs_from_yaml(tmp_path):
+    path = tmp_path / "events.yaml"
+    path.write_text(
+        "data:\n  source: events\n  path: x.parquet\n  spec:\n    user_column: uid\n"
+        "    actions:\n      - {name: like, kind: binary}\n      - {name: stars, kind: graded, levels: [1, 2, 3]}\n"
+    )
+    cfg = load_config(TrainJobConfig, path)
+    assert cfg.data.spec.user_column == "uid"
+    assert [a.kind for a in cfg.data.spec.actions] == ["binary", "graded"]
+    assert cfg.data.spec.actions[1].num_codes() == 3

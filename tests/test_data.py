@@ -1,0 +1,157 @@
+"""Readers, validation/quarantine, vocabulary, Ray Data sequences and splits, collate."""
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from argus_platform.config import DataConfig, SyntheticConfig
+from argus_platform.data.prepare import prepare_data
+from argus_platform.data.quarantine import TooManyBadRows, validate_chunk, write_canonical
+from argus_platform.data.sources import DataSourceError, read_events, read_movielens, read_sasrec
+from argus_platform.data.spec import ActionSpec, DatasetSpec
+from argus_platform.data.synthetic import generate
+
+SPEC = DatasetSpec(context_columns=["source"], actions=[ActionSpec("like", "binary"), ActionSpec("ratio", "ratio"),
+                                                         ActionSpec("stars", "graded", levels=[1, 2, 3])])
+
+
+def _frame(**overrides):
+    base = {"user_id": ["u1", "u1", "u2", "u2"], "item_id": ["a", "b", "a", "c"], "timestamp": [1, 2, 3, 4],
+            "source": ["x", None, "y", "x"], "like": [0, 1, 1, 0], "ratio": [0.1, 0.5, 1.0, 0.0], "stars": [1, 2, 3, 3],
+            "_row": [0, 1, 2, 3]}
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_clean_chunk_passes_and_null_context_is_kept():
+    good, bad = validate_chunk(_frame(), SPEC, "f.csv")
+    assert len(good) == 4 and len(bad) == 0
+    assert good["source"].tolist()[1] == "__missing__"
+
+
+@pytest.mark.parametrize("column, value, reason", [
+    ("user_id", None, "null user_id"),
+    ("item_id", "", "null item_id"),
+    ("timestamp", "yesterday-ish", "bad timestamp"),
+    ("timestamp", -5, "bad timestamp"),
+    ("like", 2, "action like out of range"),
+    ("ratio", 1.5, "action ratio out of range"),
+    ("stars", 2.5, "action stars out of range"),
+])
+def test_unusable_rows_are_quarantined_with_reason(column, value, reason):
+    df = _frame()
+    df[column] = df[column].astype(object)
+    df.loc[2, column] = value
+    good, bad = validate_chunk(df, SPEC, "f.csv")
+    assert len(good) == 3 and len(bad) == 1
+    assert bad["_reason"].iloc[0].startswith(reason) and bad["_row"].iloc[0] == "2"
+
+
+def test_missing_column_names_file_and_column():
+    with pytest.raises(DataSourceError, match=r"events.csv: missing column\(s\) \['stars'\]"):
+        validate_chunk(_frame().drop(columns="stars"), SPEC, "events.csv")
+
+
+def test_quarantine_file_and_failure_threshold(tmp_path):
+    df = _frame(like=[0, 7, 1, 9])
+    summary = write_canonical(SPEC, iter([df]), "src", tmp_path / "e.parquet", tmp_path / "q.parquet", max_bad_fraction=0.5)
+    assert summary["quarantined_rows"] == 2 and summary["clean_rows"] == 2
+    q = pq.read_table(tmp_path / "q.parquet").to_pandas()
+    assert q["_row"].tolist() == ["1", "3"] and all(q["_reason"].str.startswith("action like"))
+    with pytest.raises(TooManyBadRows, match="2 of 4 rows"):
+        write_canonical(SPEC, iter([df]), "src", tmp_path / "e2.parquet", tmp_path / "q2.parquet", max_bad_fraction=0.25)
+
+
+def test_events_reader_checks_mapping(tmp_path):
+    path = tmp_path / "log.csv"
+    pd.DataFrame({"uid": [1], "iid": [2], "ts": [3]}).to_csv(path, index=False)
+    spec = DatasetSpec(user_column="uid", item_column="iid", timestamp_column="ts", actions=[ActionSpec("like", "binary")])
+    with pytest.raises(DataSourceError, match=r"log.csv: missing column\(s\) \['like'\]"):
+        read_events(path, spec)
+    with pytest.raises(DataSourceError, match="does not exist"):
+        read_events(tmp_path / "nope.parquet", spec)
+
+
+def test_sasrec_reader_keeps_line_order(tmp_path):
+    path = tmp_path / "seq.txt.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("1 10\n1 11\n2 10\n")
+    spec, chunks = read_sasrec(path)
+    df = pd.concat(chunks)
+    assert spec.actions == [] and df["timestamp"].tolist() == [0, 1, 2] and df["item_id"].tolist() == ["10", "11", "10"]
+
+
+def test_movielens_udata_ratings_become_actions(tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text("1\t5\t4\t100\n1\t6\t2\t101\n2\t5\t3\t50\n")
+    spec, chunks = read_movielens(path)
+    df = pd.concat(chunks)
+    assert [a.name for a in spec.actions] == ["like", "dislike", "rating"]
+    assert df["like"].tolist() == [1.0, 0.0, 0.0] and df["dislike"].tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(DataSourceError, match="not a MovieLens ratings file"):
+        (tmp_path / "x.txt").write_text("hello world\n")
+        read_movielens(tmp_path / "x.txt")
+
+
+def test_synthetic_is_deterministic_and_records_ground_truth(tmp_path):
+    cfg = SyntheticConfig(num_users=40, num_items=50, events_per_user=10, min_events=5, chunk_users=16)
+    a = pq.read_table(generate(cfg, tmp_path / "a"))
+    b = pq.read_table(generate(cfg, tmp_path / "b"))
+    assert a.equals(b) and a.num_rows >= 40 * 5
+    gt = np.load(tmp_path / "a" / "ground_truth.npz")
+    assert gt["item_factors"].shape == (50, cfg.latent_dim) and gt["user_final_factors"].shape[0] == 40
+    c = pq.read_table(generate(SyntheticConfig(**{**cfg.__dict__, "seed": 8}), tmp_path / "c"))
+    assert not a.equals(c)
+
+
+def _seq_cfg(**kw):
+    return DataConfig(synthetic=SyntheticConfig(num_users=30, num_items=40, events_per_user=8, min_events=4), **kw)
+
+
+def test_leave_last_out_splits(ray_local, tmp_path):
+    prepared = prepare_data(_seq_cfg(), tmp_path)
+    tables = {s: pq.ParquetDataset(p).read().to_pandas().set_index("user_idx") for s, p in prepared.paths.items()}
+    assert len(tables["test"]) == 30
+    for u, row in tables["test"].iterrows():
+        full = row["item_id"]
+        assert list(tables["validation"].loc[u, "item_id"]) == list(full[:-1])
+        assert list(tables["train"].loc[u, "item_id"]) == list(full[:-2])
+        assert np.all(np.diff(row["timestamp"]) >= 0)
+    # train-split counts exclude the held-out events
+    assert prepared.item_counts.sum() == sum(len(x) for x in tables["train"]["item_id"])
+    # the prepared data is reused for the same config and refused for a different one
+    assert prepare_data(_seq_cfg(), tmp_path).summary == prepared.summary
+    with pytest.raises(ValueError, match="different data config"):
+        prepare_data(_seq_cfg(min_events_per_user=5), tmp_path)
+
+
+def test_temporal_split(ray_local, tmp_path):
+    prepared = prepare_data(_seq_cfg(split="temporal"), tmp_path)
+    t_val, t_test = prepared.summary["temporal_cuts"]
+    train = pq.ParquetDataset(prepared.paths["train"]).read().to_pandas()
+    test = pq.ParquetDataset(prepared.paths["test"]).read().to_pandas()
+    assert all(max(ts) < t_val for ts in train["timestamp"])
+    assert all(ts[-1] >= t_test and (len(ts) < 2 or ts[-2] < t_test or True) for ts in test["timestamp"])
+    assert all(np.sum(np.asarray(ts) >= t_test) == 1 for ts in test["timestamp"])  # window ends at the first test event
+
+
+def test_collate_windows_and_kjt():
+    from argus_models.config import ActionHead, ModelSchema
+    from argus_platform.collate import Collator, history_items
+
+    schema = ModelSchema(num_items=9, contexts={}, actions=[ActionHead("like", "binary", 2)])
+    table = pa.table({"user_idx": [0, 1], "item_id": pa.array([[1, 2, 3, 4, 5], [7, 8]], pa.list_(pa.int32())),
+                      "act_like": pa.array([[0, 1, 0, 1, 1], [1, 0]], pa.list_(pa.float32()))})
+    batch = Collator(schema, {"like": ("binary", 2)}, window=3, negatives="uniform", num_uniform=4)(table)
+    assert batch.items.tolist() == [[3, 4, 5], [7, 8, 0]] and batch.lengths.tolist() == [3, 2]
+    assert batch.actions[..., 0].tolist() == [[0, 1, 1], [1, 0, 0]]
+    kjt = batch.sparse_features
+    assert kjt.keys() == ["item", "fb_like", "neg_item"]
+    assert kjt["item"].values().tolist() == [3, 4, 5, 7, 8] and kjt["neg_item"].lengths().tolist() == [4, 0]
+    assert all(1 <= i <= 9 for i in batch.neg_ids.tolist())
+    values, offsets = history_items(table)
+    assert values.tolist() == [1, 2, 3, 4, 7] and offsets.tolist() == [0, 4, 5]

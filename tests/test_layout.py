@@ -1,0 +1,43 @@
+"""The `platform` trap (DESIGN.md §2) and the import direction between layers."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_source_roots_are_not_packages():
+    for root in ("platform", "models", "serve"):
+        assert not (ROOT / root / "__init__.py").exists(), f"{root}/__init__.py would shadow or confuse imports"
+
+
+def test_import_platform_from_repo_root_is_stdlib():
+    code = "import platform, torch; print(platform.__file__); print(platform.python_version())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    first = out.splitlines()[0]
+    assert str(ROOT) not in first, f"`import platform` resolved into the repo: {first}"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_models_never_import_ray_or_platform():
+    for path in (ROOT / "models").rglob("*.py"):
+        bad = _imports(path) & {"ray", "argus_platform", "argus_serve", "jobs"}
+        assert not bad, f"{path} imports {bad}: argus_models must stay pure torch/torchrec"
+
+
+def test_nothing_imports_jobs():
+    for root in ("platform", "models", "tests"):
+        for path in (ROOT / root).rglob("*.py"):
+            assert "jobs" not in _imports(path), f"{path} imports jobs/"

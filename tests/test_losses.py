@@ -1,0 +1,84 @@
+"""Loss functions against direct, loop-by-loop formulas."""
+
+import math
+
+import torch
+
+from argus_models.config import ActionHead
+from argus_models.losses import (
+    corrected_logq_loss, feedback_loss, feedback_probability, full_softmax_loss, logq_loss, mixed_log_q,
+)
+
+
+def _case(seed=0, n=5, k=7):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(n, generator=g, dtype=torch.float64)
+    neg = torch.randn(n, k, generator=g, dtype=torch.float64)
+    q = torch.rand(20, generator=g, dtype=torch.float64) * 0.1 + 0.001
+    pos_ids = torch.randint(0, 20, (n,), generator=g)
+    neg_ids = torch.randint(0, 20, (k,), generator=g)
+    neg_ids[0] = pos_ids[0]  # force one accidental hit
+    return pos, neg, q, pos_ids, neg_ids
+
+
+def test_corrected_logq_matches_direct_formula():
+    pos, neg, q, pos_ids, neg_ids = _case()
+    hit = neg_ids[None, :] == pos_ids[:, None]
+    got = corrected_logq_loss(pos, neg, q[pos_ids].log(), q[neg_ids].log(), hit)
+    for r in range(len(pos)):
+        qi = q[pos_ids[r]].item()
+        terms = [neg[r, j].item() - math.log(q[neg_ids[j]].item() / (1 - qi))
+                 for j in range(len(neg_ids)) if neg_ids[j] != pos_ids[r]]
+        lse = math.log(sum(math.exp(t) for t in terms))
+        ell = -pos[r].item() + lse
+        k = len(terms)
+        p_hat = math.exp(pos[r].item()) / (math.exp(pos[r].item()) + sum(math.exp(t) for t in terms) / k)
+        assert math.isclose(got[r].item(), (1 - p_hat) * ell, rel_tol=1e-9), r
+
+
+def test_corrected_logq_weight_is_stop_gradient():
+    pos, neg, q, pos_ids, neg_ids = _case(1)
+    pos.requires_grad_(True)
+    hit = neg_ids[None, :] == pos_ids[:, None]
+    corrected_logq_loss(pos, neg, q[pos_ids].log(), q[neg_ids].log(), hit).sum().backward()
+    # d/df_i of stopgrad(w)·(−f_i + lse) = −w, with w = 1 − P̂ in (0, 1)
+    assert torch.all(pos.grad < 0) and torch.all(pos.grad > -1)
+
+
+def test_standard_logq_matches_direct_formula():
+    pos, neg, q, pos_ids, neg_ids = _case(2)
+    hit = neg_ids[None, :] == pos_ids[:, None]
+    got = logq_loss(pos, neg, q[pos_ids].log(), q[neg_ids].log(), hit)
+    for r in range(len(pos)):
+        s_pos = pos[r].item() - math.log(q[pos_ids[r]].item())
+        logits = [s_pos] + [neg[r, j].item() - math.log(q[neg_ids[j]].item())
+                            for j in range(len(neg_ids)) if neg_ids[j] != pos_ids[r]]
+        expected = -s_pos + math.log(sum(math.exp(x) for x in logits))
+        assert math.isclose(got[r].item(), expected, rel_tol=1e-9)
+
+
+def test_full_softmax_on_tiny_catalogue():
+    logits = torch.tensor([[9.0, 1.0, 2.0, 0.5], [9.0, 0.0, 0.0, 3.0]])
+    targets = torch.tensor([2, 3])
+    got = full_softmax_loss(logits, targets)
+    for r in range(2):
+        row = logits[r, 1:].tolist()  # column 0 is padding and never a class
+        expected = -logits[r, targets[r]].item() + math.log(sum(math.exp(x) for x in row))
+        assert math.isclose(got[r].item(), expected, rel_tol=1e-6)
+
+
+def test_mixed_log_q_is_a_distribution():
+    probs = torch.tensor([0.0, 0.5, 0.3, 0.2], dtype=torch.float64)
+    q = mixed_log_q(probs, n_in_batch=1, n_uniform=3).exp()
+    assert q[0] == 0 and math.isclose(q.sum().item(), 1.0, rel_tol=1e-12)
+    assert math.isclose(q[1].item(), 0.25 * 0.5 + 0.75 / 3, rel_tol=1e-12)
+
+
+def test_feedback_losses_and_probabilities():
+    binary = ActionHead("like", "binary", 2)
+    graded = ActionHead("rating", "graded", 5)
+    logit = torch.tensor([0.3])
+    assert math.isclose(feedback_loss(binary, logit, torch.tensor([1.0])).item(), -math.log(1 / (1 + math.exp(-0.3))), rel_tol=1e-6)
+    levels = torch.tensor([[0.0, 0.0, 0.0, 0.0, 10.0]])
+    assert feedback_loss(graded, levels, torch.tensor([4])).item() < 1e-3
+    assert feedback_probability(graded, levels).item() > 0.99
