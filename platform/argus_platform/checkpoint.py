@@ -32,6 +32,7 @@ class TrainState:
     best_metrics: dict = field(default_factory=dict)
     evals_without_gain: int = 0
     history: list = field(default_factory=list)
+    resumed_at_epochs: list = field(default_factory=list)  # one entry per restart from a checkpoint
 
     @classmethod
     def load(cls, directory: Path) -> "TrainState":

@@ -61,6 +61,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     state = TrainState()
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, sharded)
+        state.resumed_at_epochs.append(state.epoch)
         _say(rank, f"[argus] resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
     train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank)
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)

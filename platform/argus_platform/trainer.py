@@ -63,7 +63,7 @@ def train(cfg: TrainJobConfig) -> dict:
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
-    resumed = any(run_dir.glob("checkpoint_*"))
+    resumed = any(p.is_dir() for p in run_dir.glob("checkpoint_*"))
     if resumed:
         print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
     config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -112,9 +112,14 @@ def format_summary(final: dict) -> str:
     pop = final["baselines"]["popularity"]["test"]
     keys = [k for k in ("ndcg@10", "hr@10", "ndcg@100", "hr@100", "mrr", "coverage@10") if k in final["test"]]
     lines = [f"{'test metric':<14}{'model':>10}{'popularity':>12}"]
-    lines += [f"{k:<14}{final['test'][k]:>10.4f}{pop[k]:>12.4f}" for k in keys]
+    lines += [f"{k:<14}{_num(final['test'][k]):>10}{_num(pop[k]):>12}" for k in keys]
     heads = sorted(k for k in final["test"] if "/" in k)
-    lines += [f"{k:<24}{final['test'][k]:>10.4f}" for k in heads]
+    lines += [f"{k:<24}{_num(final['test'][k]):>10}" for k in heads]
     lines.append(f"best epoch {final['best_epoch']} of {final['epochs_trained']}; run {final['run_dir']}")
     lines.append(f"checkpoint {final['checkpoint']}")
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    """4-decimal figure, or n/a (e.g. an AUC over a single class is undefined)."""
+    return "n/a" if value is None else f"{value:.4f}"

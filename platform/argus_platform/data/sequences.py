@@ -130,7 +130,9 @@ def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
     encoded = ray.data.read_parquet(str(events_path)).map_batches(
         _encode, batch_format="pyarrow", fn_kwargs={"vocab_ref": vocab_ref, "spec": spec}
     )
-    sequences = encoded.groupby(USER_IDX).map_groups(_to_sequence, batch_format="numpy").materialize()
+    # ~100k events per shuffle partition: the default 200 partitions cost more than they save on small logs.
+    partitions = int(np.clip(pq.ParquetFile(events_path).metadata.num_rows // 100_000, 2, 200))
+    sequences = encoded.groupby(USER_IDX, num_partitions=partitions).map_groups(_to_sequence, batch_format="numpy").materialize()
     cuts = None
     if cfg.split == "temporal":
         ts = pq.read_table(events_path, columns=[TIME]).column(TIME).to_numpy()
