@@ -65,7 +65,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = _help("passes over the training sequences", 12)
+    epochs: int = _help("passes over the training sequences", 30)
     batch_size: int = _help("sequences per worker per step", 64)
     dense_lr: float = _help("AdamW learning rate for the transformer", 2e-3)
     sparse_lr: float = _help("row-wise Adagrad learning rate for the embedding tables", 0.05)
@@ -73,7 +73,7 @@ class OptimConfig:
     warmup_steps: int = _help("linear warm-up steps of the dense learning rate", 50)
     grad_clip: float = _help("max grad norm of the dense parameters (0 = off)", 1.0)
     seed: int = _help("training seed", 0)
-    eval_every_epochs: int = _help("validate (and checkpoint) every N epochs", 2)
+    eval_every_epochs: int = _help("validate (and checkpoint) every N epochs", 3)
     early_stopping_patience: int = _help("stop after this many evaluations without validation gain (0 = off)", 0)
     log_every_steps: int = _help("progress line every N steps", 20)
 

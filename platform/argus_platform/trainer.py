@@ -58,6 +58,17 @@ def model_schema(prepared: PreparedRun) -> ModelSchema:
     )
 
 
+MATERIALIZE_BELOW_BYTES = 1 << 30
+
+
+def _dataset(path: str) -> "ray.data.Dataset":
+    """A split as a Ray Dataset. Small splits are pinned in the object store once, so each epoch
+    streams blocks to the workers without re-reading Parquet; large ones stream from storage."""
+    ds = ray.data.read_parquet(path)
+    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet")) if Path(path).exists() else MATERIALIZE_BELOW_BYTES
+    return ds.materialize() if size < MATERIALIZE_BELOW_BYTES else ds
+
+
 def train(cfg: TrainJobConfig) -> dict:
     """Run the whole job; returns the final metrics (also written to <run dir>/metrics.json)."""
     run_dir = resolve_run_dir(cfg)
@@ -76,7 +87,7 @@ def train(cfg: TrainJobConfig) -> dict:
           f"{v['clean_rows']:,} events; {v['quarantined_rows']:,} rows quarantined {v['quarantine_reasons'] or ''}; "
           f"split {cfg.data.split} rows {prepared.summary['rows']} ({time.time() - started:.0f}s)", flush=True)
     model_schema(prepared).save(run_dir / "schema.json")
-    datasets = {split: ray.data.read_parquet(path) for split, path in prepared.paths.items()}
+    datasets = {split: _dataset(path) for split, path in prepared.paths.items()}
     datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.optim.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
