@@ -61,3 +61,12 @@ def test_action_specs_from_yaml(tmp_path):
     assert cfg.data.spec.user_column == "uid"
     assert [a.kind for a in cfg.data.spec.actions] == ["binary", "graded"]
     assert cfg.data.spec.actions[1].num_codes() == 3
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(TrainJobConfig, path, ["data.path=x"] if "default" not in path.name else [])
