@@ -4,6 +4,7 @@
     python jobs/train_argus.py                                   # embedded synthetic default
     python jobs/train_argus.py --config jobs/configs/ml1m.yaml --set data.path=...
     ray job submit --working-dir . -- python jobs/train_argus.py --config ...
+    torchrun --nproc-per-node 2 jobs/train_argus.py ...         # same loop without Ray Train (debugging)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from _cli import parse_config
 from argus_platform.config import TrainJobConfig
 from argus_platform.data.quarantine import TooManyBadRows
 from argus_platform.data.sources import DataSourceError
+from argus_platform.torchrun import run_torchrun, under_torchrun
 from argus_platform.trainer import format_summary, train
 
 
@@ -25,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("ray", "torchrec", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        final = train(cfg)
+        final = run_torchrun(cfg) if under_torchrun() else train(cfg)
     except (DataSourceError, TooManyBadRows) as exc:
         print(f"data error: {exc}", file=sys.stderr)
         return 2
-    print(format_summary(final), flush=True)
+    if final.get("baselines") and final.get("run_dir"):  # under torchrun: rank 0 only
+        print(format_summary(final), flush=True)
     return 0
 
 

@@ -63,3 +63,23 @@ def test_bad_input_fails_with_named_file(ray_local, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "events.csv: 2 of 4 rows (50.0%) are unusable" in err and "quarantine" in err
     assert (tmp_path / "run" / "quarantine" / "events.parquet").is_file()
+
+
+def test_same_loop_under_torchrun(tmp_path):
+    """DESIGN.md §5: the loop also runs under torchrun (no Ray Train), and resumes there too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "tr"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29571",
+           str(root / "jobs" / "train_argus.py")] + [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}"]]
+    proc = subprocess.run(cmd + ["--set=optim.epochs=1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 1 and "ndcg@10" in metrics["test"]
+    proc = subprocess.run(cmd + ["--set=optim.epochs=2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = TrainState.load(run_dir / "torchrun_checkpoint_2")
+    assert state.resumed_at_epochs == [1] and state.epoch == 2

@@ -124,12 +124,14 @@ def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, d
 
 
 def gather_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full embedding tables on every rank (collective), keyed by table name.
+    """Full embedding tables on every rank (collective), keyed by table name, on the collective's device.
 
     Used to evaluate and export with plain lookups; for catalogues too large for one host this is
     where a per-rank scoring pass would go instead.
     """
     out = {}
+    # nccl only moves CUDA tensors; gloo moves CPU tensors.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     state = model.state_dict()
     for key in sorted(state):
         if ".embeddings." not in key or not key.endswith(".weight"):
@@ -137,14 +139,14 @@ def gather_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         name = key.split(".")[-2]
         t = state[key]
         if isinstance(t, ShardedTensor):
-            full = torch.empty(t.size(), dtype=t.dtype) if dist.get_rank() == 0 else None
+            full = torch.empty(t.size(), dtype=t.dtype, device=device) if dist.get_rank() == 0 else None
             t.gather(dst=0, out=full)
             if full is None:
-                full = torch.empty(t.size(), dtype=t.dtype)
+                full = torch.empty(t.size(), dtype=t.dtype, device=device)
             dist.broadcast(full, src=0)
         elif hasattr(t, "full_tensor"):  # DTensor
-            full = t.full_tensor().cpu()
+            full = t.full_tensor()
         else:
-            full = t.detach().cpu().clone()
+            full = t.detach().clone()
         out[name] = full
     return out

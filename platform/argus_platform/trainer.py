@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -33,21 +32,19 @@ def resolve_run_dir(cfg: TrainJobConfig) -> Path:
 
 
 def init_ray(cfg: TrainJobConfig) -> None:
-    """Join the cluster when there is one (`ray job submit`, RAY_ADDRESS); else start a local Ray
-    with more logical CPUs than the workers take, so Ray Data keeps a budget."""
+    """Join a running cluster (`ray job submit`, RAY_ADDRESS, or `ray start` on this machine); else
+    start a local Ray with more logical CPUs than the workers take, so Ray Data keeps a budget."""
     if ray.is_initialized():
         return
     # Train V2 re-routes print() through its logger, which doubles progress lines on the driver.
     runtime_env = {"py_modules": [str(p) for p in PACKAGES], "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
-    if os.environ.get("RAY_ADDRESS") or _cluster_running():
-        ray.init(address="auto", runtime_env=runtime_env, log_to_driver=True)
-    else:
+    try:
+        ray.init(address="auto", runtime_env=runtime_env)
+        print(f"[argus] joined the Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
+    except ConnectionError:
         ray.init(num_cpus=cfg.scaling.local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        print(f"[argus] started a local Ray with {cfg.scaling.local_num_cpus} logical CPUs", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
-
-
-def _cluster_running() -> bool:
-    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"))
 
 
 def model_schema(prepared: PreparedRun) -> ModelSchema:
