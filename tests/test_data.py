@@ -155,3 +155,20 @@ def test_collate_windows_and_kjt():
     assert all(1 <= i <= 9 for i in batch.neg_ids.tolist())
     values, offsets = history_items(table)
     assert values.tolist() == [1, 2, 3, 4, 7] and offsets.tolist() == [0, 4, 5]
+
+
+def test_random_windows_cover_long_histories():
+    from argus_platform.collate import window_index
+
+    offsets = np.array([0, 10, 12])
+    idx, lens = window_index(offsets, 4)
+    assert idx.tolist() == [6, 7, 8, 9, 10, 11] and lens.tolist() == [4, 2]
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(200):
+        idx, lens = window_index(offsets, 4, rng)
+        first = idx[:4]
+        assert np.all(np.diff(first) == 1) and 0 <= first[0] <= 6  # contiguous, inside row 0
+        assert idx[4:].tolist() == [10, 11]  # short rows are untouched
+        starts.add(int(first[0]))
+    assert starts == set(range(7))

@@ -23,11 +23,16 @@ def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values[offsets[0]:offsets[-1]], offsets - offsets[0]
 
 
-def window_index(offsets: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the flat values of each row's last `window` events, and the new lengths."""
+def window_index(offsets: np.ndarray, window: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the flat values of each row's window of `window` events, and the new lengths.
+
+    Without `rng` the window is the row's last events; with it, rows longer than the window get a
+    uniformly random window, so long histories are seen in full over the epochs.
+    """
     lens = np.diff(offsets)
     new_len = np.minimum(lens, window)
-    start = offsets[:-1] + lens - new_len
+    shift = np.zeros_like(lens) if rng is None else rng.integers(0, lens - new_len + 1)
+    start = offsets[:-1] + lens - new_len - shift
     row_start = np.repeat(np.cumsum(new_len) - new_len, new_len)
     idx = np.arange(new_len.sum()) - row_start + np.repeat(start, new_len)
     return idx, new_len
@@ -37,12 +42,13 @@ class Collator:
     """Builds SequenceBatches for one schema.
 
     window: events per row (max_seq_len history + 1 target event).
+    random_windows: sample a random window from rows longer than `window` (training) instead of the last.
     negatives: "uniform" (n uniform ids per batch), "catalogue" (all ids, for full softmax) or "none".
     """
 
     def __init__(self, schema: ModelSchema, action_kinds: dict[str, tuple[str, int]], window: int,
-                 negatives: str = "none", num_uniform: int = 0, seed: int = 0) -> None:
-        self.schema, self.window = schema, window
+                 negatives: str = "none", num_uniform: int = 0, seed: int = 0, random_windows: bool = False) -> None:
+        self.schema, self.window, self.random_windows = schema, window, random_windows
         self.action_kinds = action_kinds  # name -> (kind, codes)
         self.negatives, self.num_uniform = negatives, num_uniform
         self.rng = np.random.default_rng(seed)
@@ -55,7 +61,7 @@ class Collator:
 
     def __call__(self, batch: pa.Table) -> SequenceBatch:
         items_flat, offsets = _flat(batch.column(ITEM_COL))
-        idx, lengths = window_index(offsets, self.window)
+        idx, lengths = window_index(offsets, self.window, self.rng if self.random_windows else None)
         B, W = len(lengths), int(lengths.max())
         per_feature = {ITEM: items_flat[idx].astype(np.int64)}
         for c in self.schema.contexts:

@@ -76,6 +76,9 @@ class OptimConfig:
     eval_every_epochs: int = _help("validate (and checkpoint) every N epochs", 3)
     early_stopping_patience: int = _help("stop after this many evaluations without validation gain (0 = off)", 0)
     log_every_steps: int = _help("progress line every N steps", 20)
+    train_windows: Literal["last", "random"] = _help(
+        "which max_seq_len+1 events of a longer training history a step sees: the last, or a random window", "random"
+    )
 
 
 @dataclass

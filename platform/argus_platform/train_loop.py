@@ -42,7 +42,8 @@ def make_collators(cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int) ->
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
     window = cfg.model.max_seq_len + 1
     negatives = "catalogue" if cfg.loss.next_item == "full_softmax" else ("uniform" if cfg.loss.uniform_negatives else "none")
-    train = Collator(schema, kinds, window, negatives, cfg.loss.uniform_negatives, seed=cfg.optim.seed * 1000 + rank)
+    train = Collator(schema, kinds, window, negatives, cfg.loss.uniform_negatives, seed=cfg.optim.seed * 1000 + rank,
+                     random_windows=cfg.optim.train_windows == "random")
     return train, Collator(schema, kinds, window)
 
 
