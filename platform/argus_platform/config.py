@@ -107,7 +107,6 @@ class EvalConfig:
     filter_seen: bool = _help("drop items already in the user's history from the ranking", True)
     ks: list[int] = _help("cut-offs for NDCG/HR", factory=lambda: [10, 100])
     batch_size: int = _help("users per evaluation batch", 256)
-    max_users: int = _help("evaluate at most this many users per split (0 = all)", 0)
 
 
 @dataclass

@@ -114,11 +114,7 @@ def evaluate(
     accs = {r: RankingAccumulator(cfg.ks, C) for r in (RANKERS if with_baseline else ("model",))}
     preds: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
     labels: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
-    seen_users = 0
     for table in batches:
-        if cfg.max_users and seen_users >= cfg.max_users:
-            break
-        seen_users += table.num_rows
         batch = collator(table).to(device)
         emb = lookup_local(tables, batch.sparse_features)
         out = dense(emb, batch.lengths)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,17 +33,18 @@ def resolve_run_dir(cfg: TrainJobConfig) -> Path:
 
 
 def init_ray(cfg: TrainJobConfig) -> None:
-    """Join a running cluster (`ray job submit`, RAY_ADDRESS, or `ray start` on this machine); else
-    start a local Ray with more logical CPUs than the workers take, so Ray Data keeps a budget."""
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`; `RAY_ADDRESS=auto` for a
+    `ray start` cluster on this machine); otherwise start a fresh local Ray with more logical CPUs
+    than the workers take, so Ray Data keeps a budget. Never guesses from leftover session files."""
     if ray.is_initialized():
         return
     # Train V2 re-routes print() through its logger, which doubles progress lines on the driver.
     runtime_env = {"py_modules": [str(p) for p in PACKAGES], "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
-    try:
-        ray.init(address="auto", runtime_env=runtime_env)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=runtime_env)
         print(f"[argus] joined the Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
-    except ConnectionError:
-        ray.init(num_cpus=cfg.scaling.local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    else:
+        ray.init(address="local", num_cpus=cfg.scaling.local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
         print(f"[argus] started a local Ray with {cfg.scaling.local_num_cpus} logical CPUs", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
