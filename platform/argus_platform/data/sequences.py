@@ -14,6 +14,7 @@ An evaluation row holds the whole history before the target plus the target as i
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
     paths, rows = {}, {}
     for split in SPLITS:
         path = out_dir / split
+        shutil.rmtree(path, ignore_errors=True)  # leftovers of an interrupted preparation would add rows
         ds = sequences.map_batches(
             _cut,
             batch_format="pyarrow",
