@@ -49,6 +49,9 @@ def make_collators(cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int) ->
 
 def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir: Path | None, report: Report, device: torch.device) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
+    # TorchRec's pipeline logs every drained batch at INFO; keep worker output to our progress lines.
+    for noisy in ("torchrec", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if cfg.scaling.torch_threads > 0:
         torch.set_num_threads(cfg.scaling.torch_threads)
     torch.manual_seed(cfg.optim.seed + rank)
