@@ -22,7 +22,6 @@ def test_causal_padding_mask_picture():
 
 
 def _features(sparse_keys, lengths, num_items=30):
-    from argus_platform.collate import Collator  # noqa: F401  (keeps the import path honest)
     from torchrec import KeyedJaggedTensor
 
     g = torch.Generator().manual_seed(0)

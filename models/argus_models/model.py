@@ -162,13 +162,7 @@ class ArgusDenseArch(nn.Module):
 
     def action_logits(self, feedback: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""
-        return {
-            name: feedback[..., a] if b - a == 1 and self.schema_kind(name) != "graded" else feedback[..., a:b]
-            for name, (a, b) in self.action_slices.items()
-        }
-
-    def schema_kind(self, name: str) -> str:
-        return next(h.kind for h in self.schema.actions if h.name == name)
+        return {name: feedback[..., a] if b - a == 1 else feedback[..., a:b] for name, (a, b) in self.action_slices.items()}
 
     def item_vectors(self, item_table: torch.Tensor) -> torch.Tensor:
         """Catalogue vectors as the scoring side sees them ([C+1, D])."""

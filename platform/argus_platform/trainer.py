@@ -64,7 +64,7 @@ def _dataset(path: str) -> "ray.data.Dataset":
     """A split as a Ray Dataset. Small splits are pinned in the object store once, so each epoch
     streams blocks to the workers without re-reading Parquet; large ones stream from storage."""
     ds = ray.data.read_parquet(path)
-    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet")) if Path(path).exists() else MATERIALIZE_BELOW_BYTES
+    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet"))
     return ds.materialize() if size < MATERIALIZE_BELOW_BYTES else ds
 
 

@@ -151,7 +151,6 @@ def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
         )
         ds.write_parquet(str(path))
         paths[split], rows[split] = str(path), pq.ParquetDataset(str(path)).read(columns=[USER_IDX]).num_rows
-    lengths = pq.ParquetDataset(paths["test"] if cfg.split == "leave_last_out" else paths["train"]).read(columns=[USER_IDX])
     n_users = sequences.count()
     train_items = pc.list_flatten(pq.ParquetDataset(paths["train"]).read(columns=[ITEM]).column(ITEM)).to_numpy()
     counts = np.bincount(train_items, minlength=vocab.num_items + 1).astype(np.int64)
@@ -159,6 +158,6 @@ def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
         paths=paths,
         rows=rows,
         item_counts=counts,
-        users_too_short=n_users - lengths.num_rows if cfg.split == "leave_last_out" else 0,
+        users_too_short=n_users - rows["test"] if cfg.split == "leave_last_out" else 0,
         temporal_cuts=cuts,
     )
