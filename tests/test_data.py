@@ -35,6 +35,8 @@ def test_clean_chunk_passes_and_null_context_is_kept():
 
 @pytest.mark.parametrize("column, value, reason", [
     ("user_id", None, "null user_id"),
+    ("timestamp", None, "bad timestamp: null"),
+    ("like", None, "action like out of range (binary): null"),
     ("item_id", "", "null item_id"),
     ("timestamp", "yesterday-ish", "bad timestamp"),
     ("timestamp", -5, "bad timestamp"),
@@ -173,3 +175,13 @@ def test_random_windows_cover_long_histories():
         assert idx[4:].tolist() == [10, 11]  # short rows are untouched
         starts.add(int(first[0]))
     assert starts == set(range(7))
+
+
+def test_movielens_ratings_dat_format(tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::1193::5::978300760\n1::661::3::978302109\n2::1193::x::978300000\n")
+    spec, chunks = read_movielens(path)
+    good, bad = validate_chunk(pd.concat(chunks), spec, "ratings.dat")
+    assert good["item_id"].tolist() == ["1193", "661"] and good["timestamp"].tolist() == [978300760, 978302109]
+    assert good["like"].tolist() == [1.0, 0.0] and good["rating"].tolist() == [5.0, 3.0]
+    assert len(bad) == 1 and bad["_reason"].iloc[0] == "action like out of range (binary): null"

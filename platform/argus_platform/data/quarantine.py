@@ -56,6 +56,11 @@ def _ids(col: pd.Series) -> tuple[pd.Series, pd.Series]:
     return s, bad
 
 
+def _shown(col: pd.Series) -> pd.Series:
+    """Values as text for a quarantine reason; missing values read 'null' (pandas 3 keeps NaN in astype(str))."""
+    return col.astype(object).map(lambda v: "null" if pd.isna(v) else str(v))
+
+
 def validate_chunk(df: pd.DataFrame, spec: DatasetSpec, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split one chunk into (clean canonical rows, quarantined rows with `_reason`)."""
     required = [USER, ITEM, TIME, *spec.context_columns, *(a.name for a in spec.actions)]
@@ -74,13 +79,13 @@ def validate_chunk(df: pd.DataFrame, spec: DatasetSpec, source: str) -> tuple[pd
     flag(bad_user, f"null {USER}")
     flag(bad_item, f"null {ITEM}")
     ts = _timestamps(df[TIME])
-    flag(ts.isna() | (ts < 0), "bad timestamp: " + df[TIME].astype(str))
+    flag(ts.isna() | (ts < 0), "bad timestamp: " + _shown(df[TIME]))
     clean = {USER: users, ITEM: items, TIME: ts}
     for c in spec.context_columns:
         clean[c] = df[c].astype(object).where(df[c].notna(), MISSING).astype(str)
     for a in spec.actions:
         v = pd.to_numeric(df[a.name], errors="coerce")
-        flag(~pd.Series(a.valid(v.to_numpy()), index=df.index), f"action {a.name} out of range ({a.kind}): " + df[a.name].astype(str))
+        flag(~pd.Series(a.valid(v.to_numpy()), index=df.index), f"action {a.name} out of range ({a.kind}): " + _shown(df[a.name]))
         clean[a.name] = v
     ok = reason.eq("")
     good = pd.DataFrame({k: v[ok] for k, v in clean.items()})
