@@ -65,3 +65,15 @@ def test_causality_future_events_do_not_change_past_states():
     emb2["item"][:, 3] += 1.0  # change event 3 (an input at position 3)
     b = dense(emb2, torch.tensor([5]))["state"]
     assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6) and not torch.allclose(a[:, 3], b[:, 3])
+
+
+def test_loading_a_non_checkpoint_names_what_is_missing(tmp_path):
+    import pytest
+
+    from argus_models.checkpoint import load_inference_model
+
+    with pytest.raises(FileNotFoundError, match=r"\.metadata missing"):
+        load_inference_model(tmp_path)
+    (tmp_path / ".metadata").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="config.yaml is missing"):
+        load_inference_model(tmp_path)

@@ -51,6 +51,33 @@ def test_train_then_resume(ray_local, tmp_path, capsys):
     assert state.resumed_at_epochs == [2]
     assert state.epoch == 3 and first_steps < state.step < 2 * first_steps
     assert [h["epoch"] for h in state.history] == [1, 2, 3]
+    _assert_checkpoint_reproduces_validation(_checkpoints(run_dir)[-1], run_dir, state.history[-1]["validation"])
+
+
+def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
+    """train → checkpoint → one-process inference model gives the metrics the training run logged."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from argus_models.checkpoint import load_inference_model
+    from argus_platform.collate import Collator
+    from argus_platform.config import EvalConfig
+    from argus_platform.configlib import from_dict
+    from argus_platform.data.spec import DatasetSpec
+    from argus_platform.evaluation import evaluate
+
+    model = load_inference_model(ckpt)
+    spec = from_dict(DatasetSpec, json.loads((ckpt / "spec.json").read_text()))
+    kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
+    collator = Collator(model.schema, kinds, window=model.config.max_seq_len + 1)
+    table = pq.ParquetDataset(str(run_dir / "data" / "validation")).read()
+    batches = [table.slice(i, 50) for i in range(0, table.num_rows, 50)]
+    counts = torch.from_numpy(np.load(ckpt / "train_item_counts.npy"))
+    got = evaluate(model.dense, model.tables, batches, collator, counts, EvalConfig(), torch.device("cpu"))["model"]
+    assert got["users"] == recorded["users"]
+    for key in ("ndcg@10", "hr@10", "mrr", "like/auc"):
+        assert abs(got[key] - recorded[key]) < 1e-3, (key, got[key], recorded[key])
 
 
 def test_bad_input_fails_with_named_file(ray_local, tmp_path, capsys):
