@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

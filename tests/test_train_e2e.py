@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from argus_platform.checkpoint import TrainState
 

@@ -100,7 +100,6 @@ def evaluate(
     item_counts: torch.Tensor,
     cfg: EvalConfig,
     device: torch.device,
-    with_baseline: bool = True,
 ) -> dict[str, dict[str, float]]:
     """{"model": {...}, "popularity": {...}} for one split (collective when distributed)."""
     was_training = dense.training
@@ -111,7 +110,7 @@ def evaluate(
     C = schema.num_items
     # popularity with a deterministic tie-break (lower index = more frequent overall)
     pop_scores = (item_counts.double() * (C + 2) - torch.arange(C + 1, dtype=torch.float64)).to(device)
-    accs = {r: RankingAccumulator(cfg.ks, C) for r in (RANKERS if with_baseline else ("model",))}
+    accs = {r: RankingAccumulator(cfg.ks, C) for r in RANKERS}
     preds: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
     labels: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
     for table in batches:

@@ -6,7 +6,6 @@ Same code on CPU (gloo) and GPU (nccl); only the device and the planner topology
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +28,6 @@ from argus_models.task import ArgusObjective, ArgusTrainTask
 
 from argus_platform.config import TrainJobConfig
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

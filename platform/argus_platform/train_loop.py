@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from argus_models.config import ModelSchema
+from argus_models.model import count_parameters
 
 from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from argus_platform.collate import Collator
@@ -27,7 +28,6 @@ from argus_platform.data.prepare import load_prepared
 from argus_platform.evaluation import evaluate
 from argus_platform.sharding import describe_plan, gather_tables, shard
 
-log = logging.getLogger("argus.train")
 
 Iterate = Callable[[str, int], Iterable[pa.Table]]  # (split, batch_size) -> Arrow batches
 Report = Callable[[dict, Path | None], None]  # (metrics, checkpoint dir or None)
@@ -60,7 +60,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     counts = torch.from_numpy(prepared.item_counts)
     sharded = shard(cfg, schema, counts, device)
     _say(rank, f"[argus] sharding plan ({world} x {device.type}):\n{describe_plan(sharded.plan)}")
-    dense_params = sum(p.numel() for p in sharded.dense.parameters())
+    dense_params = count_parameters(sharded.dense)
     _say(rank, f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
     state = TrainState()
     if resume_dir is not None:

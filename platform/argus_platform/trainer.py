@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ from argus_platform.configlib import to_dict
 from argus_platform.data.prepare import PreparedRun, prepare_data
 from argus_platform.train_loop import train_loop_per_worker
 
-log = logging.getLogger(__name__)
 
 # Shipped to every Ray worker, so a cluster without the project installed can import it.
 PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[2] / "models" / "argus_models"]

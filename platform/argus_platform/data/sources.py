@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import pyarrow.parquet as pq
 from argus_platform.config import DataConfig
 from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
 
-log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 500_000
 
