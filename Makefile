@@ -25,8 +25,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -m "not slow" -q $(ARGS)
 
+# pytest exits 5 when nothing is marked slow; that is not a failure.
 test-slow: $(STAMP)
-	$(VPY) -m pytest -m slow -q $(ARGS)
+	$(VPY) -m pytest -m slow -q $(ARGS) || [ $$? -eq 5 ]
 
 clean:
 	rm -rf $(VENV) .pytest_cache
