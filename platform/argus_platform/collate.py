@@ -8,11 +8,9 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from argus_models.config import ModelSchema
+from argus_models.contract import ITEM_COL, act_col, ctx_col, target_code
 from argus_models.model import ITEM, NEG_ITEM, ctx_feature, fb_feature, sequence_features
 from argus_models.task import SequenceBatch
-
-from argus_platform.data.sequences import act_col, ctx_col
-from argus_platform.data.spec import ITEM as ITEM_COL
 
 
 def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -55,9 +53,7 @@ class Collator:
 
     def _codes(self, name: str, targets: np.ndarray) -> np.ndarray:
         kind, codes = self.action_kinds[name]
-        if kind == "ratio":
-            return np.minimum((targets * codes).astype(np.int64), codes - 1)
-        return targets.astype(np.int64)
+        return target_code(kind, codes, targets)
 
     def __call__(self, batch: pa.Table) -> SequenceBatch:
         items_flat, offsets = _flat(batch.column(ITEM_COL))

@@ -24,24 +24,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from argus_models.contract import USER_IDX, Vocabulary, act_col, ctx_col
+
 from argus_platform.config import DataConfig
 from argus_platform.data.spec import ITEM, TIME, USER, DatasetSpec
-from argus_platform.data.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-USER_IDX = "user_idx"
-
-
-def ctx_col(name: str) -> str:
-    return f"ctx_{name}"
-
-
-def act_col(name: str) -> str:
-    return f"act_{name}"
-
-
 _RESOLVED: dict[str, object] = {}
 
 

@@ -8,11 +8,12 @@ from typing import Literal
 import numpy as np
 
 from argus_models.config import ActionHead
+from argus_models.contract import ITEM_COL, TIME_COL, action_target, action_valid, target_code
 
 from argus_platform.configlib import ConfigError
 
 # Column names of the canonical event log every source is converted to.
-USER, ITEM, TIME = "user_id", "item_id", "timestamp"
+USER, ITEM, TIME = "user_id", ITEM_COL, TIME_COL
 
 
 @dataclass
@@ -43,26 +44,15 @@ class ActionSpec:
 
     def valid(self, values: np.ndarray) -> np.ndarray:
         """Mask of usable values (NaN, out-of-range and unknown levels are not)."""
-        v = values.astype(np.float64)
-        if self.kind == "binary":
-            return (v == 0) | (v == 1)
-        if self.kind == "ratio":
-            return (v >= 0) & (v <= 1)
-        return np.isin(v, np.asarray(self.levels, dtype=np.float64))
+        return action_valid(self.kind, self.levels, values)
 
     def target(self, values: np.ndarray) -> np.ndarray:
         """Training target: 0/1 (binary), the ratio, or the level index (graded)."""
-        v = values.astype(np.float64)
-        if self.kind == "graded":
-            return np.searchsorted(np.asarray(self.levels, dtype=np.float64), v).astype(np.float32)
-        return v.astype(np.float32)
+        return action_target(self.kind, self.levels, values)
 
     def code(self, values: np.ndarray) -> np.ndarray:
         """Feedback-token code of each value (row of the action's embedding table)."""
-        t = self.target(values)
-        if self.kind == "ratio":
-            return np.minimum((t * self.buckets).astype(np.int64), self.buckets - 1)
-        return t.astype(np.int64)
+        return target_code(self.kind, self.num_codes(), self.target(values))
 
 
 @dataclass
