@@ -142,23 +142,38 @@ class ArgusDenseArch(nn.Module):
           "target"   [B, W-1, D]  E_item(i_{t+1})
           "feedback" [B, W-1, Σ outputs]  action logits for event t+1 (if the schema has actions)
         """
-        item = emb[ITEM]
+        state, head_in = self.encode(emb, lengths)
+        nxt_item = emb[ITEM][:, 1:]
+        out = {"state": state, "query": self.query(head_in), "target": nxt_item}
+        if self.feedback_head is not None:
+            out["feedback"] = self.feedback_logits(head_in, nxt_item)
+        if self.cfg.normalize_embeddings:
+            out["target"] = F.normalize(out["target"], dim=-1)
+        return out
+
+    def encode(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states [B, W-1, D] and the heads' shared input [B, W-1, H]: the state h_t with
+        the context of event t+1, i.e. everything known about an event before its item."""
         ctx = self._context(emb)
-        parts = [item] + ([ctx] if ctx is not None else [])
+        parts = [emb[ITEM]] + ([ctx] if ctx is not None else [])
         if self.has_fb:
             parts.append(torch.stack([emb[fb_feature(a.name)] for a in self.schema.actions]).sum(0))
         tokens = self.token_proj(torch.cat(parts, dim=-1))[:, :-1]  # [B, W-1, D]
         state = self.encoder(tokens, (lengths - 1).clamp_min(1))
-        nxt_item = item[:, 1:]
-        head_in = [state] + ([ctx[:, 1:]] if ctx is not None else [])
-        query = self.item_head(torch.cat(head_in, dim=-1))
-        out = {"state": state, "query": query, "target": nxt_item}
-        if self.feedback_head is not None:
-            out["feedback"] = self.feedback_head(torch.cat(head_in + [nxt_item], dim=-1))
-        if self.cfg.normalize_embeddings:
-            out["query"] = F.normalize(out["query"], dim=-1)
-            out["target"] = F.normalize(out["target"], dim=-1)
-        return out
+        head_in = torch.cat([state, ctx[:, 1:]], dim=-1) if ctx is not None else state
+        return state, head_in
+
+    def query(self, head_in: torch.Tensor) -> torch.Tensor:
+        """Next-item query [..., D] from the heads' input [..., H]."""
+        q = self.item_head(head_in)
+        return F.normalize(q, dim=-1) if self.cfg.normalize_embeddings else q
+
+    def feedback_logits(self, head_in: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """Action logits [..., Σ outputs] of showing `item` [..., D] in the event `head_in` [..., H]
+        describes. Row-wise: a candidate's logits never depend on the other candidates."""
+        if self.feedback_head is None:
+            raise ValueError("the schema has no actions, so the model has no feedback head")
+        return self.feedback_head(torch.cat([head_in, item], dim=-1))
 
     def action_logits(self, feedback: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""

@@ -1,0 +1,1 @@
+"""Ray Serve application: retrieval and ranking of an Argus training run behind HTTP."""

@@ -1,0 +1,53 @@
+"""HTTP request and response bodies of the recommend API (they are also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+# Raw ids are strings in the vocabulary; JSON numbers are accepted and read as their text.
+RawId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v)]
+ContextValue = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v)]
+
+HARD_MAX_EVENTS = 100_000  # schema bound; the deployment's own (smaller) limit is checked in the handler
+
+
+class HistoryEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: RawId = Field(description="raw item id, as in the training data")
+    actions: dict[str, float] = Field(default_factory=dict, description="feedback of the event; missing actions count as 0")
+    context: dict[str, ContextValue] = Field(default_factory=dict, description="context values of the event")
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"user_id": "17", "k": 10}, {"history": [{"item_id": "42", "actions": {"like": 1}}], "k": 5, "debug": True}]
+    })
+    user_id: RawId | None = Field(None, description="a user of the training run; their stored history is used")
+    history: list[HistoryEvent] = Field(default_factory=list, max_length=HARD_MAX_EVENTS,
+                                        description="events oldest first; appended after the stored history of a known user")
+    context: dict[str, ContextValue] = Field(default_factory=dict,
+                                             description="context of the request (default: that of the last event)")
+    exclude: list[RawId] = Field(default_factory=list, max_length=HARD_MAX_EVENTS, description="item ids never to return")
+    k: int = Field(10, ge=1, description="items to return (at most the deployment's max_k)")
+    debug: bool = Field(False, description="add per-stage timings and item groups")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Σ_a w_a · P(a) (the retrieval score when the model has no action heads)")
+    retrieval_score: float = Field(description="<query, item> of the retrieval stage")
+    probabilities: dict[str, float] = Field(description="P(a) per action head")
+    group: int | None = Field(None, description="item-side group used by the diversity rule (debug only)")
+
+
+class RecommendResponse(BaseModel):
+    user_id: str | None
+    items: list[RecommendedItem]
+    history_events: int = Field(description="events of the history the model read (before truncation to max_seq_len)")
+    history_source: str = Field(description="store, request or store+request")
+    model_version: dict[str, str]
+    weights_version: str
+    warnings: dict[str, list[str]] = Field(default_factory=dict, description="ids that were not known and were skipped")
+    timings_ms: dict[str, float] | None = None

@@ -1,0 +1,46 @@
+"""The application builder that `serve run`, `serve deploy` and the RayService name:
+
+    import_path: argus_serve.app:build_app
+    args: {checkpoint: runs/<run dir>}        # or a checkpoint dir; omitted = newest run under runs/
+
+Ingress ──handle──▶ Retriever ──(candidates)──▶ Ingress ──handle──▶ Ranker
+"""
+
+# No `from __future__ import annotations` here: Serve reads the builder's annotation at runtime
+# to validate `args` into AppArgs (a string annotation would hand the builder a plain dict).
+import logging
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from argus_serve.artifacts import resolve_checkpoint
+from argus_serve.deployments import Ranker, Retriever
+from argus_serve.ingress import Ingress, Limits
+
+log = logging.getLogger("ray.serve")
+
+
+class AppArgs(BaseModel):
+    """Builder arguments (`args:` in the Serve config, or key=value after the import path)."""
+
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str = Field("", description="run directory (its best kept checkpoint) or checkpoint directory")
+    runs_root: str = Field("runs", description="where to look for the newest run when checkpoint is empty")
+    torch_threads: int = Field(1, ge=0, description="intra-op threads per model replica (0 = torch default)")
+    retrieve_k: int = Field(Limits.retrieve_k, ge=1, description="candidates retrieved and ranked per request")
+    max_k: int = Field(Limits.max_k, ge=1, description="largest k a request may ask for")
+    max_history_events: int = Field(Limits.max_history_events, ge=1, description="largest `history` a request may carry")
+    max_exclude: int = Field(Limits.max_exclude, ge=0, description="largest `exclude` list")
+    max_body_bytes: int = Field(Limits.max_body_bytes, ge=1024, description="larger request bodies get 413")
+
+
+def build_app(args: AppArgs) -> Application:
+    if args.max_k > args.retrieve_k:
+        raise ValueError(f"max_k={args.max_k} exceeds retrieve_k={args.retrieve_k}: the ranker cannot return more than it gets")
+    checkpoint = str(resolve_checkpoint(args.checkpoint, args.runs_root))
+    log.info("serving checkpoint %s", checkpoint)
+    limits = {"retrieve_k": args.retrieve_k, "max_k": args.max_k, "max_history_events": args.max_history_events,
+              "max_exclude": args.max_exclude, "max_body_bytes": args.max_body_bytes}
+    retriever = Retriever.bind(checkpoint, args.torch_threads)
+    ranker = Ranker.bind(checkpoint, args.torch_threads)
+    return Ingress.bind(checkpoint, retriever, ranker, limits)

@@ -1,0 +1,205 @@
+"""The HTTP ingress: validation, raw id ↔ index translation, composition of the model deployments.
+
+POST /v1/recommend   → RecommendResponse     (4xx with a reason for bad input; the service stays up)
+GET  /healthz        → model versions, weights, reload errors of the deployments
+GET  /docs, /openapi.json (FastAPI)
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real request/response classes
+# on the methods that `serve.ingress` wraps.
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+
+from argus_models.contract import action_target, action_valid, target_code
+from argus_serve.api import RecommendedItem, RecommendRequest, RecommendResponse
+from argus_serve.artifacts import absolute, load_vocabulary, read_actions, run_dir_of
+from argus_serve.deployments import RankQuery, RetrievalQuery
+from argus_serve.store import Events, UserStore
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class Limits:
+    retrieve_k: int = 200  # candidates the Retriever hands to the Ranker
+    max_k: int = 100
+    max_history_events: int = 2000
+    max_exclude: int = 10_000
+    max_body_bytes: int = 1_000_000
+
+
+api = FastAPI(
+    title="Argus recommender",
+    version="1",
+    description="Retrieval (ARGUS encoder + top-K) and multi-action ranking (score = Σ_a w_a·P(a)) of one training run.",
+)
+api.state.max_body_bytes = Limits.max_body_bytes
+
+
+@api.middleware("http")
+async def json_bodies(request: Request, call_next):
+    """Refuse oversized bodies (413) and read every POST body as JSON: `curl -d '{...}'` sends
+    form content-type, and the API speaks nothing but JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > api.state.max_body_bytes:
+        return JSONResponse(status_code=413, content={"detail": f"request body of {declared} bytes exceeds {api.state.max_body_bytes}"})
+    if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = headers + [(b"content-type", b"application/json")]
+    return await call_next(request)
+
+
+class BadRequest(ValueError):
+    pass
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, checkpoint: str, retriever: DeploymentHandle, ranker: DeploymentHandle, limits: dict | None = None) -> None:
+        self.limits = Limits(**(limits or {}))
+        api.state.max_body_bytes = self.limits.max_body_bytes
+        ckpt = absolute(checkpoint)
+        self.vocab = load_vocabulary(ckpt)
+        self.actions = read_actions(ckpt)
+        self.item_index = self.vocab.item_index()
+        self.context_index = {c: {v: i + 1 for i, v in enumerate(vals.tolist())} for c, vals in self.vocab.contexts.items()}
+        self.store = UserStore.load(run_dir_of(ckpt), self.vocab, self.actions)
+        self.retriever, self.ranker = retriever, ranker
+        self.requests = Counter("argus_requests", description="recommend requests by HTTP status", tag_keys=("status",))
+        self.latency = Histogram("argus_stage_latency_ms", description="latency per stage (ms)",
+                                 boundaries=[1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000], tag_keys=("stage",))
+        log.info("Ingress: %d known users, %d items, limits %s", len(self.store), self.vocab.num_items, self.limits)
+
+    # -- translation -------------------------------------------------------------------------
+    def _context(self, raw: dict[str, str], where: str, warnings: dict[str, list[str]]) -> dict[str, int]:
+        unknown_cols = sorted(set(raw) - set(self.context_index))
+        if unknown_cols:
+            raise BadRequest(f"{where}: unknown context column(s) {unknown_cols}; the model knows {sorted(self.context_index)}")
+        out = {}
+        for c, v in raw.items():
+            idx = self.context_index[c].get(v)
+            if idx is None:
+                warnings.setdefault("unknown_context_values", []).append(f"{c}={v}")
+            out[c] = idx or 0
+        return out
+
+    def _request_events(self, req: RecommendRequest, warnings: dict[str, list[str]]) -> Events:
+        names = {a.name: a for a in self.actions}
+        keep, ctx, fb = [], {c: [] for c in self.context_index}, {a: [] for a in names}
+        for i, ev in enumerate(req.history):
+            unknown = sorted(set(ev.actions) - set(names))
+            if unknown:
+                raise BadRequest(f"history[{i}]: unknown action(s) {unknown}; the model's actions are {sorted(names)}")
+            for a, value in ev.actions.items():
+                info = names[a]
+                if not action_valid(info.kind, info.levels, np.array([value]))[0]:
+                    expected = {"binary": "0 or 1", "ratio": "a number in [0, 1]"}.get(info.kind, f"one of {info.levels}")
+                    raise BadRequest(f"history[{i}].actions.{a}: {value!r} is not {expected}")
+            item = self.item_index.get(ev.item_id)
+            if item is None:
+                warnings.setdefault("unknown_history_items", []).append(ev.item_id)
+                continue
+            keep.append(item)
+            for c, v in self._context(ev.context, f"history[{i}].context", warnings).items():
+                ctx[c].append(v)
+            for c in self.context_index:
+                if c not in ev.context:
+                    ctx[c].append(0)
+            for a, info in names.items():
+                target = action_target(info.kind, info.levels, np.array([ev.actions.get(a, 0.0)]))
+                fb[a].append(int(target_code(info.kind, info.num_codes, target)[0]))
+        as_arr = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+        return Events(as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()})
+
+    def _prepare(self, req: RecommendRequest) -> tuple[Events, str, dict[str, int], np.ndarray, dict[str, list[str]]]:
+        lim = self.limits
+        if req.k > lim.max_k:
+            raise BadRequest(f"k={req.k} is out of range: 1..{lim.max_k}")
+        if len(req.history) > lim.max_history_events:
+            raise BadRequest(f"history has {len(req.history)} events; at most {lim.max_history_events} are accepted")
+        if len(req.exclude) > lim.max_exclude:
+            raise BadRequest(f"exclude has {len(req.exclude)} ids; at most {lim.max_exclude} are accepted")
+        warnings: dict[str, list[str]] = {}
+        stored = self.store.get(req.user_id) if req.user_id is not None else None
+        if stored is None and not req.history:
+            who = f"unknown user_id {req.user_id!r}" if req.user_id is not None else "no user_id"
+            raise LookupError(f"{who} and no history: send `history` (raw item ids, oldest first) for users outside the training run")
+        supplied = self._request_events(req, warnings)
+        if stored is not None and len(supplied):
+            events, source = stored.concat(supplied), "store+request"
+        elif stored is not None:
+            events, source = stored, "store"
+        else:
+            events, source = supplied, "request"
+        if not len(events):
+            raise BadRequest(f"none of the {len(req.history)} history items is known to the model: {warnings.get('unknown_history_items')}")
+        next_ctx = {c: int(v[-1]) for c, v in events.contexts.items()}  # default: the last event's context
+        next_ctx |= self._context(req.context, "context", warnings)
+        excluded = [self.item_index.get(x) for x in req.exclude]
+        if any(x is None for x in excluded):
+            warnings["unknown_exclude_items"] = [x for x, i in zip(req.exclude, excluded) if i is None]
+        exclude = np.unique(np.concatenate([events.items, np.asarray([i for i in excluded if i], dtype=np.int64)]))
+        return events, source, next_ctx, exclude, warnings
+
+    # -- endpoints ---------------------------------------------------------------------------
+    @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        t0 = time.perf_counter()
+        try:
+            events, source, next_ctx, exclude, warnings = self._prepare(req)
+        except BadRequest as exc:
+            self.requests.inc(tags={"status": "422"})
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except LookupError as exc:
+            self.requests.inc(tags={"status": "404"})
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        t1 = time.perf_counter()
+        cands = await self.retriever.retrieve.remote(RetrievalQuery(events, next_ctx, exclude, self.limits.retrieve_k))
+        t2 = time.perf_counter()
+        result = await self.ranker.rank.remote(RankQuery(events, next_ctx, cands.items, cands.scores, req.k))
+        t3 = time.perf_counter()
+        r = result.ranked
+        items = [
+            RecommendedItem(
+                item_id=str(self.vocab.items[r.items[i] - 1]), score=float(r.scores[i]), retrieval_score=float(r.retrieval_scores[i]),
+                probabilities={a: float(p[i]) for a, p in r.probabilities.items()},
+                group=int(r.groups[i]) if req.debug else None,
+            )
+            for i in range(len(r.items))
+        ]
+        t4 = time.perf_counter()
+        stages = {"prepare": t1 - t0, "retrieve": t2 - t1, "rank": t3 - t2, "respond": t4 - t3, "total": t4 - t0}
+        for stage, sec in stages.items():
+            self.latency.observe(sec * 1000, tags={"stage": stage})
+        self.requests.inc(tags={"status": "200"})
+        timings = None
+        if req.debug:
+            timings = {f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()}
+            timings |= {"retriever_compute_ms": round(cands.compute_ms, 3), "retriever_batch": float(cands.batch_size),
+                        "ranker_compute_ms": round(result.compute_ms, 3), "ranker_batch": float(result.batch_size),
+                        "candidates": float(len(cands.items))}
+        return RecommendResponse(
+            user_id=req.user_id, items=items, history_events=len(events), history_source=source,
+            model_version={"retriever": cands.model_version, "ranker": result.model_version, "index": cands.index},
+            weights_version=result.weights_version, warnings=warnings, timings_ms=timings,
+        )
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        try:
+            retriever = await self.retriever.status.remote()
+            ranker = await self.ranker.status.remote()
+        except Exception as exc:  # a deployment that cannot answer makes the service unhealthy, not the ingress
+            raise HTTPException(status_code=503, detail=f"a model deployment did not answer: {exc}") from None
+        degraded = bool(retriever["reload_error"] or ranker["reload_error"])
+        return {"status": "degraded" if degraded else "ok", "users": len(self.store), "items": self.vocab.num_items,
+                "retriever": retriever, "ranker": ranker}
