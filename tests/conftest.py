@@ -30,3 +30,31 @@ def ray_local():
         ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+TINY_TRAIN = [
+    "data.synthetic.num_users=120", "data.synthetic.num_items=60", "data.synthetic.events_per_user=12",
+    "data.synthetic.min_events=6", "model.embedding_dim=16", "model.num_layers=1", "model.max_seq_len=10",
+    "optim.batch_size=16", "optim.eval_every_epochs=1", "optim.log_every_steps=0",
+    "loss.in_batch_negatives=16", "loss.uniform_negatives=16", "scaling.local_num_cpus=4",
+]
+
+
+def run_train_job(args: list[str]) -> int:
+    """`jobs/train_argus.py` main, loaded by path (tests never import jobs/ as a package)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    spec = importlib.util.spec_from_file_location("train_argus", ROOT / "jobs" / "train_argus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_local, tmp_path_factory):
+    """A real (tiny) training run of the synthetic default through Ray Train: 2 epochs."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    assert run_train_job([f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2"]]) == 0
+    return run_dir

@@ -5,25 +5,7 @@ import json
 
 from argus_platform.checkpoint import TrainState
 
-TINY = [
-    "data.synthetic.num_users=120", "data.synthetic.num_items=60", "data.synthetic.events_per_user=12",
-    "data.synthetic.min_events=6", "model.embedding_dim=16", "model.num_layers=1", "model.max_seq_len=10",
-    "optim.batch_size=16", "optim.eval_every_epochs=1", "optim.log_every_steps=0",
-    "loss.in_batch_negatives=16", "loss.uniform_negatives=16", "scaling.local_num_cpus=4",
-]
-
-
-def _main(args):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "jobs"))
-    spec = importlib.util.spec_from_file_location("train_argus", root / "jobs" / "train_argus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(args)
+from conftest import TINY_TRAIN as TINY, run_train_job as _main
 
 
 def _checkpoints(run_dir):

@@ -11,6 +11,7 @@ reload that fails keeps what was loaded, logs why and reports it in `status()`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,7 @@ class _ModelReplica:
         log.info("%s: serving %s with %s", type(self).__name__, model.version, options.model_dump())
 
     def base_status(self) -> dict:
-        return {"model_version": self.model.version, "checkpoint": str(self.model.checkpoint),
+        return {"pid": os.getpid(), "model_version": self.model.version, "checkpoint": str(self.model.checkpoint),
                 "vocab_version": self.vocab_version, "reload_error": self.reload_error, "reloaded_at": self.reloaded_at}
 
 

@@ -1,0 +1,193 @@
+"""The Serve application for real: serve/argus.yaml deployed through Serve's config path on a
+tiny training run, called over HTTP."""
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+import torch
+import torch.nn.functional as F
+
+from argus_models.checkpoint import load_inference_model
+from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
+from argus_models.losses import feedback_probability
+from argus_models.model import ITEM, ctx_feature, fb_feature, table_name
+from argus_serve.artifacts import read_actions, resolve_checkpoint
+from argus_serve.launch import serve_config
+
+YAML_WEIGHTS = {"like": 1.0, "played_ratio": 0.5, "skip": -0.5, "dislike": -1.0}  # serve/argus.yaml
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, run_dir, port):
+        self.run_dir, self.port, self.url = run_dir, port, f"http://127.0.0.1:{port}"
+
+    def deploy(self, user_configs=None):
+        from argus_serve.launch import deploy
+
+        deploy(serve_config(args={"checkpoint": str(self.run_dir)}, user_configs=user_configs, port=self.port))
+
+    def recommend(self, body, **kw):
+        return requests.post(f"{self.url}/v1/recommend", data=body if isinstance(body, (str, bytes)) else json.dumps(body), timeout=30, **kw)
+
+    def health(self):
+        return requests.get(f"{self.url}/healthz", timeout=30).json()
+
+
+@pytest.fixture(scope="module")
+def service(tiny_run):
+    from ray import serve
+
+    svc = Service(tiny_run, _free_port())
+    svc.deploy()
+    yield svc
+    serve.shutdown()
+
+
+def _user_rows(run_dir):
+    """user raw id → full sequence row (the test split holds every event under leave-last-out)."""
+    vocab = Vocabulary.load(run_dir / "vocab")
+    table = pq.ParquetDataset(str(run_dir / "data" / "test")).read().to_pylist()
+    return {str(vocab.users[r[USER_IDX]]): r for r in table}, vocab
+
+
+def _direct_scores(ckpt, row, items):
+    """Reference without argus_serve: the training forward on [history ; (item, next context)]."""
+    model = load_inference_model(ckpt)
+    actions = read_actions(ckpt)
+    L = min(len(row[ITEM_COL]), model.config.max_seq_len)
+    out = {}
+    for item in items:
+        ids = {ITEM: row[ITEM_COL][-L:] + [item]}
+        ctx = row[ctx_col("source")][-L:]
+        ids[ctx_feature("source")] = ctx + [ctx[-1]]  # the request's context defaults to the last event's
+        for a in actions:
+            codes = target_code(a.kind, a.num_codes, np.asarray(row[act_col(a.name)][-L:], dtype=np.float32))
+            ids[fb_feature(a.name)] = codes.tolist() + [0]
+        emb = {k: F.embedding(torch.tensor([v]), model.tables[table_name(k)]) for k, v in ids.items()}
+        with torch.no_grad():
+            res = model.dense(emb, torch.tensor([L + 1]))
+        logits = model.dense.action_logits(res["feedback"][0, -1])
+        probs = {h.name: float(feedback_probability(h, logits[h.name])) for h in model.schema.actions}
+        retrieval = float(res["query"][0, -1] @ model.dense.item_vectors(model.tables["t_item"])[item])
+        out[item] = (sum(YAML_WEIGHTS[a] * p for a, p in probs.items()), probs, retrieval)
+    return out
+
+
+def test_known_user_round_trip_gives_the_checkpoints_scores(service):
+    rows, vocab = _user_rows(service.run_dir)
+    user = sorted(rows)[3]
+    r = service.recommend({"user_id": user, "k": 5, "debug": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["history_source"] == "store" and body["history_events"] == len(rows[user][ITEM_COL])
+    assert len(body["items"]) == 5 and body["model_version"]["retriever"] == body["model_version"]["ranker"]
+    assert {"retrieve_ms", "rank_ms", "total_ms", "retriever_compute_ms", "ranker_compute_ms"} <= set(body["timings_ms"])
+    index = vocab.item_index()
+    got = {index[it["item_id"]]: it for it in body["items"]}
+    seen = set(rows[user][ITEM_COL])
+    assert not seen & set(got), "items the user has seen must be filtered"
+    ckpt = resolve_checkpoint(str(service.run_dir))
+    for item, (score, probs, retrieval) in _direct_scores(ckpt, rows[user], list(got)).items():
+        assert got[item]["score"] == pytest.approx(score, abs=1e-4)
+        assert got[item]["retrieval_score"] == pytest.approx(retrieval, abs=1e-4)
+        for a, p in probs.items():
+            assert got[item]["probabilities"][a] == pytest.approx(p, abs=1e-5)
+
+
+def test_concurrent_requests_batch_without_changing_anyones_scores(service):
+    rows, _ = _user_rows(service.run_dir)
+    users = sorted(rows)[:12]
+    alone = [service.recommend({"user_id": u, "k": 10, "debug": True}).json() for u in users]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda u: service.recommend({"user_id": u, "k": 10, "debug": True}).json(), users))
+    assert max(t["timings_ms"]["ranker_batch"] for t in together) > 1, "requests were never batched together"
+    for a, t in zip(alone, together):
+        assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in t["items"]]
+        np.testing.assert_allclose([i["score"] for i in a["items"]], [i["score"] for i in t["items"]], atol=1e-5)
+
+
+def test_request_history_for_a_user_outside_the_store(service):
+    _, vocab = _user_rows(service.run_dir)
+    history = [{"item_id": vocab.items[0], "actions": {"like": 1, "played_ratio": 0.9}, "context": {"source": vocab.contexts["source"][0]}},
+               {"item_id": "no-such-item", "actions": {"like": 0}},
+               {"item_id": vocab.items[5], "actions": {"skip": 1}}]
+    r = service.recommend({"user_id": "brand-new", "history": history, "exclude": [vocab.items[1], "ghost"], "k": 7})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["history_source"] == "request" and body["history_events"] == 2
+    assert body["warnings"] == {"unknown_history_items": ["no-such-item"], "unknown_exclude_items": ["ghost"]}
+    returned = {i["item_id"] for i in body["items"]}
+    assert len(returned) == 7 and not returned & {vocab.items[0], vocab.items[1], vocab.items[5]}
+
+
+@pytest.mark.parametrize("body, status, reason", [
+    ('{"user_id": "1", ', 422, "JSON decode error"),
+    ({"user_id": "1", "kk": 3}, 422, "Extra inputs are not permitted"),
+    ({"user_id": "1", "k": 0}, 422, "greater than or equal to 1"),
+    ({"user_id": "1", "k": 101}, 422, "k=101 is out of range: 1..100"),
+    ({"user_id": "nobody"}, 404, "unknown user_id 'nobody' and no history"),
+    ({"history": [{"item_id": "nope"}]}, 422, "none of the 1 history items is known"),
+    ({"history": [{"item_id": "1", "actions": {"like": 2}}]}, 422, "history[0].actions.like: 2.0 is not 0 or 1"),
+    ({"history": [{"item_id": "1", "actions": {"clicked": 1}}]}, 422, "unknown action(s) ['clicked']"),
+    ({"user_id": "1", "context": {"weather": "rain"}}, 422, "unknown context column(s) ['weather']"),
+    ({"user_id": "1", "history": [{"item_id": "1"}] * 2001}, 422, "at most 2000 are accepted"),
+    ("x" * 1_000_001, 413, "exceeds 1000000"),
+])
+def test_bad_input_gets_a_4xx_with_the_reason_and_the_service_stays_up(service, body, status, reason):
+    rows, _ = _user_rows(service.run_dir)
+    if isinstance(body, dict) and body.get("user_id") == "1":
+        body = {**body, "user_id": sorted(rows)[0]}
+    r = service.recommend(body)
+    assert r.status_code == status, r.text
+    assert reason in r.text
+    assert service.recommend({"user_id": sorted(rows)[0], "k": 2}).status_code == 200
+
+
+def test_health_docs_and_openapi(service):
+    h = service.health()
+    assert h["status"] == "ok" and h["ranker"]["weights"] == YAML_WEIGHTS and h["retriever"]["index"] == "exact"
+    assert requests.get(f"{service.url}/docs", timeout=10).status_code == 200
+    spec = requests.get(f"{service.url}/openapi.json", timeout=10).json()
+    assert "/v1/recommend" in spec["paths"] and "RecommendResponse" in spec["components"]["schemas"]
+
+
+def test_weights_and_model_reload_in_place_and_a_failed_reload_keeps_the_old(service):
+    rows, _ = _user_rows(service.run_dir)
+    user = sorted(rows)[1]
+    before, pid = service.recommend({"user_id": user, "k": 5}).json(), service.health()["ranker"]["pid"]
+
+    service.deploy({"Ranker": {"weights": {"like": 1.0}}})  # only like counts now
+    after = service.recommend({"user_id": user, "k": 5}).json()
+    h = service.health()
+    assert h["ranker"]["pid"] == pid, "a weights change must reconfigure the replica, not restart it"
+    assert h["ranker"]["weights"] == {"skip": 0.0, "like": 1.0, "dislike": 0.0, "played_ratio": 0.0}
+    assert after["weights_version"] != before["weights_version"]
+    for item in after["items"]:
+        assert item["score"] == pytest.approx(item["probabilities"]["like"], abs=1e-6)
+
+    service.deploy({"Ranker": {"weights": {"likes": 1.0}}})  # refused: no such action
+    h = service.health()
+    assert h["status"] == "degraded" and "unknown action(s) ['likes']" in h["ranker"]["reload_error"]
+    assert h["ranker"]["weights"]["like"] == 1.0 and h["ranker"]["pid"] == pid
+    assert service.recommend({"user_id": user, "k": 5}).json()["weights_version"] == after["weights_version"]
+
+    older = sorted(service.run_dir.glob("checkpoint_*"))[0]  # the run's epoch-1 checkpoint
+    service.deploy({"Retriever": {"checkpoint": str(older)}, "Ranker": {"checkpoint": str(older), "weights": YAML_WEIGHTS}})
+    body = service.recommend({"user_id": user, "k": 5}).json()
+    assert body["model_version"]["retriever"].endswith("@epoch1") and body["model_version"]["ranker"].endswith("@epoch1")
+    service.deploy({"Retriever": {"checkpoint": str(service.run_dir / "missing")}})
+    h = service.health()
+    assert "does not exist" in h["retriever"]["reload_error"] and h["retriever"]["model_version"].endswith("@epoch1")
+    service.deploy()  # back to the YAML as shipped
+    assert service.health()["status"] == "ok"

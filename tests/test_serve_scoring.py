@@ -1,0 +1,165 @@
+"""Serving math without Ray: next-event encoding vs the training forward, candidate isolation,
+retrieval indexes, diversity, weights and checkpoint resolution."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from argus_models.checkpoint import InferenceModel
+from argus_models.config import ActionHead, ModelConfig, ModelSchema
+from argus_models.losses import feedback_probability
+from argus_models.model import ITEM, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
+from argus_serve.artifacts import ArtifactError, ServingModel, resolve_checkpoint
+from argus_serve.scoring import (ExactIndex, FaissIndex, action_probabilities, combine, diversify, encode_next,
+                                 item_groups)
+from argus_serve.store import Events
+from argus_serve.weights import WeightsError, load_weights_file, resolve_weights, write_weights_file
+
+ACTIONS = [ActionHead("like", "binary", 2), ActionHead("watched", "ratio", 10), ActionHead("stars", "graded", 5)]
+
+
+@pytest.fixture(scope="module")
+def sm() -> ServingModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0)
+    schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS)
+    dense = ArgusDenseArch(cfg, schema).eval()
+    tables = {t.name: torch.randn(t.num_embeddings, t.embedding_dim) * 0.5 for t in embedding_configs(schema, 16)}
+    model = InferenceModel(cfg, schema, dense, tables)
+    return ServingModel(Path("/nonexistent"), "test", model, "v", dense.item_vectors(tables["t_item"]).detach())
+
+
+def _events(rng: np.random.Generator, n: int) -> Events:
+    return Events(rng.integers(1, 51, n), {"source": rng.integers(1, 4, n)},
+                  {"like": rng.integers(0, 2, n), "watched": rng.integers(0, 10, n), "stars": rng.integers(0, 5, n)})
+
+
+def _reference(sm: ServingModel, h: Events, next_ctx: int, candidate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward on one window [history (last max_seq_len) ; (candidate, next_ctx)]:
+    query and feedback logits at the position that predicts the appended event."""
+    h = h.tail(sm.model.config.max_seq_len)
+    ids = {ITEM: np.append(h.items, candidate), ctx_feature("source"): np.append(h.contexts["source"], next_ctx)}
+    ids |= {fb_feature(a.name): np.append(h.feedback[a.name], 0) for a in ACTIONS}
+    emb = {k: F.embedding(torch.from_numpy(v)[None], sm.model.tables[table_name(k)]) for k, v in ids.items()}
+    with torch.no_grad():
+        out = sm.model.dense(emb, torch.tensor([len(h) + 1]))
+    return out["query"][0, -1], out["feedback"][0, -1]
+
+
+def test_encode_next_and_ranking_match_the_training_forward(sm):
+    rng = np.random.default_rng(1)
+    hist = [_events(rng, n) for n in (1, 3, 8, 20)]  # 20 > max_seq_len: the tail is read
+    ctx = [{"source": 2}, {"source": 1}, {"source": 3}, {"source": 0}]
+    head_in, query = encode_next(sm, hist, ctx)
+    cands = torch.tensor([[5, 9], [1, 50], [7, 7], [33, 2]])
+    probs = action_probabilities(sm, head_in, cands)
+    for b, h in enumerate(hist):
+        for j in range(2):
+            ref_q, ref_fb = _reference(sm, h, ctx[b]["source"], int(cands[b, j]))
+            torch.testing.assert_close(query[b], ref_q, atol=1e-5, rtol=1e-5)
+            logits = sm.model.dense.action_logits(ref_fb)
+            for a in ACTIONS:
+                ref_p = feedback_probability(a, logits[a.name])
+                torch.testing.assert_close(probs[a.name][b, j], ref_p, atol=1e-5, rtol=1e-5)
+
+
+def test_a_candidates_score_does_not_depend_on_the_other_candidates(sm):
+    rng = np.random.default_rng(2)
+    hist = [_events(rng, 6), _events(rng, 2)]
+    head_in, _ = encode_next(sm, hist, [{"source": 1}, {"source": 2}])
+    full = action_probabilities(sm, head_in[:1], torch.tensor([[4, 8, 15, 16, 23, 42]]))
+    alone = action_probabilities(sm, head_in[:1], torch.tensor([[15]]))
+    shuffled = action_probabilities(sm, head_in[:1], torch.tensor([[42, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9]]))
+    head_in_b, _ = encode_next(sm, hist[:1], [{"source": 1}])  # without the other request in the batch
+    solo = action_probabilities(sm, head_in_b, torch.tensor([[15, 42]]))
+    for a in ("like", "watched", "stars"):
+        torch.testing.assert_close(full[a][0, 2], alone[a][0, 0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(full[a][0, 2], shuffled[a][0, 1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(full[a][0, 5], shuffled[a][0, 0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(full[a][0, 2], solo[a][0, 0], atol=1e-5, rtol=0)
+
+
+def test_exact_index_is_brute_force_top_k_without_excluded_items():
+    torch.manual_seed(3)
+    vectors = torch.randn(101, 8)
+    query = torch.randn(3, 8)
+    exclude = [np.array([5, 6, 7]), np.array([], dtype=np.int64), np.arange(1, 96)]  # last leaves 5 items
+    ids, scores = ExactIndex(vectors).search(query, 10, exclude)
+    for b in range(3):
+        allowed = [i for i in range(1, 101) if i not in set(exclude[b].tolist())]
+        s = (vectors[allowed] @ query[b]).numpy()
+        want = np.asarray(allowed)[np.argsort(-s)[:10]]
+        got = ids[b][ids[b] > 0]
+        assert got.tolist() == want.tolist()
+        assert np.all(np.diff(scores[b][ids[b] > 0]) <= 0)
+    assert (ids[2] > 0).sum() == 5 and np.all(ids[2][5:] == 0)
+
+
+def test_faiss_hnsw_index_finds_what_exact_search_finds():
+    torch.manual_seed(4)
+    vectors = torch.randn(5001, 16)
+    query = torch.randn(20, 16)
+    exclude = [np.arange(1, 200) for _ in range(20)]
+    exact, _ = ExactIndex(vectors).search(query, 50, exclude)
+    ann, ann_scores = FaissIndex(vectors, m=16, ef_search=128).search(query, 50, exclude)
+    assert not np.isin(ann, np.arange(1, 200)).any() and (ann > 0).all()
+    recall = np.mean([len(set(a) & set(e)) / 50 for a, e in zip(ann, exact)])
+    assert recall >= 0.95, recall
+    torch.testing.assert_close(torch.from_numpy(ann_scores[0]), (vectors[ann[0]] @ query[0]), atol=1e-4, rtol=1e-4)
+
+
+def test_diversity_pushes_repeated_groups_down():
+    scores = np.array([0.9, 0.85, 0.8, 0.5, -0.1])
+    groups = np.array([1, 1, 1, 2, 3])
+    assert diversify(scores, groups, 1.0, 5).tolist() == [0, 1, 2, 3, 4]
+    # after item 0, group 1 scores halve: 0.85 → 0.425 < 0.5, so group 2 comes second
+    assert diversify(scores, groups, 0.5, 3).tolist() == [0, 3, 1]
+    neg = np.array([-0.1, -0.2, -0.3])
+    assert diversify(neg, np.array([1, 1, 2]), 0.25, 3).tolist() == [0, 2, 1]  # a negative score is pushed down too: −0.2 → −0.35
+    groups_all = item_groups(torch.randn(41, 8), num_groups=4)
+    assert groups_all[0] == -1 and set(groups_all[1:].tolist()) <= {0, 1, 2, 3}
+
+
+def test_weights_are_checked_against_the_models_actions(tmp_path):
+    actions = ["like", "skip"]
+    assert combine({"like": torch.tensor([0.5]), "skip": torch.tensor([0.2])}, {"like": 2.0, "skip": -1.0}).item() == pytest.approx(0.8)
+    with pytest.raises(WeightsError, match=r"unknown action\(s\) \['lik'\]"):
+        resolve_weights({"lik": 1.0}, "", actions, tmp_path)
+    w = resolve_weights({"like": 1.0}, "", actions, tmp_path)
+    assert w.weights == {"like": 1.0, "skip": 0.0} and w.source == "user_config"
+    assert resolve_weights({}, "", actions, tmp_path).weights == {"like": 0.5, "skip": 0.5}
+    write_weights_file(tmp_path / "weights.yaml", {"like": 1.0, "skip": -2.0}, {"metric": "oracle"})
+    assert resolve_weights({}, "", actions, tmp_path).weights == {"like": 1.0, "skip": -2.0}  # the run's Tune output
+    (tmp_path / "bad.yaml").write_text("weights: {like: 1}\nextra: 2\n")
+    with pytest.raises(WeightsError, match="unknown key"):
+        load_weights_file(str(tmp_path / "bad.yaml"), actions)
+    (tmp_path / "nan.yaml").write_text("weights: {like: .nan}\n")
+    with pytest.raises(WeightsError, match="finite number"):
+        load_weights_file(str(tmp_path / "nan.yaml"), actions)
+
+
+def _fake_checkpoint(run: Path, name: str, epoch: int, best: int) -> Path:
+    d = run / name
+    d.mkdir(parents=True)
+    (d / ".metadata").write_bytes(b"")
+    (d / "train_state.json").write_text(json.dumps({"epoch": epoch, "best_epoch": best}))
+    return d
+
+
+def test_resolve_checkpoint_picks_the_best_kept_epoch_of_the_newest_run(tmp_path):
+    with pytest.raises(ArtifactError, match="no training run with checkpoints"):
+        resolve_checkpoint("", str(tmp_path))
+    old = _fake_checkpoint(tmp_path / "a", "checkpoint_1", 3, 3)
+    best = _fake_checkpoint(tmp_path / "b", "checkpoint_1", 3, 3)
+    _fake_checkpoint(tmp_path / "b", "checkpoint_2", 6, 3)
+    assert resolve_checkpoint("", str(tmp_path)) == best
+    assert resolve_checkpoint(str(tmp_path / "a"), "") == old
+    assert resolve_checkpoint(str(best), "") == best
+    latest = _fake_checkpoint(tmp_path / "c", "checkpoint_9", 9, 1)  # best epoch's checkpoint not kept
+    assert resolve_checkpoint(str(tmp_path / "c"), "") == latest
+    with pytest.raises(ArtifactError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "missing"), "")
