@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ARGS    ?=
 
-.PHONY: setup run test test-slow clean
+.PHONY: setup run test test-slow serve clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 # pytest exits 5 when nothing is marked slow; that is not a failure.
 test-slow: $(STAMP)
 	$(VPY) -m pytest -m slow -q $(ARGS) || [ $$? -eq 5 ]
+
+# Serve the newest run under runs/ on :8000 (Ray's latency settings on; see README "Serving").
+serve: $(STAMP)
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(VENV)/bin/serve run serve/argus.yaml $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -69,7 +69,7 @@ class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field("", description="checkpoint or run dir to reload; '' = the one the app started with")
     max_batch_size: int = Field(16, ge=1, description="requests per @serve.batch call")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="how long a batch waits to fill")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="how long a batch waits to fill")
 
 
 class RetrieverOptions(_Options):
@@ -156,7 +156,7 @@ class Retriever(_ModelReplica):
             self.index = build_index(model.item_vectors, options.ann_min_items, options.hnsw_m, options.ef_search)
         self._set_batching(self.retrieve, options)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def retrieve(self, queries: list[RetrievalQuery]) -> list[Candidates]:
         t0 = time.perf_counter()
         model, index = self.model, self.index
@@ -194,7 +194,7 @@ class Ranker(_ModelReplica):
         self._set_batching(self.rank, options)
         log.info("Ranker weights (%s): %s", weights.source, weights.weights)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def rank(self, queries: list[RankQuery]) -> list[RankResult]:
         t0 = time.perf_counter()
         model, weights, groups, decay = self.model, self.weights, self.groups, self.options.diversity_decay

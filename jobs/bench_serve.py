@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Benchmark the Serve application: fixed-rate load, p50/p95/p99 per stage and end to end.
+
+    python jobs/bench_serve.py --out /tmp/bench_serve.json                 # trains a 100k-item run once
+    python jobs/bench_serve.py --run-dir runs/<run> --rps 50 --seconds 30 --out FILE
+
+Without --run-dir it trains (once; reused on later calls) a synthetic run with a ~100k-item
+catalogue under runs/bench-serve-100k: one epoch, the default model. Weights quality does not
+change latency; the catalogue size and model shape do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / d) for d in ("platform", "models", "serve")]
+
+import ray  # noqa: E402
+
+from argus_platform.config import TrainJobConfig  # noqa: E402
+from argus_platform.configlib import load_config  # noqa: E402
+from argus_platform.trainer import train  # noqa: E402
+from argus_serve.bench import ServeBenchConfig, benchmark, format_result  # noqa: E402
+
+TRAIN_100K = ["data.synthetic.num_items=100000", "data.synthetic.num_users=30000", "data.synthetic.zipf_exponent=0.3",
+              "optim.epochs=1", "optim.batch_size=256", "eval.batch_size=128"]
+
+
+def main() -> int:
+    defaults = ServeBenchConfig()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="write the figures here as JSON")
+    p.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-serve-100k"), help="training run to serve (trained if absent)")
+    for name in ("rps", "seconds", "warmup_seconds", "k", "candidates", "port", "torch_threads"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
+    args = p.parse_args()
+    cfg = ServeBenchConfig(**{k: getattr(args, k) for k in ("rps", "seconds", "warmup_seconds", "k", "candidates", "port", "torch_threads")})
+    # Ray's latency settings for Serve (gRPC between deployments, user code on the replica's loop);
+    # read when Ray starts, so they go into the environment first (RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the shell compares).
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    run_dir = Path(args.run_dir).resolve()
+    job = load_config(TrainJobConfig, None, TRAIN_100K + [f"run.dir={run_dir}"])
+    if not any(run_dir.glob("checkpoint_*/.metadata")):
+        print(f"[bench] training the benchmark run in {run_dir} (once)", flush=True)
+        train(job)
+        ray.shutdown()
+    # the replicas' logs stay in their files: shipping them to this process costs CPU the load needs
+    ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", num_cpus=job.scaling.local_num_cpus,
+             include_dashboard=False, log_to_driver=False)
+    result = benchmark(run_dir, cfg)
+    print(format_result(result))
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"[bench] figures written to {args.out}")
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Latency benchmark of the deployed application: fixed-rate load against /v1/recommend, per
+stage and end to end, next to the bare model forward of the same work in one process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+from argus_serve.artifacts import load_serving_model, load_vocabulary, read_actions, resolve_checkpoint, run_dir_of
+from argus_serve.launch import deploy, serve_config
+from argus_serve.loadgen import percentiles, run_load, summarize
+from argus_serve.scoring import action_probabilities, build_index, combine, diversify, encode_next, item_groups
+from argus_serve.store import UserStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeBenchConfig:
+    rps: float = 50.0  # offered load
+    seconds: float = 30.0  # measured window
+    warmup_seconds: float = 5.0  # same load first, not measured
+    k: int = 10
+    candidates: int = 200  # retrieve_k: candidates ranked per request
+    port: int = 8000
+    max_in_flight: int = 64
+    forward_reps: int = 300
+    torch_threads: int = 1  # per model replica, and for the bare forward
+
+
+def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -> dict:
+    """One request's model work in-process (batch of 1): encode, retrieve top-N, feedback heads
+    over N candidates, combine, diversify. No Serve, no HTTP."""
+    torch.set_num_threads(cfg.torch_threads)
+    sm = load_serving_model(checkpoint)
+    store = UserStore.load(run_dir_of(sm.checkpoint), load_vocabulary(sm.checkpoint), read_actions(sm.checkpoint))
+    index = build_index(sm.item_vectors, ann_min_items=1_000_000)
+    groups = item_groups(sm.item_vectors, 32)
+    weights = {a.name: 1.0 for a in sm.model.schema.actions}
+    times = []
+    for i in range(cfg.forward_reps):
+        ev = store.get(users[i % len(users)])
+        ctx = {c: int(v[-1]) for c, v in ev.contexts.items()}
+        t0 = time.perf_counter()
+        head_in, query = encode_next(sm, [ev], [ctx])
+        ids, scores = index.search(query, cfg.candidates, [np.unique(ev.items)])
+        probs = action_probabilities(sm, head_in, torch.from_numpy(ids))
+        s = combine(probs, weights).numpy()[0]
+        diversify(s, groups[ids[0]], 0.85, cfg.k)
+        times.append((time.perf_counter() - t0) * 1000)
+    return percentiles(times[10:])
+
+
+def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
+    checkpoint = resolve_checkpoint(str(run_dir))
+    vocab = load_vocabulary(checkpoint)
+    users = vocab.users.tolist()
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(users), size=int(cfg.rps * (cfg.seconds + cfg.warmup_seconds)) + 1)
+    print(f"[bench] deploying serve/argus.yaml on 127.0.0.1:{cfg.port} for {checkpoint} ({vocab.num_items:,} items)", flush=True)
+    t0 = time.time()
+    deploy(serve_config(args={"checkpoint": str(checkpoint), "retrieve_k": cfg.candidates, "torch_threads": cfg.torch_threads},
+                        port=cfg.port))
+    print(f"[bench] application RUNNING after {time.time() - t0:.0f}s", flush=True)
+    url = f"http://127.0.0.1:{cfg.port}/v1/recommend"
+    health = requests.get(f"http://127.0.0.1:{cfg.port}/healthz", timeout=30).json()
+
+    def body(i: int) -> dict:
+        return {"user_id": users[picks[i]], "k": cfg.k, "debug": True}
+
+    print(f"[bench] warm-up {cfg.warmup_seconds:.0f}s, then {cfg.seconds:.0f}s at {cfg.rps:.0f} requests/s", flush=True)
+    run_load(url, body, cfg.rps, cfg.warmup_seconds, cfg.max_in_flight)
+    result = summarize(run_load(url, lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)), cfg.rps, cfg.seconds, cfg.max_in_flight))
+    print("[bench] bare model forward (one process, batch 1) ...", flush=True)
+    result["model_forward_ms"] = bare_forward_ms(checkpoint, [users[p] for p in picks[:200]], cfg)
+    result["setup"] = asdict(cfg) | {"checkpoint": str(checkpoint), "items": vocab.num_items, "users": len(users),
+                                     "index": health["retriever"]["index"], "cpus": _cpus(), "torch": torch.__version__,
+                                     "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")}
+    return result
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def format_result(result: dict) -> str:
+    e = result["end_to_end"]
+    lines = [f"{'stage':<22}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}",
+             f"{'end to end (client)':<22}{e['p50_ms']:>9.1f}{e['p95_ms']:>9.1f}{e['p99_ms']:>9.1f}"]
+    for name, s in result["stages"].items():
+        lines.append(f"{name:<22}{s['p50_ms']:>9.1f}{s['p95_ms']:>9.1f}{s['p99_ms']:>9.1f}")
+    m = result["model_forward_ms"]
+    lines.append(f"{'bare model forward':<22}{m['p50_ms']:>9.1f}{m['p95_ms']:>9.1f}{m['p99_ms']:>9.1f}")
+    lines.append(f"achieved {e['rps']:.1f} requests/s ({e['requests']} ok, {e['dropped']} dropped, errors {e['errors'] or 0}); "
+                 f"mean batch {result['mean_batch_size']}")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Fixed-rate (open-loop) HTTP load for the recommend endpoint, with latency percentiles.
+
+Requests are sent on a schedule (request i at t0 + i/rps) whether or not earlier ones have
+answered, so a slow server shows up as latency instead of silently lowering the rate. In-flight
+requests are capped; a request that would exceed the cap is counted as `dropped`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    latencies_ms: list[float] = field(default_factory=list)  # client-side, successful requests
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)  # from the responses' timings_ms
+    errors: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+    sent: int = 0
+    seconds: float = 0.0
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
+    v = np.asarray(values)
+    return {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95)),
+            "p99_ms": float(np.percentile(v, 99)), "mean_ms": float(v.mean())}
+
+
+async def _run(url: str, body: Callable[[int], dict], rps: float, seconds: float, max_in_flight: int,
+               result: LoadResult) -> None:
+    n = int(rps * seconds)
+    limit = asyncio.Semaphore(max_in_flight)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight)) as session:
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, data=json.dumps(body(i)), headers={"content-type": "application/json"}) as r:
+                    text = await r.text()
+                    if r.status != 200:
+                        result.errors[str(r.status)] = result.errors.get(str(r.status), 0) + 1
+                        return
+                result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                for k, v in (json.loads(text).get("timings_ms") or {}).items():
+                    result.stages_ms.setdefault(k, []).append(v)
+            except aiohttp.ClientError as exc:
+                result.errors[type(exc).__name__] = result.errors.get(type(exc).__name__, 0) + 1
+            finally:
+                limit.release()
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if limit.locked():
+                result.dropped += 1
+                continue
+            await limit.acquire()
+            result.sent += 1
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        result.seconds = time.perf_counter() - start
+
+
+def run_load(url: str, body: Callable[[int], dict], rps: float, seconds: float, max_in_flight: int = 64) -> LoadResult:
+    """Send round(rps·seconds) requests at a fixed rate; `body(i)` makes the i-th JSON body."""
+    result = LoadResult()
+    asyncio.run(_run(url, body, rps, seconds, max_in_flight, result))
+    return result
+
+
+def summarize(result: LoadResult) -> dict:
+    ok = len(result.latencies_ms)
+    stages = {k.removesuffix("_ms"): percentiles(v) for k, v in result.stages_ms.items() if k.endswith("_ms")}
+    batches = {k: float(np.mean(v)) for k, v in result.stages_ms.items() if k.endswith("_batch")}
+    return {
+        "end_to_end": percentiles(result.latencies_ms) | {
+            "rps": ok / result.seconds if result.seconds else 0.0, "requests": ok, "sent": result.sent,
+            "dropped": result.dropped, "errors": result.errors, "seconds": result.seconds},
+        "stages": stages,
+        "mean_batch_size": batches,
+    }
