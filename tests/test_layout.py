@@ -37,7 +37,13 @@ def test_models_never_import_ray_or_platform():
         assert not bad, f"{path} imports {bad}: argus_models must stay pure torch/torchrec"
 
 
+def test_serve_never_imports_the_training_code():
+    for path in (ROOT / "serve").rglob("*.py"):
+        bad = _imports(path) & {"argus_platform", "jobs"}
+        assert not bad, f"{path} imports {bad}: argus_serve reads a run's files through argus_models only"
+
+
 def test_nothing_imports_jobs():
-    for root in ("platform", "models", "tests"):
+    for root in ("platform", "models", "serve", "tests"):
         for path in (ROOT / root).rglob("*.py"):
             assert "jobs" not in _imports(path), f"{path} imports jobs/"

@@ -191,3 +191,18 @@ def test_weights_and_model_reload_in_place_and_a_failed_reload_keeps_the_old(ser
     assert "does not exist" in h["retriever"]["reload_error"] and h["retriever"]["model_version"].endswith("@epoch1")
     service.deploy()  # back to the YAML as shipped
     assert service.health()["status"] == "ok"
+
+
+def test_retriever_switches_to_a_faiss_index_above_the_configured_size(service):
+    rows, _ = _user_rows(service.run_dir)
+    user = sorted(rows)[2]
+    exact = service.recommend({"user_id": user, "k": 10}).json()
+    service.deploy({"Retriever": {"ann_min_items": 10}})
+    try:
+        assert service.health()["retriever"]["index"] == "faiss-hnsw"
+        ann = service.recommend({"user_id": user, "k": 10}).json()
+        assert ann["model_version"]["index"] == "faiss-hnsw"
+        # on a 60-item catalogue HNSW is exact: same candidates, so the same ranked list
+        assert [i["item_id"] for i in ann["items"]] == [i["item_id"] for i in exact["items"]]
+    finally:
+        service.deploy()
