@@ -206,3 +206,16 @@ def test_retriever_switches_to_a_faiss_index_above_the_configured_size(service):
         assert [i["item_id"] for i in ann["items"]] == [i["item_id"] for i in exact["items"]]
     finally:
         service.deploy()
+
+
+def test_load_generator_reports_rates_and_percentiles(service):
+    from argus_serve.loadgen import run_load, summarize
+
+    rows, _ = _user_rows(service.run_dir)
+    users = sorted(rows)
+    result = summarize(run_load(f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)], "debug": True},
+                                rps=20, seconds=1.5))
+    e = result["end_to_end"]
+    assert e["requests"] == e["sent"] == 30 and not e["errors"] and e["dropped"] == 0
+    assert 0 < e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"] and 10 < e["rps"] <= 21
+    assert {"retrieve", "rank", "total", "retriever_compute", "ranker_compute"} <= set(result["stages"])
