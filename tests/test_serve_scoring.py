@@ -13,24 +13,22 @@ from argus_models.checkpoint import InferenceModel
 from argus_models.config import ActionHead, ModelConfig, ModelSchema
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
-from argus_serve.artifacts import ArtifactError, ServingModel, resolve_checkpoint
-from argus_serve.scoring import (ExactIndex, FaissIndex, action_probabilities, combine, diversify, encode_next,
-                                 item_groups)
-from argus_serve.store import Events
+from argus_models.inference import (Events, ExactIndex, FaissIndex, action_probabilities, combine, encode_next)
+from argus_serve.artifacts import ArtifactError, resolve_checkpoint
+from argus_serve.scoring import diversify, item_groups
 from argus_serve.weights import WeightsError, load_weights_file, resolve_weights, write_weights_file
 
 ACTIONS = [ActionHead("like", "binary", 2), ActionHead("watched", "ratio", 10), ActionHead("stars", "graded", 5)]
 
 
 @pytest.fixture(scope="module")
-def sm() -> ServingModel:
+def sm() -> InferenceModel:
     torch.manual_seed(0)
     cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0)
     schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS)
     dense = ArgusDenseArch(cfg, schema).eval()
     tables = {t.name: torch.randn(t.num_embeddings, t.embedding_dim) * 0.5 for t in embedding_configs(schema, 16)}
-    model = InferenceModel(cfg, schema, dense, tables)
-    return ServingModel(Path("/nonexistent"), "test", model, "v", dense.item_vectors(tables["t_item"]).detach())
+    return InferenceModel(cfg, schema, dense, tables)
 
 
 def _events(rng: np.random.Generator, n: int) -> Events:
@@ -38,15 +36,15 @@ def _events(rng: np.random.Generator, n: int) -> Events:
                   {"like": rng.integers(0, 2, n), "watched": rng.integers(0, 10, n), "stars": rng.integers(0, 5, n)})
 
 
-def _reference(sm: ServingModel, h: Events, next_ctx: int, candidate: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference(sm: InferenceModel, h: Events, next_ctx: int, candidate: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The training forward on one window [history (last max_seq_len) ; (candidate, next_ctx)]:
     query and feedback logits at the position that predicts the appended event."""
-    h = h.tail(sm.model.config.max_seq_len)
+    h = h.tail(sm.config.max_seq_len)
     ids = {ITEM: np.append(h.items, candidate), ctx_feature("source"): np.append(h.contexts["source"], next_ctx)}
     ids |= {fb_feature(a.name): np.append(h.feedback[a.name], 0) for a in ACTIONS}
-    emb = {k: F.embedding(torch.from_numpy(v)[None], sm.model.tables[table_name(k)]) for k, v in ids.items()}
+    emb = {k: F.embedding(torch.from_numpy(v)[None], sm.tables[table_name(k)]) for k, v in ids.items()}
     with torch.no_grad():
-        out = sm.model.dense(emb, torch.tensor([len(h) + 1]))
+        out = sm.dense(emb, torch.tensor([len(h) + 1]))
     return out["query"][0, -1], out["feedback"][0, -1]
 
 
@@ -61,7 +59,7 @@ def test_encode_next_and_ranking_match_the_training_forward(sm):
         for j in range(2):
             ref_q, ref_fb = _reference(sm, h, ctx[b]["source"], int(cands[b, j]))
             torch.testing.assert_close(query[b], ref_q, atol=1e-5, rtol=1e-5)
-            logits = sm.model.dense.action_logits(ref_fb)
+            logits = sm.dense.action_logits(ref_fb)
             for a in ACTIONS:
                 ref_p = feedback_probability(a, logits[a.name])
                 torch.testing.assert_close(probs[a.name][b, j], ref_p, atol=1e-5, rtol=1e-5)

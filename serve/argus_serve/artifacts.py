@@ -18,6 +18,7 @@ import torch
 
 from argus_models.checkpoint import InferenceModel, load_inference_model
 from argus_models.contract import Vocabulary
+from argus_models.inference import item_vectors
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +130,8 @@ def load_serving_model(checkpoint: str | Path) -> ServingModel:
         model = load_inference_model(ckpt)
     except (FileNotFoundError, ValueError) as exc:
         raise ArtifactError(str(exc)) from exc
-    with torch.no_grad():
-        vectors = model.dense.item_vectors(model.tables["t_item"]).contiguous()
     return ServingModel(checkpoint=ckpt, version=model_version(ckpt), model=model, vocab_version=vocab_version(ckpt),
-                        item_vectors=vectors)
+                        item_vectors=item_vectors(model))
 
 
 def load_vocabulary(checkpoint: Path) -> Vocabulary:

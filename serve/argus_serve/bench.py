@@ -16,7 +16,9 @@ import torch
 from argus_serve.artifacts import load_serving_model, load_vocabulary, read_actions, resolve_checkpoint, run_dir_of
 from argus_serve.launch import deploy, serve_config
 from argus_serve.loadgen import percentiles, run_load, summarize
-from argus_serve.scoring import action_probabilities, build_index, combine, diversify, encode_next, item_groups
+from argus_models.inference import action_probabilities, build_index, combine, encode_next
+
+from argus_serve.scoring import diversify, item_groups
 from argus_serve.store import UserStore
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,9 @@ def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -
         ev = store.get(users[i % len(users)])
         ctx = {c: int(v[-1]) for c, v in ev.contexts.items()}
         t0 = time.perf_counter()
-        head_in, query = encode_next(sm, [ev], [ctx])
+        head_in, query = encode_next(sm.model, [ev], [ctx])
         ids, scores = index.search(query, cfg.candidates, [np.unique(ev.items)])
-        probs = action_probabilities(sm, head_in, torch.from_numpy(ids))
+        probs = action_probabilities(sm.model, head_in, torch.from_numpy(ids))
         s = combine(probs, weights).numpy()[0]
         diversify(s, groups[ids[0]], 0.85, cfg.k)
         times.append((time.perf_counter() - t0) * 1000)

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from argus_serve.artifacts import ServingModel, absolute, load_serving_model, resolve_checkpoint, run_dir_of
-from argus_serve.scoring import Ranked, action_probabilities, build_index, combine, diversify, encode_next, item_groups
-from argus_serve.store import Events
+from argus_models.inference import Events, action_probabilities, build_index, combine, encode_next
+
+from argus_serve.scoring import Ranked, diversify, item_groups
 from argus_serve.weights import ScoringWeights, resolve_weights
 
 log = logging.getLogger("ray.serve")
@@ -160,7 +161,7 @@ class Retriever(_ModelReplica):
     async def retrieve(self, queries: list[RetrievalQuery]) -> list[Candidates]:
         t0 = time.perf_counter()
         model, index = self.model, self.index
-        _, query = encode_next(model, [q.events for q in queries], [q.next_context for q in queries])
+        _, query = encode_next(model.model, [q.events for q in queries], [q.next_context for q in queries])
         n = max(q.n for q in queries)
         ids, scores = index.search(query, n, [q.exclude for q in queries])
         ms = (time.perf_counter() - t0) * 1000
@@ -198,12 +199,12 @@ class Ranker(_ModelReplica):
     async def rank(self, queries: list[RankQuery]) -> list[RankResult]:
         t0 = time.perf_counter()
         model, weights, groups, decay = self.model, self.weights, self.groups, self.options.diversity_decay
-        head_in, _ = encode_next(model, [q.events for q in queries], [q.next_context for q in queries])
+        head_in, _ = encode_next(model.model, [q.events for q in queries], [q.next_context for q in queries])
         width = max(len(q.candidates) for q in queries)
         cand = torch.zeros((len(queries), width), dtype=torch.int64)
         for b, q in enumerate(queries):
             cand[b, : len(q.candidates)] = torch.from_numpy(q.candidates)
-        probs = action_probabilities(model, head_in, cand)
+        probs = action_probabilities(model.model, head_in, cand)
         scores = combine(probs, weights.weights).numpy() if probs else None
         results = []
         for b, q in enumerate(queries):

@@ -22,7 +22,8 @@ from argus_models.contract import action_target, action_valid, target_code
 from argus_serve.api import RecommendedItem, RecommendRequest, RecommendResponse
 from argus_serve.artifacts import absolute, load_vocabulary, read_actions, run_dir_of
 from argus_serve.deployments import RankQuery, RetrievalQuery
-from argus_serve.store import Events, UserStore
+from argus_models.inference import Events
+from argus_serve.store import UserStore
 
 log = logging.getLogger("ray.serve")
 

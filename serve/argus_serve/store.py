@@ -8,7 +8,6 @@ leave-last-out that is the test row, i.e. every event the run has seen for them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,44 +16,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
+from argus_models.inference import Events
 
 from argus_serve.artifacts import ActionInfo, ArtifactError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-
-
-@dataclass
-class Events:
-    """One user's events in model indices, oldest first (L events).
-
-    items:    [L] item indices (1..C)
-    contexts: {column: [L] context indices (0 = unknown)}
-    feedback: {action: [L] feedback-token codes}
-    """
-
-    items: np.ndarray
-    contexts: dict[str, np.ndarray]
-    feedback: dict[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def tail(self, n: int) -> "Events":
-        return Events(self.items[-n:], {k: v[-n:] for k, v in self.contexts.items()}, {k: v[-n:] for k, v in self.feedback.items()})
-
-    def concat(self, other: "Events") -> "Events":
-        return Events(
-            np.concatenate([self.items, other.items]),
-            {k: np.concatenate([v, other.contexts[k]]) for k, v in self.contexts.items()},
-            {k: np.concatenate([v, other.feedback[k]]) for k, v in self.feedback.items()},
-        )
-
-    @classmethod
-    def empty(cls, contexts: list[str], actions: list[str]) -> "Events":
-        z = np.zeros(0, dtype=np.int64)
-        return cls(z, {c: z for c in contexts}, {a: z for a in actions})
 
 
 def _read_split(path: Path, columns: list[str]) -> pa.Table | None:

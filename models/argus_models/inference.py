@@ -1,0 +1,172 @@
+"""Model math at inference time, shared by Serve (online) and Tune (offline, over many users).
+
+encode_next:  histories + the next event's context → heads' input h [B, H] and query q [B, D]
+retrieval:    top-K of <q, E_item(j)> over the catalogue, excluded items removed
+              (exact matmul + top-k, or a FAISS HNSW index for large catalogues)
+ranking:      P(a | h, candidate) from the feedback heads, one row per candidate (candidates never
+              see each other); score = Σ_a w_a · P(a)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from argus_models.checkpoint import InferenceModel
+from argus_models.losses import feedback_probability
+from argus_models.model import ITEM, ctx_feature, fb_feature, table_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Events:
+    """One user's events in model indices, oldest first (L events).
+
+    items:    [L] item indices (1..C)
+    contexts: {column: [L] context indices (0 = unknown)}
+    feedback: {action: [L] feedback-token codes}
+    """
+
+    items: np.ndarray
+    contexts: dict[str, np.ndarray]
+    feedback: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def tail(self, n: int) -> "Events":
+        return Events(self.items[-n:], {k: v[-n:] for k, v in self.contexts.items()}, {k: v[-n:] for k, v in self.feedback.items()})
+
+    def concat(self, other: "Events") -> "Events":
+        return Events(
+            np.concatenate([self.items, other.items]),
+            {k: np.concatenate([v, other.contexts[k]]) for k, v in self.contexts.items()},
+            {k: np.concatenate([v, other.feedback[k]]) for k, v in self.feedback.items()},
+        )
+
+    @classmethod
+    def empty(cls, contexts: list[str], actions: list[str]) -> "Events":
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, {c: z for c in contexts}, {a: z for a in actions})
+
+
+def next_event_inputs(model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]) -> tuple[dict, torch.Tensor]:
+    """Padded windows: each row's (last max_seq_len) history plus one next event whose item is
+    unknown (padding id 0) and whose context is the request's. Returns ({feature: [B, W, D]}, lengths [B])."""
+    schema, tables = model.schema, model.tables
+    hist = [h.tail(model.config.max_seq_len) for h in histories]
+    lengths = np.array([len(h) + 1 for h in hist], dtype=np.int64)
+    B, W = len(hist), int(lengths.max())
+    ids = {ITEM: np.zeros((B, W), dtype=np.int64)}
+    ids |= {ctx_feature(c): np.zeros((B, W), dtype=np.int64) for c in schema.contexts}
+    ids |= {fb_feature(a.name): np.zeros((B, W), dtype=np.int64) for a in schema.actions}
+    for b, h in enumerate(hist):
+        L = len(h)
+        ids[ITEM][b, :L] = h.items
+        for c in schema.contexts:
+            ids[ctx_feature(c)][b, :L] = h.contexts[c]
+            ids[ctx_feature(c)][b, L] = next_contexts[b].get(c, 0)
+        for a in schema.actions:
+            ids[fb_feature(a.name)][b, :L] = h.feedback[a.name]
+    emb = {k: F.embedding(torch.from_numpy(v), tables[table_name(k)]) for k, v in ids.items()}
+    return emb, torch.from_numpy(lengths)
+
+
+@torch.no_grad()
+def encode_next(model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heads' input [B, H] and next-item query [B, D] for the event after each history."""
+    emb, lengths = next_event_inputs(model, histories, next_contexts)
+    _, head_in = model.dense.encode(emb, lengths)  # [B, W-1, H]
+    head_in = head_in[torch.arange(len(lengths)), lengths - 2]  # the position that predicts event L
+    return head_in, model.dense.query(head_in)
+
+
+class ExactIndex:
+    """Inner product against every item, excluded ids set to −inf, then top-k."""
+
+    kind = "exact"
+
+    def __init__(self, vectors: torch.Tensor) -> None:
+        self.vectors = vectors  # [C+1, D]; row 0 is padding
+
+    def search(self, query: torch.Tensor, k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """query [B, D] → (ids [B, k'], scores [B, k']), k' = min(k, items left); padded with id 0."""
+        scores = query @ self.vectors.T  # [B, C+1]
+        scores[:, 0] = float("-inf")
+        for b, ex in enumerate(exclude):
+            if len(ex):
+                scores[b, torch.from_numpy(ex)] = float("-inf")
+        top = scores.topk(min(k, scores.shape[1] - 1), dim=1)
+        return _drop_excluded(top.indices.numpy(), top.values.numpy())
+
+
+class FaissIndex:
+    """HNSW graph over the item vectors (inner product); over-fetches to make room for exclusions."""
+
+    kind = "faiss-hnsw"
+
+    def __init__(self, vectors: torch.Tensor, m: int = 32, ef_search: int = 256) -> None:
+        import faiss  # imported here: only large catalogues need it
+
+        data = np.ascontiguousarray(vectors[1:].numpy().astype(np.float32))
+        self.index = faiss.IndexHNSWFlat(data.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = max(2 * m, 64)
+        self.index.add(data)
+        self.index.hnsw.efSearch = ef_search
+        self.num_items = data.shape[0]
+
+    def search(self, query: torch.Tensor, k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        fetch = min(self.num_items, k + max((len(e) for e in exclude), default=0))
+        self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, fetch)
+        scores, ids = self.index.search(np.ascontiguousarray(query.numpy().astype(np.float32)), fetch)
+        ids = ids + 1  # faiss row r is item r+1; missing results come back as -1 → 0
+        for b, ex in enumerate(exclude):
+            if len(ex):
+                scores[b, np.isin(ids[b], ex)] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return _drop_excluded(np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1))
+
+
+def _drop_excluded(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.where(np.isfinite(scores) & (ids > 0), ids, 0)
+    return ids, np.where(ids > 0, scores, -np.inf)
+
+
+def build_index(vectors: torch.Tensor, ann_min_items: int, hnsw_m: int = 32, ef_search: int = 256) -> ExactIndex | FaissIndex:
+    num_items = vectors.shape[0] - 1
+    if ann_min_items and num_items >= ann_min_items:
+        log.info("building a FAISS HNSW index over %d items (M=%d)", num_items, hnsw_m)
+        return FaissIndex(vectors, hnsw_m, ef_search)
+    return ExactIndex(vectors)
+
+
+@torch.no_grad()
+def action_probabilities(model: InferenceModel, head_in: torch.Tensor, candidates: torch.Tensor) -> dict[str, torch.Tensor]:
+    """head_in [B, H], candidates [B, K] item indices → {action: P(a) [B, K]}.
+
+    Each (request, candidate) pair is its own row through the feedback MLP, so a candidate's
+    probabilities do not depend on which other candidates are scored with it."""
+    schema = model.schema
+    if not schema.actions:
+        return {}
+    dense = model.dense
+    items = F.embedding(candidates, model.tables[table_name(ITEM)])  # [B, K, D]
+    logits = dense.feedback_logits(head_in[:, None, :].expand(-1, candidates.shape[1], -1), items)
+    named = dense.action_logits(logits)
+    return {a.name: feedback_probability(a, named[a.name]) for a in schema.actions}
+
+
+def combine(probs: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """score = Σ_a w_a · P(a), [B, K]."""
+    return sum(w * probs[a] for a, w in weights.items())
+
+
+def item_vectors(model: InferenceModel) -> torch.Tensor:
+    """Catalogue vectors [C+1, D] as retrieval scores them."""
+    with torch.no_grad():
+        return model.dense.item_vectors(model.tables[table_name(ITEM)]).contiguous()
