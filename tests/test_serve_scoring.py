@@ -130,7 +130,8 @@ def test_weights_are_checked_against_the_models_actions(tmp_path):
     w = resolve_weights({"like": 1.0}, "", actions, tmp_path)
     assert w.weights == {"like": 1.0, "skip": 0.0} and w.source == "user_config"
     assert resolve_weights({}, "", actions, tmp_path).weights == {"like": 0.5, "skip": 0.5}
-    write_weights_file(tmp_path / "weights.yaml", {"like": 1.0, "skip": -2.0}, {"metric": "oracle"})
+    (tmp_path / "tune").mkdir()
+    write_weights_file(tmp_path / "tune" / "weights.yaml", {"like": 1.0, "skip": -2.0}, {"metric": "oracle"})
     assert resolve_weights({}, "", actions, tmp_path).weights == {"like": 1.0, "skip": -2.0}  # the run's Tune output
     (tmp_path / "bad.yaml").write_text("weights: {like: 1}\nextra: 2\n")
     with pytest.raises(WeightsError, match="unknown key"):
