@@ -9,68 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from argus_models.checkpoint import InferenceModel, load_inference_model
+from argus_models.checkpoint import (HOME_ENV, CheckpointError, InferenceModel, absolute, best_checkpoint, checkpoint_epoch,
+                                     load_inference_model, resolve_checkpoint)
 from argus_models.contract import Vocabulary
 from argus_models.inference import item_vectors
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "ARGUS_HOME"  # relative paths resolve against this (default: the working directory)
+# Finding a run's checkpoint is shared with the training side (argus_models.checkpoint).
+__all__ = ["HOME_ENV", "ArtifactError", "ActionInfo", "ServingModel", "absolute", "best_checkpoint", "load_serving_model",
+           "load_vocabulary", "read_actions", "resolve_checkpoint", "run_dir_of"]
 
-
-class ArtifactError(ValueError):
-    """A run or checkpoint that cannot be served; the message says which path and why."""
-
-
-def absolute(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (Path(os.environ.get(HOME_ENV, os.getcwd())) / p).resolve()
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.glob("checkpoint_*") if (p / ".metadata").is_file())
-
-
-def _epoch(checkpoint: Path) -> dict:
-    path = checkpoint / "train_state.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def best_checkpoint(run_dir: Path) -> Path:
-    """The kept checkpoint of the run's best validation epoch, else the latest one."""
-    ckpts = _checkpoints(run_dir)
-    if not ckpts:
-        raise ArtifactError(f"{run_dir} holds no checkpoint_* directory with a .metadata file; is it a training run?")
-    best_epoch = _epoch(ckpts[-1]).get("best_epoch")
-    for ckpt in reversed(ckpts):
-        if _epoch(ckpt).get("epoch") == best_epoch:
-            return ckpt
-    log.warning("%s: the best epoch's (%s) checkpoint was not kept; serving the latest, %s", run_dir, best_epoch, ckpts[-1].name)
-    return ckpts[-1]
-
-
-def resolve_checkpoint(path: str = "", runs_root: str = "runs") -> Path:
-    """A checkpoint dir as is; a run dir → its best checkpoint; "" → newest run under runs_root."""
-    if path:
-        p = absolute(path)
-        if not p.exists():
-            raise ArtifactError(f"checkpoint={path!r}: {p} does not exist")
-        return p if (p / ".metadata").is_file() else best_checkpoint(p)
-    root = absolute(runs_root)
-    runs = [d for d in root.glob("*") if d.is_dir() and _checkpoints(d)] if root.is_dir() else []
-    if not runs:
-        raise ArtifactError(
-            f"no training run with checkpoints under {root}; train one (`make run`) or pass checkpoint=<run dir>"
-        )
-    newest = max(runs, key=lambda d: _checkpoints(d)[-1].stat().st_mtime)
-    return best_checkpoint(newest)
+ArtifactError = CheckpointError  # the errors of this module name paths the same way
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -113,7 +68,7 @@ class ServingModel:
 
 
 def model_version(checkpoint: Path) -> str:
-    epoch = _epoch(checkpoint).get("epoch", "?")
+    epoch = checkpoint_epoch(checkpoint).get("epoch", "?")
     return f"{checkpoint.parent.name}/{checkpoint.name}@epoch{epoch}"
 
 
@@ -136,7 +91,3 @@ def load_serving_model(checkpoint: str | Path) -> ServingModel:
 
 def load_vocabulary(checkpoint: Path) -> Vocabulary:
     return Vocabulary.load(checkpoint / "vocab")
-
-
-def popularity(checkpoint: Path) -> np.ndarray:
-    return np.load(checkpoint / "train_item_counts.npy")

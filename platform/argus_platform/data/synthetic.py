@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from argus_platform.config import SyntheticConfig
 from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
@@ -35,6 +36,8 @@ SOURCES = np.array(["organic", "recommended", "search"])
 SOURCE_PROBS = np.array([0.5, 0.35, 0.15])
 SOURCE_TEMPERATURE = np.array([1.0, 0.6, 1.8])  # multiplies the affinity temperature
 CANDIDATES_PER_EVENT = 64
+PLAYED_NOISE = 0.5  # std of the noise inside played_ratio's sigmoid
+SKIP_BELOW = 0.3  # a play shorter than this ratio is a skip
 T0 = 1_700_000_000  # seconds
 
 
@@ -140,7 +143,7 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
         choice = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
         item = cands[np.arange(m), choice]
         a = aff[np.arange(m), choice]
-        ratio = 1.0 / (1.0 + np.exp(-(2.0 * a + rng.normal(scale=0.5, size=m))))
+        ratio = 1.0 / (1.0 + np.exp(-(2.0 * a + rng.normal(scale=PLAYED_NOISE, size=m))))
         like = rng.random(m) < 1.0 / (1.0 + np.exp(-(3.0 * a - 2.0)))
         dislike = rng.random(m) < 1.0 / (1.0 + np.exp(-(-3.0 * a - 3.0)))
         gap = rng.exponential(600.0, size=m) + np.where(rng.random(m) < 0.1, rng.exponential(86400.0, size=m), 0.0)
@@ -149,10 +152,34 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
         cols[ITEM].append(raw_items[item])
         cols[TIME].append(t_now[act].copy())
         cols["source"].append(SOURCES[src])
-        cols["skip"].append((ratio < 0.3).astype(np.int8))
+        cols["skip"].append((ratio < SKIP_BELOW).astype(np.int8))
         cols["like"].append(like.astype(np.int8))
         cols["dislike"].append(dislike.astype(np.int8))
         cols["played_ratio"].append(ratio.astype(np.float32))
         u[act] = np.sqrt(1.0 - d * d) * u[act] + d * rng.normal(size=(m, k)) / np.sqrt(k) * 1.5
     table = pa.table({c: np.concatenate(v) for c, v in cols.items()})
     return table.sort_by([(USER, "ascending"), (TIME, "ascending")]), u0, u.copy()
+
+
+def expected_actions(affinity: np.ndarray) -> dict[str, np.ndarray]:
+    """E[action | affinity a] under the generator above — the oracle's view of any (user, item)."""
+    a = np.asarray(affinity, dtype=np.float64)
+    # E[sigmoid(2a + ε)], ε ~ N(0, 0.5²): 32-point Gauss–Hermite quadrature
+    nodes, wts = np.polynomial.hermite_e.hermegauss(32)
+    played = (wts / wts.sum() * (1.0 / (1.0 + np.exp(-(2.0 * a[..., None] + PLAYED_NOISE * nodes))))).sum(-1)
+    logit_skip = np.log(SKIP_BELOW / (1.0 - SKIP_BELOW))
+    return {
+        "skip": torch.special.ndtr(torch.from_numpy((logit_skip - 2.0 * a) / PLAYED_NOISE)).numpy(),
+        "like": 1.0 / (1.0 + np.exp(-(3.0 * a - 2.0))),
+        "dislike": 1.0 / (1.0 + np.exp(-(-3.0 * a - 3.0))),
+        "played_ratio": played,
+    }
+
+
+def load_ground_truth(directory: str | Path) -> dict[str, np.ndarray] | None:
+    """The generator's saved world (None when the directory holds no synthetic ground truth)."""
+    path = Path(directory) / "ground_truth.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,108 @@
+"""Root config of `jobs/tune_weights.py`: which run, which candidates, which objectives, how to search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from argus_platform.configlib import ConfigError
+
+
+def _help(text: str, default=None, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class MetricSpec:
+    """One ranking metric over each row's top-k, averaged over rows (DESIGN: objectives are data).
+
+    utility  Σ over the top-k of Σ_a gains[a] · value_a(item)
+    ndcg     NDCG@k with gain(item) = max(0, Σ_a gains[a] · value_a(item))
+    rate     Σ over the top-k of value_{action}(item)  (e.g. dislikes shown per request)
+    value_a is what the user did with the item (observed) or, on synthetic data, E[a] (oracle).
+    """
+
+    name: str = ""
+    kind: Literal["utility", "ndcg", "rate"] = "utility"
+    gains: dict[str, float] = field(default_factory=dict)
+    action: str = ""
+    k: int = 10
+    goal: Literal["max", "min"] = "max"
+    max: Optional[float] = None  # constraints only: the metric must stay ≤ max
+    min: Optional[float] = None  # constraints only: the metric must stay ≥ min
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("every objective/constraint needs a `name`")
+        if self.kind in ("utility", "ndcg") and not self.gains:
+            raise ConfigError(f"{self.name}: kind {self.kind} needs `gains` (action -> value)")
+        if self.kind == "rate" and not self.action:
+            raise ConfigError(f"{self.name}: kind rate needs `action`")
+        if self.k < 1:
+            raise ConfigError(f"{self.name}: k must be ≥ 1, got {self.k}")
+
+    def actions(self) -> set[str]:
+        return {self.action} if self.kind == "rate" else set(self.gains)
+
+
+# The embedded default (the synthetic data's actions): user value of a ranked list, and how many
+# dislikes it shows. Two objectives → NSGA-II and a Pareto front.
+SYNTHETIC_GAINS = {"played_ratio": 1.0, "like": 5.0, "skip": -1.0, "dislike": -10.0}
+
+
+def _default_objectives() -> list[MetricSpec]:
+    return [MetricSpec(name="utility@10", kind="utility", gains=dict(SYNTHETIC_GAINS), k=10),
+            MetricSpec(name="dislike_rate@10", kind="rate", action="dislike", k=10, goal="min")]
+
+
+@dataclass
+class CandidateConfig:
+    retrieve_n: int = _help("retrieval top-N per row; the actual next item is added when missing", 50)
+    max_rows: int = _help("rows per split to score (0 = all)", 0)
+    batch_size: int = _help("rows per Ray Data batch", 256)
+    concurrency: int = _help("Ray Data actors scoring candidates in parallel", 2)
+
+
+@dataclass
+class SearchConfig:
+    algorithm: Literal["auto", "tpe", "nsga2", "random"] = _help(
+        "auto = TPE for one objective, NSGA-II for several (both Optuna through Tune's OptunaSearch)", "auto")
+    num_samples: int = _help("trials", 80)
+    seed: int = _help("sampler seed (same seed, same trials)", 0)
+    weight_low: float = _help("lower bound of every weight", -1.0)
+    weight_high: float = _help("upper bound of every weight", 1.0)
+    max_concurrent: int = _help("trials evaluated at once", 2)
+    select: str = _help("objective whose best feasible Pareto point is written out ('' = the first)", "")
+
+
+@dataclass
+class TuneWeightsConfig:
+    """Root config of `jobs/tune_weights.py`."""
+
+    run: str = _help("training run dir or checkpoint dir ('' = the newest run under runs_root)", "")
+    runs_root: str = _help("where to look for the newest run", "runs")
+    out_dir: str = _help("output directory ('' = <run>/tune)", "")
+    candidates: CandidateConfig = _help("which candidates are ranked", factory=CandidateConfig)
+    objectives: list[MetricSpec] = _help("what the search optimises (several = multi-objective)", factory=_default_objectives)
+    constraints: list[MetricSpec] = _help("metrics that must stay within max/min on validation", factory=list)
+    default_weights: dict[str, float] = _help(
+        "the hand-set baseline (serve/argus.yaml's); {} = uniform",
+        factory=lambda: {"like": 1.0, "played_ratio": 0.5, "skip": -0.5, "dislike": -1.0})
+    search: SearchConfig = _help("the Tune search", factory=SearchConfig)
+    local_num_cpus: int = _help("logical CPUs of the local Ray started when RAY_ADDRESS is unset", 4)
+
+    def validate(self) -> None:
+        if not self.objectives:
+            raise ConfigError("at least one objective is needed")
+        names = [m.name for m in self.objectives + self.constraints]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"objective/constraint names must be unique, got {names}")
+        for c in self.constraints:
+            if c.max is None and c.min is None:
+                raise ConfigError(f"constraint {c.name} needs `max` or `min`")
+        if self.search.select and self.search.select not in {o.name for o in self.objectives}:
+            raise ConfigError(f"search.select={self.search.select!r} is not an objective: {[o.name for o in self.objectives]}")
+        if self.search.weight_low >= self.search.weight_high:
+            raise ConfigError("search.weight_low must be below search.weight_high")
