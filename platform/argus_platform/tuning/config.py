@@ -16,16 +16,22 @@ def _help(text: str, default=None, factory=None):
 
 @dataclass
 class MetricSpec:
-    """One ranking metric over each row's top-k, averaged over rows (DESIGN: objectives are data).
+    """One metric of the ranking the weights produce (objectives are data, not code).
 
-    utility  Σ over the top-k of Σ_a gains[a] · value_a(item)
-    ndcg     NDCG@k with gain(item) = max(0, Σ_a gains[a] · value_a(item))
-    rate     Σ over the top-k of value_{action}(item)  (e.g. dislikes shown per request)
-    value_a is what the user did with the item (observed) or, on synthetic data, E[a] (oracle).
+    Replay metrics, over each row's top-k (averaged over rows); only the item the user engaged with
+    next has observed values, so they reward ranking *that* item high (exposure-biased):
+      utility     Σ over the top-k of Σ_a gains[a] · value_a(item)
+      ndcg        NDCG@k with gain(item) = max(0, Σ_a gains[a] · value_a(item))
+      rate        Σ over the top-k of value_{action}(item)  (e.g. dislikes shown per request)
+    Value metric, over the engaged items of all rows:
+      value_corr  Spearman correlation between an engaged item's score and the value the user got
+                  from it (Σ_a gains[a] · value_a): does the score order what users valued?
+    On synthetic data every metric is also judged by the truth: utility@k (or rate@k) of the list
+    with E[a | user, item] from the simulator, and its regret to the best ordering.
     """
 
     name: str = ""
-    kind: Literal["utility", "ndcg", "rate"] = "utility"
+    kind: Literal["utility", "ndcg", "rate", "value_corr"] = "utility"
     gains: dict[str, float] = field(default_factory=dict)
     action: str = ""
     k: int = 10
@@ -36,7 +42,7 @@ class MetricSpec:
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("every objective/constraint needs a `name`")
-        if self.kind in ("utility", "ndcg") and not self.gains:
+        if self.kind != "rate" and not self.gains:
             raise ConfigError(f"{self.name}: kind {self.kind} needs `gains` (action -> value)")
         if self.kind == "rate" and not self.action:
             raise ConfigError(f"{self.name}: kind rate needs `action`")
@@ -47,14 +53,14 @@ class MetricSpec:
         return {self.action} if self.kind == "rate" else set(self.gains)
 
 
-# The embedded default (the synthetic data's actions): user value of a ranked list, and how many
-# dislikes it shows. Two objectives → NSGA-II and a Pareto front.
-SYNTHETIC_GAINS = {"played_ratio": 1.0, "like": 5.0, "skip": -1.0, "dislike": -10.0}
+# The embedded default (the synthetic data's actions): does the score order engagement (plays,
+# likes, no skips), and does it keep disliked items down? Two objectives → NSGA-II, Pareto front.
+ENGAGEMENT_GAINS = {"played_ratio": 1.0, "like": 5.0, "skip": -1.0}
 
 
 def _default_objectives() -> list[MetricSpec]:
-    return [MetricSpec(name="utility@10", kind="utility", gains=dict(SYNTHETIC_GAINS), k=10),
-            MetricSpec(name="dislike_rate@10", kind="rate", action="dislike", k=10, goal="min")]
+    return [MetricSpec(name="engagement", kind="value_corr", gains=dict(ENGAGEMENT_GAINS), k=10),
+            MetricSpec(name="no_dislike", kind="value_corr", gains={"dislike": -1.0}, k=10)]
 
 
 @dataclass
@@ -69,11 +75,14 @@ class CandidateConfig:
 class SearchConfig:
     algorithm: Literal["auto", "tpe", "nsga2", "random"] = _help(
         "auto = TPE for one objective, NSGA-II for several (both Optuna through Tune's OptunaSearch)", "auto")
-    num_samples: int = _help("trials", 80)
+    num_samples: int = _help("trials", 48)
     seed: int = _help("sampler seed (same seed, same trials)", 0)
     weight_low: float = _help("lower bound of every weight", -1.0)
     weight_high: float = _help("upper bound of every weight", 1.0)
-    max_concurrent: int = _help("trials evaluated at once", 2)
+    max_concurrent: int = _help("trials evaluated at once (1 = the same seed gives the same trials)", 1)
+    signs_from_gains: bool = _help(
+        "keep each weight's sign that of the objectives' gain for its action (w ∈ [0, high] or [low, 0]); "
+        "false searches every weight over [low, high]", True)
     select: str = _help("objective whose best feasible Pareto point is written out ('' = the first)", "")
 
 

@@ -1,0 +1,97 @@
+"""Ranking metrics over candidate sets, for given scoring weights (vectorised over rows).
+
+Each row's candidates are ordered by score = Σ_a w_a · P(a); a metric reads the top-k of that
+order. `values` are either what users did (observed) or the simulator's E[a] (oracle); the
+oracle ordering ranks by the true item value itself, which is the best any weights can do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from argus_platform.tuning.candidates import CandidateSet
+from argus_platform.tuning.config import MetricSpec
+
+
+def scores(cand: CandidateSet, weights: dict[str, float]) -> np.ndarray:
+    """[R, C] Σ_a w_a · P(a); empty candidate slots are −inf."""
+    s = np.zeros(cand.items.shape, dtype=np.float64)
+    for a, w in weights.items():
+        s += w * cand.probs[a]
+    return np.where(cand.valid, s, -np.inf)
+
+
+def top_k(order_by: np.ndarray, k: int) -> np.ndarray:
+    """[R, k] column indices of each row's k highest values, best first (stable on ties)."""
+    k = min(k, order_by.shape[1])
+    return np.argsort(-order_by, axis=1, kind="stable")[:, :k]
+
+
+def item_values(spec: MetricSpec, values: dict[str, np.ndarray]) -> np.ndarray:
+    """[R, C] what one candidate is worth under the metric."""
+    if spec.kind == "rate":
+        return values[spec.action].astype(np.float64)
+    v = sum(g * values[a].astype(np.float64) for a, g in spec.gains.items())
+    return np.maximum(v, 0.0) if spec.kind == "ndcg" else v
+
+
+def value_corr(spec: MetricSpec, cand: CandidateSet, score: np.ndarray) -> float:
+    """Spearman correlation (average ranks for ties) of engaged items' scores and observed values."""
+    s = score[cand.target]
+    v = item_values(spec, cand.observed)[cand.target]
+    if np.ptp(v) == 0 or np.ptp(s) == 0:
+        return 0.0
+    return float(np.corrcoef(pd.Series(s).rank().to_numpy(), pd.Series(v).rank().to_numpy())[0, 1])
+
+
+def truth(spec: MetricSpec) -> MetricSpec:
+    """How the oracle judges a metric: the true value of the top-k list."""
+    return dataclasses.replace(spec, kind="rate" if spec.kind == "rate" else "utility")
+
+
+def metric(spec: MetricSpec, values: dict[str, np.ndarray], order: np.ndarray, valid: np.ndarray) -> float:
+    """A list metric averaged over rows, for candidates taken in `order` ([R, ≥k] column indices)."""
+    v = np.where(valid, item_values(spec, values), 0.0)
+    top = order[:, : spec.k]
+    picked = np.take_along_axis(v, top, axis=1)
+    if spec.kind in ("utility", "rate"):
+        return float(picked.sum(axis=1).mean())
+    discount = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
+    dcg = (picked * discount).sum(axis=1)
+    ideal = (np.take_along_axis(v, top_k(v, spec.k), axis=1) * discount[: min(spec.k, v.shape[1])]).sum(axis=1)
+    has = ideal > 0
+    return float((dcg[has] / ideal[has]).mean()) if has.any() else 0.0
+
+
+def evaluate(cand: CandidateSet, weights: dict[str, float], specs: list[MetricSpec], source: str = "observed") -> dict[str, float]:
+    """{metric name: value} of the ranking the weights produce, judged by what users did
+    (observed) or by the simulator's truth (oracle: the true utility/rate of the top-k)."""
+    s = scores(cand, weights)
+    order = top_k(s, max(m.k for m in specs))
+    if source == "oracle":
+        if cand.oracle is None:
+            raise ValueError("no oracle values: the run's data is not synthetic")
+        return {m.name: metric(truth(m), cand.oracle, order, cand.valid) for m in specs}
+    return {m.name: value_corr(m, cand, s) if m.kind == "value_corr" else metric(m, cand.observed, order, cand.valid)
+            for m in specs}
+
+
+def oracle_best(cand: CandidateSet, specs: list[MetricSpec]) -> dict[str, float]:
+    """The best value of each metric any ordering of the same candidates reaches (true values)."""
+    out = {}
+    for s in specs:
+        t = truth(s)
+        v = np.where(cand.valid, item_values(t, cand.oracle), -np.inf if s.goal == "max" else np.inf)
+        order = top_k(v if s.goal == "max" else -v, s.k)
+        out[s.name] = metric(t, cand.oracle, order, cand.valid)
+    return out
+
+
+def violation(spec: MetricSpec, value: float) -> float:
+    """How far a constraint metric is outside its bound (0 = satisfied)."""
+    over = max(0.0, value - spec.max) if spec.max is not None else 0.0
+    under = max(0.0, spec.min - value) if spec.min is not None else 0.0
+    return over + under

@@ -1,0 +1,148 @@
+"""What the weight search leaves behind: weights.yaml (Serve's format), report.json, trials.csv,
+pareto.csv, results.md and plots — tuned vs default vs uniform weights, on validation (searched)
+and test (held out, evaluated once), with the oracle's regret where the data is synthetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from argus_models.weights import write_weights_file  # noqa: E402
+
+from argus_platform.tuning.candidates import CandidateSet  # noqa: E402
+from argus_platform.tuning.config import MetricSpec, TuneWeightsConfig  # noqa: E402
+from argus_platform.tuning.objectives import evaluate, oracle_best  # noqa: E402
+
+
+def baselines(cfg: TuneWeightsConfig, actions: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    notes = []
+    default = {a: float(cfg.default_weights.get(a, 0.0)) for a in actions}
+    unknown = sorted(set(cfg.default_weights) - set(actions))
+    if unknown or not cfg.default_weights:
+        notes.append(f"default_weights {cfg.default_weights} do not fit the actions {actions}; default = uniform")
+        default = {a: 1.0 / len(actions) for a in actions}
+    return {"default": default, "uniform": {a: 1.0 / len(actions) for a in actions}}, notes
+
+
+def evaluate_sets(sets: dict[str, dict[str, float]], splits: dict[str, CandidateSet], specs: list[MetricSpec],
+                  objectives: list[MetricSpec]) -> dict:
+    out: dict = {}
+    for split, cand in splits.items():
+        out[split] = {}
+        best = oracle_best(cand, objectives) if cand.oracle is not None else None
+        for name, w in sets.items():
+            row = {"observed": evaluate(cand, w, specs)}
+            if best is not None:
+                true = evaluate(cand, w, specs, source="oracle")
+                row["oracle"] = true
+                row["regret"] = {o.name: (best[o.name] - true[o.name]) if o.goal == "max" else (true[o.name] - best[o.name])
+                                 for o in objectives}
+            out[split][name] = row
+        if best is not None:
+            out[split]["oracle_best"] = best
+    return out
+
+
+def _gain(evals: dict, split: str, metric: str, source: str = "observed") -> dict[str, float]:
+    tuned = evals[split]["tuned"][source][metric]
+    return {f"vs_{b}": tuned - evals[split][b][source][metric] for b in ("default", "uniform")}
+
+
+def _table(evals: dict, cfg: TuneWeightsConfig) -> str:
+    specs = cfg.objectives + cfg.constraints
+    head = "| split | weights | " + " | ".join(s.name for s in specs)
+    has_oracle = "oracle_best" in evals.get("test", {})
+    if has_oracle:
+        head += " | " + " | ".join(f"true {o.name}" for o in cfg.objectives) + " | " + " | ".join(f"regret {o.name}" for o in cfg.objectives)
+    lines = [head + " |", "|" + "---|" * (head.count("|"))]
+    for split, rows in evals.items():
+        for name in ("tuned", "default", "uniform"):
+            r = rows[name]
+            cells = [f"{r['observed'][s.name]:.4f}" for s in specs]
+            if has_oracle:
+                cells += [f"{r['oracle'][o.name]:.4f}" for o in cfg.objectives] + [f"{r['regret'][o.name]:.4f}" for o in cfg.objectives]
+            lines.append(f"| {split} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plots(out_dir: Path, df: pd.DataFrame, feasible: pd.DataFrame, front: np.ndarray, chosen: int, evals: dict,
+           cfg: TuneWeightsConfig) -> list[str]:
+    files = []
+    objectives = cfg.objectives
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if len(objectives) >= 2:
+        x, y = objectives[0].name, objectives[1].name
+        ax.scatter(df[x], df[y], s=12, c="lightgray", label="trials")
+        pf = feasible[front].sort_values(x)
+        ax.plot(pf[x], pf[y], "o-", color="tab:blue", label="Pareto front (feasible)")
+        for name, marker in (("default", "s"), ("uniform", "^")):
+            v = evals["validation"][name]["observed"]
+            ax.scatter([v[x]], [v[y]], marker=marker, s=60, color="tab:red" if name == "default" else "tab:orange", label=name)
+        ax.scatter([df.loc[chosen, x]], [df.loc[chosen, y]], marker="*", s=180, color="tab:green", label="chosen")
+        ax.set_xlabel(f"{x} ({objectives[0].goal})")
+        ax.set_ylabel(f"{y} ({objectives[1].goal})")
+        ax.set_title("Weight search on validation candidates")
+        name = "pareto.png"
+    else:
+        o = objectives[0]
+        v = df[o.name].to_numpy()
+        best = np.maximum.accumulate(v) if o.goal == "max" else np.minimum.accumulate(v)
+        ax.plot(np.arange(len(v)), v, ".", color="lightgray", label="trial")
+        ax.plot(np.arange(len(v)), best, "-", color="tab:blue", label="best so far")
+        ax.axhline(evals["validation"]["default"]["observed"][o.name], color="tab:red", ls="--", label="default")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(o.name)
+        ax.set_title("Weight search on validation candidates")
+        name = "search.png"
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    files.append(name)
+    return files
+
+
+def write_outputs(out_dir: Path, cfg: TuneWeightsConfig, df: pd.DataFrame, chosen: int, feasible: pd.DataFrame,
+                  front: np.ndarray, sets: dict[str, dict[str, float]], evals: dict, algorithm: str, checkpoint: Path,
+                  notes: list[str]) -> dict:
+    tuned = sets["tuned"]
+    target = cfg.search.select or cfg.objectives[0].name
+    write_weights_file(out_dir / "weights.yaml", tuned, {
+        "checkpoint": str(checkpoint), "algorithm": algorithm, "trials": len(df), "selected_by": target,
+        "validation": {m: float(df.loc[chosen, m]) for m in [o.name for o in cfg.objectives + cfg.constraints]},
+    })
+    df.to_csv(out_dir / "trials.csv", index=False)
+    feasible[front].to_csv(out_dir / "pareto.csv", index=False)
+    plots = _plots(out_dir, df, feasible, front, chosen, evals, cfg)
+    report = {
+        "checkpoint": str(checkpoint), "algorithm": algorithm, "trials": len(df), "selected_by": target,
+        "weights": sets,
+        "evaluation": evals,
+        "test_improvement": {o.name: _gain(evals, "test", o.name) for o in cfg.objectives},
+        "pareto_front": feasible[front].to_dict(orient="records"),
+        "files": ["weights.yaml", "trials.csv", "pareto.csv", "results.md"] + plots,
+        "notes": notes,
+    }
+    if "oracle_best" in evals.get("test", {}):
+        report["test_improvement_true"] = {o.name: _gain(evals, "test", o.name, "oracle") for o in cfg.objectives}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    md = [f"# Weight search ({algorithm}, {len(df)} trials, selected by {target})", "",
+          "Chosen weights: " + ", ".join(f"{a}={w:+.3f}" for a, w in tuned.items()), "", _table(evals, cfg), "",
+          "Pareto front (feasible, validation):", "", feasible[front].to_markdown(index=False) if _has_tabulate() else feasible[front].to_string(index=False)]
+    (out_dir / "results.md").write_text("\n".join(md) + "\n")
+    return report
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
