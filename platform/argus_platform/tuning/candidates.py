@@ -134,12 +134,14 @@ def build_candidates(checkpoint: Path, run_dir: Path, prepared: PreparedRun, spl
     started = time.time()
     user_factors, item_factors = _factors(prepared, run_dir)
     actions = [{"name": a.name, "kind": a.kind, "num_codes": a.num_codes(), "levels": list(a.levels)} for a in prepared.spec.actions]
+    # each scorer actor holds a CPU; leave one for the read tasks that feed them, or the pool waits forever
+    actors = max(1, min(cfg.concurrency, int(ray.cluster_resources().get("CPU", 1)) - 1))
     ds = ray.data.read_parquet(prepared.paths[split])
     if cfg.max_rows:
         ds = ds.limit(cfg.max_rows)
     ds = ds.map_batches(
         _Scorer, batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"checkpoint": str(checkpoint), "retrieve_n": cfg.retrieve_n, "actions": actions,
                                "contexts": list(prepared.vocab.contexts), "user_factors": user_factors,
                                "item_factors": item_factors},

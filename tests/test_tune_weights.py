@@ -1,0 +1,97 @@
+"""The weight search for real: Ray Data candidate scoring and Ray Tune trials on a tiny training
+run; the weights file goes into Serve's loader; same seed, same trials; an interrupted search resumes."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+from argus_models.weights import load_weights_file
+from argus_platform.tuning.config import CandidateConfig, SearchConfig, TuneWeightsConfig
+from argus_platform.tuning.weights_job import tune_weights
+from argus_serve.weights import resolve_weights
+
+from conftest import ROOT
+
+ACTIONS = ["skip", "like", "dislike", "played_ratio"]
+
+
+def _cfg(run_dir, out_dir, **search):
+    return TuneWeightsConfig(run=str(run_dir), out_dir=str(out_dir), candidates=CandidateConfig(retrieve_n=10, concurrency=1),
+                             search=SearchConfig(num_samples=search.pop("num_samples", 8), **search))
+
+
+def test_search_writes_weights_serve_reads_and_a_report_with_oracle_regret(tiny_run, tmp_path):
+    out = tmp_path / "tune"
+    report = tune_weights(_cfg(tiny_run, out))
+    assert report["algorithm"] == "nsga2" and report["trials"] == 8
+    for name in ("weights.yaml", "report.json", "trials.csv", "pareto.csv", "results.md", "pareto.png"):
+        assert (out / name).is_file(), name
+    tuned = load_weights_file(out / "weights.yaml", ACTIONS).weights
+    assert tuned == report["weights"]["tuned"]
+    # Serve picks <run>/tune/weights.yaml up when its config names no weights
+    (tiny_run / "tune").mkdir(exist_ok=True)
+    shutil.copy(out / "weights.yaml", tiny_run / "tune" / "weights.yaml")
+    try:
+        assert resolve_weights({}, "", ACTIONS, tiny_run).weights == tuned
+    finally:
+        shutil.rmtree(tiny_run / "tune")
+    ev = json.loads((out / "report.json").read_text())["evaluation"]
+    for split in ("validation", "test"):
+        assert {"tuned", "default", "uniform", "oracle_best"} <= set(ev[split])
+        for name in ("tuned", "default", "uniform"):
+            assert set(ev[split][name]["regret"]) == {"engagement", "no_dislike"}
+            assert all(r >= -1e-9 for r in ev[split][name]["regret"].values()), "nothing beats the oracle ordering"
+    assert set(report["test_improvement"]["engagement"]) == {"vs_default", "vs_uniform"}
+    # the hand-set weights are the first trial, so the chosen weights are never below them on validation
+    assert ev["validation"]["tuned"]["observed"]["engagement"] >= ev["validation"]["default"]["observed"]["engagement"] - 1e-12 or \
+        ev["validation"]["tuned"]["observed"]["no_dislike"] > ev["validation"]["default"]["observed"]["no_dislike"]
+
+    # same seed, same trials (the candidate cache is reused)
+    again = tmp_path / "again"
+    shutil.copytree(out / "cache", again / "cache")
+    tune_weights(_cfg(tiny_run, again))
+    cols = [f"w_{a}" for a in ACTIONS]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "trials.csv")[cols], pd.read_csv(again / "trials.csv")[cols])
+
+
+def test_single_objective_uses_tpe_and_bad_objectives_are_refused(tiny_run, tmp_path):
+    from argus_platform.tuning.config import MetricSpec
+
+    cfg = _cfg(tiny_run, tmp_path / "tpe", num_samples=5)
+    cfg.objectives = [MetricSpec(name="value", kind="value_corr", gains={"like": 5.0, "dislike": -10.0})]
+    report = tune_weights(cfg)
+    assert report["algorithm"] == "tpe" and (tmp_path / "tpe" / "search.png").is_file()
+    cfg.objectives = [MetricSpec(name="value", kind="utility", gains={"clicks": 1.0})]
+    try:
+        tune_weights(cfg)
+    except ValueError as exc:
+        assert "unknown action(s) ['clicks']" in str(exc)
+    else:
+        raise AssertionError("an objective naming an unknown action must be refused")
+
+
+def test_an_interrupted_search_resumes(tiny_run, tmp_path):
+    out = tmp_path / "tune"
+    args = [sys.executable, str(ROOT / "jobs" / "tune_weights.py"), f"--set=run={tiny_run}", f"--set=out_dir={out}",
+            "--set=candidates.retrieve_n=10", "--set=search.num_samples=300", "--set=local_num_cpus=2"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # interrupt once the search has started
+        if line.startswith("[tune] searching"):
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)  # Tune saves the experiment state and stops
+            break
+    proc.communicate(timeout=120)
+    assert not (out / "trials.csv").exists(), "the interrupted run must not have finished"
+    done_before = len(list((out / "search").glob("_trainable_*")))
+    assert 1 <= done_before < 300, done_before
+
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resuming the search" in result.stdout
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 300 and trials["trial_id"].is_unique
