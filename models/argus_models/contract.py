@@ -31,6 +31,14 @@ def act_col(name: str) -> str:
     return f"act_{name}"
 
 
+def list_values(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, offsets [B+1] from 0) of a list column, whatever its chunking or slicing."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+
 def action_valid(kind: str, levels: list[float], values: np.ndarray) -> np.ndarray:
     """Mask of usable raw action values (NaN, out-of-range and unknown levels are not)."""
     v = np.asarray(values).astype(np.float64)

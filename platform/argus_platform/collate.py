@@ -8,17 +8,9 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from argus_models.config import ModelSchema
-from argus_models.contract import ITEM_COL, act_col, ctx_col, target_code
+from argus_models.contract import ITEM_COL, act_col, ctx_col, list_values, target_code
 from argus_models.model import ITEM, NEG_ITEM, ctx_feature, fb_feature, sequence_features
 from argus_models.task import SequenceBatch
-
-
-def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(values, offsets [B+1]) of a list column."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.values.to_numpy(zero_copy_only=False)
-    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
 
 
 def window_index(offsets: np.ndarray, window: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -56,17 +48,17 @@ class Collator:
         return target_code(kind, codes, targets)
 
     def __call__(self, batch: pa.Table) -> SequenceBatch:
-        items_flat, offsets = _flat(batch.column(ITEM_COL))
+        items_flat, offsets = list_values(batch.column(ITEM_COL))
         idx, lengths = window_index(offsets, self.window, self.rng if self.random_windows else None)
         B, W = len(lengths), int(lengths.max())
         per_feature = {ITEM: items_flat[idx].astype(np.int64)}
         for c in self.schema.contexts:
-            per_feature[ctx_feature(c)] = _flat(batch.column(ctx_col(c)))[0][idx].astype(np.int64)
+            per_feature[ctx_feature(c)] = list_values(batch.column(ctx_col(c)))[0][idx].astype(np.int64)
         actions = np.zeros((B, W, len(self.schema.actions)), dtype=np.float32)
         rows = np.repeat(np.arange(B), lengths)
         cols = np.arange(len(idx)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         for a_i, head in enumerate(self.schema.actions):
-            targets = _flat(batch.column(act_col(head.name)))[0][idx]
+            targets = list_values(batch.column(act_col(head.name)))[0][idx]
             actions[rows, cols, a_i] = targets
             per_feature[fb_feature(head.name)] = self._codes(head.name, targets)
         items = np.zeros((B, W), dtype=np.int64)
@@ -96,7 +88,7 @@ class Collator:
 
 def history_items(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Whole history (all events but the last) of each evaluation row: (values, offsets)."""
-    values, offsets = _flat(batch.column(ITEM_COL))
+    values, offsets = list_values(batch.column(ITEM_COL))
     lens = np.diff(offsets) - 1
     keep = np.ones(len(values), dtype=bool)
     keep[offsets[1:] - 1] = False

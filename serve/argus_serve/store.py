@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
+from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, list_values, target_code
 from argus_models.inference import Events
 
 from argus_serve.artifacts import ActionInfo, ArtifactError
@@ -36,14 +36,8 @@ class UserStore:
 
     def __init__(self, users: dict[str, int], table: pa.Table, contexts: list[str], actions: list[ActionInfo]) -> None:
         self._row = users  # raw id -> row of `table`
-        self._table = table.combine_chunks()
         self.contexts, self.actions = contexts, actions
-        self._cols = {name: self._flat(name) for name in self._table.column_names if name != USER_IDX}
-
-    def _flat(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        arr = self._table.column(name).chunk(0) if self._table.num_rows else pa.array([], pa.list_(pa.int64()))
-        offsets = arr.offsets.to_numpy().astype(np.int64)
-        return arr.values.to_numpy(zero_copy_only=False), offsets
+        self._cols = {name: list_values(table.column(name)) for name in table.column_names if name != USER_IDX}
 
     def __len__(self) -> int:
         return len(self._row)

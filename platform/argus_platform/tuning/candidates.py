@@ -139,6 +139,7 @@ def build_candidates(checkpoint: Path, run_dir: Path, prepared: PreparedRun, spl
     ds = ray.data.read_parquet(prepared.paths[split])
     if cfg.max_rows:
         ds = ds.limit(cfg.max_rows)
+    ds = ds.repartition(4 * actors)  # a small split is one file: give every scorer blocks to work on
     ds = ds.map_batches(
         _Scorer, batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -135,14 +135,11 @@ def write_outputs(out_dir: Path, cfg: TuneWeightsConfig, df: pd.DataFrame, chose
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
     md = [f"# Weight search ({algorithm}, {len(df)} trials, selected by {target})", "",
           "Chosen weights: " + ", ".join(f"{a}={w:+.3f}" for a, w in tuned.items()), "", _table(evals, cfg), "",
-          "Pareto front (feasible, validation):", "", feasible[front].to_markdown(index=False) if _has_tabulate() else feasible[front].to_string(index=False)]
+          "Pareto front (feasible, validation):", "", _markdown(feasible[front])]
     (out_dir / "results.md").write_text("\n".join(md) + "\n")
     return report
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _markdown(df: pd.DataFrame) -> str:
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)] + ["| " + " | ".join(r) + " |" for r in cells])
