@@ -78,7 +78,7 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
         from argus_platform.data.prepare import prepare_data
         from argus_platform.trainer import init_ray, model_schema
 
-        init_ray(cfg)
+        init_ray(cfg.scaling.local_num_cpus)
         prepared = prepare_data(cfg.data, run_dir)
         model_schema(prepared).save(run_dir / "schema.json")
         ray.shutdown()

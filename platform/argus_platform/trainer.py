@@ -30,7 +30,7 @@ def resolve_run_dir(cfg: TrainJobConfig) -> Path:
     return (Path("runs") / time.strftime("argus-%Y%m%d-%H%M%S")).resolve()
 
 
-def init_ray(cfg: TrainJobConfig) -> None:
+def init_ray(local_num_cpus: int) -> None:
     """Join the cluster named by RAY_ADDRESS (set by `ray job submit`; `RAY_ADDRESS=auto` for a
     `ray start` cluster on this machine); otherwise start a fresh local Ray with more logical CPUs
     than the workers take, so Ray Data keeps a budget. Never guesses from leftover session files."""
@@ -42,8 +42,8 @@ def init_ray(cfg: TrainJobConfig) -> None:
         ray.init(runtime_env=runtime_env)
         print(f"[argus] joined the Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
     else:
-        ray.init(address="local", num_cpus=cfg.scaling.local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
-        print(f"[argus] started a local Ray with {cfg.scaling.local_num_cpus} logical CPUs", flush=True)
+        ray.init(address="local", num_cpus=local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        print(f"[argus] started a local Ray with {local_num_cpus} logical CPUs", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -76,7 +76,7 @@ def train(cfg: TrainJobConfig) -> dict:
         print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
     config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     print(f"[argus] run directory: {run_dir}", flush=True)
-    init_ray(cfg)
+    init_ray(cfg.scaling.local_num_cpus)
     started = time.time()
     prepared = prepare_data(cfg.data, run_dir)
     v = prepared.summary["validation"]

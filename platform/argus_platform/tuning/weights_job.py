@@ -3,11 +3,8 @@ validation → evaluate tuned/default/uniform once on test → write the outputs
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-
-import ray
 
 from argus_models.checkpoint import resolve_checkpoint
 
@@ -15,18 +12,8 @@ from argus_platform.data.prepare import load_prepared
 from argus_platform.tuning.candidates import build_candidates
 from argus_platform.tuning.config import TuneWeightsConfig
 from argus_platform.tuning.report import baselines, evaluate_sets, write_outputs
+from argus_platform.trainer import init_ray
 from argus_platform.tuning.search import run_search, select
-
-
-def init_ray(cfg: TuneWeightsConfig) -> None:
-    """Join RAY_ADDRESS when set (ray job submit), else start a local Ray with few CPUs."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=cfg.local_num_cpus, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def tune_weights(cfg: TuneWeightsConfig) -> dict:
@@ -43,7 +30,7 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
         if unknown:
             raise ValueError(f"{m.name} names unknown action(s) {unknown}; the run's actions are {actions}")
     print(f"[tune] run {run_dir.name}, checkpoint {checkpoint.name}; output {out_dir}", flush=True)
-    init_ray(cfg)
+    init_ray(cfg.local_num_cpus)
     splits = {s: build_candidates(checkpoint, run_dir, prepared, s, cfg.candidates, out_dir / "cache") for s in ("validation", "test")}
     cache_meta = {"checkpoint": str(checkpoint), "retrieve_n": cfg.candidates.retrieve_n, "max_rows": cfg.candidates.max_rows}
     print(f"[tune] searching {len(actions)} weights over {cfg.search.num_samples} trials: objectives "
