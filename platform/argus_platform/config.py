@@ -7,14 +7,8 @@ from typing import Literal, Optional
 
 from argus_models.config import ModelConfig
 
-from argus_platform.configlib import ConfigError
+from argus_platform.configlib import ConfigError, documented as _help
 from argus_platform.data.spec import DatasetSpec
-
-
-def _help(text: str, default=None, factory=None):
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

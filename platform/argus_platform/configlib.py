@@ -19,6 +19,13 @@ import yaml
 T = TypeVar("T")
 
 
+def documented(text: str, default: Any = None, factory: Any = None) -> Any:
+    """A dataclass field with its `--help` text (and a default value or factory)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": text})
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the config dataclass."""
 
