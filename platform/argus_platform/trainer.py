@@ -30,7 +30,7 @@ def resolve_run_dir(cfg: TrainJobConfig) -> Path:
     return (Path("runs") / time.strftime("argus-%Y%m%d-%H%M%S")).resolve()
 
 
-def init_ray(local_num_cpus: int) -> None:
+def init_ray(local_num_cpus: int, dashboard: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (set by `ray job submit`; `RAY_ADDRESS=auto` for a
     `ray start` cluster on this machine); otherwise start a fresh local Ray with more logical CPUs
     than the workers take, so Ray Data keeps a budget. Never guesses from leftover session files."""
@@ -42,7 +42,7 @@ def init_ray(local_num_cpus: int) -> None:
         ray.init(runtime_env=runtime_env)
         print(f"[argus] joined the Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
     else:
-        ray.init(address="local", num_cpus=local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        ray.init(address="local", num_cpus=local_num_cpus, include_dashboard=dashboard, runtime_env=runtime_env)
         print(f"[argus] started a local Ray with {local_num_cpus} logical CPUs", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -66,8 +66,9 @@ def _dataset(path: str) -> "ray.data.Dataset":
     return ds.materialize() if size < MATERIALIZE_BELOW_BYTES else ds
 
 
-def train(cfg: TrainJobConfig) -> dict:
-    """Run the whole job; returns the final metrics (also written to <run dir>/metrics.json)."""
+def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
+    """Run the whole job; returns the final metrics (also written to <run dir>/metrics.json).
+    `callbacks`: Ray Train callbacks (Tune passes one that forwards every report to its trial)."""
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
@@ -99,6 +100,7 @@ def train(cfg: TrainJobConfig) -> dict:
             storage_path=str(run_dir.parent),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=callbacks or None,
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),

@@ -1,0 +1,156 @@
+"""`jobs/tune_train.py`: Ray Tune over training hyper-parameters (per-action loss weights λ_a,
+learning rates, negatives, ...). Each trial is a Ray Train run of the core job (TorchTrainer inside
+the Tune trial, metrics forwarded by `TuneReportCallback`); ASHA stops trials whose validation
+metric lags. Data is prepared once and shared by every trial's run directory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from argus_platform.config import TrainJobConfig
+from argus_platform.configlib import ConfigError, from_dict, load_config, to_dict
+from argus_platform.configlib import documented as _help
+from argus_platform.data.prepare import prepare_data
+from argus_platform.trainer import init_ray, train
+
+
+@dataclass
+class ParamSpec:
+    """Search range of one training config key."""
+
+    kind: Literal["loguniform", "uniform", "randint", "choice"] = "uniform"
+    low: float = 0.0
+    high: float = 1.0
+    values: list[Any] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.kind == "choice" and not self.values:
+            raise ConfigError("a choice parameter needs `values`")
+        if self.kind != "choice" and self.low >= self.high:
+            raise ConfigError(f"{self.kind} needs low < high, got {self.low}..{self.high}")
+
+    def domain(self):
+        return {"loguniform": lambda: tune.loguniform(self.low, self.high), "uniform": lambda: tune.uniform(self.low, self.high),
+                "randint": lambda: tune.randint(int(self.low), int(self.high)), "choice": lambda: tune.choice(self.values)}[self.kind]()
+
+    def example(self) -> Any:
+        return self.values[0] if self.kind == "choice" else self.low
+
+
+def _default_space() -> dict[str, ParamSpec]:
+    return {
+        "optim.dense_lr": ParamSpec(kind="loguniform", low=3e-4, high=5e-3),
+        "optim.sparse_lr": ParamSpec(kind="loguniform", low=0.01, high=0.2),
+        "loss.action_weights.like": ParamSpec(kind="uniform", low=0.1, high=2.0),
+        "loss.action_weights.skip": ParamSpec(kind="uniform", low=0.1, high=2.0),
+        "loss.uniform_negatives": ParamSpec(kind="choice", values=[64, 128, 256]),
+    }
+
+
+@dataclass
+class TuneTrainConfig:
+    """Root config of `jobs/tune_train.py`."""
+
+    train_config: str = _help("training YAML every trial starts from ('' = the embedded default)", "")
+    train_overrides: list[str] = _help("`key=value` applied to every trial (before the sampled values)",
+                                       factory=lambda: ["optim.epochs=9", "optim.eval_every_epochs=1", "optim.log_every_steps=0"])
+    space: dict[str, ParamSpec] = _help("training config key → search range", factory=_default_space)
+    metric: str = _help("validation metric reported by the training loop", "validation/ndcg@10")
+    num_samples: int = _help("trials", 8)
+    seed: int = _help("TPE sampler seed", 0)
+    max_concurrent: int = _help("trials at once (each takes scaling.num_workers × cpus_per_worker CPUs)", 1)
+    grace_period: int = _help("ASHA: epochs every trial gets before it may be stopped", 3)
+    reduction_factor: int = _help("ASHA: keep 1/reduction_factor of trials at each rung", 2)
+    out_dir: str = _help("output directory ('' = runs/tune-train-<time>)", "")
+    local_num_cpus: int = _help("logical CPUs of the local Ray started when RAY_ADDRESS is unset", 4)
+
+
+def _set(doc: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = doc
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def trial_config(base: dict, sampled: dict[str, Any], run_dir: str) -> TrainJobConfig:
+    """The base training config with the sampled values and the trial's run directory."""
+    doc = copy.deepcopy(base)
+    for key, value in sampled.items():
+        _set(doc, key, value)
+    _set(doc, "run.dir", run_dir)
+    return from_dict(TrainJobConfig, doc)
+
+
+def _link_prepared(shared: Path, run_dir: Path) -> None:
+    """Every trial reads the data prepared once in `shared` (same data config → reused as is)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "vocab", "spec.json", "quarantine"):
+        src, dst = shared / name, run_dir / name
+        if src.exists() and not dst.exists():
+            dst.symlink_to(src, target_is_directory=src.is_dir())
+
+
+def _trainable(config: dict, base: dict, shared: str, trials_dir: str) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
+    _link_prepared(Path(shared), run_dir)
+    train(trial_config(base, config, str(run_dir)), callbacks=[TuneReportCallback()])
+
+
+def tune_train(cfg: TuneTrainConfig) -> dict:
+    started = time.time()
+    out = Path(cfg.out_dir or f"runs/tune-train-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    base_cfg = load_config(TrainJobConfig, cfg.train_config or None, cfg.train_overrides)
+    base = to_dict(base_cfg)
+    for key, spec in cfg.space.items():  # every key must name a training config field
+        trial_config(base, {key: spec.example()}, "")
+    # the dashboard's state API is how Ray Train releases a stopped trial's worker placement group
+    init_ray(cfg.local_num_cpus, dashboard=True)
+    shared = out / "shared"
+    print(f"[tune-train] preparing data once in {shared}", flush=True)
+    prepare_data(base_cfg.data, shared)
+    epochs = base_cfg.optim.epochs
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, base=base, shared=str(shared), trials_dir=str(out / "trials")), {"cpu": 0.01})
+    exp = out / "search"
+    if tune.Tuner.can_restore(str(exp)):
+        print(f"[tune-train] resuming the search in {exp}", flush=True)
+        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+    else:
+        searcher = ConcurrencyLimiter(OptunaSearch(metric=cfg.metric, mode="max", seed=cfg.seed), max_concurrent=cfg.max_concurrent)
+        # max_t past the last epoch: a trial that trains to the end returns by itself instead of being stopped
+        scheduler = ASHAScheduler(time_attr="epoch", metric=cfg.metric, mode="max", max_t=epochs + 1,
+                                  grace_period=min(cfg.grace_period, epochs), reduction_factor=cfg.reduction_factor)
+        tuner = tune.Tuner(trainable, param_space={k: v.domain() for k, v in cfg.space.items()},
+                           tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples,
+                                                       reuse_actors=False),
+                           run_config=tune.RunConfig(name="search", storage_path=str(out), verbose=0))
+    workers = base_cfg.scaling.num_workers * base_cfg.scaling.cpus_per_worker
+    print(f"[tune-train] {cfg.num_samples} trials of up to {epochs} epochs ({workers:g} CPUs each), ASHA on {cfg.metric}", flush=True)
+    results = tuner.fit()
+    df = results.get_dataframe()
+    best = results.get_best_result(metric=cfg.metric, mode="max", scope="all")
+    sampled = {k: best.config[k] for k in cfg.space}
+    best_cfg = trial_config(base, sampled, "")
+    (out / "best_config.yaml").write_text(yaml.safe_dump(to_dict(best_cfg), sort_keys=False))
+    cols = [c for c in df.columns if c.startswith("config/")] + [cfg.metric, "epoch", "trial_id"]
+    df[[c for c in cols if c in df.columns]].to_csv(out / "trials.csv", index=False)
+    report = {"best": {"config": sampled, cfg.metric: float(best.metrics_dataframe[cfg.metric].max()),
+                       "trial_id": best.metrics.get("trial_id")},
+              "trials": len(df), "stopped_early": int((df["epoch"] < epochs).sum()), "epochs": epochs,
+              "errors": [str(r.error) for r in results if r.error], "out_dir": str(out), "seconds": round(time.time() - started, 1)}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
