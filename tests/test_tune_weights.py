@@ -47,9 +47,9 @@ def test_search_writes_weights_serve_reads_and_a_report_with_oracle_regret(tiny_
             assert set(ev[split][name]["regret"]) == {"engagement", "no_dislike"}
             assert all(r >= -1e-9 for r in ev[split][name]["regret"].values()), "nothing beats the oracle ordering"
     assert set(report["test_improvement"]["engagement"]) == {"vs_default", "vs_uniform"}
-    # the hand-set weights are the first trial, so the chosen weights are never below them on validation
-    assert ev["validation"]["tuned"]["observed"]["engagement"] >= ev["validation"]["default"]["observed"]["engagement"] - 1e-12 or \
-        ev["validation"]["tuned"]["observed"]["no_dislike"] > ev["validation"]["default"]["observed"]["no_dislike"]
+    # the hand-set weights are the first trial and the choice is the front's best engagement, so the
+    # chosen weights are never below the hand-set ones on validation engagement
+    assert ev["validation"]["tuned"]["observed"]["engagement"] >= ev["validation"]["default"]["observed"]["engagement"] - 1e-12
 
     # same seed, same trials (the candidate cache is reused)
     again = tmp_path / "again"
