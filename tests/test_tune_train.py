@@ -5,10 +5,17 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config
 
 from conftest import ROOT, TINY_TRAIN
+
+# Out of CI (`make test-slow`): ~2 min alone, and with the suite's own Ray cluster on the same
+# machine a trial stopped by ASHA once left its Ray Train worker placement group reserved, so the
+# next trial waited for workers indefinitely (see README, "Training hyper-parameters").
+pytestmark = pytest.mark.slow
 
 
 def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path):
