@@ -49,11 +49,6 @@ class Events:
             {k: np.concatenate([v, other.feedback[k]]) for k, v in self.feedback.items()},
         )
 
-    @classmethod
-    def empty(cls, contexts: list[str], actions: list[str]) -> "Events":
-        z = np.zeros(0, dtype=np.int64)
-        return cls(z, {c: z for c in contexts}, {a: z for a in actions})
-
 
 def next_event_inputs(model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]) -> tuple[dict, torch.Tensor]:
     """Padded windows: each row's (last max_seq_len) history plus one next event whose item is

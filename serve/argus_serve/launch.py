@@ -4,7 +4,6 @@ running replicas in place instead of restarting them. Used by the benchmark and 
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ def serve_config(path: str | Path = CONFIG, args: dict | None = None, user_confi
                  host: str = "127.0.0.1", port: int = 8000) -> dict:
     """The YAML as a dict, with builder args and per-deployment user_config keys overridden."""
     cfg = yaml.safe_load(Path(path).read_text())
-    cfg = copy.deepcopy(cfg)
     cfg["http_options"] = {**cfg.get("http_options", {}), "host": host, "port": port}
     app = cfg["applications"][0]
     app["args"] = {**app.get("args", {}), **(args or {})}
