@@ -30,10 +30,11 @@ def resolve_run_dir(cfg: TrainJobConfig) -> Path:
     return (Path("runs") / time.strftime("argus-%Y%m%d-%H%M%S")).resolve()
 
 
-def init_ray(local_num_cpus: int, dashboard: bool = False) -> None:
+def init_ray(local_num_cpus: int) -> None:
     """Join the cluster named by RAY_ADDRESS (set by `ray job submit`; `RAY_ADDRESS=auto` for a
     `ray start` cluster on this machine); otherwise start a fresh local Ray with more logical CPUs
     than the workers take, so Ray Data keeps a budget. Never guesses from leftover session files."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # per process: Tune trials too
     if ray.is_initialized():
         return
     # Train V2 re-routes print() through its logger, which doubles progress lines on the driver.
@@ -42,9 +43,9 @@ def init_ray(local_num_cpus: int, dashboard: bool = False) -> None:
         ray.init(runtime_env=runtime_env)
         print(f"[argus] joined the Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
     else:
-        ray.init(address="local", num_cpus=local_num_cpus, include_dashboard=dashboard, runtime_env=runtime_env)
+        runtime_env["worker_process_setup_hook"] = "argus_platform.rayhooks.quiet_placement_group_cleaner"
+        ray.init(address="local", num_cpus=local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
         print(f"[argus] started a local Ray with {local_num_cpus} logical CPUs", flush=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def model_schema(prepared: PreparedRun) -> ModelSchema:

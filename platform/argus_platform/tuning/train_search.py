@@ -23,6 +23,7 @@ from argus_platform.configlib import ConfigError, from_dict, load_config, to_dic
 from argus_platform.configlib import documented as _help
 from argus_platform.data.prepare import prepare_data
 from argus_platform.trainer import init_ray, train
+from argus_platform.tuning.release import ReleaseWorkersCallback, settle, start_releaser
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _trainable(config: dict, base: dict, shared: str, trials_dir: str) -> None:
 
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
     _link_prepared(Path(shared), run_dir)
-    train(trial_config(base, config, str(run_dir)), callbacks=[TuneReportCallback()])
+    train(trial_config(base, config, str(run_dir)), callbacks=[TuneReportCallback(), ReleaseWorkersCallback()])
 
 
 def tune_train(cfg: TuneTrainConfig) -> dict:
@@ -117,8 +118,8 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
     base = to_dict(base_cfg)
     for key, spec in cfg.space.items():  # every key must name a training config field
         trial_config(base, {key: spec.example()}, "")
-    # the dashboard's state API is how Ray Train releases a stopped trial's worker placement group
-    init_ray(cfg.local_num_cpus, dashboard=True)
+    init_ray(cfg.local_num_cpus)
+    releaser = start_releaser()  # frees the workers of trials ASHA stops
     shared = out / "shared"
     print(f"[tune-train] preparing data once in {shared}", flush=True)
     prepare_data(base_cfg.data, shared)
@@ -151,6 +152,7 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
     report = {"best": {"config": sampled, cfg.metric: float(best.metrics_dataframe[cfg.metric].max()),
                        "trial_id": best.metrics.get("trial_id")},
               "trials": len(df), "stopped_early": int((df["epoch"] < epochs).sum()), "epochs": epochs,
-              "errors": [str(r.error) for r in results if r.error], "out_dir": str(out), "seconds": round(time.time() - started, 1)}
+              "errors": [str(r.error) for r in results if r.error],
+              "released_worker_groups": settle(releaser), "out_dir": str(out), "seconds": round(time.time() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
