@@ -2,6 +2,8 @@
 retrieval indexes, diversity, weights and checkpoint resolution."""
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from argus_models.checkpoint import InferenceModel
+from argus_models.checkpoint import InferenceModel, wait_for_run
 from argus_models.config import ActionHead, ModelConfig, ModelSchema
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
@@ -162,3 +164,18 @@ def test_resolve_checkpoint_picks_the_best_kept_epoch_of_the_newest_run(tmp_path
     assert resolve_checkpoint(str(tmp_path / "c"), "") == latest
     with pytest.raises(ArtifactError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "missing"), "")
+
+
+def test_wait_for_run_returns_when_training_finishes_and_names_the_run_on_timeout(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARGUS_HOME", str(tmp_path))  # relative run paths resolve against it
+    run = tmp_path / "runs" / "r"
+    wait_for_run("runs/r", 0)  # no wait asked: returns at once, even with nothing there
+    with pytest.raises(ArtifactError, match=r"runs/r: training did not finish within 0.3s"):
+        wait_for_run("runs/r", 0.3, poll_s=0.05)
+    _fake_checkpoint(run, "checkpoint_1", 1, 1)
+    timer = threading.Timer(0.3, lambda: (run / "metrics.json").write_text("{}"))
+    timer.start()
+    started = time.monotonic()
+    wait_for_run("runs/r", 30, poll_s=0.05)
+    assert (run / "metrics.json").is_file() and time.monotonic() - started < 10
+    assert resolve_checkpoint("runs/r", "") == run / "checkpoint_1"

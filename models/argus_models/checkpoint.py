@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,3 +124,25 @@ def resolve_checkpoint(path: str = "", runs_root: str = "runs") -> Path:
         )
     newest = max(runs, key=lambda d: _checkpoints(d)[-1].stat().st_mtime)
     return best_checkpoint(newest)
+
+
+def wait_for_run(path: str, timeout_s: float, poll_s: float = 10.0) -> None:
+    """Block until the training run at `path` has finished (its metrics.json exists), so a tuning
+    job or a service started beside the training job (e.g. one `kubectl apply`) uses its best
+    checkpoint. `timeout_s` 0 returns at once; past it, CheckpointError names the path."""
+    if timeout_s <= 0:
+        return
+    run_dir = absolute(path)
+    done = run_dir / "metrics.json"
+    deadline = time.monotonic() + timeout_s
+    last_said = 0.0
+    while not done.is_file():
+        now = time.monotonic()
+        if now >= deadline:
+            raise CheckpointError(f"{run_dir}: training did not finish within {timeout_s:g}s (no metrics.json)")
+        if now - last_said >= 60:
+            kept = len(_checkpoints(run_dir)) if run_dir.is_dir() else 0
+            _log.warning("waiting for the training run %s to finish (%d checkpoint(s) so far; %.0fs left)",
+                         run_dir, kept, deadline - now)
+            last_said = now
+        time.sleep(min(poll_s, max(deadline - now, 0.1)))

@@ -105,7 +105,7 @@ class EvalConfig:
 
 @dataclass
 class RunCfg:
-    dir: str = _help("run directory (config, data, checkpoints, metrics.json); empty = runs/argus-<time>", "")
+    dir: str = _help("run directory (config, data, checkpoints, metrics.json); empty = runs/argus-<time>; relative to $ARGUS_HOME if set", "")
     checkpoints_to_keep: int = _help("checkpoints kept in the run directory", 2)
     max_failures: int = _help("worker-group restarts Ray Train attempts after a failure", 0)
 

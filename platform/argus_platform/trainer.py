@@ -12,6 +12,7 @@ import yaml
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from argus_models.checkpoint import absolute
 from argus_models.config import ModelSchema
 
 from argus_platform.config import TrainJobConfig
@@ -25,9 +26,9 @@ PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[2]
 
 
 def resolve_run_dir(cfg: TrainJobConfig) -> Path:
-    if cfg.run.dir:
-        return Path(cfg.run.dir).resolve()
-    return (Path("runs") / time.strftime("argus-%Y%m%d-%H%M%S")).resolve()
+    """`run.dir`, else runs/argus-<time>; relative paths resolve against $ARGUS_HOME (else the working
+    directory), as Serve and Tune resolve them, so all three agree on where runs live."""
+    return absolute(cfg.run.dir or f"runs/{time.strftime('argus-%Y%m%d-%H%M%S')}")
 
 
 def init_ray(local_num_cpus: int) -> None:

@@ -86,6 +86,7 @@ class TuneWeightsConfig:
 
     run: str = _help("training run dir or checkpoint dir ('' = the newest run under runs_root)", "")
     runs_root: str = _help("where to look for the newest run", "runs")
+    wait_s: float = _help("wait up to this long for `run` to finish training (its metrics.json) first; 0 = no wait", 0.0)
     out_dir: str = _help("output directory ('' = <run>/tune)", "")
     candidates: CandidateConfig = _help("which candidates are ranked", factory=CandidateConfig)
     objectives: list[MetricSpec] = _help("what the search optimises (several = multi-objective)", factory=_default_objectives)
@@ -99,6 +100,8 @@ class TuneWeightsConfig:
     def validate(self) -> None:
         if not self.objectives:
             raise ConfigError("at least one objective is needed")
+        if self.wait_s > 0 and not self.run:
+            raise ConfigError("wait_s needs `run`: the training run to wait for")
         names = [m.name for m in self.objectives + self.constraints]
         if len(set(names)) != len(names):
             raise ConfigError(f"objective/constraint names must be unique, got {names}")

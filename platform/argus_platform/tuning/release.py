@@ -24,8 +24,7 @@ from ray.util.placement_group import PlacementGroup, placement_group_table, remo
 
 log = logging.getLogger(__name__)
 
-REAPER_NAME = "argus-tune-train-release"
-REAPER_NAMESPACE = "argus"
+NAMESPACE = "argus"
 
 
 class WorkerReleaser:
@@ -89,17 +88,22 @@ def settle(releaser: ray.actor.ActorHandle, timeout_s: float = 60.0) -> int:
     return len(ray.get(releaser.released.remote()))
 
 
-def start_releaser() -> ray.actor.ActorHandle:
-    """The driver's releaser (named, so every trial's controller finds it; dies with the driver)."""
-    return ray.remote(num_cpus=0)(WorkerReleaser).options(
-        name=REAPER_NAME, namespace=REAPER_NAMESPACE, get_if_exists=True).remote()
+def start_releaser() -> tuple[ray.actor.ActorHandle, str]:
+    """The driver's releaser and its name (one per search, i.e. per Ray job; named so every trial's
+    controller finds it; it dies with the driver)."""
+    name = f"argus-release-workers-{ray.get_runtime_context().get_job_id()}"
+    actor = ray.remote(num_cpus=0)(WorkerReleaser).options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
+    return actor, name
 
 
 class ReleaseWorkersCallback(WorkerGroupCallback):
-    """Runs in the Ray Train controller: registers each new worker group with the releaser."""
+    """Runs in the Ray Train controller: registers each new worker group with the search's releaser."""
+
+    def __init__(self, releaser_name: str):
+        self.releaser_name = releaser_name
 
     def after_worker_group_start(self, worker_group) -> None:
         group = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        releaser = ray.get_actor(REAPER_NAME, namespace=REAPER_NAMESPACE)
+        releaser = ray.get_actor(self.releaser_name, namespace=NAMESPACE)
         controller = ray.get_runtime_context().current_actor
         ray.get(releaser.watch.remote(controller, group))

@@ -18,6 +18,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from argus_models.checkpoint import absolute
+
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, from_dict, load_config, to_dict
 from argus_platform.configlib import documented as _help
@@ -103,29 +105,30 @@ def _link_prepared(shared: Path, run_dir: Path) -> None:
             dst.symlink_to(src, target_is_directory=src.is_dir())
 
 
-def _trainable(config: dict, base: dict, shared: str, trials_dir: str) -> None:
+def _trainable(config: dict, base: dict, shared: str, trials_dir: str, releaser: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
     _link_prepared(Path(shared), run_dir)
-    train(trial_config(base, config, str(run_dir)), callbacks=[TuneReportCallback(), ReleaseWorkersCallback()])
+    train(trial_config(base, config, str(run_dir)), callbacks=[TuneReportCallback(), ReleaseWorkersCallback(releaser)])
 
 
 def tune_train(cfg: TuneTrainConfig) -> dict:
     started = time.time()
-    out = Path(cfg.out_dir or f"runs/tune-train-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out = absolute(cfg.out_dir or f"runs/tune-train-{time.strftime('%Y%m%d-%H%M%S')}")
     base_cfg = load_config(TrainJobConfig, cfg.train_config or None, cfg.train_overrides)
     base = to_dict(base_cfg)
     for key, spec in cfg.space.items():  # every key must name a training config field
         trial_config(base, {key: spec.example()}, "")
     init_ray(cfg.local_num_cpus)
-    releaser = start_releaser()  # frees the workers of trials ASHA stops
+    releaser, releaser_name = start_releaser()  # frees the workers of trials ASHA stops
     shared = out / "shared"
     print(f"[tune-train] preparing data once in {shared}", flush=True)
     prepare_data(base_cfg.data, shared)
     epochs = base_cfg.optim.epochs
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base=base, shared=str(shared), trials_dir=str(out / "trials")), {"cpu": 0.01})
+        tune.with_parameters(_trainable, base=base, shared=str(shared), trials_dir=str(out / "trials"),
+                             releaser=releaser_name), {"cpu": 0.01})
     exp = out / "search"
     if tune.Tuner.can_restore(str(exp)):
         print(f"[tune-train] resuming the search in {exp}", flush=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from argus_models.checkpoint import resolve_checkpoint
+from argus_models.checkpoint import absolute, resolve_checkpoint, wait_for_run
 
 from argus_platform.data.prepare import load_prepared
 from argus_platform.tuning.candidates import build_candidates
@@ -18,9 +18,10 @@ from argus_platform.tuning.search import run_search, select
 
 def tune_weights(cfg: TuneWeightsConfig) -> dict:
     started = time.time()
+    wait_for_run(cfg.run, cfg.wait_s)
     checkpoint = resolve_checkpoint(cfg.run, cfg.runs_root)
     run_dir = checkpoint.parent
-    out_dir = Path(cfg.out_dir).resolve() if cfg.out_dir else run_dir / "tune"
+    out_dir = absolute(cfg.out_dir) if cfg.out_dir else run_dir / "tune"
     prepared = load_prepared(run_dir)
     actions = [a.name for a in prepared.spec.actions]
     if not actions:
