@@ -3,6 +3,8 @@ PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+TOOLS   ?= .venv-tools
+TSTAMP  := $(TOOLS)/.installed
 ARGS    ?=
 
 .PHONY: setup run test test-slow serve clean
@@ -19,14 +21,20 @@ $(STAMP): requirements-cpu.txt pyproject.toml
 	$(VPY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# checkov and kubernetes-validate for the manifest tests, apart from the training stack.
+$(TSTAMP): k8s/requirements-tools.txt
+	$(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q -r k8s/requirements-tools.txt
+	touch $(TSTAMP)
+
 run: $(STAMP)
 	$(VPY) jobs/train_argus.py $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(TSTAMP)
 	$(VPY) -m pytest -m "not slow" -q $(ARGS)
 
 # pytest exits 5 when nothing is marked slow; that is not a failure.
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(TSTAMP)
 	$(VPY) -m pytest -m slow -q $(ARGS) || [ $$? -eq 5 ]
 
 # Serve the newest run under runs/ on :8000 (Ray's latency settings on; see README "Serving").
@@ -34,4 +42,4 @@ serve: $(STAMP)
 	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(VENV)/bin/serve run serve/argus.yaml $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache
