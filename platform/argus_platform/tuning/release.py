@@ -49,7 +49,10 @@ class WorkerReleaser:
     def _loop(self) -> None:
         while True:
             time.sleep(self._interval_s)
-            self.sweep()
+            try:
+                self.sweep()
+            except Exception:  # keep watching: a failed pass is retried on the next one
+                log.exception("releasing stopped trials' placement groups failed; retrying")
 
     def sweep(self) -> int:
         """One pass: remove the groups of dead controllers. Returns how many are still watched."""
