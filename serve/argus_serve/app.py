@@ -13,7 +13,7 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from argus_serve.artifacts import resolve_checkpoint
+from argus_serve.artifacts import resolve_checkpoint, wait_for_run
 from argus_serve.deployments import Ranker, Retriever
 from argus_serve.ingress import Ingress, Limits
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from argus_models.checkpoint import (CheckpointError, InferenceModel, absolute, best_checkpoint, checkpoint_epoch,
-                                     load_inference_model, resolve_checkpoint)
+                                     load_inference_model, resolve_checkpoint, wait_for_run)
 from argus_models.contract import Vocabulary
 from argus_models.inference import item_vectors
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Finding a run's checkpoint is shared with the training side (argus_models.checkpoint).
 __all__ = ["ArtifactError", "ActionInfo", "ServingModel", "absolute", "best_checkpoint", "load_serving_model",
-           "load_vocabulary", "read_actions", "resolve_checkpoint", "run_dir_of"]
+           "load_vocabulary", "read_actions", "resolve_checkpoint", "run_dir_of", "wait_for_run"]
 
 ArtifactError = CheckpointError  # the errors of this module name paths the same way
 

@@ -4,7 +4,6 @@ validation → evaluate tuned/default/uniform once on test → write the outputs
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from argus_models.checkpoint import absolute, resolve_checkpoint, wait_for_run
 
