@@ -16,6 +16,11 @@ from argus_platform.configlib import ConfigError, describe, load_config  # noqa:
 
 
 def parse_config(cls, description: str, argv: list[str] | None = None):
+    return parse_config_and_args(cls, description, None, argv)[0]
+
+
+def parse_config_and_args(cls, description: str, add_arguments=None, argv: list[str] | None = None):
+    """(config, argparse namespace); `add_arguments(parser)` adds a job's own flags."""
     rows = describe(cls)
     width = max(len(k) for k, *_ in rows)
     epilog = "config keys (YAML or --set):\n" + "\n".join(
@@ -25,8 +30,10 @@ def parse_config(cls, description: str, argv: list[str] | None = None):
     parser.add_argument("--config", help="YAML config file (see jobs/configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set optim.epochs=3 (repeatable)")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return load_config(cls, args.config, args.overrides)
+        return load_config(cls, args.config, args.overrides), args
     except ConfigError as exc:
         parser.exit(2, f"config error: {exc}\n")

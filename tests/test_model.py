@@ -77,3 +77,59 @@ def test_loading_a_non_checkpoint_names_what_is_missing(tmp_path):
     (tmp_path / ".metadata").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="config.yaml is missing"):
         load_inference_model(tmp_path)
+
+
+def test_default_causal_attention_equals_the_padding_mask_reference():
+    from argus_models.encoder import CausalEncoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.0)
+    enc = CausalEncoder(cfg).eval()
+    x, lengths = torch.randn(3, 8, 16), torch.tensor([8, 5, 1])
+    fast = enc(x, lengths)  # is_causal: fused SDPA, no [S, S] mask
+    reference = enc(x, lengths, causal_padding_mask(lengths, 8))
+    valid = torch.arange(8)[None] < lengths[:, None]
+    assert torch.allclose(fast[valid], reference[valid], atol=1e-6)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    from argus_models.encoder import CausalEncoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.1)
+    plain, recomputed = CausalEncoder(cfg).train(), CausalEncoder(ModelConfig(**{**vars(cfg), "activation_checkpointing": True})).train()
+    recomputed.load_state_dict(plain.state_dict())
+    x, lengths = torch.randn(2, 8, 16), torch.tensor([8, 6])
+    results = []
+    for enc in (plain, recomputed):
+        torch.manual_seed(1)  # same dropout masks; checkpointing replays them in backward
+        enc(x, lengths).square().sum().backward()
+        results.append([p.grad.clone() for p in enc.parameters()])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bf16_autocast_keeps_the_loss_float32():
+    from torchrec import KeyedJaggedTensor
+
+    from argus_models.task import ArgusObjective, ArgusTrainTask, SequenceBatch
+
+    schema = ModelSchema(num_items=30)
+    cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=1, max_seq_len=8, dropout=0.0)
+    items, lengths = torch.randint(1, 31, (4, 9), generator=torch.Generator().manual_seed(0)), torch.tensor([9, 9, 5, 3])
+    flat = torch.cat([items[b, : lengths[b]] for b in range(4)])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["item", "neg_item"], values=torch.cat([flat, torch.arange(31)]),
+                                              lengths=torch.cat([lengths, torch.tensor([31, 0, 0, 0])]).int())
+    batch = SequenceBatch(kjt, items * (torch.arange(9)[None] < lengths[:, None]), lengths, torch.zeros(4, 9, 0), torch.arange(31))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(2)
+        task = ArgusTrainTask(ArgusSparseArch(schema, 16, device="cpu"),
+                              ArgusObjective(ArgusDenseArch(cfg, schema), torch.zeros(31), "full_softmax", 0), precision)
+        loss, _ = task(batch)
+        assert loss.dtype == torch.float32
+        loss.backward()
+        assert all(p.grad.dtype == torch.float32 for p in task.objective.parameters() if p.grad is not None)
+        losses[precision] = float(loss)
+    assert losses["bf16"] != losses["fp32"]  # autocast did run
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"]

@@ -22,6 +22,9 @@ class ModelConfig:
     tokenization: Literal["one_token"] = field(
         default="one_token", metadata={"help": "one token per event: Proj([E_ctx; E_item; E_fb])"}
     )
+    activation_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute each transformer block in backward (memory for compute)"}
+    )
     normalize_embeddings: bool = field(
         default=False, metadata={"help": "L2-normalise query and item vectors (then tune loss.temperature)"}
     )

@@ -1,10 +1,16 @@
-"""Pre-norm causal transformer: RMSNorm, SDPA attention, SwiGLU FFN, RoPE or learned positions."""
+"""Pre-norm causal transformer: RMSNorm, SDPA attention, SwiGLU FFN, RoPE or learned positions.
+
+Rows are right-padded, so the plain causal mask is exact for every valid position (it never
+reaches a padded key) and SDPA can use its fused, memory-efficient kernels (no [S, S] mask is
+built). An explicit mask is only passed when attention is not causal (candidate isolation).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from argus_models.config import ModelConfig
 
@@ -34,13 +40,15 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.embedding_dim, cfg.embedding_dim, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """x: [B, S, D]; mask: bool [B, 1, S, S] (True = may attend)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """x: [B, S, D]; mask: bool [B or 1, 1, S, S] (True = may attend) or None for causal."""
         B, S, D = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 3×[B, H, S, hd]
         if self.use_rope and rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(y.transpose(1, 2).reshape(B, S, D))
 
 
@@ -66,7 +74,7 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), mask, rope))
         return x + self.ffn(self.norm2(x))
 
@@ -74,7 +82,9 @@ class Block(nn.Module):
 def causal_padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """bool [B, 1, S, S]: position t attends to s ≤ t, both inside the sequence.
 
-    Padded query rows see the valid prefix (never an all-False row); their outputs are ignored.
+    The reference for the default causal attention: on right-padded rows both agree at every
+    valid position. Padded query rows see the valid prefix (never an all-False row); their outputs
+    are ignored.
     """
     pos = torch.arange(seq_len, device=lengths.device)
     valid = pos[None, :] < lengths[:, None]  # [B, S]
@@ -93,7 +103,9 @@ class CausalEncoder(nn.Module):
         self.pos = nn.Embedding(cfg.max_seq_len, cfg.embedding_dim) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, S, D] right-padded; lengths: [B]; mask: optional bool [B or 1, 1, S, S] replacing
+        the causal one. Returns [B, S, D]."""
         B, S, D = x.shape
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.cfg.max_seq_len}")
@@ -103,7 +115,9 @@ class CausalEncoder(nn.Module):
         else:
             rope = rope_cache(S, D // self.cfg.num_heads, x.device)
         x = self.drop(x)
-        mask = causal_padding_mask(lengths, S)
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, mask, rope)
+            # Checkpointing keeps only each block's input and recomputes the block in backward
+            # (dropout masks are replayed from the saved RNG state).
+            x = checkpoint(block, x, mask, rope, use_reentrant=False) if recompute else block(x, mask, rope)
         return self.norm(x)

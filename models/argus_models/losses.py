@@ -75,10 +75,9 @@ def logq_loss(
 
 
 def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue. logits: [N, C+1] (column 0 = padding, masked); targets: [N]."""
-    logits = logits.float().clone()
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, targets, reduction="none")
+    """Cross-entropy over the whole catalogue, in float32. logits: [N, C+1] (column 0 = padding, never
+    a class); targets: [N] item ids in 1..C."""
+    return F.cross_entropy(logits[:, 1:].float(), targets - 1, reduction="none")
 
 
 def feedback_loss(head: ActionHead, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

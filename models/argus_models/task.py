@@ -110,8 +110,10 @@ class ArgusObjective(nn.Module):
         self, query: torch.Tensor, pos_emb: torch.Tensor, pos_ids: torch.Tensor, neg_emb: torch.Tensor, neg_ids: torch.Tensor
     ) -> torch.Tensor:
         t = self.temperature
+        if t != 1.0:
+            query = query / t  # scaling [N, D] instead of every [N, K] logit
         if self.next_item_loss == "full_softmax":
-            logits = query @ self.dense.item_vectors(neg_emb).T / t  # neg_emb holds the whole catalogue
+            logits = query @ self.dense.item_vectors(neg_emb).T  # neg_emb holds the whole catalogue
             return full_softmax_loss(logits, pos_ids)
         if self.in_batch_negatives > 0:
             pick = torch.randint(0, pos_ids.numel(), (self.in_batch_negatives,), device=pos_ids.device)
@@ -119,21 +121,31 @@ class ArgusObjective(nn.Module):
             neg_ids = torch.cat([pos_ids[pick], neg_ids])
         else:
             neg_emb = self.dense.item_vectors(neg_emb)
-        pos_logits = (query * pos_emb).sum(-1) / t  # [N]
-        neg_logits = query @ neg_emb.T / t  # [N, K]
+        pos_logits = (query * pos_emb).sum(-1)  # [N]
+        neg_logits = query @ neg_emb.T  # [N, K]
         hit = neg_ids[None, :] == pos_ids[:, None]
         fn = corrected_logq_loss if self.next_item_loss == "corrected_logq" else logq_loss
         return fn(pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit)
 
 
 class ArgusTrainTask(nn.Module):
-    """Sparse arch + objective. `forward(batch) -> (loss, logs)` as TrainPipelineSparseDist expects."""
+    """Sparse arch + objective. `forward(batch) -> (loss, logs)` as TrainPipelineSparseDist expects.
 
-    def __init__(self, sparse: ArgusSparseArch, objective: ArgusObjective) -> None:
+    precision "bf16": the dense arch runs under bf16 autocast (matmuls on tensor cores / AMX);
+    embeddings, losses (float32/float64 logits) and all optimizer states stay float32.
+    """
+
+    def __init__(self, sparse: ArgusSparseArch, objective: ArgusObjective, precision: str = "fp32", device_type: str = "cpu") -> None:
         super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {precision!r}; use fp32 or bf16")
         self.sparse = sparse
         self.objective = objective
+        self.precision = precision
+        # A plain string, not read from a tensor: TrainPipelineSparseDist FX-traces this forward.
+        self.device_type = device_type
 
     def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         emb = self.sparse(batch.sparse_features)
-        return self.objective(emb, batch)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.objective(emb, batch)

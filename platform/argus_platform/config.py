@@ -62,7 +62,14 @@ class OptimConfig:
     epochs: int = _help("passes over the training sequences", 30)
     batch_size: int = _help("sequences per worker per step", 64)
     dense_lr: float = _help("AdamW learning rate for the transformer", 2e-3)
-    sparse_lr: float = _help("row-wise Adagrad learning rate for the embedding tables", 0.05)
+    sparse_lr: float = _help("learning rate of the embedding tables' fused optimizer", 0.05)
+    sparse_optimizer: Literal["rowwise_adagrad", "adam"] = _help(
+        "fused FBGEMM optimizer of the tables: rowwise_adagrad (one state value per row) or adam (2 per weight)",
+        "rowwise_adagrad",
+    )
+    precision: Literal["fp32", "bf16"] = _help(
+        "dense forward/backward precision: fp32, or bf16 autocast (tables, losses and optimizer states stay fp32)", "fp32"
+    )
     weight_decay: float = _help("AdamW weight decay", 0.01)
     warmup_steps: int = _help("linear warm-up steps of the dense learning rate", 50)
     grad_clip: float = _help("max grad norm of the dense parameters (0 = off)", 1.0)

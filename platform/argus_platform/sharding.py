@@ -6,6 +6,9 @@ Same code on CPU (gloo) and GPU (nccl); only the device and the planner topology
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,8 +51,8 @@ class ShardedTask:
         return self.task.objective.dense
 
 
-def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor) -> ArgusTrainTask:
-    """The unsharded task with its tables on `meta`."""
+def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device_type: str = "cpu") -> ArgusTrainTask:
+    """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast)."""
     probs = item_counts.double() / item_counts.sum().clamp_min(1)
     n_ib = cfg.loss.in_batch_negatives if cfg.loss.next_item != "full_softmax" else 0
     n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
@@ -63,13 +66,19 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
         action_weights=cfg.loss.action_weights,
         temperature=cfg.loss.temperature,
     )
-    return ArgusTrainTask(ArgusSparseArch(schema, cfg.model.embedding_dim, device="meta"), objective)
+    sparse = ArgusSparseArch(schema, cfg.model.embedding_dim, device="meta")
+    return ArgusTrainTask(sparse, objective, precision=cfg.optim.precision, device_type=device_type)
+
+
+def fused_params(cfg: TrainJobConfig) -> dict:
+    """The tables' optimizer, fused into the FBGEMM backward (no gradient is materialised)."""
+    if cfg.optim.sparse_optimizer == "adam":
+        return {"optimizer": EmbOptimType.ADAM, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8, "beta1": 0.9, "beta2": 0.999}
+    return {"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
 
 
 def make_sharder(cfg: TrainJobConfig) -> EmbeddingCollectionSharder:
-    return EmbeddingCollectionSharder(
-        fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
-    )
+    return EmbeddingCollectionSharder(fused_params=fused_params(cfg))
 
 
 def make_topology(world_size: int, local_world_size: int, compute_device: str, hbm_cap_bytes: int | None = None) -> Topology:
@@ -88,6 +97,24 @@ def constraints_for(cfg: TrainJobConfig, schema: ModelSchema) -> dict[str, Param
     return {t.name: ParameterConstraints(**kwargs) for t in embedding_configs(schema, cfg.model.embedding_dim)}
 
 
+class _NoSpecForReplicatedTables(logging.Filter):
+    """TorchRec warns "Sharding spec not found" for every data-parallel table: expected, as a
+    replicated table has no shards to describe."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Sharding spec not found")
+
+
+@contextlib.contextmanager
+def quiet_planner() -> Iterator[None]:
+    root, flt = logging.getLogger(), _NoSpecForReplicatedTables()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
 def describe_plan(plan: ShardingPlan) -> str:
     lines = []
     for module_path, module_plan in plan.plan.items():
@@ -101,7 +128,7 @@ def describe_plan(plan: ShardingPlan) -> str:
 
 def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device) -> ShardedTask:
     """Plan for the live process group and wrap in DMP (collective: every rank calls it)."""
-    task = build_task(cfg, schema, item_counts)
+    task = build_task(cfg, schema, item_counts, device.type)
     sharder = make_sharder(cfg)
     world = dist.get_world_size()
     local_world = int(torch.cuda.device_count()) if device.type == "cuda" else world
@@ -110,7 +137,8 @@ def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, d
         batch_size=cfg.optim.batch_size * (cfg.model.max_seq_len + 1),
         constraints=constraints_for(cfg, schema),
     )
-    plan = planner.collective_plan(task, [sharder], dist.GroupMember.WORLD)
+    with quiet_planner():
+        plan = planner.collective_plan(task, [sharder], dist.GroupMember.WORLD)
     model = DistributedModelParallel(task, device=device, plan=plan, sharders=[sharder])
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
     dense_opt = KeyedOptimizerWrapper(

@@ -1,0 +1,63 @@
+"""Closed-form sizes of the dense arch: parameter counts and activation bytes per token.
+
+`dense_parameter_count` is the exact count of `ArgusDenseArch(cfg, schema)` (a test compares it
+with the built module); the activation figures are estimates of what autograd keeps for backward.
+"""
+
+from __future__ import annotations
+
+from argus_models.config import ModelConfig, ModelSchema
+
+
+def ffn_hidden(cfg: ModelConfig) -> int:
+    """SwiGLU hidden width F (see `encoder.SwiGLU`)."""
+    return int(cfg.ffn_multiplier * cfg.embedding_dim * 2 / 3)
+
+
+def block_parameter_count(cfg: ModelConfig) -> int:
+    """One transformer block: 2 RMSNorm weights, qkv + out (no bias), SwiGLU (no bias)."""
+    D, F = cfg.embedding_dim, ffn_hidden(cfg)
+    return 2 * D + 4 * D * D + 3 * D * F
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> int:
+    return d_in * d_hidden + d_hidden + d_hidden * d_out + d_out
+
+
+def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, int]:
+    """Parameters of the dense arch by part, plus "total". Embedding tables are not included."""
+    D = cfg.embedding_dim
+    has_ctx, has_fb = int(bool(schema.contexts)), int(bool(schema.actions))
+    parts = {
+        "token_proj": D * (1 + has_ctx + has_fb) * D + D,
+        "encoder": cfg.num_layers * block_parameter_count(cfg) + D + (cfg.max_seq_len * D if cfg.positions == "learned" else 0),
+        "item_head": _mlp(D * (1 + has_ctx), 2 * D, D),
+        "feedback_head": _mlp(D * (2 + has_ctx), 2 * D, sum(a.num_outputs for a in schema.actions)) if has_fb else 0,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def embedding_parameter_count(schema: ModelSchema, dim: int) -> dict[str, int]:
+    """Rows × dim of every table (item table has a padding row), plus "total"."""
+    parts = {"item": (schema.num_items + 1) * dim}
+    parts.update({f"ctx_{c}": n * dim for c, n in schema.contexts.items()})
+    parts.update({f"fb_{a.name}": a.num_codes * dim for a in schema.actions})
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def activation_bytes_per_token(cfg: ModelConfig, bytes_per_value: int, checkpointing: bool) -> int:
+    """What the encoder keeps for backward, per token, over all layers (memory-efficient SDPA: no
+    S×S score matrix, only a float32 log-sum-exp per head).
+
+    Per block and token: norm in/out (2D), q/k/v (3D), attention output (D), output projection (D),
+    second norm (D), SwiGLU gate/up (2F) and product (F), FFN output (D): 9D + 3F values, plus
+    one-byte dropout masks (2D) and the log-sum-exp (4·heads bytes). With checkpointing only each
+    block's input (D values) is kept, and one block is recomputed at a time.
+    """
+    D, F = cfg.embedding_dim, ffn_hidden(cfg)
+    per_block = (9 * D + 3 * F) * bytes_per_value + (2 * D if cfg.dropout > 0 else 0) + 4 * cfg.num_heads
+    if checkpointing:
+        return cfg.num_layers * D * bytes_per_value + per_block
+    return cfg.num_layers * per_block

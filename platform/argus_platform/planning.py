@@ -1,0 +1,248 @@
+"""Plan a training run for a GPU cluster on a machine without GPUs.
+
+The real task is built with its tables on `meta`; the dense side's memory (weights, gradients,
+AdamW state, activations at the configured batch and sequence length) is reserved first, and
+TorchRec's `EmbeddingShardingPlanner` places the tables in what is left of each device. The plan
+is then costed per rank from its shard sizes, so the figures follow from the plan itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import PlannerError
+from torchrec.distributed.types import ShardingPlan
+
+from argus_models.config import ModelSchema
+from argus_models.sizing import (
+    activation_bytes_per_token,
+    block_parameter_count,
+    dense_parameter_count,
+    embedding_parameter_count,
+)
+
+from argus_platform.config import TrainJobConfig
+from argus_platform.data.synthetic import synthetic_spec
+from argus_platform.sharding import build_task, constraints_for, make_sharder, quiet_planner
+
+GiB = 1 << 30
+DENSE_BYTES_PER_PARAM = 16  # float32 weight + float32 gradient + AdamW's two float32 moments
+UVM_CACHE_LOAD_FACTOR = 0.2  # TorchRec's default HBM share of a fused_uvm_caching table
+
+
+@dataclass
+class Cluster:
+    """The GPU topology to plan for."""
+
+    world_size: int
+    gpus_per_node: int = 8
+    gpu_memory_gb: float = 80.0
+    host_memory_gb: float = 1024.0  # per node, shared by its GPUs (UVM tables live here)
+    compute_device: str = "cuda"
+    headroom: float = 0.10  # of each GPU kept free: CUDA context, NCCL buffers, allocator slack
+
+    def validate(self) -> None:
+        if self.world_size < 1 or self.gpus_per_node < 1:
+            raise ValueError(f"world size {self.world_size} and GPUs per node {self.gpus_per_node} must be at least 1")
+        if self.world_size % self.gpus_per_node and self.world_size > self.gpus_per_node:
+            raise ValueError(f"world size {self.world_size} is not a multiple of {self.gpus_per_node} GPUs per node")
+        if self.gpu_memory_gb <= 0 or not 0 <= self.headroom < 1:
+            raise ValueError("GPU memory must be positive and headroom in [0, 1)")
+
+
+@dataclass
+class DeviceMemory:
+    """Bytes on the most loaded device."""
+
+    embeddings: int  # table shards + their optimizer state in HBM
+    dense_weights: int
+    dense_grads: int
+    dense_optimizer: int
+    activations: int  # encoder + embedding outputs + next-item logits
+    embeddings_host: int = 0  # UVM (host) share of this rank's tables
+
+    @property
+    def total(self) -> int:
+        return self.embeddings + self.dense_weights + self.dense_grads + self.dense_optimizer + self.activations
+
+
+@dataclass
+class ClusterPlan:
+    cluster: Cluster
+    schema: ModelSchema
+    dense_params: dict[str, int]
+    embedding_params: dict[str, int]
+    dense_strategy: str  # "ddp" (replicated dense arch) or "fsdp2" (sharded over the world)
+    plan: ShardingPlan | None
+    memory: DeviceMemory
+    fits: bool
+    reasons: list[str] = field(default_factory=list)
+    tokens_per_device: int = 0
+
+
+def planning_schema(cfg: TrainJobConfig, num_items: int, context_rows: int = 1000) -> ModelSchema:
+    """The schema a run of `cfg` would have with a catalogue of `num_items` (context tables get
+    `context_rows` rows: they are tiny next to the item table)."""
+    spec = synthetic_spec() if cfg.data.source == "synthetic" else cfg.data.spec
+    return ModelSchema(
+        num_items=num_items,
+        contexts={c: context_rows for c in spec.context_columns},
+        actions=[a.head() for a in spec.actions],
+    )
+
+
+def _dense_memory(cfg: TrainJobConfig, schema: ModelSchema, world: int, strategy: str) -> tuple[int, int, int]:
+    total = dense_parameter_count(cfg.model, schema)["total"]
+    if strategy == "ddp":
+        return 4 * total, 4 * total, 8 * total
+    # FSDP2: each rank holds 1/world of weights, gradients and moments, plus two unsharded blocks
+    # (the one computing and the one being prefetched).
+    shard = -(-total // world)
+    return 4 * shard + 2 * 4 * block_parameter_count(cfg.model), 4 * shard, 8 * shard
+
+
+def activation_bytes(cfg: TrainJobConfig, schema: ModelSchema) -> tuple[int, int]:
+    """(bytes, tokens) of one training step's activations on one device."""
+    window = cfg.model.max_seq_len + 1
+    tokens = cfg.optim.batch_size * window
+    value = 2 if cfg.optim.precision == "bf16" else 4
+    encoder = tokens * activation_bytes_per_token(cfg.model, value, cfg.model.activation_checkpointing)
+    features = 1 + len(schema.contexts) + len(schema.actions)
+    lookups = 2 * tokens * features * cfg.model.embedding_dim * 4  # float32 lookups and their gradients
+    if cfg.loss.next_item == "full_softmax":
+        negatives = schema.num_items
+    else:
+        negatives = cfg.loss.in_batch_negatives + cfg.loss.uniform_negatives
+    logits = tokens * negatives * (value + 4 + 4)  # the matmul output, its float32 copy and gradient
+    return encoder + lookups + logits, tokens
+
+
+def _table_bytes(plan: ShardingPlan, optimizer: str, world: int) -> tuple[list[int], list[int]]:
+    """Per-rank (HBM, host) bytes of the table shards and their optimizer state."""
+    hbm, host = [0] * world, [0] * world
+    for module_plan in plan.plan.values():
+        for ps in module_plan.values():
+            if ps.sharding_type == "data_parallel":
+                rows, cols = ps.sharding_spec.shards[0].shard_sizes if ps.sharding_spec else (0, 0)
+                for r in ps.ranks or []:
+                    hbm[r] += rows * cols * DENSE_BYTES_PER_PARAM  # replicated, trained by the dense optimizer
+                continue
+            for shard in ps.sharding_spec.shards:
+                rows, cols = shard.shard_sizes
+                weights = rows * cols * 4
+                state = rows * cols * 8 if optimizer == "adam" else rows * 4
+                r = shard.placement.rank()
+                if ps.compute_kernel == "fused":
+                    hbm[r] += weights + state
+                elif ps.compute_kernel == "fused_uvm_caching":
+                    load = ps.cache_params.load_factor if ps.cache_params and ps.cache_params.load_factor else UVM_CACHE_LOAD_FACTOR
+                    hbm[r] += int(weights * load)
+                    host[r] += weights + state
+                else:  # fused_uvm, key_value, ...: weights and state in host memory
+                    host[r] += weights + state
+    return hbm, host
+
+
+def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> ClusterPlan:
+    """Reserve the dense side, plan the tables with TorchRec, cost the plan per rank."""
+    cluster.validate()
+    world = cluster.world_size
+    gpu = int(cluster.gpu_memory_gb * GiB)
+    usable = int(gpu * (1 - cluster.headroom))
+    acts, tokens = activation_bytes(cfg, schema)
+    strategy = "ddp"
+    dense = _dense_memory(cfg, schema, world, "ddp")
+    if sum(dense) + acts > usable // 2:  # leave at least half of each GPU to the tables, else shard the dense side
+        strategy = "fsdp2"
+        dense = _dense_memory(cfg, schema, world, "fsdp2")
+    reserved = cluster.headroom + (sum(dense) + acts) / gpu
+    reasons = []
+    plan = None
+    if reserved >= 1:
+        reasons.append(f"the dense side alone needs {(sum(dense) + acts) / GiB:.1f} GiB per device "
+                       f"(activations {acts / GiB:.1f} GiB for {tokens:,} tokens): lower optim.batch_size or "
+                       f"model.max_seq_len, or set model.activation_checkpointing=true")
+    else:
+        topology = Topology(
+            world_size=world,
+            local_world_size=min(cluster.gpus_per_node, world),
+            compute_device=cluster.compute_device,
+            hbm_cap=gpu,
+            ddr_cap=int(cluster.host_memory_gb * GiB / cluster.gpus_per_node),
+        )
+        planner = EmbeddingShardingPlanner(
+            topology=topology,
+            batch_size=tokens,
+            storage_reservation=FixedPercentageStorageReservation(min(reserved, 1.0)),
+            constraints=constraints_for(cfg, schema),
+            debug=False,
+        )
+        task = build_task(cfg, schema, torch.ones(schema.num_items + 1), cluster.compute_device)
+        try:
+            with quiet_planner():
+                plan = planner.plan(task, [make_sharder(cfg)])
+        except PlannerError as exc:
+            reasons.append(f"TorchRec's planner found no placement of the tables: {str(exc).splitlines()[0]}")
+    hbm, host = _table_bytes(plan, cfg.optim.sparse_optimizer, world) if plan is not None else ([0], [0])
+    top = max(range(len(hbm)), key=lambda r: hbm[r])
+    memory = DeviceMemory(hbm[top], *dense, acts, embeddings_host=max(host))
+    if plan is not None and memory.total > usable:
+        reasons.append(f"{memory.total / GiB:.1f} GiB on rank {top} exceeds the {usable / GiB:.1f} GiB usable per GPU")
+    if max(host) * min(cluster.gpus_per_node, world) > cluster.host_memory_gb * GiB:
+        reasons.append(f"UVM tables need {max(host) * cluster.gpus_per_node / GiB:.1f} GiB of host memory per node")
+    return ClusterPlan(
+        cluster=cluster,
+        schema=schema,
+        dense_params=dense_parameter_count(cfg.model, schema),
+        embedding_params=embedding_parameter_count(schema, cfg.model.embedding_dim),
+        dense_strategy=strategy,
+        plan=plan,
+        memory=memory,
+        fits=not reasons,
+        reasons=reasons,
+        tokens_per_device=tokens,
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:8.2f} GiB"
+
+
+def format_cluster_plan(p: ClusterPlan) -> str:
+    c = p.cluster
+    lines = [
+        f"cluster: {c.world_size} x {c.compute_device} ({c.world_size // max(1, min(c.gpus_per_node, c.world_size))} nodes x "
+        f"{min(c.gpus_per_node, c.world_size)}), {c.gpu_memory_gb:g} GB per GPU, {c.host_memory_gb:g} GB host per node",
+        f"dense parameters: {p.dense_params['total']:,} ("
+        + ", ".join(f"{k} {v:,}" for k, v in p.dense_params.items() if k != "total") + ")",
+        f"embedding parameters: {p.embedding_params['total']:,} ("
+        + ", ".join(f"{k} {v:,}" for k, v in p.embedding_params.items() if k != "total") + ")",
+        f"dense strategy: {p.dense_strategy}"
+        + (" (replicated; gradients all-reduced)" if p.dense_strategy == "ddp" else " (dense weights, gradients and AdamW state sharded over the world)"),
+        "sharding plan:",
+    ]
+    if p.plan is None:
+        lines.append("  (none)")
+    else:
+        for module_path, module_plan in p.plan.plan.items():
+            for table, ps in module_plan.items():
+                shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []
+                ranks = sorted({s.placement.rank() for s in shards}) or sorted(ps.ranks or [])
+                size = f"{len(shards)} shards of {list(shards[0].shard_sizes)}" if shards else "replicated"
+                lines.append(f"  {table:<24} {ps.sharding_type:<14} {ps.compute_kernel:<18} {size} on {len(ranks)} rank(s)")
+    m = p.memory
+    lines += [
+        f"memory per device (most loaded rank, {p.tokens_per_device:,} tokens per step):",
+        f"  embeddings + optimizer state {_gib(m.embeddings)}" + (f"   (+{m.embeddings_host / GiB:.2f} GiB in host memory)" if m.embeddings_host else ""),
+        f"  dense weights                {_gib(m.dense_weights)}",
+        f"  dense gradients              {_gib(m.dense_grads)}",
+        f"  dense optimizer state        {_gib(m.dense_optimizer)}",
+        f"  activations                  {_gib(m.activations)}",
+        f"  total                        {_gib(m.total)} of {c.gpu_memory_gb * (1 - c.headroom):.1f} GiB usable "
+        f"({c.headroom:.0%} headroom)",
+        "fits: yes" if p.fits else "fits: NO\n" + "\n".join(f"  - {r}" for r in p.reasons),
+    ]
+    return "\n".join(lines)
