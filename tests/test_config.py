@@ -49,6 +49,9 @@ def test_unknown_yaml_key_names_the_file(tmp_path):
 def test_cross_field_validation():
     with pytest.raises(ConfigError, match="data.path is required"):
         load_config(TrainJobConfig, overrides=["data.source=sasrec"])
+    with pytest.raises(ConfigError, match="sparse_optimizer=adam runs on GPUs only"):
+        load_config(TrainJobConfig, overrides=["optim.sparse_optimizer=adam"])
+    assert load_config(TrainJobConfig, overrides=["optim.sparse_optimizer=adam", "scaling.use_gpu=true"]).optim.sparse_optimizer == "adam"
 
 
 def test_action_specs_from_yaml(tmp_path):

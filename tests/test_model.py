@@ -133,3 +133,62 @@ def test_bf16_autocast_keeps_the_loss_float32():
         losses[precision] = float(loss)
     assert losses["bf16"] != losses["fp32"]  # autocast did run
     assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"]
+
+
+def test_candidate_isolation_mask_picture():
+    from argus_models.model import candidate_isolation_mask
+
+    # 5 history slots of which 3 are real, then 2 candidates
+    mask = candidate_isolation_mask(torch.tensor([3]), 5, 2)[0, 0].int()
+    expected = torch.tensor([
+        #h0 h1 h2 p3 p4 c0 c1
+        [1, 0, 0, 0, 0, 0, 0],  # h0
+        [1, 1, 0, 0, 0, 0, 0],  # h1
+        [1, 1, 1, 0, 0, 0, 0],  # h2
+        [1, 1, 1, 1, 0, 0, 0],  # p3: padding (output unused) sees the real prefix and itself
+        [1, 1, 1, 0, 1, 0, 0],  # p4
+        [1, 1, 1, 0, 0, 1, 0],  # c0: the real history and itself
+        [1, 1, 1, 0, 0, 0, 1],  # c1: never c0
+    ])
+    assert torch.equal(mask, expected)
+
+
+def _three_token(dropout=0.0):
+    cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=6, dropout=dropout, tokenization="three_token")
+    torch.manual_seed(0)
+    return ArgusDenseArch(cfg, SCHEMA).eval()
+
+
+def test_three_token_heads_read_the_right_positions():
+    """Event t is [c_t, i_t, f_t]; the query for event t+1 reads c_{t+1} (it must not see i_{t+1}),
+    the feedback of event t+1 reads i_{t+1} (it sees the item, not f_{t+1})."""
+    dense = _three_token()
+    emb = {k: torch.randn(1, 5, 16) for k in ("item", "ctx_source", "fb_like", "fb_rating")}
+    base = dense(emb, torch.tensor([5]))
+
+    def changed(feature, event):
+        e = {k: v.clone() for k, v in emb.items()}
+        e[feature][:, event] += 1.0
+        out = dense(e, torch.tensor([5]))
+        # output index t predicts event t+1
+        return {k: [not torch.allclose(out[k][0, t], base[k][0, t], atol=1e-6) for t in range(4)] for k in ("query", "feedback")}
+
+    # Reads of the heads, drawn per predicted event 1..4 (True = the output moved).
+    assert changed("ctx_source", 2) == {"query": [False, True, True, True], "feedback": [False, True, True, True]}
+    assert changed("item", 2) == {"query": [False, False, True, True], "feedback": [False, True, True, True]}
+    assert changed("fb_like", 2) == {"query": [False, False, True, True], "feedback": [False, False, True, True]}
+
+
+def test_three_token_candidate_isolation_matches_the_training_forward():
+    dense = _three_token()
+    emb = {k: torch.randn(2, 5, 16) for k in ("item", "ctx_source", "fb_like", "fb_rating")}
+    lengths = torch.tensor([5, 3])
+    train = dense(emb, lengths)["feedback"]  # [B, W-1, outputs]
+    cands = torch.randn(2, 4, 16)
+    cands[0, 2], cands[1, 0] = emb["item"][0, 4], emb["item"][1, 2]  # each row's real next item among them
+    scored = dense.candidate_feedback(emb, lengths, cands)
+    assert torch.allclose(scored[0, 2], train[0, 3], atol=1e-5) and torch.allclose(scored[1, 0], train[1, 1], atol=1e-5)
+    alone = dense.candidate_feedback({k: v[:1] for k, v in emb.items()}, lengths[:1], cands[:1, 2:3])
+    shuffled = dense.candidate_feedback(emb, lengths, cands.flip(1))
+    assert torch.allclose(alone[0, 0], scored[0, 2], atol=1e-5)
+    assert torch.allclose(shuffled.flip(1), scored, atol=1e-5)

@@ -28,6 +28,8 @@ PRESETS = {"argus-3m": 3e6, "argus-30m": 30e6, "argus-300m": 300e6, "argus-1b": 
 @pytest.mark.parametrize("cfg", [
     ModelConfig(embedding_dim=32, num_layers=2, num_heads=2),
     ModelConfig(embedding_dim=48, num_layers=3, num_heads=4, ffn_multiplier=3.0, positions="learned", max_seq_len=77),
+    ModelConfig(embedding_dim=32, num_layers=2, num_heads=2, tokenization="three_token"),
+    ModelConfig(embedding_dim=32, num_layers=1, num_heads=2, tokenization="three_token", positions="learned", max_seq_len=9),
 ])
 def test_dense_parameter_count_matches_the_module(cfg, schema):
     counted = dense_parameter_count(cfg, schema)

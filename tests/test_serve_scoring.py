@@ -23,10 +23,10 @@ from argus_serve.weights import WeightsError, load_weights_file, resolve_weights
 ACTIONS = [ActionHead("like", "binary", 2), ActionHead("watched", "ratio", 10), ActionHead("stars", "graded", 5)]
 
 
-@pytest.fixture(scope="module")
-def sm() -> InferenceModel:
+@pytest.fixture(scope="module", params=["one_token", "three_token"])
+def sm(request) -> InferenceModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0)
+    cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=request.param)
     schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS)
     dense = ArgusDenseArch(cfg, schema).eval()
     tables = {t.name: torch.randn(t.num_embeddings, t.embedding_dim) * 0.5 for t in embedding_configs(schema, 16)}
@@ -56,7 +56,7 @@ def test_encode_next_and_ranking_match_the_training_forward(sm):
     ctx = [{"source": 2}, {"source": 1}, {"source": 3}, {"source": 0}]
     head_in, query = encode_next(sm, hist, ctx)
     cands = torch.tensor([[5, 9], [1, 50], [7, 7], [33, 2]])
-    probs = action_probabilities(sm, head_in, cands)
+    probs = action_probabilities(sm, head_in, cands, hist, ctx)
     for b, h in enumerate(hist):
         for j in range(2):
             ref_q, ref_fb = _reference(sm, h, ctx[b]["source"], int(cands[b, j]))
@@ -70,12 +70,13 @@ def test_encode_next_and_ranking_match_the_training_forward(sm):
 def test_a_candidates_score_does_not_depend_on_the_other_candidates(sm):
     rng = np.random.default_rng(2)
     hist = [_events(rng, 6), _events(rng, 2)]
-    head_in, _ = encode_next(sm, hist, [{"source": 1}, {"source": 2}])
-    full = action_probabilities(sm, head_in[:1], torch.tensor([[4, 8, 15, 16, 23, 42]]))
-    alone = action_probabilities(sm, head_in[:1], torch.tensor([[15]]))
-    shuffled = action_probabilities(sm, head_in[:1], torch.tensor([[42, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9]]))
-    head_in_b, _ = encode_next(sm, hist[:1], [{"source": 1}])  # without the other request in the batch
-    solo = action_probabilities(sm, head_in_b, torch.tensor([[15, 42]]))
+    ctx = [{"source": 1}, {"source": 2}]
+    head_in, _ = encode_next(sm, hist, ctx)
+    full = action_probabilities(sm, head_in[:1], torch.tensor([[4, 8, 15, 16, 23, 42]]), hist[:1], ctx[:1])
+    alone = action_probabilities(sm, head_in[:1], torch.tensor([[15]]), hist[:1], ctx[:1])
+    shuffled = action_probabilities(sm, head_in[:1], torch.tensor([[42, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9]]), hist[:1], ctx[:1])
+    head_in_b, _ = encode_next(sm, hist[:1], ctx[:1])  # without the other request in the batch
+    solo = action_probabilities(sm, head_in_b, torch.tensor([[15, 42]]), hist[:1], ctx[:1])
     for a in ("like", "watched", "stars"):
         torch.testing.assert_close(full[a][0, 2], alone[a][0, 0], atol=1e-6, rtol=0)
         torch.testing.assert_close(full[a][0, 2], shuffled[a][0, 1], atol=1e-6, rtol=0)

@@ -19,8 +19,10 @@ class ModelConfig:
     dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, attention and FFN"})
     max_seq_len: int = field(default=50, metadata={"help": "history events the encoder reads"})
     positions: Literal["rope", "learned"] = field(default="rope", metadata={"help": "rope or learned positions"})
-    tokenization: Literal["one_token"] = field(
-        default="one_token", metadata={"help": "one token per event: Proj([E_ctx; E_item; E_fb])"}
+    tokenization: Literal["one_token", "three_token"] = field(
+        default="one_token",
+        metadata={"help": "one_token: Proj([E_ctx; E_item; E_fb]) per event; three_token: context, item and "
+                          "feedback tokens per event (next item read at the context token, feedback at the item token)"},
     )
     activation_checkpointing: bool = field(
         default=False, metadata={"help": "recompute each transformer block in backward (memory for compute)"}

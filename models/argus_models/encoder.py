@@ -23,7 +23,7 @@ def rope_cache(seq_len: int, head_dim: int, device: torch.device, base: float = 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of channels. x: [B, H, S, hd]; cos/sin: [S, hd/2]."""
+    """Rotate pairs of channels. x: [B, H, S, hd]; cos/sin: [S, hd/2] or per row [B, 1, S, hd/2]."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
@@ -95,25 +95,31 @@ def causal_padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
 class CausalEncoder(nn.Module):
     """Token vectors [B, S, D] + lengths [B] → contextual states [B, S, D]."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, max_tokens: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.max_tokens = max_tokens or cfg.max_seq_len
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.embedding_dim)
-        self.pos = nn.Embedding(cfg.max_seq_len, cfg.embedding_dim) if cfg.positions == "learned" else None
+        self.pos = nn.Embedding(self.max_tokens, cfg.embedding_dim) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: [B, S, D] right-padded; lengths: [B]; mask: optional bool [B or 1, 1, S, S] replacing
-        the causal one. Returns [B, S, D]."""
+        the causal one; positions: optional [B, S] position ids (default 0..S-1). Returns [B, S, D]."""
         B, S, D = x.shape
-        if S > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        last = S - 1 if positions is None else int(positions.max())
+        if last >= self.max_tokens:
+            raise ValueError(f"position {last} is past the encoder's {self.max_tokens} tokens (model.max_seq_len={self.cfg.max_seq_len})")
+        pos = torch.arange(S, device=x.device) if positions is None else positions
         rope = None
         if self.pos is not None:
-            x = x + self.pos(torch.arange(S, device=x.device))[None]
+            x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
         else:
-            rope = rope_cache(S, D // self.cfg.num_heads, x.device)
+            rope = rope_cache(self.max_tokens, D // self.cfg.num_heads, x.device)
+            rope = tuple(t[:S] if positions is None else t[positions][:, None] for t in rope)  # [S, hd/2] or [B, 1, S, hd/2]
         x = self.drop(x)
         recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:

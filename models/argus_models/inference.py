@@ -3,8 +3,9 @@
 encode_next:  histories + the next event's context → heads' input h [B, H] and query q [B, D]
 retrieval:    top-K of <q, E_item(j)> over the catalogue, excluded items removed
               (exact matmul + top-k, or a FAISS HNSW index for large catalogues)
-ranking:      P(a | h, candidate) from the feedback heads, one row per candidate (candidates never
-              see each other); score = Σ_a w_a · P(a)
+ranking:      P(a | h, candidate) from the feedback heads (candidates never see each other:
+              one row per candidate, or candidate isolation for three_token models);
+              score = Σ_a w_a · P(a)
 """
 
 from __future__ import annotations
@@ -141,17 +142,32 @@ def build_index(vectors: torch.Tensor, ann_min_items: int, hnsw_m: int = 32, ef_
 
 
 @torch.no_grad()
-def action_probabilities(model: InferenceModel, head_in: torch.Tensor, candidates: torch.Tensor) -> dict[str, torch.Tensor]:
+def action_probabilities(
+    model: InferenceModel,
+    head_in: torch.Tensor,
+    candidates: torch.Tensor,
+    histories: list[Events] | None = None,
+    next_contexts: list[dict[str, int]] | None = None,
+) -> dict[str, torch.Tensor]:
     """head_in [B, H], candidates [B, K] item indices → {action: P(a) [B, K]}.
 
-    Each (request, candidate) pair is its own row through the feedback MLP, so a candidate's
-    probabilities do not depend on which other candidates are scored with it."""
+    A candidate's probabilities never depend on which other candidates are scored with it:
+    one_token models run each (request, candidate) pair as its own row through the feedback MLP;
+    three_token models append the candidates' item tokens after the history and the next
+    context, each attending to the history and itself only (candidate isolation), which needs
+    the `histories` and `next_contexts` that `head_in` came from."""
     schema = model.schema
     if not schema.actions:
         return {}
     dense = model.dense
     items = F.embedding(candidates, model.tables[table_name(ITEM)])  # [B, K, D]
-    logits = dense.feedback_logits(head_in[:, None, :].expand(-1, candidates.shape[1], -1), items)
+    if dense.three_token:
+        if histories is None or next_contexts is None:
+            raise ValueError("three_token models score candidates in context: pass the histories and next contexts")
+        emb, lengths = next_event_inputs(model, histories, next_contexts)
+        logits = dense.candidate_feedback(emb, lengths, items)
+    else:
+        logits = dense.feedback_logits(head_in[:, None, :].expand(-1, candidates.shape[1], -1), items)
     named = dense.action_logits(logits)
     return {a.name: feedback_probability(a, named[a.name]) for a in schema.actions}
 

@@ -111,53 +111,105 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
 
 
 class ArgusDenseArch(nn.Module):
-    """Token projection, causal encoder, next-item and feedback heads."""
+    """Token projection, causal encoder, next-item and feedback heads.
+
+    one_token (default): event t is one token Proj([E_item; ΣE_ctx; ΣE_fb]); the heads read the
+      state h_t with the next event's context: query MLP([h_t; E_ctx(c_{t+1})]), feedback
+      MLP([h_t; E_ctx(c_{t+1}); E_item(i_{t+1})]).
+    three_token: event t is the tokens [c_t, i_t, f_t] (context, item, feedback; f is left out when
+      the data has no actions, and c is a learned "next event" token plus ΣE_ctx). The next-item
+      head reads the state at c_{t+1} (history + the next context), the feedback head the state at
+      i_{t+1} (history + context + item), as p(c)·p(i|c)·p(f|c,i) factorises.
+    """
 
     def __init__(self, cfg: ModelConfig, schema: ModelSchema) -> None:
         super().__init__()
         D = cfg.embedding_dim
         self.cfg, self.schema = cfg, schema
         self.has_ctx, self.has_fb = bool(schema.contexts), bool(schema.actions)
-        self.token_proj = nn.Linear(D * (1 + self.has_ctx + self.has_fb), D)
-        self.encoder = CausalEncoder(cfg)
-        self.item_head = _mlp(D * (1 + self.has_ctx), 2 * D, D, cfg.dropout)
+        self.three_token = cfg.tokenization == "three_token"
         self.action_slices: dict[str, tuple[int, int]] = {}
         start = 0
         for head in schema.actions:
             self.action_slices[head.name] = (start, start + head.num_outputs)
             start += head.num_outputs
-        self.feedback_head = _mlp(D * (2 + self.has_ctx), 2 * D, start, cfg.dropout) if self.has_fb else None
+        if self.three_token:
+            self.tokens_per_event = 2 + self.has_fb  # c, i (, f)
+            self.token_type = nn.Parameter(torch.randn(self.tokens_per_event, D) * 0.02)  # rows: c, i, f
+            self.ctx_proj = nn.Linear(D, D) if self.has_ctx else None
+            self.fb_proj = nn.Linear(D, D) if self.has_fb else None
+            self.encoder = CausalEncoder(cfg, max_tokens=self.tokens_per_event * (cfg.max_seq_len + 1))
+            self.item_head = _mlp(D, 2 * D, D, cfg.dropout)
+            self.feedback_head = _mlp(D, 2 * D, start, cfg.dropout) if self.has_fb else None
+        else:
+            self.tokens_per_event = 1
+            self.token_proj = nn.Linear(D * (1 + self.has_ctx + self.has_fb), D)
+            self.encoder = CausalEncoder(cfg)
+            self.item_head = _mlp(D * (1 + self.has_ctx), 2 * D, D, cfg.dropout)
+            self.feedback_head = _mlp(D * (2 + self.has_ctx), 2 * D, start, cfg.dropout) if self.has_fb else None
 
     def _context(self, emb: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if not self.has_ctx:
             return None
         return torch.stack([emb[ctx_feature(c)] for c in self.schema.contexts]).sum(0)
 
+    def _feedback(self, emb: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if not self.has_fb:
+            return None
+        return torch.stack([emb[fb_feature(a.name)] for a in self.schema.actions]).sum(0)
+
     def forward(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         """emb: {feature: [B, W, D]} for a window of W events; lengths: [B] events per window.
 
-        Positions 0..W-2 are inputs, 1..W-1 their targets. Returns
-          "state"    [B, W-1, D]  encoder states h_t
+        Events 0..W-2 are history for the predictions of events 1..W-1. Returns
+          "state"    [B, W-1, D]  encoder state that predicts event t+1
           "query"    [B, W-1, D]  next-item query q_t
           "target"   [B, W-1, D]  E_item(i_{t+1})
           "feedback" [B, W-1, Σ outputs]  action logits for event t+1 (if the schema has actions)
         """
-        state, head_in = self.encode(emb, lengths)
         nxt_item = emb[ITEM][:, 1:]
-        out = {"state": state, "query": self.query(head_in), "target": nxt_item}
-        if self.feedback_head is not None:
-            out["feedback"] = self.feedback_logits(head_in, nxt_item)
+        if self.three_token:
+            states = self.event_states(emb, lengths)  # [B, W, k, D]
+            out = {"state": states[:, 1:, 0], "query": self.query(states[:, 1:, 0]), "target": nxt_item}
+            if self.feedback_head is not None:
+                out["feedback"] = self.feedback_head(states[:, 1:, 1])
+        else:
+            state, head_in = self.encode(emb, lengths)
+            out = {"state": state, "query": self.query(head_in), "target": nxt_item}
+            if self.feedback_head is not None:
+                out["feedback"] = self.feedback_logits(head_in, nxt_item)
         if self.cfg.normalize_embeddings:
             out["target"] = F.normalize(out["target"], dim=-1)
         return out
 
+    def event_tokens(self, emb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """three_token: [B, W, k, D] tokens (c_t, i_t, f_t) of every event."""
+        ctx, fb = self._context(emb), self._feedback(emb)
+        c = self.token_type[0].expand_as(emb[ITEM])
+        if ctx is not None:
+            c = c + self.ctx_proj(ctx)
+        parts = [c, emb[ITEM] + self.token_type[1]]
+        if fb is not None:
+            parts.append(self.fb_proj(fb) + self.token_type[2])
+        return torch.stack(parts, dim=2)
+
+    def event_states(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+        """three_token: encoder states [B, W, k, D], token j of event t at position k·t + j."""
+        tokens = self.event_tokens(emb)
+        B, W, k, D = tokens.shape
+        return self.encoder(tokens.reshape(B, W * k, D), lengths * k).view(B, W, k, D)
+
     def encode(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states [B, W-1, D] and the heads' shared input [B, W-1, H]: the state h_t with
-        the context of event t+1, i.e. everything known about an event before its item."""
+        """Encoder states [B, W-1, D] and the heads' shared input [B, W-1, H]: what is known about
+        event t+1 before its item (one_token: h_t with the context of t+1; three_token: the state
+        at the context token c_{t+1})."""
+        if self.three_token:
+            state = self.event_states(emb, lengths)[:, 1:, 0]
+            return state, state
         ctx = self._context(emb)
         parts = [emb[ITEM]] + ([ctx] if ctx is not None else [])
         if self.has_fb:
-            parts.append(torch.stack([emb[fb_feature(a.name)] for a in self.schema.actions]).sum(0))
+            parts.append(self._feedback(emb))
         tokens = self.token_proj(torch.cat(parts, dim=-1))[:, :-1]  # [B, W-1, D]
         state = self.encoder(tokens, (lengths - 1).clamp_min(1))
         head_in = torch.cat([state, ctx[:, 1:]], dim=-1) if ctx is not None else state
@@ -169,11 +221,38 @@ class ArgusDenseArch(nn.Module):
         return F.normalize(q, dim=-1) if self.cfg.normalize_embeddings else q
 
     def feedback_logits(self, head_in: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """Action logits [..., Σ outputs] of showing `item` [..., D] in the event `head_in` [..., H]
-        describes. Row-wise: a candidate's logits never depend on the other candidates."""
+        """one_token: action logits [..., Σ outputs] of showing `item` [..., D] in the event `head_in`
+        [..., H] describes. Row-wise: a candidate's logits never depend on the other candidates.
+        (three_token models score candidates with `candidate_feedback`.)"""
         if self.feedback_head is None:
             raise ValueError("the schema has no actions, so the model has no feedback head")
+        if self.three_token:
+            raise ValueError("three_token models read feedback at the candidate's item token; use candidate_feedback")
         return self.feedback_head(torch.cat([head_in, item], dim=-1))
+
+    def candidate_feedback(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """three_token, candidate isolation: action logits [B, K, Σ outputs] for K candidate items.
+
+        emb/lengths describe each row's history plus the next event (its context known, item not):
+        event lengths-1 is the next one. The tokens are the history, the next context token c_n,
+        then one item token per candidate at the position i_n would have; each candidate attends
+        to the history, c_n and itself only (`candidate_isolation_mask`), so its logits do not
+        depend on the other candidates. candidates: [B, K, D] item embeddings.
+        """
+        if self.feedback_head is None:
+            raise ValueError("the schema has no actions, so the model has no feedback head")
+        tokens = self.event_tokens(emb)  # [B, W, k, D]
+        B, W, k, D = tokens.shape
+        K = candidates.shape[1]
+        prefix = (lengths - 1) * k + 1  # history tokens + c_n, per row
+        S = int(prefix.max())
+        flat = tokens.reshape(B, W * k, D)[:, :S]
+        x = torch.cat([flat, candidates + self.token_type[1]], dim=1)  # [B, S + K, D]
+        positions = torch.arange(S + K, device=x.device).expand(B, -1).clone()
+        positions[:, S:] = prefix[:, None]  # every candidate sits where i_n would
+        mask = candidate_isolation_mask(prefix, S, K)
+        states = self.encoder(x, prefix, mask=mask, positions=positions)
+        return self.feedback_head(states[:, S:])
 
     def action_logits(self, feedback: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""
@@ -182,6 +261,27 @@ class ArgusDenseArch(nn.Module):
     def item_vectors(self, item_table: torch.Tensor) -> torch.Tensor:
         """Catalogue vectors as the scoring side sees them ([C+1, D])."""
         return F.normalize(item_table, dim=-1) if self.cfg.normalize_embeddings else item_table
+
+
+def candidate_isolation_mask(prefix: torch.Tensor, slots: int, num_candidates: int) -> torch.Tensor:
+    """bool [B, 1, S+K, S+K] (True = may attend) for `slots` right-padded history positions of
+    which the first `prefix[b]` are real, followed by K candidates.
+
+    History positions attend causally within the real prefix; candidate j attends to the real
+    prefix and to itself, never to padding or another candidate.
+    """
+    S, K = slots, num_candidates
+    n = S + K
+    pos = torch.arange(n, device=prefix.device)
+    real = (pos[None, :] < prefix[:, None]) | (pos[None, :] >= S)  # [B, n] keys that exist
+    causal = pos[None, :] <= pos[:, None]  # [n, n]
+    is_cand_q, is_cand_k = pos[:, None] >= S, pos[None, :] >= S
+    allowed = causal & ~(is_cand_k & (pos[None, :] != pos[:, None]))  # no query sees another candidate
+    allowed = allowed | (is_cand_q & ~is_cand_k)  # candidates see the history ...
+    mask = allowed[None] & real[:, None, :]  # ... but only its real part
+    # padded history rows (outputs unused) keep their own position so no row is empty
+    mask = mask | torch.eye(n, dtype=torch.bool, device=prefix.device)[None]
+    return mask[:, None]
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -28,11 +28,21 @@ def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, in
     """Parameters of the dense arch by part, plus "total". Embedding tables are not included."""
     D = cfg.embedding_dim
     has_ctx, has_fb = int(bool(schema.contexts)), int(bool(schema.actions))
+    outputs = sum(a.num_outputs for a in schema.actions)
+    if cfg.tokenization == "three_token":
+        k = 2 + has_fb
+        max_tokens = k * (cfg.max_seq_len + 1)
+        tokens = k * D + (D * D + D) * (has_ctx + has_fb)  # type vectors, context and feedback projections
+        head_width, fb_width = D, D
+    else:
+        max_tokens = cfg.max_seq_len
+        tokens = D * (1 + has_ctx + has_fb) * D + D
+        head_width, fb_width = D * (1 + has_ctx), D * (2 + has_ctx)
     parts = {
-        "token_proj": D * (1 + has_ctx + has_fb) * D + D,
-        "encoder": cfg.num_layers * block_parameter_count(cfg) + D + (cfg.max_seq_len * D if cfg.positions == "learned" else 0),
-        "item_head": _mlp(D * (1 + has_ctx), 2 * D, D),
-        "feedback_head": _mlp(D * (2 + has_ctx), 2 * D, sum(a.num_outputs for a in schema.actions)) if has_fb else 0,
+        "token_proj": tokens,
+        "encoder": cfg.num_layers * block_parameter_count(cfg) + D + (max_tokens * D if cfg.positions == "learned" else 0),
+        "item_head": _mlp(head_width, 2 * D, D),
+        "feedback_head": _mlp(fb_width, 2 * D, outputs) if has_fb else 0,
     }
     parts["total"] = sum(parts.values())
     return parts

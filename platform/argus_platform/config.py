@@ -63,8 +63,9 @@ class OptimConfig:
     batch_size: int = _help("sequences per worker per step", 64)
     dense_lr: float = _help("AdamW learning rate for the transformer", 2e-3)
     sparse_lr: float = _help("learning rate of the embedding tables' fused optimizer", 0.05)
-    sparse_optimizer: Literal["rowwise_adagrad", "adam"] = _help(
-        "fused FBGEMM optimizer of the tables: rowwise_adagrad (one state value per row) or adam (2 per weight)",
+    sparse_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = _help(
+        "fused FBGEMM optimizer of the sharded tables: rowwise_adagrad (one state value per row), adagrad (one per "
+        "weight), sgd, or adam (two per weight; GPU only). Data-parallel tables with the dense kernel use AdamW",
         "rowwise_adagrad",
     )
     precision: Literal["fp32", "bf16"] = _help(
@@ -90,6 +91,11 @@ class ShardingConfig:
         None,
     )
     compute_kernel: Optional[str] = _help("force a kernel (fused, dense, ...); null lets the planner choose", None)
+    dense: Literal["ddp", "fsdp2"] = _help(
+        "dense arch: ddp (replicated) or fsdp2 (weights, gradients and AdamW state sharded; per-block units); "
+        "jobs/plan_argus.py says which one fits",
+        "ddp",
+    )
 
 
 @dataclass
@@ -139,5 +145,9 @@ class TrainJobConfig:
             raise ConfigError("loss.in_batch_negatives + loss.uniform_negatives must be positive for sampled softmax")
         if self.scaling.num_workers < 1:
             raise ConfigError("scaling.num_workers must be at least 1")
+        if self.optim.sparse_optimizer == "adam" and not self.scaling.use_gpu:
+            raise ConfigError("optim.sparse_optimizer=adam runs on GPUs only (FBGEMM's CPU kernels support rowwise_adagrad, "
+                              "adagrad and sgd); on CPU use sharding.sharding_type=data_parallel with "
+                              "sharding.compute_kernel=dense to train small tables with AdamW")
         if self.optim.eval_every_epochs < 1:
             raise ConfigError("optim.eval_every_epochs must be at least 1")

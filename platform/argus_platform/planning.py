@@ -133,7 +133,7 @@ def _table_bytes(plan: ShardingPlan, optimizer: str, world: int) -> tuple[list[i
             for shard in ps.sharding_spec.shards:
                 rows, cols = shard.shard_sizes
                 weights = rows * cols * 4
-                state = rows * cols * 8 if optimizer == "adam" else rows * 4
+                state = {"adam": rows * cols * 8, "adagrad": rows * cols * 4, "sgd": 0}.get(optimizer, rows * 4)
                 r = shard.placement.rank()
                 if ps.compute_kernel == "fused":
                     hbm[r] += weights + state

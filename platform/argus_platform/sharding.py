@@ -15,12 +15,16 @@ import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.model_parallel import DataParallelWrapper
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
@@ -50,6 +54,37 @@ class ShardedTask:
     def dense(self) -> ArgusDenseArch:
         return self.task.objective.dense
 
+    def eval_dense(self, cfg: TrainJobConfig) -> ArgusDenseArch:
+        """The dense arch as evaluation uses it on one rank: itself when replicated; under FSDP2 a
+        replicated copy (collective: ranks evaluate different numbers of batches, which sharded
+        forwards could not)."""
+        if cfg.sharding.dense != "fsdp2":
+            return self.dense
+        full = get_model_state_dict(self.dense, options=StateDictOptions(full_state_dict=True))
+        device = next(iter(full.values())).device
+        copy = ArgusDenseArch(self.dense.cfg, self.dense.schema).to(device)
+        copy.load_state_dict(full)
+        return copy
+
+
+class FullyShardDense(DataParallelWrapper):
+    """FSDP2 for the dense arch (one unit per transformer block, then the rest), composed with
+    TorchRec's sharded tables: DMP calls this instead of wrapping the unsharded part in DDP.
+    Requires that no table is data-parallel (`shard` constrains the plan), so every parameter
+    outside the tables belongs to the dense arch."""
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        dense = dmp._dmp_wrapped_module.objective.dense
+        mesh = init_device_mesh(device.type, (env.world_size,))
+        # Gradients are reduced in float32; with bf16, parameters are all-gathered in bf16.
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if self.precision == "bf16" else None, reduce_dtype=torch.float32)
+        for block in dense.encoder.blocks:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(dense, mesh=mesh, mp_policy=policy)
+
 
 def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device_type: str = "cpu") -> ArgusTrainTask:
     """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast)."""
@@ -72,9 +107,13 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
 
 def fused_params(cfg: TrainJobConfig) -> dict:
     """The tables' optimizer, fused into the FBGEMM backward (no gradient is materialised)."""
-    if cfg.optim.sparse_optimizer == "adam":
+    kind = cfg.optim.sparse_optimizer
+    if kind == "adam":
         return {"optimizer": EmbOptimType.ADAM, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8, "beta1": 0.9, "beta2": 0.999}
-    return {"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
+    if kind == "sgd":
+        return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": cfg.optim.sparse_lr}
+    optimizer = EmbOptimType.EXACT_ADAGRAD if kind == "adagrad" else EmbOptimType.EXACT_ROWWISE_ADAGRAD
+    return {"optimizer": optimizer, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
 
 
 def make_sharder(cfg: TrainJobConfig) -> EmbeddingCollectionSharder:
@@ -86,12 +125,20 @@ def make_topology(world_size: int, local_world_size: int, compute_device: str, h
     return TopologyFactory.create_topology(trainer, kernel_config=KernelConfig(compute_device=compute_device))
 
 
+SHARDED_TYPES = ["row_wise", "table_wise", "column_wise", "table_row_wise", "table_column_wise"]
+
+
 def constraints_for(cfg: TrainJobConfig, schema: ModelSchema) -> dict[str, ParameterConstraints] | None:
-    if cfg.sharding.sharding_type is None and cfg.sharding.compute_kernel is None:
+    fsdp2 = cfg.sharding.dense == "fsdp2"
+    if cfg.sharding.sharding_type is None and cfg.sharding.compute_kernel is None and not fsdp2:
         return None
+    if fsdp2 and cfg.sharding.sharding_type == "data_parallel":
+        raise ValueError("sharding.dense=fsdp2 cannot be combined with sharding.sharding_type=data_parallel")
     kwargs = {}
     if cfg.sharding.sharding_type:
         kwargs["sharding_types"] = [cfg.sharding.sharding_type]
+    elif fsdp2:
+        kwargs["sharding_types"] = SHARDED_TYPES  # FSDP2 owns only the dense arch
     if cfg.sharding.compute_kernel:
         kwargs["compute_kernels"] = [cfg.sharding.compute_kernel]
     return {t.name: ParameterConstraints(**kwargs) for t in embedding_configs(schema, cfg.model.embedding_dim)}
@@ -139,14 +186,26 @@ def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, d
     )
     with quiet_planner():
         plan = planner.collective_plan(task, [sharder], dist.GroupMember.WORLD)
-    model = DistributedModelParallel(task, device=device, plan=plan, sharders=[sharder])
+    wrapper = FullyShardDense(cfg.optim.precision) if cfg.sharding.dense == "fsdp2" else None
+    model = DistributedModelParallel(task, device=device, plan=plan, sharders=[sharder], data_parallel_wrapper=wrapper)
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense_opt = KeyedOptimizerWrapper(
-        dense_params,
-        lambda params: torch.optim.AdamW(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay),
-    )
+    dense_opt = KeyedOptimizerWrapper(dense_params, lambda params: _adamw(cfg, list(params)))
     optimizer = CombinedOptimizer([model.fused_optimizer, dense_opt])
     return ShardedTask(model=model, optimizer=optimizer, dense_optimizer=dense_opt, plan=plan)
+
+
+def _adamw(cfg: TrainJobConfig, params: list[torch.Tensor]) -> torch.optim.AdamW:
+    """AdamW for the dense parameters; with optim.grad_clip > 0 their global gradient norm is clipped
+    before each step (after DDP's all-reduce / FSDP2's reduce-scatter, so every rank agrees)."""
+    opt = torch.optim.AdamW(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay)
+    if cfg.optim.grad_clip > 0:
+        def clip(optimizer, args, kwargs) -> None:
+            grads = [p for p in params if p.grad is not None]
+            if grads:
+                torch.nn.utils.clip_grad_norm_(grads, cfg.optim.grad_clip)
+
+        opt.register_step_pre_hook(clip)
+    return opt
 
 
 def gather_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:

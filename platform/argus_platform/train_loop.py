@@ -99,7 +99,8 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             report(metrics, None)
             continue
         tables = gather_tables(sharded.model)
-        results = {split: evaluate(sharded.dense, tables, iterate(split, cfg.eval.batch_size), eval_collate, counts, cfg.eval, device)
+        dense = sharded.eval_dense(cfg)
+        results = {split: evaluate(dense, tables, iterate(split, cfg.eval.batch_size), eval_collate, counts, cfg.eval, device)
                    for split in ("validation", "test")}
         val = results["validation"]["model"]["ndcg@10"]
         metrics.update({f"validation/{k}": v for k, v in results["validation"]["model"].items()})

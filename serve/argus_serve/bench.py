@@ -53,7 +53,7 @@ def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -
         t0 = time.perf_counter()
         head_in, query = encode_next(sm.model, [ev], [ctx])
         ids, scores = index.search(query, cfg.candidates, [np.unique(ev.items)])
-        probs = action_probabilities(sm.model, head_in, torch.from_numpy(ids))
+        probs = action_probabilities(sm.model, head_in, torch.from_numpy(ids), [ev], [ctx])
         s = combine(probs, weights).numpy()[0]
         diversify(s, groups[ids[0]], 0.85, cfg.k)
         times.append((time.perf_counter() - t0) * 1000)

@@ -199,12 +199,13 @@ class Ranker(_ModelReplica):
     async def rank(self, queries: list[RankQuery]) -> list[RankResult]:
         t0 = time.perf_counter()
         model, weights, groups, decay = self.model, self.weights, self.groups, self.options.diversity_decay
-        head_in, _ = encode_next(model.model, [q.events for q in queries], [q.next_context for q in queries])
+        events, contexts = [q.events for q in queries], [q.next_context for q in queries]
+        head_in, _ = encode_next(model.model, events, contexts)
         width = max(len(q.candidates) for q in queries)
         cand = torch.zeros((len(queries), width), dtype=torch.int64)
         for b, q in enumerate(queries):
             cand[b, : len(q.candidates)] = torch.from_numpy(q.candidates)
-        probs = action_probabilities(model.model, head_in, cand)
+        probs = action_probabilities(model.model, head_in, cand, events, contexts)
         scores = combine(probs, weights.weights).numpy() if probs else None
         results = []
         for b, q in enumerate(queries):

@@ -93,7 +93,7 @@ class _Scorer:
         missing = ~target.any(axis=1)
         ids[missing, -1] = np.asarray(targets)[missing]
         target[missing, -1] = True
-        probs = action_probabilities(self.model, head_in, torch.from_numpy(ids))
+        probs = action_probabilities(self.model, head_in, torch.from_numpy(ids), hist, ctx)
         out = {"items": ids, "target": target}
         for a in self.actions:
             name = a["name"]
