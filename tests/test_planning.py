@@ -79,8 +79,16 @@ def test_large_dense_arch_is_sharded_with_fsdp2():
     plan = plan_cluster(cfg, planning_schema(cfg, 100_000_000), Cluster(world_size=64, gpus_per_node=8, gpu_memory_gb=80))
     assert plan.dense_strategy == "fsdp2"
     assert plan.memory.dense_optimizer < 8 * plan.dense_params["total"] / 32
+    assert "data_parallel" not in {ps.sharding_type for ps in plan.plan.plan["sparse.ec"].values()}
     assert plan.fits, plan.reasons
     assert plan.memory.total < 72 * GiB
+
+
+def test_plan_switches_to_fsdp2_when_a_replica_does_not_fit():
+    cfg = load_config(TrainJobConfig, str(ROOT / "jobs" / "configs" / "argus-1b.yaml"), ["sharding.dense=ddp"])
+    plan = plan_cluster(cfg, planning_schema(cfg, 1_000_000), Cluster(world_size=8, gpus_per_node=8, gpu_memory_gb=40))
+    assert plan.configured_strategy == "ddp" and plan.dense_strategy == "fsdp2"
+    assert "data_parallel" not in {ps.sharding_type for ps in plan.plan.plan["sparse.ec"].values()}
 
 
 def test_plan_job_prints_plan_and_memory(capsys):

@@ -8,6 +8,7 @@ is then costed per rank from its shard sizes, so the figures follow from the pla
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,7 @@ class ClusterPlan:
     dense_params: dict[str, int]
     embedding_params: dict[str, int]
     dense_strategy: str  # "ddp" (replicated dense arch) or "fsdp2" (sharded over the world)
+    configured_strategy: str  # the config's sharding.dense
     plan: ShardingPlan | None
     memory: DeviceMemory
     fits: bool
@@ -150,14 +152,17 @@ def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> 
     """Reserve the dense side, plan the tables with TorchRec, cost the plan per rank."""
     cluster.validate()
     world = cluster.world_size
+    configured = cfg.sharding.dense
     gpu = int(cluster.gpu_memory_gb * GiB)
     usable = int(gpu * (1 - cluster.headroom))
     acts, tokens = activation_bytes(cfg, schema)
-    strategy = "ddp"
-    dense = _dense_memory(cfg, schema, world, "ddp")
-    if sum(dense) + acts > usable // 2:  # leave at least half of each GPU to the tables, else shard the dense side
+    strategy = cfg.sharding.dense
+    dense = _dense_memory(cfg, schema, world, strategy)
+    if strategy == "ddp" and sum(dense) + acts > usable // 2:  # leave half of each GPU to the tables, else shard the dense side
         strategy = "fsdp2"
         dense = _dense_memory(cfg, schema, world, "fsdp2")
+    # plan the tables as the run would shard them (FSDP2 owns the dense arch: no data-parallel tables)
+    cfg = dataclasses.replace(cfg, sharding=dataclasses.replace(cfg.sharding, dense=strategy))
     reserved = cluster.headroom + (sum(dense) + acts) / gpu
     reasons = []
     plan = None
@@ -199,6 +204,7 @@ def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> 
         dense_params=dense_parameter_count(cfg.model, schema),
         embedding_params=embedding_parameter_count(schema, cfg.model.embedding_dim),
         dense_strategy=strategy,
+        configured_strategy=configured,
         plan=plan,
         memory=memory,
         fits=not reasons,
@@ -221,7 +227,9 @@ def format_cluster_plan(p: ClusterPlan) -> str:
         f"embedding parameters: {p.embedding_params['total']:,} ("
         + ", ".join(f"{k} {v:,}" for k, v in p.embedding_params.items() if k != "total") + ")",
         f"dense strategy: {p.dense_strategy}"
-        + (" (replicated; gradients all-reduced)" if p.dense_strategy == "ddp" else " (dense weights, gradients and AdamW state sharded over the world)"),
+        + (" (replicated; gradients all-reduced)" if p.dense_strategy == "ddp" else " (dense weights, gradients and AdamW state sharded over the world)")
+        + (f"; the config says {p.configured_strategy}: train with --set sharding.dense={p.dense_strategy}"
+           if p.configured_strategy != p.dense_strategy else ""),
         "sharding plan:",
     ]
     if p.plan is None:

@@ -30,7 +30,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from argus_models.config import ModelSchema
 from argus_models.losses import mixed_log_q
-from argus_models.model import ArgusDenseArch, ArgusSparseArch, embedding_configs
+from argus_models.model import ITEM, ArgusDenseArch, ArgusSparseArch, embedding_configs, table_name
 from argus_models.task import ArgusObjective, ArgusTrainTask
 
 from argus_platform.config import TrainJobConfig
@@ -134,14 +134,19 @@ def constraints_for(cfg: TrainJobConfig, schema: ModelSchema) -> dict[str, Param
         return None
     if fsdp2 and cfg.sharding.sharding_type == "data_parallel":
         raise ValueError("sharding.dense=fsdp2 cannot be combined with sharding.sharding_type=data_parallel")
-    kwargs = {}
-    if cfg.sharding.sharding_type:
-        kwargs["sharding_types"] = [cfg.sharding.sharding_type]
-    elif fsdp2:
-        kwargs["sharding_types"] = SHARDED_TYPES  # FSDP2 owns only the dense arch
-    if cfg.sharding.compute_kernel:
-        kwargs["compute_kernels"] = [cfg.sharding.compute_kernel]
-    return {t.name: ParameterConstraints(**kwargs) for t in embedding_configs(schema, cfg.model.embedding_dim)}
+    constraints = {}
+    for table in embedding_configs(schema, cfg.model.embedding_dim):
+        kwargs = {}
+        if cfg.sharding.sharding_type:
+            kwargs["sharding_types"] = [cfg.sharding.sharding_type]
+        elif fsdp2:
+            # FSDP2 owns only the dense arch, so no table may be data-parallel; the small context and
+            # feedback tables go whole to one rank each.
+            kwargs["sharding_types"] = SHARDED_TYPES if table.name == table_name(ITEM) else ["table_wise"]
+        if cfg.sharding.compute_kernel:
+            kwargs["compute_kernels"] = [cfg.sharding.compute_kernel]
+        constraints[table.name] = ParameterConstraints(**kwargs)
+    return constraints
 
 
 class _NoSpecForReplicatedTables(logging.Filter):
