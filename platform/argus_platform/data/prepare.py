@@ -60,6 +60,16 @@ def load_prepared(run_dir: Path) -> PreparedRun:
     )
 
 
+def link_prepared(shared: Path, run_dir: Path) -> None:
+    """Let `run_dir` read the data prepared once in `shared` (Tune trials, ablation variants):
+    `prepare_data` then finds it and reuses it as long as the data config is the same."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "vocab", "spec.json", "quarantine"):
+        src, dst = shared / name, run_dir / name
+        if src.exists() and not dst.exists():
+            dst.symlink_to(src, target_is_directory=src.is_dir())
+
+
 def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     """Prepare (or reuse, when the run directory already holds it for the same data config)."""
     p = _layout(run_dir)

@@ -23,7 +23,7 @@ from argus_models.checkpoint import absolute
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, from_dict, load_config, to_dict
 from argus_platform.configlib import documented as _help
-from argus_platform.data.prepare import prepare_data
+from argus_platform.data.prepare import link_prepared, prepare_data
 from argus_platform.trainer import init_ray, train
 from argus_platform.tuning.release import ReleaseWorkersCallback, settle, start_releaser
 
@@ -96,20 +96,11 @@ def trial_config(base: dict, sampled: dict[str, Any], run_dir: str) -> TrainJobC
     return from_dict(TrainJobConfig, doc)
 
 
-def _link_prepared(shared: Path, run_dir: Path) -> None:
-    """Every trial reads the data prepared once in `shared` (same data config → reused as is)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("data", "vocab", "spec.json", "quarantine"):
-        src, dst = shared / name, run_dir / name
-        if src.exists() and not dst.exists():
-            dst.symlink_to(src, target_is_directory=src.is_dir())
-
-
 def _trainable(config: dict, base: dict, shared: str, trials_dir: str, releaser: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
-    _link_prepared(Path(shared), run_dir)
+    link_prepared(Path(shared), run_dir)
     train(trial_config(base, config, str(run_dir)), callbacks=[TuneReportCallback(), ReleaseWorkersCallback(releaser)])
 
 
