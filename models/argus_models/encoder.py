@@ -29,6 +29,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2).type_as(x)
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in float32 and returned in the input's dtype (under bf16 autocast the
+    activations arrive in bf16 while the weight stays float32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight, self.eps).to(x.dtype)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -68,9 +76,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.norm1 = nn.RMSNorm(cfg.embedding_dim)
+        self.norm1 = RMSNorm(cfg.embedding_dim)
         self.attn = SelfAttention(cfg)
-        self.norm2 = nn.RMSNorm(cfg.embedding_dim)
+        self.norm2 = RMSNorm(cfg.embedding_dim)
         self.ffn = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -100,7 +108,7 @@ class CausalEncoder(nn.Module):
         self.cfg = cfg
         self.max_tokens = max_tokens or cfg.max_seq_len
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.norm = nn.RMSNorm(cfg.embedding_dim)
+        self.norm = RMSNorm(cfg.embedding_dim)
         self.pos = nn.Embedding(self.max_tokens, cfg.embedding_dim) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Benchmark one training step of a config on one device: tokens/s, achieved TFLOP/s, MFU, peak memory.
+
+    python jobs/bench_train.py --config jobs/configs/argus-300m.yaml --num-items 1000000     # on a GPU
+    python jobs/bench_train.py --config jobs/configs/argus-3m.yaml --set model.max_seq_len=8192 --set optim.batch_size=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+import torch
+from _cli import parse_config_and_args
+
+from argus_platform.config import TrainJobConfig
+from argus_platform.planning import planning_schema
+from argus_platform.throughput import measure
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-items", type=int, default=0, help="catalogue size (default: data.synthetic.num_items)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    parser.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--out", default="", help="also write the figures as JSON here")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_config_and_args(TrainJobConfig, __doc__.splitlines()[0], add_arguments, argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and cfg.scaling.torch_threads > 0:
+        torch.set_num_threads(cfg.scaling.torch_threads)
+    schema = planning_schema(cfg, args.num_items or cfg.data.synthetic.num_items)
+    r = measure(cfg, schema, device, steps=args.steps)
+    m = cfg.model
+    print(f"{r.device}: width {m.embedding_dim} x {m.num_layers} layers, {m.tokenization}, history {m.max_seq_len}, "
+          f"batch {cfg.optim.batch_size}, {cfg.optim.precision}, checkpointing {m.activation_checkpointing}")
+    mfu = f"{r.mfu:.1%}" if r.mfu is not None else "n/a (no known peak for this device)"
+    mem = f", peak memory {r.peak_memory_gib:.2f} GiB" if r.peak_memory_gib is not None else ""
+    print(f"{r.tokens_per_second:,.0f} tokens/s ({r.step_seconds * 1000:.1f} ms/step, {r.tokens_per_step:,} tokens), "
+          f"{r.achieved_tflops:.2f} TFLOP/s, MFU {mfu}{mem}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(asdict(r), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
