@@ -47,7 +47,8 @@ class Collator:
         kind, codes = self.action_kinds[name]
         return target_code(kind, codes, targets)
 
-    def __call__(self, batch: pa.Table) -> SequenceBatch:
+    def __call__(self, batch: pa.Table, item_ids: np.ndarray | None = None) -> SequenceBatch:
+        """item_ids: ids to look up as NEG_ITEM instead of the configured negatives (e.g. slates)."""
         items_flat, offsets = list_values(batch.column(ITEM_COL))
         idx, lengths = window_index(offsets, self.window, self.rng if self.random_windows else None)
         B, W = len(lengths), int(lengths.max())
@@ -63,7 +64,9 @@ class Collator:
             per_feature[fb_feature(head.name)] = self._codes(head.name, targets)
         items = np.zeros((B, W), dtype=np.int64)
         items[rows, cols] = per_feature[ITEM]
-        if self.negatives == "uniform":
+        if item_ids is not None:
+            neg = np.asarray(item_ids, dtype=np.int64)
+        elif self.negatives == "uniform":
             neg = self.rng.integers(1, self.schema.num_items + 1, size=self.num_uniform)
         elif self.negatives == "catalogue":
             neg = np.arange(self.schema.num_items + 1)

@@ -25,6 +25,9 @@ class SyntheticConfig:
     affinity_temperature: float = _help("sharpness of choice given affinity (higher = more predictable)", 4.0)
     seed: int = _help("generator seed (the log is a pure function of the config)", 7)
     chunk_users: int = _help("users generated per Parquet row group (bounds memory)", 20000)
+    impressions_per_event: int = _help(
+        "shown items logged per event in impressions.parquet: the chosen one plus others shown beside it (0 = none)", 8
+    )
 
 
 @dataclass

@@ -46,9 +46,12 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def normalized_entropy(p: np.ndarray, y: np.ndarray) -> float:
-    """Mean log loss divided by the entropy of the base rate (< 1 beats predicting the rate)."""
+    """Mean log loss divided by the entropy of the base rate (< 1 beats predicting the rate).
+    NaN when the labels hold a single class (the base rate has no entropy to compare with)."""
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
     y = y.astype(np.float64)
+    if y.size == 0 or y.min() == y.max():
+        return float("nan")
     ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
     rate = np.clip(y.mean(), 1e-7, 1 - 1e-7)
     base = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))

@@ -178,9 +178,11 @@ def describe_plan(plan: ShardingPlan) -> str:
     return "\n".join(lines)
 
 
-def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device) -> ShardedTask:
-    """Plan for the live process group and wrap in DMP (collective: every rank calls it)."""
-    task = build_task(cfg, schema, item_counts, device.type)
+def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device,
+          task: torch.nn.Module | None = None) -> ShardedTask:
+    """Plan for the live process group and wrap in DMP (collective: every rank calls it).
+    `task`: another module with the same `sparse` / `objective.dense` layout (fine-tuning)."""
+    task = task if task is not None else build_task(cfg, schema, item_counts, device.type)
     sharder = make_sharder(cfg)
     world = dist.get_world_size()
     local_world = int(torch.cuda.device_count()) if device.type == "cuda" else world

@@ -8,6 +8,10 @@ popularity, and the user picks one with probability ∝ exp(temperature · <u, v
     played_ratio ~ sigmoid(2a + ε),  skip = played_ratio < 0.3,
     like ~ Bernoulli(sigmoid(3a − 2)),  dislike ~ Bernoulli(sigmoid(−3a − 3))
 
+Impressions: of the candidates an event showed, `impressions_per_event` are logged in
+`impressions.parquet` — the chosen item (clicked = 1, with the event's feedback) and others shown
+beside it (clicked = 0, no feedback). They drive fine-tuning (pairwise and ranking losses).
+
 The log is a pure function of `SyntheticConfig` (seeded), written one Parquet row group per
 chunk of users so it scales to tens of millions of events in bounded memory. The true
 parameters are saved beside it (`ground_truth.npz`, `ground_truth.json`) so later stages can
@@ -83,15 +87,20 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
     )
     user_init, user_final = [], []
     total, started = 0, time.time()
+    imp_writer = pq.ParquetWriter(out_dir / IMPRESSIONS_FILE, impressions_schema()) if cfg.impressions_per_event > 0 else None
     with pq.ParquetWriter(path, schema) as writer:
         for first in range(0, cfg.num_users, cfg.chunk_users):
             n = min(cfg.chunk_users, cfg.num_users - first)
-            table, u0, uT = _simulate_chunk(cfg, world, cum_pop, raw_items, first, n)
+            table, impressions, u0, uT = _simulate_chunk(cfg, world, cum_pop, raw_items, first, n)
             writer.write_table(table)
+            if imp_writer is not None:
+                imp_writer.write_table(impressions)
             user_init.append(u0)
             user_final.append(uT)
             total += table.num_rows
             log.info("synthetic: %d/%d users, %d events (%.1fs)", first + n, cfg.num_users, total, time.time() - started)
+    if imp_writer is not None:
+        imp_writer.close()
     np.savez_compressed(
         out_dir / "ground_truth.npz",
         item_raw_ids=raw_items,
@@ -124,14 +133,55 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
     return path
 
 
+IMPRESSIONS_FILE = "impressions.parquet"
+CLICKED = "clicked"
+
+
+def impressions_schema() -> pa.Schema:
+    """user, time (the event's), shown item, clicked, and the event's feedback on a clicked item."""
+    return pa.schema(
+        [(USER, pa.int64()), (TIME, pa.int64()), (ITEM, pa.int64()), (CLICKED, pa.int8())]
+        + [(a.name, pa.float32() if a.kind == "ratio" else pa.int8()) for a in synthetic_spec().actions]
+    )
+
+
+def _impressions(rng, cfg, raw_items, users, times, cands, choice, feedback: dict[str, np.ndarray]) -> pa.Table:
+    """The chosen candidate and up to S-1 distinct others shown beside it (never the chosen item again)."""
+    m, S = cands.shape[0], cfg.impressions_per_event
+    rows = np.arange(m)
+    chosen = cands[rows, choice]
+    keys = rng.random(cands.shape)
+    keys[cands == chosen[:, None]] = np.inf  # the chosen slot and any copy of the chosen item
+    order = np.argsort(cands, axis=1, kind="stable")  # candidates are drawn with replacement: show each item once
+    ranked = np.take_along_axis(cands, order, axis=1)
+    repeat = np.zeros(cands.shape, bool)
+    np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
+    keys[repeat] = np.inf
+    others = np.take_along_axis(cands, np.argsort(keys, axis=1)[:, : S - 1], axis=1)
+    others_ok = np.take_along_axis(keys, np.argsort(keys, axis=1)[:, : S - 1], axis=1) < np.inf
+    shown = np.concatenate([chosen[:, None], others], axis=1)  # [m, S]
+    keep = np.concatenate([np.ones((m, 1), bool), others_ok], axis=1)
+    clicked = np.zeros((m, S), np.int8)
+    clicked[:, 0] = 1
+    cols = {USER: np.repeat(users, S), TIME: np.repeat(times, S), ITEM: raw_items[shown].ravel(), CLICKED: clicked.ravel()}
+    for name, values in feedback.items():
+        v = np.zeros((m, S), values.dtype)
+        v[:, 0] = values
+        cols[name] = v.ravel()
+    table = pa.table(cols, schema=impressions_schema())
+    return table.filter(pa.array(keep.ravel()))
+
+
 def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
     rng = np.random.default_rng([cfg.seed, 1, first])
+    rng_imp = np.random.default_rng([cfg.seed, 2, first])  # its own stream: the events do not depend on it
     k, d = cfg.latent_dim, cfg.interest_drift
     lengths = cfg.min_events + rng.poisson(max(cfg.events_per_user - cfg.min_events, 0), size=n)
     u = rng.normal(size=(n, k)) / np.sqrt(k) * 1.5
     u0 = u.copy()
     t_now = T0 + rng.integers(0, 30 * 86400, size=n)
     cols: dict[str, list[np.ndarray]] = {c: [] for c in (USER, ITEM, TIME, "source", "skip", "like", "dislike", "played_ratio")}
+    impressions: list[pa.Table] = []
     user_ids = np.arange(first, first + n, dtype=np.int64)
     for step in range(int(lengths.max())):
         act = np.nonzero(lengths > step)[0]
@@ -156,9 +206,14 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
         cols["like"].append(like.astype(np.int8))
         cols["dislike"].append(dislike.astype(np.int8))
         cols["played_ratio"].append(ratio.astype(np.float32))
+        if cfg.impressions_per_event > 0:
+            feedback = {"skip": cols["skip"][-1], "like": cols["like"][-1], "dislike": cols["dislike"][-1],
+                        "played_ratio": cols["played_ratio"][-1]}
+            impressions.append(_impressions(rng_imp, cfg, raw_items, user_ids[act], t_now[act], cands, choice, feedback))
         u[act] = np.sqrt(1.0 - d * d) * u[act] + d * rng.normal(size=(m, k)) / np.sqrt(k) * 1.5
     table = pa.table({c: np.concatenate(v) for c, v in cols.items()})
-    return table.sort_by([(USER, "ascending"), (TIME, "ascending")]), u0, u.copy()
+    imp = pa.concat_tables(impressions) if impressions else impressions_schema().empty_table()
+    return table.sort_by([(USER, "ascending"), (TIME, "ascending")]), imp.sort_by([(USER, "ascending"), (TIME, "ascending")]), u0, u.copy()
 
 
 def expected_actions(affinity: np.ndarray) -> dict[str, np.ndarray]:

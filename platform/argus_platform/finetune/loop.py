@@ -1,0 +1,168 @@
+"""Per-worker fine-tuning: shard the slate task, load the pre-trained weights, evaluate, train,
+evaluate again, checkpoint in the pre-trained format (Serve and Tune load it as they load any run)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+from argus_models.config import ModelSchema
+from argus_models.finetune import SlateObjective, SlateTask, pairwise_correct
+from argus_models.losses import feedback_probability
+from argus_models.model import ArgusDenseArch, ArgusSparseArch, lookup_local
+
+from argus_platform.checkpoint import TrainState, save_checkpoint
+from argus_platform.config import TrainJobConfig
+from argus_platform.configlib import from_dict
+from argus_platform.data.prepare import load_prepared
+from argus_platform.evaluation import _gather_arrays, auc, normalized_entropy
+from argus_platform.finetune.collate import SlateCollator
+from argus_platform.finetune.config import FinetuneConfig
+from argus_platform.sharding import ShardedTask, gather_tables, shard
+
+Iterate = Callable[[str, int], Iterable[pa.Table]]
+Report = Callable[[dict, Path | None], None]
+
+
+def _say(msg: str) -> None:
+    if dist.get_rank() == 0:
+        print(msg, flush=True)
+
+
+def load_weights(checkpoint: Path, sharded: ShardedTask) -> None:
+    """The pre-trained model state only (the optimizer starts fresh); any plan, any world size."""
+    state = {"model": sharded.model.state_dict()}
+    dcp.load(state, checkpoint_id=str(checkpoint))
+    sharded.model.load_state_dict(state["model"])
+
+
+@torch.no_grad()
+def evaluate_slates(sharded: ShardedTask, train_cfg: TrainJobConfig, mode: str, batches: Iterable[pa.Table],
+                    collate: SlateCollator, device: torch.device) -> dict[str, float]:
+    """Pairwise accuracy of the model's slate scores (pairwise mode: <q, v>), or per-action AUC and
+    normalised entropy on impressions (ranker); collective over the workers."""
+    tables = gather_tables(sharded.model)
+    dense = sharded.eval_dense(train_cfg)
+    dense.eval()
+    objective = SlateObjective(dense, mode)
+    correct = pairs = 0.0
+    preds: dict[str, list] = {a.name: [] for a in dense.schema.actions}
+    labels: dict[str, list] = {a.name: [] for a in dense.schema.actions}
+    for table in batches:
+        batch = collate(table).to(device)
+        if batch.slate.shape[0] == 0:
+            continue
+        out = objective.slate_outputs(lookup_local(tables, batch.sparse_features), batch).float()
+        valid = batch.slate > 0
+        if mode == "pairwise":
+            c, n = pairwise_correct(out, batch.clicked, valid)
+            correct, pairs = correct + c, pairs + n
+            continue
+        logits = dense.action_logits(out)
+        for j, head in enumerate(dense.schema.actions):
+            if head.kind == "graded":
+                continue
+            preds[head.name].append(feedback_probability(head, logits[head.name])[valid].cpu().numpy())
+            labels[head.name].append(batch.labels[..., j][valid].cpu().numpy())
+    if mode == "pairwise":
+        totals = torch.tensor([correct, pairs], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        return {"pairwise_accuracy": float(totals[0] / totals[1]) if totals[1] else float("nan"), "pairs": int(totals[1])}
+    metrics = {}
+    for head in dense.schema.actions:
+        p, y = _gather_arrays(preds[head.name]), _gather_arrays(labels[head.name])
+        if len(y):
+            metrics[f"{head.name}/auc"] = auc(p, y >= 0.5)
+            metrics[f"{head.name}/ne"] = normalized_entropy(p, y)
+    return metrics
+
+
+def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint: Path, pretrained_run: Path,
+                     iterate: Iterate, report: Report, device: torch.device) -> dict:
+    for noisy in ("torchrec", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    rank = dist.get_rank()
+    if train_cfg.scaling.torch_threads > 0:
+        torch.set_num_threads(train_cfg.scaling.torch_threads)
+    torch.manual_seed(cfg.seed + rank)
+    schema = ModelSchema.load(checkpoint / "schema.json")
+    counts = torch.from_numpy(np.load(checkpoint / "train_item_counts.npy"))
+    tcfg = replace(train_cfg, optim=replace(train_cfg.optim, dense_lr=cfg.dense_lr, sparse_lr=cfg.sparse_lr))
+    dense = ArgusDenseArch(tcfg.model, schema)
+    task = SlateTask(ArgusSparseArch(schema, tcfg.model.embedding_dim, "meta"), SlateObjective(dense, cfg.mode, cfg.action_weights),
+                     tcfg.optim.precision, device.type)
+    sharded = shard(tcfg, schema, counts, device, task=task)
+    load_weights(checkpoint, sharded)
+    spec = load_prepared(pretrained_run).spec
+    kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
+    collate = SlateCollator(schema, kinds, tcfg.model.max_seq_len + 1, cfg.slate_size)
+    key = "pairwise_accuracy" if cfg.mode == "pairwise" else f"{schema.actions[0].name}/auc"
+
+    def held_out() -> dict:
+        return {s: evaluate_slates(sharded, tcfg, cfg.mode, iterate(s, 256), collate, device) for s in ("validation", "test")}
+
+    before = held_out()
+    _say(f"[finetune] pre-trained: validation {before['validation']}")
+    state = TrainState(best_metrics={"before": before})
+    pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)
+    for epoch in range(cfg.epochs):
+        sharded.model.train()
+        pipeline.reset()
+        batches = map(collate, iterate("train", cfg.batch_size))
+        t0, steps, loss_sum = time.time(), 0, 0.0
+        while True:
+            try:
+                logs = pipeline.progress(batches)
+            except StopIteration:
+                break
+            steps, loss_sum = steps + 1, loss_sum + float(logs["loss"])
+        state.epoch, state.step = epoch + 1, state.step + steps
+        after = held_out()
+        val = after["validation"].get(key, float("nan"))
+        _say(f"[finetune] epoch {epoch + 1}/{cfg.epochs}: train loss {loss_sum / max(steps, 1):.4f} ({steps} steps, "
+             f"{time.time() - t0:.1f}s); validation {after['validation']}")
+        state.history.append({"epoch": state.epoch, "validation": after["validation"]})
+        if val > state.best_validation:
+            state.best_validation, state.best_epoch = val, state.epoch
+            state.best_metrics = {"before": before, "after": after}
+        final = {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "mode": cfg.mode,
+                 "selection": f"best validation {key}", "requests_outside_window": collate.outside_window}
+        with tempfile.TemporaryDirectory(prefix="argus-ft-") as tmp:
+            save_checkpoint(Path(tmp), sharded, state, tcfg, pretrained_run, rank)
+            report({"epoch": state.epoch, f"validation/{key}": val, "final": final}, Path(tmp))
+    return final
+
+
+def slate_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(FinetuneConfig, config["finetune"])
+    train_cfg = from_dict(TrainJobConfig, config["train"])
+    shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "validation", "test")}
+
+    def iterate(split: str, batch_size: int) -> Iterable[pa.Table]:
+        shuffle = 4 * batch_size if split == "train" else None
+        return shards[split].iter_batches(batch_size=batch_size, batch_format="pyarrow", local_shuffle_buffer_size=shuffle)
+
+    def report(metrics: dict, ckpt: Path | None) -> None:
+        from argus_platform.train_loop import _json_safe
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
+        ray.train.report(_json_safe(metrics), checkpoint=checkpoint)
+
+    run_slate_worker(cfg, train_cfg, Path(config["checkpoint"]), Path(config["pretrained_run"]), iterate, report,
+                     ray.train.torch.get_device())
