@@ -28,10 +28,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=10_000_000, help="target number of events")
     parser.add_argument("--items", type=int, default=100_000, help="catalogue size")
     parser.add_argument("--events-per-user", type=int, default=50)
+    parser.add_argument("--impressions-per-event", type=int, default=0,
+                        help="also log this many shown items per event (impressions.parquet; default 0: events only)")
     parser.add_argument("--out", help="write the figures here as JSON")
     args = parser.parse_args()
     cfg = replace(SyntheticConfig(), num_users=args.events // args.events_per_user, num_items=args.items,
-                  events_per_user=args.events_per_user)
+                  events_per_user=args.events_per_user, impressions_per_event=args.impressions_per_event)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.time()
         path = generate(cfg, tmp)
@@ -45,6 +47,7 @@ def main() -> int:
             "events_per_second": round(meta.num_rows / seconds),
             "parquet_mb": round(path.stat().st_size / 2**20, 1),
             "row_groups": meta.num_row_groups,
+            "impressions": pq.ParquetFile(Path(tmp) / "impressions.parquet").metadata.num_rows if cfg.impressions_per_event else 0,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
     print(json.dumps(result, indent=2))

@@ -95,3 +95,27 @@ def test_finetune_end_to_end(pretrained, tmp_path, mode):
 
     model = load_inference_model(resolve_checkpoint(str(out)))
     assert model.config.tokenization == "three_token" and np.isfinite(model.tables["t_item"].numpy()).all()
+
+
+def test_one_pass_per_user_equals_one_pass_per_request():
+    """The ranker scores all requests of a row in one pass; each request's logits equal those of
+    the request alone (its own window cut at the request, candidates after it)."""
+    from argus_models.config import ActionHead, ModelConfig, ModelSchema
+    from argus_models.finetune import SlateBatch, SlateObjective
+    from argus_models.model import NEG_ITEM, ArgusDenseArch
+
+    torch.manual_seed(0)
+    schema = ModelSchema(num_items=30, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2)])
+    dense = ArgusDenseArch(ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.0,
+                                       tokenization="three_token"), schema).eval()
+    emb = {k: torch.randn(2, 6, 16) for k in ("item", "ctx_source", "fb_like")}
+    lengths = torch.tensor([6, 4])
+    req_row, req_pos = torch.tensor([0, 0, 1]), torch.tensor([2, 5, 3])
+    slate_vec = torch.randn(3, 4, 16)
+    batch = SlateBatch(None, torch.zeros(2, 6), lengths, req_row, req_pos, torch.ones(3, 4, dtype=torch.long),
+                       torch.zeros(3, 4), torch.zeros(3, 4, 1))
+    together = SlateObjective(dense, "ranker").slate_outputs({**emb, NEG_ITEM: slate_vec.reshape(12, 16)}, batch)
+    for r in range(3):
+        b, p = int(req_row[r]), int(req_pos[r])
+        alone = dense.candidate_feedback({k: v[b:b + 1, : p + 1] for k, v in emb.items()}, torch.tensor([p + 1]), slate_vec[r:r + 1])
+        assert torch.allclose(together[r], alone[0], atol=1e-5), r

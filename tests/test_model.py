@@ -138,8 +138,8 @@ def test_bf16_autocast_keeps_the_loss_float32():
 def test_candidate_isolation_mask_picture():
     from argus_models.model import candidate_isolation_mask
 
-    # 5 history slots of which 3 are real, then 2 candidates
-    mask = candidate_isolation_mask(torch.tensor([3]), 5, 2)[0, 0].int()
+    # 5 history slots of which 3 are real, then 2 candidates of a request after the whole history
+    mask = candidate_isolation_mask(torch.tensor([3]), torch.tensor([[3, 3]]), 5)[0, 0].int()
     expected = torch.tensor([
         #h0 h1 h2 p3 p4 c0 c1
         [1, 0, 0, 0, 0, 0, 0],  # h0
@@ -149,6 +149,24 @@ def test_candidate_isolation_mask_picture():
         [1, 1, 1, 0, 1, 0, 0],  # p4
         [1, 1, 1, 0, 0, 1, 0],  # c0: the real history and itself
         [1, 1, 1, 0, 0, 0, 1],  # c1: never c0
+    ])
+    assert torch.equal(mask, expected)
+
+
+def test_candidate_isolation_mask_with_two_requests_picture():
+    from argus_models.model import candidate_isolation_mask
+
+    # one user, 4 real history positions; a slate shown after position 1 and one after position 2
+    mask = candidate_isolation_mask(torch.tensor([4]), torch.tensor([[2, 2, 3]]), 4)[0, 0].int()
+    expected = torch.tensor([
+        #h0 h1 h2 h3 a0 a1 b0
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0],  # request a: history before position 2, itself
+        [1, 1, 0, 0, 0, 1, 0],
+        [1, 1, 1, 0, 0, 0, 1],  # request b: one more history position
     ])
     assert torch.equal(mask, expected)
 

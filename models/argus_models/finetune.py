@@ -100,13 +100,29 @@ class SlateObjective(nn.Module):
         R, K = batch.slate.shape
         slate_vec = self.dense.item_vectors(emb[NEG_ITEM]).view(R, K, -1)
         if self.mode == "ranker" and self.dense.three_token:
-            req_emb = {k: v[batch.req_row] for k, v in emb.items() if k != NEG_ITEM}
-            return self.dense.candidate_feedback(req_emb, batch.req_pos + 1, slate_vec)
+            return self._isolated_slates(emb, batch, slate_vec)
         _, head_in = self.dense.encode(emb, batch.lengths)  # [B, W-1, H]; index t predicts event t+1
         h = head_in[batch.req_row, batch.req_pos - 1]  # [R, H]
         if self.mode == "pairwise":
             return torch.einsum("rd,rkd->rk", self.dense.query(h), slate_vec)
         return self.dense.feedback_logits(h[:, None, :].expand(-1, K, -1), slate_vec)
+
+    def _isolated_slates(self, emb: dict[str, torch.Tensor], batch: SlateBatch, slate_vec: torch.Tensor) -> torch.Tensor:
+        """One pass per user: every slate item of every request of the row goes after the row's
+        window, attending to the history before its request (and to itself). Returns [R, K, Σ]."""
+        R, K, D = slate_vec.shape
+        B = batch.lengths.shape[0]
+        rows = batch.req_row  # requests come grouped by row, rows ascending (SlateCollator)
+        first = torch.searchsorted(rows, torch.arange(B, device=rows.device))
+        slot = torch.arange(R, device=rows.device) - first[rows]  # request's index within its row
+        M = (int(slot.max()) + 1) * K if R else K
+        cols = slot[:, None] * K + torch.arange(K, device=rows.device)[None]  # [R, K]
+        cand = slate_vec.new_zeros(B, M, D)
+        cand[rows[:, None], cols] = slate_vec
+        events = torch.zeros(B, M, dtype=torch.int64, device=rows.device)
+        events[rows[:, None], cols] = batch.req_pos[:, None].expand(R, K)
+        seq_emb = {k: v for k, v in emb.items() if k != NEG_ITEM}
+        return self.dense.candidate_feedback(seq_emb, batch.lengths, cand, events)[rows[:, None], cols]
 
     def forward(self, emb: dict[str, torch.Tensor], batch: SlateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.slate_outputs(emb, batch)

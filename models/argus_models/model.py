@@ -230,28 +230,33 @@ class ArgusDenseArch(nn.Module):
             raise ValueError("three_token models read feedback at the candidate's item token; use candidate_feedback")
         return self.feedback_head(torch.cat([head_in, item], dim=-1))
 
-    def candidate_feedback(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """three_token, candidate isolation: action logits [B, K, Σ outputs] for K candidate items.
+    def candidate_feedback(
+        self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, candidates: torch.Tensor, events: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """three_token, candidate isolation: action logits [B, M, Σ outputs] for M candidate items.
 
-        emb/lengths describe each row's history plus the next event (its context known, item not):
-        event lengths-1 is the next one. The tokens are the history, the next context token c_n,
-        then one item token per candidate at the position i_n would have; each candidate attends
-        to the history, c_n and itself only (`candidate_isolation_mask`), so its logits do not
-        depend on the other candidates. candidates: [B, K, D] item embeddings.
+        emb/lengths: each row's window of events; candidate m of row b stands in for the item of
+        event `events[b, m]` (default: the row's last event, lengths-1, whose context is known and
+        whose item is not). The tokens are the window, then one item token per candidate at the
+        position that event's item token has; a candidate attends to the tokens before it — the
+        history and that event's context token c_e — and to itself only
+        (`candidate_isolation_mask`), so its logits never depend on the other candidates. One
+        pass serves every request of a user (fine-tuning) or one request with many candidates
+        (Serve). candidates: [B, M, D] item embeddings.
         """
         if self.feedback_head is None:
             raise ValueError("the schema has no actions, so the model has no feedback head")
         tokens = self.event_tokens(emb)  # [B, W, k, D]
         B, W, k, D = tokens.shape
-        K = candidates.shape[1]
-        prefix = (lengths - 1) * k + 1  # history tokens + c_n, per row
-        S = int(prefix.max())
-        flat = tokens.reshape(B, W * k, D)[:, :S]
-        x = torch.cat([flat, candidates + self.token_type[1]], dim=1)  # [B, S + K, D]
-        positions = torch.arange(S + K, device=x.device).expand(B, -1).clone()
-        positions[:, S:] = prefix[:, None]  # every candidate sits where i_n would
-        mask = candidate_isolation_mask(prefix, S, K)
-        states = self.encoder(x, prefix, mask=mask, positions=positions)
+        M = candidates.shape[1]
+        if events is None:
+            events = (lengths - 1)[:, None].expand(B, M)
+        prefix = events * k + 1  # [B, M]: history tokens + c_e
+        S = min(W * k, int((lengths * k).max()))
+        x = torch.cat([tokens.reshape(B, W * k, D)[:, :S], candidates + self.token_type[1]], dim=1)  # [B, S + M, D]
+        positions = torch.cat([torch.arange(S, device=x.device).expand(B, -1), prefix], dim=1)
+        mask = candidate_isolation_mask(torch.minimum(lengths * k, torch.full_like(lengths, S)), prefix, S)
+        states = self.encoder(x, lengths, mask=mask, positions=positions)
         return self.feedback_head(states[:, S:])
 
     def action_logits(self, feedback: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -263,24 +268,24 @@ class ArgusDenseArch(nn.Module):
         return F.normalize(item_table, dim=-1) if self.cfg.normalize_embeddings else item_table
 
 
-def candidate_isolation_mask(prefix: torch.Tensor, slots: int, num_candidates: int) -> torch.Tensor:
-    """bool [B, 1, S+K, S+K] (True = may attend) for `slots` right-padded history positions of
-    which the first `prefix[b]` are real, followed by K candidates.
+def candidate_isolation_mask(real: torch.Tensor, prefix: torch.Tensor, slots: int) -> torch.Tensor:
+    """bool [B, 1, S+M, S+M] (True = may attend): `slots` = S right-padded history positions of
+    which the first `real[b]` exist, then M candidates; candidate m sees the history positions
+    before `prefix[b, m]` and itself.
 
-    History positions attend causally within the real prefix; candidate j attends to the real
-    prefix and to itself, never to padding or another candidate.
+    History positions attend causally among the real ones; no candidate sees another candidate or
+    padding. Padded rows (history or candidate, outputs unused) keep their own position so no row
+    is empty.
     """
-    S, K = slots, num_candidates
-    n = S + K
+    B, M = prefix.shape
+    S, n = slots, slots + prefix.shape[1]
     pos = torch.arange(n, device=prefix.device)
-    real = (pos[None, :] < prefix[:, None]) | (pos[None, :] >= S)  # [B, n] keys that exist
-    causal = pos[None, :] <= pos[:, None]  # [n, n]
-    is_cand_q, is_cand_k = pos[:, None] >= S, pos[None, :] >= S
-    allowed = causal & ~(is_cand_k & (pos[None, :] != pos[:, None]))  # no query sees another candidate
-    allowed = allowed | (is_cand_q & ~is_cand_k)  # candidates see the history ...
-    mask = allowed[None] & real[:, None, :]  # ... but only its real part
-    # padded history rows (outputs unused) keep their own position so no row is empty
-    mask = mask | torch.eye(n, dtype=torch.bool, device=prefix.device)[None]
+    hist_k = pos[None, :S] < real[:, None]  # [B, S] real history keys
+    causal = pos[:S, None] >= pos[None, :S]  # [S, S]
+    mask = torch.zeros(B, n, n, dtype=torch.bool, device=prefix.device)
+    mask[:, :S, :S] = causal[None] & hist_k[:, None, :]
+    mask[:, S:, :S] = (pos[None, None, :S] < prefix[:, :, None]) & hist_k[:, None, :]  # candidate → its history
+    mask |= torch.eye(n, dtype=torch.bool, device=prefix.device)[None]
     return mask[:, None]
 
 
