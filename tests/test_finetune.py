@@ -85,7 +85,7 @@ def test_finetune_end_to_end(pretrained, tmp_path, mode):
                     "--set=dense_lr=0.003", "--set=sparse_lr=0.05", f"--set=run_dir={out}", "--set=scaling.local_num_cpus=4"])
     assert rc == 0
     final = json.loads((out / "metrics.json").read_text())
-    key = "pairwise_accuracy" if mode == "pairwise" else "like/auc"
+    key = "pairwise_accuracy" if mode == "pairwise" else "mean_auc"
     before, after = final["before"]["validation"][key], final["after"]["validation"][key]
     assert 0 <= before <= 1 and 0 <= after <= 1
     if mode == "pairwise":

@@ -21,8 +21,8 @@ class FinetuneConfig:
     impressions: str = _help(
         "impressions Parquet/CSV (user_id, timestamp, item_id, clicked, <actions>); '' = the synthetic log's", "")
     slate_size: int = _help("shown items kept per request (the clicked ones first)", 8)
-    epochs: int = _help("passes over the training requests", 3)
-    batch_size: int = _help("users per worker per step", 64)
+    epochs: int = _help("passes over the training requests", 4)
+    batch_size: int = _help("users per worker per step (each brings all of its requests)", 16)
     dense_lr: float = _help("AdamW learning rate of the dense arch", 3e-4)
     sparse_lr: float = _help("learning rate of the tables' fused optimizer", 0.01)
     action_weights: dict[str, float] = _help("ranker: λ per action head (missing actions get 1.0)", factory=dict)

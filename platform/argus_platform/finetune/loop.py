@@ -86,6 +86,8 @@ def evaluate_slates(sharded: ShardedTask, train_cfg: TrainJobConfig, mode: str, 
         if len(y):
             metrics[f"{head.name}/auc"] = auc(p, y >= 0.5)
             metrics[f"{head.name}/ne"] = normalized_entropy(p, y)
+    aucs = [v for k, v in metrics.items() if k.endswith("/auc") and np.isfinite(v)]
+    metrics["mean_auc"] = float(np.mean(aucs)) if aucs else float("nan")
     return metrics
 
 
@@ -108,7 +110,7 @@ def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint:
     spec = load_prepared(pretrained_run).spec
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
     collate = SlateCollator(schema, kinds, tcfg.model.max_seq_len + 1, cfg.slate_size)
-    key = "pairwise_accuracy" if cfg.mode == "pairwise" else f"{schema.actions[0].name}/auc"
+    key = "pairwise_accuracy" if cfg.mode == "pairwise" else "mean_auc"
 
     def held_out() -> dict:
         return {s: evaluate_slates(sharded, tcfg, cfg.mode, iterate(s, 256), collate, device) for s in ("validation", "test")}
