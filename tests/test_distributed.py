@@ -40,10 +40,26 @@ def _table(rank: int, n: int = 8) -> pa.Table:
     })
 
 
+def _train(sharded, collate, rank: int) -> tuple[float, float]:
+    """12 passes over 5 batches through TrainPipelineSparseDist: mean loss of the first and last 5 steps."""
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+    pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, torch.device("cpu"))
+    losses = []
+    for _ in range(12):
+        pipeline.reset()
+        batches = iter([collate(_table(rank * 100 + s)) for s in range(5)])
+        while True:
+            try:
+                losses.append(float(pipeline.progress(batches)["loss_item"]))
+            except StopIteration:
+                break
+    return float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+
+
 def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
     from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
     from argus_platform.collate import Collator
@@ -66,17 +82,7 @@ def _worker(rank, world, init_file, out_dir):
     cfg = _cfg("row_wise")
     sharded = shard(cfg, SCHEMA, counts, torch.device("cpu"))
     collate = Collator(SCHEMA, kinds, window=9, negatives="uniform", num_uniform=8, seed=rank)
-    pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, torch.device("cpu"))
-    losses = []
-    for _ in range(12):
-        pipeline.reset()
-        batches = iter([collate(_table(rank * 100 + s)) for s in range(5)])
-        while True:
-            try:
-                losses.append(float(pipeline.progress(batches)["loss_item"]))
-            except StopIteration:
-                break
-    results["loss_first"], results["loss_last"] = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    results["loss_first"], results["loss_last"] = _train(sharded, collate, rank)
 
     # DCP round trip into a freshly initialised, differently seeded model
     from pathlib import Path
@@ -119,7 +125,6 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     from torch.distributed.tensor import DTensor
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
     from argus_platform.collate import Collator
     from argus_platform.configlib import load_config
@@ -138,17 +143,7 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     results = {"types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
                "dtensor": all(isinstance(p, DTensor) for p in sharded.dense.parameters())}
     collate = Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank)
-    pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, torch.device("cpu"))
-    losses = []
-    for _ in range(12):
-        pipeline.reset()
-        batches = iter([collate(_table(rank * 100 + s)) for s in range(5)])
-        while True:
-            try:
-                losses.append(float(pipeline.progress(batches)["loss_item"]))
-            except StopIteration:
-                break
-    results["loss_first"], results["loss_last"] = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    results["loss_first"], results["loss_last"] = _train(sharded, collate, rank)
     copy = sharded.eval_dense(cfg)
     batch = Collator(SCHEMA, {"like": ("binary", 2)}, window=9)(_table(7))
     emb = lookup_local(gather_tables(sharded.model), batch.sparse_features)
