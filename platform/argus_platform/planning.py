@@ -18,6 +18,7 @@ from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingPlan
 
 from argus_models.config import ModelSchema
+from argus_models.model import embedding_configs
 from argus_models.sizing import (
     activation_bytes_per_token,
     block_parameter_count,
@@ -122,15 +123,15 @@ def activation_bytes(cfg: TrainJobConfig, schema: ModelSchema) -> tuple[int, int
     return encoder + lookups + logits, tokens
 
 
-def _table_bytes(plan: ShardingPlan, optimizer: str, world: int) -> tuple[list[int], list[int]]:
+def _table_bytes(plan: ShardingPlan, shapes: dict[str, tuple[int, int]], optimizer: str, world: int) -> tuple[list[int], list[int]]:
     """Per-rank (HBM, host) bytes of the table shards and their optimizer state."""
     hbm, host = [0] * world, [0] * world
     for module_plan in plan.plan.values():
-        for ps in module_plan.values():
-            if ps.sharding_type == "data_parallel":
-                rows, cols = ps.sharding_spec.shards[0].shard_sizes if ps.sharding_spec else (0, 0)
-                for r in ps.ranks or []:
-                    hbm[r] += rows * cols * DENSE_BYTES_PER_PARAM  # replicated, trained by the dense optimizer
+        for table, ps in module_plan.items():
+            if ps.sharding_type == "data_parallel":  # no shards: a full replica on every rank
+                rows, cols = shapes[table]
+                for r in ps.ranks or range(world):
+                    hbm[r] += rows * cols * DENSE_BYTES_PER_PARAM  # trained by the dense optimizer
                 continue
             for shard in ps.sharding_spec.shards:
                 rows, cols = shard.shard_sizes
@@ -191,7 +192,8 @@ def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> 
                 plan = planner.plan(task, [make_sharder(cfg)])
         except PlannerError as exc:
             reasons.append(f"TorchRec's planner found no placement of the tables: {str(exc).splitlines()[0]}")
-    hbm, host = _table_bytes(plan, cfg.optim.sparse_optimizer, world) if plan is not None else ([0], [0])
+    shapes = {t.name: (t.num_embeddings, t.embedding_dim) for t in embedding_configs(schema, cfg.model.embedding_dim)}
+    hbm, host = _table_bytes(plan, shapes, cfg.optim.sparse_optimizer, world) if plan is not None else ([0], [0])
     top = max(range(len(hbm)), key=lambda r: hbm[r])
     memory = DeviceMemory(hbm[top], *dense, acts, embeddings_host=max(host))
     if plan is not None and memory.total > usable:
