@@ -150,7 +150,6 @@ class TrainJobConfig:
             raise ConfigError("scaling.num_workers must be at least 1")
         if self.optim.sparse_optimizer == "adam" and not self.scaling.use_gpu:
             raise ConfigError("optim.sparse_optimizer=adam runs on GPUs only (FBGEMM's CPU kernels support rowwise_adagrad, "
-                              "adagrad and sgd); on CPU use sharding.sharding_type=data_parallel with "
-                              "sharding.compute_kernel=dense to train small tables with AdamW")
+                              "adagrad and sgd); on CPU raise optim.sparse_lr instead (Adagrad's steps shrink over time)")
         if self.optim.eval_every_epochs < 1:
             raise ConfigError("optim.eval_every_epochs must be at least 1")
