@@ -78,3 +78,19 @@ def test_every_shipped_config_loads():
             load_config(TuneWeightsConfig, path, [])
         else:
             load_config(TrainJobConfig, path, ["data.path=x"] if "default" not in path.name else [])
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from argus_platform.schedule import lr_factor
+
+    assert lr_factor(0, 10, 110, "cosine", 0.1) == pytest.approx(0.1)  # warm-up 1/10
+    assert lr_factor(9, 10, 110, "cosine", 0.1) == pytest.approx(1.0)
+    mid = lr_factor(60, 10, 110, "cosine", 0.1)
+    assert mid == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the decay
+    assert lr_factor(110, 10, 110, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(500, 10, 110, "cosine", 0.1) == pytest.approx(0.1)  # held past the end
+    decay = [lr_factor(s, 10, 110, "cosine", 0.1) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert lr_factor(500, 10, 110, "constant", 0.1) == 1.0
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        lr_factor(0, 1, 1, "linear", 0.1)

@@ -185,3 +185,31 @@ def test_movielens_ratings_dat_format(tmp_path):
     assert good["item_id"].tolist() == ["1193", "661"] and good["timestamp"].tolist() == [978300760, 978302109]
     assert good["like"].tolist() == [1.0, 0.0] and good["rating"].tolist() == [5.0, 3.0]
     assert len(bad) == 1 and bad["_reason"].iloc[0] == "action like out of range (binary): null"
+
+
+def test_item_features_are_encoded_and_bad_rows_quarantined(tmp_path):
+    from argus_models.contract import Vocabulary
+    from argus_platform.config import ItemFeaturesConfig
+    from argus_platform.data.item_features import build_item_features
+
+    vocab = Vocabulary(items=np.array(["a", "b", "c", "d"]), users=np.array(["u"]))  # indices 1..4
+    pd.DataFrame({
+        "sku": ["a", "b", None, "b", "zzz", "c", "12.0"],
+        "genre": ["rock|pop", "pop", "jazz", "jazz", "pop", "pop|rock|jazz|folk", "x"],
+        "label": ["L1", None, "L2", "L2", "L1", "L2", "L1"],
+    }).to_csv(tmp_path / "items.csv", index=False)
+    cfg = ItemFeaturesConfig(path=str(tmp_path / "items.csv"), item_column="sku", columns=["genre", "label"], max_values=3)
+    table = build_item_features(cfg, vocab, tmp_path / "q" / "item_features.parquet")
+    assert [(f.name, f.num_values, f.slots) for f in table.features] == [("genre", 5, 3), ("label", 3, 1)]
+    assert table.values == {"genre": ["pop", "rock", "folk", "jazz"], "label": ["L1", "L2"]}  # by frequency, then name
+    # columns: genre slots 1-3, label slot; item d has no row; c keeps 3 of its 4 genres
+    assert table.codes.tolist() == [[0, 0, 0, 0], [2, 1, 0, 1], [1, 0, 0, 0], [1, 2, 4, 2], [0, 0, 0, 0]]
+    st = table.stats
+    assert st["quarantined_rows"] == 2 and st["quarantine_reasons"] == {"null item id": 1, "repeated item id (first row kept)": 1}
+    assert st["rows_outside_catalogue"] == 2 and st["catalogue_items_without_features"] == 1  # zzz, 12; d
+    assert st["values_cut_by_max_values"] == {"genre": 1, "label": 0}
+    bad = pd.read_parquet(tmp_path / "q" / "item_features.parquet")
+    assert sorted(bad["_row"]) == [2, 3] and set(bad["reason"]) == {"null item id", "repeated item id (first row kept)"}
+    with pytest.raises(DataSourceError, match=r"missing column\(s\) \['genres'\]"):
+        build_item_features(ItemFeaturesConfig(path=str(tmp_path / "items.csv"), item_column="sku", columns=["genres"]),
+                            vocab, tmp_path / "q2.parquet")

@@ -42,11 +42,16 @@ def _table(rank: int, n: int = 8) -> pa.Table:
 
 def _train(sharded, collate, rank: int) -> tuple[float, float]:
     """12 passes over 5 batches through TrainPipelineSparseDist: mean loss of the first and last 5 steps."""
+    losses = _train_steps(sharded, collate, rank, passes=12)
+    return float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+
+
+def _train_steps(sharded, collate, rank: int, passes: int) -> list[float]:
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, torch.device("cpu"))
     losses = []
-    for _ in range(12):
+    for _ in range(passes):
         pipeline.reset()
         batches = iter([collate(_table(rank * 100 + s)) for s in range(5)])
         while True:
@@ -54,7 +59,7 @@ def _train(sharded, collate, rank: int) -> tuple[float, float]:
                 losses.append(float(pipeline.progress(batches)["loss_item"]))
             except StopIteration:
                 break
-    return float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    return losses
 
 
 def _worker(rank, world, init_file, out_dir):
@@ -105,6 +110,18 @@ def _worker(rank, world, init_file, out_dir):
     dense_a = dict(sharded.dense.named_parameters())
     results["dcp_dense_equal"] = all(torch.equal(p, dense_a[n]) for n, p in fresh.dense.named_parameters())
     results["dcp_step"] = state.step
+
+    # The schedule sets the tables' learning rate through the fused optimizer's param groups:
+    # at 0 a training step leaves every table unchanged, back at 0.1 it moves them.
+    def tables_moved(lr: float) -> bool:
+        for group in fresh.model.fused_optimizer.param_groups:
+            group["lr"] = lr
+        start = gather_tables(fresh.model)
+        _train_steps(fresh, collate, rank, passes=1)
+        end = gather_tables(fresh.model)
+        return not all(torch.equal(start[k], end[k]) for k in start)
+
+    results["frozen_at_lr0"], results["moves_at_lr"] = not tables_moved(0.0), tables_moved(0.1)
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
@@ -117,6 +134,7 @@ def test_two_gloo_processes(tmp_path):
         assert r["row_wise_types"] == ["row_wise"] and r["column_wise_types"] == ["column_wise"]
         assert r["loss_last"] < 0.7 * r["loss_first"], r
         assert r["dcp_tables_equal"] and r["dcp_dense_equal"] and r["dcp_step"] == 60
+        assert r["frozen_at_lr0"] and r["moves_at_lr"], r
 
 
 def _fsdp2_worker(rank, world, init_file, out_dir):

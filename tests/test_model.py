@@ -1,5 +1,6 @@
-"""Attention masks drawn as matrices, model shapes, local lookups vs the TorchRec module."""
+"""Attention masks drawn as matrices, model shapes, local lookups vs the TorchRec module, the item tower."""
 
+import pytest
 import torch
 
 from argus_models.config import ActionHead, ModelConfig, ModelSchema
@@ -210,3 +211,67 @@ def test_three_token_candidate_isolation_matches_the_training_forward():
     shuffled = dense.candidate_feedback(emb, lengths, cands.flip(1))
     assert torch.allclose(alone[0, 0], scored[0, 2], atol=1e-5)
     assert torch.allclose(shuffled.flip(1), scored, atol=1e-5)
+
+
+def _tower_model(normalize=False):
+    from argus_models.config import ItemFeature
+
+    features = [ItemFeature("genre", num_values=5, slots=3), ItemFeature("year", num_values=3, slots=1)]
+    schema = ModelSchema(num_items=6, item_features=features)
+    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=6, dropout=0.0, normalize_embeddings=normalize)
+    dense = ArgusDenseArch(cfg, schema)
+    codes = torch.tensor([[0, 0, 0, 0],  # padding item
+                          [1, 0, 0, 2], [1, 2, 3, 1], [4, 0, 0, 0], [0, 0, 0, 0], [2, 2, 0, 1], [3, 1, 4, 2]])
+    dense.item_tower.set_codes(codes)
+    return dense, codes
+
+
+def test_item_tower_sums_per_feature_means_of_side_embeddings():
+    dense, codes = _tower_model()
+    E = dense.item_tower.table.weight.detach()  # rows: 0 = none, 1..4 genre, 5..6 year
+
+    def reference(i):
+        genre = [E[c] for c in codes[i, :3].tolist() if c]
+        year = [E[4 + c] for c in codes[i, 3:].tolist() if c]
+        return sum((torch.stack(v).mean(0) for v in (genre, year) if v), torch.zeros(8))
+
+    side = dense.item_tower(torch.arange(7)).detach()
+    for i in range(7):
+        torch.testing.assert_close(side[i], reference(i))
+    assert side[0].abs().sum() == 0 and side[4].abs().sum() == 0  # no values → adds nothing
+    with pytest.raises(ValueError, match="outside 0..4"):
+        dense.item_tower.set_codes(torch.tensor([[5, 0, 0, 0]] * 7))
+
+
+def test_item_features_reach_inputs_targets_and_the_catalogue():
+    from argus_models.model import ITEM_IDS
+
+    dense, _ = _tower_model(normalize=True)
+    dense.eval()
+    table = torch.randn(7, 8)
+    ids = torch.tensor([[1, 2, 3, 5], [6, 5, 0, 0]])
+    emb = {"item": table[ids], ITEM_IDS: ids}
+    out = dense(emb, torch.tensor([4, 2]))
+    catalogue = dense.item_vectors(table)  # [7, 8], the evaluation / Serve side
+    torch.testing.assert_close(out["target"][0], catalogue[ids[0, 1:]])
+    torch.testing.assert_close(catalogue, torch.nn.functional.normalize(table + dense.item_tower(torch.arange(7)), dim=-1))
+    # an item's side features change the states that read it as input
+    before = out["query"][0, 2].clone()
+    codes = dense.item_tower.codes.clone()
+    dense.item_tower.codes[2] = torch.flip(codes[2], [0])  # item 2 (input at position 1) gets other features
+    dense.item_tower.codes[2, 3] = 0
+    assert not torch.allclose(dense(emb, torch.tensor([4, 2]))["query"][0, 2], before)
+    with pytest.raises(ValueError, match="item_ids"):
+        dense({"item": table[ids]}, torch.tensor([4, 2]))
+    with pytest.raises(ValueError, match="pass the item ids"):
+        dense.item_vectors(table[:3])
+
+
+def test_local_lookup_carries_padded_item_ids():
+    from argus_models.model import ITEM_IDS
+
+    kjt = _features(["item", "ctx_source", "fb_like", "fb_rating", "neg_item"], torch.tensor([3, 1]))
+    tables = {name: torch.randn(n, 4) for name, n in (("t_item", 31), ("t_ctx_source", 4), ("t_fb_like", 2), ("t_fb_rating", 5))}
+    ids = lookup_local(tables, kjt)[ITEM_IDS]
+    item = kjt["item"].values()
+    assert ids.tolist() == [item[:3].tolist(), [int(item[3]), 0, 0]]

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from argus_models.checkpoint import InferenceModel, wait_for_run
-from argus_models.config import ActionHead, ModelConfig, ModelSchema
+from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchema
 from argus_models.losses import feedback_probability
-from argus_models.model import ITEM, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
+from argus_models.model import ITEM, ITEM_IDS, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
 from argus_models.inference import (Events, ExactIndex, FaissIndex, action_probabilities, combine, encode_next)
 from argus_serve.artifacts import ArtifactError, resolve_checkpoint
 from argus_serve.scoring import diversify, item_groups
@@ -23,12 +23,19 @@ from argus_serve.weights import WeightsError, load_weights_file, resolve_weights
 ACTIONS = [ActionHead("like", "binary", 2), ActionHead("watched", "ratio", 10), ActionHead("stars", "graded", 5)]
 
 
-@pytest.fixture(scope="module", params=["one_token", "three_token"])
+ITEM_FEATURES = [ItemFeature("genre", num_values=6, slots=3), ItemFeature("year", num_values=4, slots=1)]
+
+
+@pytest.fixture(scope="module", params=["one_token", "three_token", "one_token+item_features", "three_token+item_features"])
 def sm(request) -> InferenceModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=request.param)
-    schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS)
+    tokenization, _, side = request.param.partition("+")
+    cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=tokenization)
+    schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS, item_features=ITEM_FEATURES if side else [])
     dense = ArgusDenseArch(cfg, schema).eval()
+    if side:  # random genres (0 = none) and years per item
+        g = torch.Generator().manual_seed(3)
+        dense.item_tower.set_codes(torch.cat([torch.randint(0, 6, (51, 3), generator=g), torch.randint(0, 4, (51, 1), generator=g)], 1))
     tables = {t.name: torch.randn(t.num_embeddings, t.embedding_dim) * 0.5 for t in embedding_configs(schema, 16)}
     return InferenceModel(cfg, schema, dense, tables)
 
@@ -45,6 +52,7 @@ def _reference(sm: InferenceModel, h: Events, next_ctx: int, candidate: int) -> 
     ids = {ITEM: np.append(h.items, candidate), ctx_feature("source"): np.append(h.contexts["source"], next_ctx)}
     ids |= {fb_feature(a.name): np.append(h.feedback[a.name], 0) for a in ACTIONS}
     emb = {k: F.embedding(torch.from_numpy(v)[None], sm.tables[table_name(k)]) for k, v in ids.items()}
+    emb[ITEM_IDS] = torch.from_numpy(ids[ITEM])[None]
     with torch.no_grad():
         out = sm.dense(emb, torch.tensor([len(h) + 1]))
     return out["query"][0, -1], out["feedback"][0, -1]

@@ -47,8 +47,18 @@ class ActionHead:
 
 
 @dataclass
+class ItemFeature:
+    """One item-side feature of the item tower (e.g. genre): `num_values` codes including 0 = none,
+    `slots` values per item (mean-pooled)."""
+
+    name: str
+    num_values: int
+    slots: int
+
+
+@dataclass
 class ModelSchema:
-    """What the data defines: catalogue size, context cardinalities, action heads.
+    """What the data defines: catalogue size, context cardinalities, action heads, item-side features.
 
     Item index 0 is padding; real items are 1..num_items. Context values likewise start at 1.
     """
@@ -56,6 +66,7 @@ class ModelSchema:
     num_items: int
     contexts: dict[str, int] = field(default_factory=dict)  # column -> number of values (incl. padding 0)
     actions: list[ActionHead] = field(default_factory=list)
+    item_features: list[ItemFeature] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -67,4 +78,5 @@ class ModelSchema:
             num_items=raw["num_items"],
             contexts=dict(raw["contexts"]),
             actions=[ActionHead(**a) for a in raw["actions"]],
+            item_features=[ItemFeature(**f) for f in raw.get("item_features", [])],
         )

@@ -25,7 +25,7 @@ from torchrec import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 from argus_models.losses import feedback_loss
-from argus_models.model import NEG_ITEM, ArgusDenseArch, ArgusSparseArch
+from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
 
 
 @dataclass
@@ -98,7 +98,7 @@ class SlateObjective(nn.Module):
     def slate_outputs(self, emb: dict[str, torch.Tensor], batch: SlateBatch) -> torch.Tensor:
         """pairwise: scores [R, K]; ranker: feedback logits [R, K, Σ outputs]."""
         R, K = batch.slate.shape
-        slate_vec = self.dense.item_vectors(emb[NEG_ITEM]).view(R, K, -1)
+        slate_vec = self.dense.item_vectors(emb[NEG_ITEM], batch.slate.reshape(-1)).view(R, K, -1)
         if self.mode == "ranker" and self.dense.three_token:
             return self._isolated_slates(emb, batch, slate_vec)
         _, head_in = self.dense.encode(emb, batch.lengths)  # [B, W-1, H]; index t predicts event t+1
@@ -155,5 +155,6 @@ class SlateTask(nn.Module):
 
     def forward(self, batch: SlateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         emb = self.sparse(batch.sparse_features)
+        emb[ITEM_IDS] = batch.items  # the item tower adds side features by id
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.objective(emb, batch)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from argus_models.checkpoint import InferenceModel
 from argus_models.losses import feedback_probability
-from argus_models.model import ITEM, ctx_feature, fb_feature, table_name
+from argus_models.model import ITEM, ITEM_IDS, ctx_feature, fb_feature, table_name
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def next_event_inputs(model: InferenceModel, histories: list[Events], next_conte
         for a in schema.actions:
             ids[fb_feature(a.name)][b, :L] = h.feedback[a.name]
     emb = {k: F.embedding(torch.from_numpy(v), tables[table_name(k)]) for k, v in ids.items()}
+    emb[ITEM_IDS] = torch.from_numpy(ids[ITEM])
     return emb, torch.from_numpy(lengths)
 
 
@@ -160,7 +161,7 @@ def action_probabilities(
     if not schema.actions:
         return {}
     dense = model.dense
-    items = F.embedding(candidates, model.tables[table_name(ITEM)])  # [B, K, D]
+    items = dense.item_repr(F.embedding(candidates, model.tables[table_name(ITEM)]), candidates)  # [B, K, D]
     if dense.three_token:
         if histories is None or next_contexts is None:
             raise ValueError("three_token models score candidates in context: pass the histories and next contexts")

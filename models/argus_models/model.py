@@ -18,9 +18,11 @@ from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
 from argus_models.config import ModelConfig, ModelSchema
 from argus_models.encoder import CausalEncoder
+from argus_models.item_tower import ItemFeatureTower
 
 ITEM = "item"
 NEG_ITEM = "neg_item"  # extra ids looked up in the item table: uniform negatives / the whole catalogue
+ITEM_IDS = "item_ids"  # not a table feature: the padded [B, W] item ids beside the looked-up rows (item tower)
 
 
 def ctx_feature(name: str) -> str:
@@ -103,7 +105,21 @@ def lookup_local(tables: dict[str, torch.Tensor], features: KeyedJaggedTensor) -
         jt = features[key]
         weight = tables[table_name(ITEM if key == NEG_ITEM else key)]
         jagged[key] = (F.embedding(jt.values(), weight), jt.lengths())
-    return jagged_to_padded(jagged)
+    padded = jagged_to_padded(jagged)
+    padded[ITEM_IDS] = pad_ids(features[ITEM].values(), features[ITEM].lengths())
+    return padded
+
+
+def pad_ids(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Jagged ids (values [sum(len)], lengths [B]) → right-padded [B, max(len)] (0 = padding)."""
+    lengths = lengths.long()
+    width = int(lengths.max().item()) if lengths.numel() else 0
+    out = torch.zeros(lengths.numel(), width, dtype=torch.int64, device=values.device)
+    rows = torch.repeat_interleave(torch.arange(lengths.numel(), device=values.device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    cols = torch.arange(values.numel(), device=values.device) - torch.repeat_interleave(starts, lengths)
+    out[rows, cols] = values.long()
+    return out
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -127,6 +143,7 @@ class ArgusDenseArch(nn.Module):
         D = cfg.embedding_dim
         self.cfg, self.schema = cfg, schema
         self.has_ctx, self.has_fb = bool(schema.contexts), bool(schema.actions)
+        self.item_tower = ItemFeatureTower(schema.item_features, schema.num_items, D) if schema.item_features else None
         self.three_token = cfg.tokenization == "three_token"
         self.action_slices: dict[str, tuple[int, int]] = {}
         start = 0
@@ -167,7 +184,7 @@ class ArgusDenseArch(nn.Module):
           "target"   [B, W-1, D]  E_item(i_{t+1})
           "feedback" [B, W-1, Σ outputs]  action logits for event t+1 (if the schema has actions)
         """
-        nxt_item = emb[ITEM][:, 1:]
+        nxt_item = self._items(emb)[:, 1:]
         if self.three_token:
             states = self.event_states(emb, lengths)  # [B, W, k, D]
             out = {"state": states[:, 1:, 0], "query": self.query(states[:, 1:, 0]), "target": nxt_item}
@@ -188,7 +205,7 @@ class ArgusDenseArch(nn.Module):
         c = self.token_type[0].expand_as(emb[ITEM])
         if ctx is not None:
             c = c + self.ctx_proj(ctx)
-        parts = [c, emb[ITEM] + self.token_type[1]]
+        parts = [c, self._items(emb) + self.token_type[1]]
         if fb is not None:
             parts.append(self.fb_proj(fb) + self.token_type[2])
         return torch.stack(parts, dim=2)
@@ -207,7 +224,7 @@ class ArgusDenseArch(nn.Module):
             state = self.event_states(emb, lengths)[:, 1:, 0]
             return state, state
         ctx = self._context(emb)
-        parts = [emb[ITEM]] + ([ctx] if ctx is not None else [])
+        parts = [self._items(emb)] + ([ctx] if ctx is not None else [])
         if self.has_fb:
             parts.append(self._feedback(emb))
         tokens = self.token_proj(torch.cat(parts, dim=-1))[:, :-1]  # [B, W-1, D]
@@ -263,9 +280,29 @@ class ArgusDenseArch(nn.Module):
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""
         return {name: feedback[..., a] if b - a == 1 else feedback[..., a:b] for name, (a, b) in self.action_slices.items()}
 
-    def item_vectors(self, item_table: torch.Tensor) -> torch.Tensor:
-        """Catalogue vectors as the scoring side sees them ([C+1, D])."""
-        return F.normalize(item_table, dim=-1) if self.cfg.normalize_embeddings else item_table
+    def item_repr(self, rows: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The item tower: id-table rows [..., D] of items `ids` [...] → item vectors [..., D]
+        (plus the pooled side features when the schema has any). `ids` may be omitted only when
+        `rows` is the whole table (row j = item j)."""
+        if self.item_tower is None:
+            return rows
+        if ids is None:
+            if rows.shape[0] != self.schema.num_items + 1 or rows.dim() != 2:
+                raise ValueError("item_repr: pass the item ids of these rows (the model has item-side features)")
+            ids = torch.arange(rows.shape[0], device=rows.device)
+        return rows + self.item_tower(ids).to(rows.dtype)
+
+    def item_vectors(self, rows: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Item vectors as the scoring side sees them (the tower, L2-normalised when configured);
+        `rows`/`ids` as in `item_repr` (default: the whole table → the catalogue [C+1, D])."""
+        v = self.item_repr(rows, ids)
+        return F.normalize(v, dim=-1) if self.cfg.normalize_embeddings else v
+
+    def _items(self, emb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The window's item vectors [B, W, D] (tower over emb[ITEM] and emb[ITEM_IDS])."""
+        if self.item_tower is not None and ITEM_IDS not in emb:
+            raise ValueError(f"the model has item-side features: the inputs need {ITEM_IDS!r} beside the looked-up rows")
+        return self.item_repr(emb[ITEM], emb.get(ITEM_IDS))
 
 
 def candidate_isolation_mask(real: torch.Tensor, prefix: torch.Tensor, slots: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torchrec import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 from argus_models.losses import corrected_logq_loss, feedback_loss, full_softmax_loss, logq_loss
-from argus_models.model import NEG_ITEM, ArgusDenseArch, ArgusSparseArch
+from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
 
 
 @dataclass
@@ -113,14 +113,14 @@ class ArgusObjective(nn.Module):
         if t != 1.0:
             query = query / t  # scaling [N, D] instead of every [N, K] logit
         if self.next_item_loss == "full_softmax":
-            logits = query @ self.dense.item_vectors(neg_emb).T  # neg_emb holds the whole catalogue
+            logits = query @ self.dense.item_vectors(neg_emb, neg_ids).T  # neg_emb holds the whole catalogue
             return full_softmax_loss(logits, pos_ids)
         if self.in_batch_negatives > 0:
             pick = torch.randint(0, pos_ids.numel(), (self.in_batch_negatives,), device=pos_ids.device)
-            neg_emb = torch.cat([pos_emb[pick], self.dense.item_vectors(neg_emb)])
+            neg_emb = torch.cat([pos_emb[pick], self.dense.item_vectors(neg_emb, neg_ids)])
             neg_ids = torch.cat([pos_ids[pick], neg_ids])
         else:
-            neg_emb = self.dense.item_vectors(neg_emb)
+            neg_emb = self.dense.item_vectors(neg_emb, neg_ids)
         pos_logits = (query * pos_emb).sum(-1)  # [N]
         neg_logits = query @ neg_emb.T  # [N, K]
         hit = neg_ids[None, :] == pos_ids[:, None]
@@ -147,5 +147,6 @@ class ArgusTrainTask(nn.Module):
 
     def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         emb = self.sparse(batch.sparse_features)
+        emb[ITEM_IDS] = batch.items  # the item tower adds side features by id
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.objective(emb, batch)

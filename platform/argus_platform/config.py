@@ -31,6 +31,26 @@ class SyntheticConfig:
 
 
 @dataclass
+class ItemFeaturesConfig:
+    """Where the item metadata is and which columns become item-tower features."""
+
+    path: str = _help("item metadata file, one row per item (empty = no item-side features)", "")
+    format: Literal["movielens", "table"] = _help(
+        "movielens (movies.dat: genre, year) | table (Parquet/CSV with item_column and columns)", "table"
+    )
+    item_column: str = _help("table: the column holding the raw item id (as in the event log)", "item_id")
+    columns: list[str] = _help("table: categorical feature columns", factory=list)
+    separator: str = _help("a cell holding several values joins them with this (e.g. genres)", "|")
+    max_values: int = _help("values kept per item and feature (slots in the item tower); the rest are counted", 8)
+
+    def validate(self) -> None:
+        if self.path and self.format == "table" and not self.columns:
+            raise ConfigError("data.item_features.columns must name at least one column for format=table")
+        if self.max_values < 1:
+            raise ConfigError(f"data.item_features.max_values must be at least 1, got {self.max_values}")
+
+
+@dataclass
 class DataConfig:
     source: Literal["synthetic", "sasrec", "movielens", "kuairand", "events"] = _help(
         "synthetic | sasrec (`user item` lines) | movielens (ratings.dat / u.data) | kuairand | events (Parquet/CSV + spec)",
@@ -45,6 +65,10 @@ class DataConfig:
     min_events_per_user: int = _help("users with fewer usable events are left out of training", 3)
     max_bad_fraction: float = _help("fail when more than this fraction of rows is quarantined", 0.05)
     min_item_count: int = _help("items seen fewer times in the log map to the OOV id", 1)
+    item_features: ItemFeaturesConfig = _help(
+        "item-side features (genre, artist, year, ...) for the item tower, from an item metadata file",
+        factory=ItemFeaturesConfig,
+    )
 
 
 @dataclass
@@ -75,7 +99,11 @@ class OptimConfig:
         "dense forward/backward precision: fp32, or bf16 autocast (tables, losses and optimizer states stay fp32)", "fp32"
     )
     weight_decay: float = _help("AdamW weight decay", 0.01)
-    warmup_steps: int = _help("linear warm-up steps of the dense learning rate", 50)
+    warmup_steps: int = _help("linear warm-up steps of the learning rates", 50)
+    lr_schedule: Literal["constant", "cosine"] = _help(
+        "after warm-up: constant, or cosine decay of both learning rates (dense and sparse) over optim.epochs", "constant"
+    )
+    min_lr_ratio: float = _help("cosine: the learning rates end at this fraction of their configured values", 0.1)
     grad_clip: float = _help("max grad norm of the dense parameters (0 = off)", 1.0)
     seed: int = _help("training seed", 0)
     eval_every_epochs: int = _help("validate (and checkpoint) every N epochs", 3)
@@ -146,6 +174,7 @@ class TrainJobConfig:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.data.max_bad_fraction}")
         if self.loss.next_item != "full_softmax" and self.loss.in_batch_negatives + self.loss.uniform_negatives <= 0:
             raise ConfigError("loss.in_batch_negatives + loss.uniform_negatives must be positive for sampled softmax")
+        self.data.item_features.validate()
         if self.scaling.num_workers < 1:
             raise ConfigError("scaling.num_workers must be at least 1")
         if self.optim.sparse_optimizer == "adam" and not self.scaling.use_gpu:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -63,7 +64,7 @@ class ShardedTask:
         full = get_model_state_dict(self.dense, options=StateDictOptions(full_state_dict=True))
         device = next(iter(full.values())).device
         copy = ArgusDenseArch(self.dense.cfg, self.dense.schema).to(device)
-        copy.load_state_dict(full)
+        copy.load_state_dict(full)  # buffers too (the item tower's feature codes)
         return copy
 
 
@@ -86,13 +87,19 @@ class FullyShardDense(DataParallelWrapper):
         fully_shard(dense, mesh=mesh, mp_policy=policy)
 
 
-def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device_type: str = "cpu") -> ArgusTrainTask:
-    """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast)."""
+def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device_type: str = "cpu",
+               item_codes: np.ndarray | None = None) -> ArgusTrainTask:
+    """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast);
+    `item_codes`: the catalogue's item-side feature codes when the schema has item features."""
     probs = item_counts.double() / item_counts.sum().clamp_min(1)
     n_ib = cfg.loss.in_batch_negatives if cfg.loss.next_item != "full_softmax" else 0
     n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
     log_q = mixed_log_q(probs, n_ib, n_u) if n_ib + n_u > 0 else torch.zeros_like(probs)
     dense = ArgusDenseArch(cfg.model, schema)
+    if dense.item_tower is not None:
+        if item_codes is None:
+            raise ValueError("the schema has item features but no item feature codes were given")
+        dense.item_tower.set_codes(torch.from_numpy(item_codes))
     objective = ArgusObjective(
         dense,
         log_q=log_q,
@@ -179,10 +186,11 @@ def describe_plan(plan: ShardingPlan) -> str:
 
 
 def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device,
-          task: torch.nn.Module | None = None) -> ShardedTask:
+          task: torch.nn.Module | None = None, item_codes: np.ndarray | None = None) -> ShardedTask:
     """Plan for the live process group and wrap in DMP (collective: every rank calls it).
-    `task`: another module with the same `sparse` / `objective.dense` layout (fine-tuning)."""
-    task = task if task is not None else build_task(cfg, schema, item_counts, device.type)
+    `task`: another module with the same `sparse` / `objective.dense` layout (fine-tuning);
+    `item_codes`: item-side feature codes (see `build_task`)."""
+    task = task if task is not None else build_task(cfg, schema, item_counts, device.type, item_codes)
     sharder = make_sharder(cfg)
     world = dist.get_world_size()
     local_world = int(torch.cuda.device_count()) if device.type == "cuda" else world

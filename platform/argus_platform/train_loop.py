@@ -26,6 +26,7 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import from_dict
 from argus_platform.data.prepare import load_prepared
 from argus_platform.evaluation import evaluate
+from argus_platform.schedule import lr_factor
 from argus_platform.sharding import describe_plan, gather_tables, shard
 
 
@@ -58,7 +59,8 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     prepared = load_prepared(run_dir)
     schema = ModelSchema.load(run_dir / "schema.json")
     counts = torch.from_numpy(prepared.item_counts)
-    sharded = shard(cfg, schema, counts, device)
+    codes = prepared.item_features.codes if prepared.item_features else None
+    sharded = shard(cfg, schema, counts, device, item_codes=codes)
     _say(rank, f"[argus] sharding plan ({world} x {device.type}):\n{describe_plan(sharded.plan)}")
     dense_params = count_parameters(sharded.dense)
     _say(rank, f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
@@ -70,15 +72,19 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank)
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)
     o = cfg.optim
+    # Steps per epoch for the schedule: estimated from the split's rows, then the count of the last epoch.
+    steps_per_epoch = max(1, prepared.summary["rows"]["train"] // (o.batch_size * world))
     for epoch in range(state.epoch, o.epochs):
         sharded.model.train()
         pipeline.reset()
         batches = map(train_collate, iterate("train", o.batch_size))
         t0, n_steps, loss_sum = time.time(), 0, 0.0
         while True:
-            lr = o.dense_lr * min(1.0, (state.step + 1) / max(o.warmup_steps, 1))
+            factor = lr_factor(state.step, o.warmup_steps, steps_per_epoch * o.epochs, o.lr_schedule, o.min_lr_ratio)
             for group in sharded.dense_optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = o.dense_lr * factor
+            for group in sharded.model.fused_optimizer.param_groups:
+                group["lr"] = o.sparse_lr * factor
             try:
                 logs = pipeline.progress(batches)
             except StopIteration:
@@ -92,7 +98,9 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         if n_steps == 0:
             raise RuntimeError("no training batches: the train split is smaller than one batch per worker; lower optim.batch_size")
         state.epoch = epoch + 1
-        metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": time.time() - t0}
+        steps_per_epoch = n_steps
+        metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": time.time() - t0,
+                   "lr_factor": factor}
         _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({metrics['epoch_seconds']:.1f}s)")
         last = state.epoch == o.epochs
         if state.epoch % o.eval_every_epochs and not last:

@@ -54,6 +54,7 @@ def model_schema(prepared: PreparedRun) -> ModelSchema:
         num_items=prepared.vocab.num_items,
         contexts=prepared.vocab.context_sizes(),
         actions=[a.head() for a in prepared.spec.actions],
+        item_features=prepared.item_features.features if prepared.item_features else [],
     )
 
 
@@ -86,6 +87,12 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     print(f"[argus] data: {prepared.summary['num_users']:,} users, {prepared.summary['num_items']:,} items, "
           f"{v['clean_rows']:,} events; {v['quarantined_rows']:,} rows quarantined {v['quarantine_reasons'] or ''}; "
           f"split {cfg.data.split} rows {prepared.summary['rows']} ({time.time() - started:.0f}s)", flush=True)
+    if prepared.item_features:
+        st = prepared.item_features.stats
+        print(f"[argus] item features {st['values']} (values per feature) from {st['path']}: "
+              f"{st['quarantined_rows']:,} rows quarantined {st['quarantine_reasons'] or ''}, "
+              f"{st['rows_outside_catalogue']:,} rows outside the catalogue, "
+              f"{st['catalogue_items_without_features']:,} catalogue items without a row", flush=True)
     model_schema(prepared).save(run_dir / "schema.json")
     datasets = {split: _dataset(path) for split, path in prepared.paths.items()}
     datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.optim.seed)

@@ -17,6 +17,7 @@ import numpy as np
 
 from argus_platform.config import DataConfig
 from argus_platform.configlib import from_dict, to_dict
+from argus_platform.data.item_features import ItemFeatureTable, build_item_features
 from argus_platform.data.quarantine import write_canonical
 from argus_platform.data.sequences import build_sequences
 from argus_platform.data.sources import open_source
@@ -33,6 +34,7 @@ class PreparedRun:
     item_counts: np.ndarray  # [N+1] training-split counts
     paths: dict[str, str]  # split -> sequences directory
     summary: dict
+    item_features: ItemFeatureTable | None = None  # item-side features of the catalogue, if configured
 
 
 def _layout(run_dir: Path) -> dict[str, Path]:
@@ -42,6 +44,7 @@ def _layout(run_dir: Path) -> dict[str, Path]:
         "splits": run_dir / "data",
         "summary": run_dir / "data" / "summary.json",
         "quarantine": run_dir / "quarantine" / "events.parquet",
+        "item_quarantine": run_dir / "quarantine" / "item_features.parquet",
         "vocab": run_dir / "vocab",
         "counts": run_dir / "vocab" / "train_item_counts.npy",
         "spec": run_dir / "spec.json",
@@ -57,6 +60,7 @@ def load_prepared(run_dir: Path) -> PreparedRun:
         item_counts=np.load(p["counts"]),
         paths=summary["splits"],
         summary=summary,
+        item_features=ItemFeatureTable.load(p["vocab"]),
     )
 
 
@@ -88,6 +92,11 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     log.info("validated %s: %d rows, %d quarantined (%.1fs)", source, validation["rows"], validation["quarantined_rows"], time.time() - started)
     vocab = build_vocabulary(p["events"], spec)
     vocab.save(p["vocab"])
+    item_features = None
+    if cfg.item_features.path:
+        item_features = build_item_features(cfg.item_features, vocab, p["item_quarantine"])
+        item_features.save(p["vocab"])
+        log.info("item features %s: %s", [f.name for f in item_features.features], item_features.stats)
     seqs = build_sequences(p["events"], vocab, spec, cfg, p["splits"])
     np.save(p["counts"], seqs.item_counts)
     p["spec"].write_text(json.dumps(to_dict(spec), indent=2))
@@ -102,10 +111,12 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
         "rows": seqs.rows,
         "splits": seqs.paths,
         "seconds": round(time.time() - started, 1),
+        "item_features": item_features.stats if item_features else None,
     }
     p["summary"].write_text(json.dumps(summary, indent=2))
     log.info(
         "prepared %d users, %d items; split rows %s; %d users below data.min_events_per_user (%.1fs)",
         len(vocab.users), vocab.num_items, seqs.rows, seqs.users_too_short, time.time() - started,
     )
-    return PreparedRun(spec=spec, vocab=vocab, item_counts=seqs.item_counts, paths=seqs.paths, summary=summary)
+    return PreparedRun(spec=spec, vocab=vocab, item_counts=seqs.item_counts, paths=seqs.paths, summary=summary,
+                       item_features=item_features)
