@@ -91,3 +91,28 @@ def test_same_loop_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = TrainState.load(run_dir / "torchrun_checkpoint_2")
     assert state.resumed_at_epochs == [1] and state.epoch == 2
+
+
+def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
+    """MovieLens-100K with u.item's genres and years in the item tower: the job reports them, the
+    checkpoint carries the item → feature codes, and the one-process model reproduces validation."""
+    import numpy as np
+
+    from argus_models.checkpoint import load_inference_model
+    from conftest import shared_file
+
+    run_dir = tmp_path / "ml100k"
+    args = ["data.source=movielens", f"data.path={shared_file('ml-100k/u.data')}", "data.item_features.format=movielens",
+            f"data.item_features.path={shared_file('ml-100k/u.item')}", "model.embedding_dim=16", "model.num_layers=1",
+            "model.max_seq_len=20", "optim.batch_size=64", "optim.epochs=1", "optim.log_every_steps=0",
+            "optim.lr_schedule=cosine", "scaling.local_num_cpus=4", f"run.dir={run_dir}"]
+    assert _main([f"--set={kv}" for kv in args]) == 0
+    out = capsys.readouterr().out
+    assert "item features {'genre': 19, 'year': 71}" in out and "0 catalogue items without a row" in out
+    ckpt = _checkpoints(run_dir)[-1]
+    model = load_inference_model(ckpt)
+    assert [f.name for f in model.schema.item_features] == ["genre", "year"]
+    codes = np.load(run_dir / "vocab" / "item_features.npz")["codes"]
+    assert (model.dense.item_tower.codes > 0).tolist() == (codes > 0).tolist()
+    state = TrainState.load(ckpt)
+    _assert_checkpoint_reproduces_validation(ckpt, run_dir, state.history[-1]["validation"])

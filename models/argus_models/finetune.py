@@ -125,6 +125,8 @@ class SlateObjective(nn.Module):
         return self.dense.candidate_feedback(seq_emb, batch.lengths, cand, events)[rows[:, None], cols]
 
     def forward(self, emb: dict[str, torch.Tensor], batch: SlateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # Set here, not in the task: TrainPipelineSparseDist FX-traces the task, whose `emb` is a Proxy.
+        emb = {**emb, ITEM_IDS: batch.items}  # the item tower adds side features by id
         out = self.slate_outputs(emb, batch)
         valid = batch.slate > 0
         if self.mode == "pairwise":
@@ -155,6 +157,5 @@ class SlateTask(nn.Module):
 
     def forward(self, batch: SlateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         emb = self.sparse(batch.sparse_features)
-        emb[ITEM_IDS] = batch.items  # the item tower adds side features by id
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.objective(emb, batch)

@@ -87,6 +87,8 @@ class ArgusObjective(nn.Module):
         self.temperature = temperature
 
     def forward(self, emb: dict[str, torch.Tensor], batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # Set here, not in the task: TrainPipelineSparseDist FX-traces the task, whose `emb` is a Proxy.
+        emb = {**emb, ITEM_IDS: batch.items}  # the item tower adds side features by id
         out = self.dense(emb, batch.lengths)
         W = batch.items.shape[1]
         valid = torch.arange(W - 1, device=batch.lengths.device)[None, :] < (batch.lengths - 1)[:, None]  # [B, W-1]
@@ -147,6 +149,5 @@ class ArgusTrainTask(nn.Module):
 
     def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         emb = self.sparse(batch.sparse_features)
-        emb[ITEM_IDS] = batch.items  # the item tower adds side features by id
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.objective(emb, batch)

@@ -58,6 +58,29 @@ def model_schema(prepared: PreparedRun) -> ModelSchema:
     )
 
 
+class SplitConfig(DataConfig):
+    """Ray Train's dataset sharding, with nothing lost from the held-out splits.
+
+    `train` is split into equal shards (every worker takes the same number of steps, as DDP needs);
+    the other splits are split without `equal`, because evening the shards drops up to
+    world_size − 1 rows — users missing from validation and test. Evaluation only reduces sums
+    once at the end, so unequal shards are fine there."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        # Ray Train V2 configures one dataset per call; V1 passes them all at once.
+        evenly = {n: ds for n, ds in datasets.items() if n == "train"}
+        output = super().configure(evenly, world_size, worker_handles, worker_node_ids, **kwargs)
+        for name, ds in datasets.items():
+            if name in evenly:
+                continue
+            ds = ds.copy(ds)
+            ds.set_name(name)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for rank, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                output[rank][name] = split
+        return output
+
+
 MATERIALIZE_BELOW_BYTES = 1 << 30
 
 
@@ -112,7 +135,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
             callbacks=callbacks or None,
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        dataset_config=SplitConfig(),
     )
     result = trainer.fit()
     final = (result.metrics or {}).get("final")

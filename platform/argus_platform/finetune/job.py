@@ -7,7 +7,7 @@ import json
 import time
 
 import ray
-from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from argus_models.checkpoint import absolute, resolve_checkpoint
@@ -18,7 +18,7 @@ from argus_platform.data.prepare import link_prepared, load_prepared
 from argus_platform.finetune.config import FinetuneConfig
 from argus_platform.finetune.loop import slate_loop_per_worker
 from argus_platform.finetune.requests import build_requests, default_impressions
-from argus_platform.trainer import init_ray
+from argus_platform.trainer import SplitConfig, init_ray
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -47,7 +47,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=RunConfig(name=out.name, storage_path=str(out.parent), checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        dataset_config=SplitConfig(),
     )
     result = trainer.fit()
     final = (result.metrics or {}).get("final")
