@@ -58,12 +58,12 @@ def test_standard_logq_matches_direct_formula():
 
 
 def test_full_softmax_on_tiny_catalogue():
-    logits = torch.tensor([[9.0, 1.0, 2.0, 0.5], [9.0, 0.0, 0.0, 3.0]])
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])  # items 1..3 (the padding item is no class)
     targets = torch.tensor([2, 3])
     got = full_softmax_loss(logits, targets)
     for r in range(2):
-        row = logits[r, 1:].tolist()  # column 0 is padding and never a class
-        expected = -logits[r, targets[r]].item() + math.log(sum(math.exp(x) for x in row))
+        row = logits[r].tolist()
+        expected = -logits[r, targets[r] - 1].item() + math.log(sum(math.exp(x) for x in row))
         assert math.isclose(got[r].item(), expected, rel_tol=1e-6)
 
 
@@ -82,3 +82,24 @@ def test_feedback_losses_and_probabilities():
     levels = torch.tensor([[0.0, 0.0, 0.0, 0.0, 10.0]])
     assert feedback_loss(graded, levels, torch.tensor([4])).item() < 1e-3
     assert feedback_probability(graded, levels).item() > 0.99
+
+
+def test_full_softmax_without_the_history_matches_a_per_row_reference():
+    from argus_models.task import history_pairs
+
+    items = torch.tensor([[3, 1, 3, 2, 0], [4, 2, 1, 0, 0]])  # row 0 repeats item 3 as a target
+    lengths = torch.tensor([4, 3])
+    valid = torch.arange(4)[None, :] < (lengths - 1)[:, None]  # predictions of events 1..len-1
+    rows, hist = history_pairs(items, valid)
+    pairs = sorted(zip(rows.tolist(), hist.tolist()))
+    # rows: (0,t0)→1 [3], (0,t1)→3 [3,1] but 3 is the target, (0,t2)→2 [3,1,3], (1,t0)→2 [4], (1,t1)→1 [4,2]
+    assert pairs == [(0, 3), (1, 1), (2, 1), (2, 3), (2, 3), (3, 4), (4, 2), (4, 4)]
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4, generator=g)  # items 1..4
+    targets = torch.tensor([1, 3, 2, 2, 1])
+    got = full_softmax_loss(logits, targets, (rows, hist))
+    for r in range(5):
+        excluded = {i for (n, i) in pairs if n == r}
+        row = [logits[r, j - 1].item() for j in range(1, 5) if j not in excluded]
+        expected = -logits[r, targets[r] - 1].item() + math.log(sum(math.exp(x) for x in row))
+        assert math.isclose(got[r].item(), expected, rel_tol=1e-6)

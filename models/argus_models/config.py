@@ -16,7 +16,12 @@ class ModelConfig:
     num_layers: int = field(default=2, metadata={"help": "transformer blocks"})
     num_heads: int = field(default=2, metadata={"help": "attention heads"})
     ffn_multiplier: float = field(default=4.0, metadata={"help": "SwiGLU hidden width = multiplier·d·2/3"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, attention and FFN"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, residual branches and FFN"})
+    attention_dropout: float = field(
+        default=0.0,
+        metadata={"help": "dropout on attention probabilities; above 0 the CPU attention leaves its fused kernel for "
+                          "one that materialises [B, heads, S, S] scores (and masks)"},
+    )
     max_seq_len: int = field(default=50, metadata={"help": "history events the encoder reads"})
     positions: Literal["rope", "learned"] = field(default="rope", metadata={"help": "rope or learned positions"})
     tokenization: Literal["one_token", "three_token"] = field(

@@ -46,7 +46,7 @@ class SelfAttention(nn.Module):
         self.use_rope = cfg.positions == "rope"
         self.qkv = nn.Linear(cfg.embedding_dim, 3 * cfg.embedding_dim, bias=False)
         self.out = nn.Linear(cfg.embedding_dim, cfg.embedding_dim, bias=False)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attention_dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """x: [B, S, D]; mask: bool [B or 1, 1, S, S] (True = may attend) or None for causal."""

@@ -74,10 +74,18 @@ def logq_loss(
     return (torch.logsumexp(logits, dim=1) - pos).to(pos_logits.dtype)
 
 
-def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue, in float32. logits: [N, C+1] (column 0 = padding, never
-    a class); targets: [N] item ids in 1..C."""
-    return F.cross_entropy(logits[:, 1:].float(), targets - 1, reduction="none")
+def full_softmax_loss(
+    logits: torch.Tensor, targets: torch.Tensor, excluded: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue, in float32. logits: [N, C] for items 1..C (column j is
+    item j+1; the padding item is not a class); targets: [N] item ids in 1..C; excluded: optional
+    (rows, item ids) left out of those rows' denominators (never a row's target)."""
+    logits = logits.float()
+    if excluded is not None:
+        rows, items = excluded
+        # in place on the float32 copy (its backward does not need it)
+        logits.index_put_((rows, items - 1), torch.tensor(float("-inf"), device=logits.device))
+    return F.cross_entropy(logits, targets - 1, reduction="none")
 
 
 def feedback_loss(head: ActionHead, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,7 @@ class ArgusObjective(nn.Module):
         in_batch_negatives: int = 128,
         action_weights: dict[str, float] | None = None,
         temperature: float = 1.0,
+        exclude_history: bool = False,
     ) -> None:
         super().__init__()
         if next_item_loss not in ("corrected_logq", "logq", "full_softmax"):
@@ -85,6 +86,9 @@ class ArgusObjective(nn.Module):
             raise ValueError(f"loss.action_weights names unknown action(s) {sorted(unknown)}; the data has {sorted(heads)}")
         self.action_weights = {h: float((action_weights or {}).get(h, 1.0)) for h in sorted(heads)}
         self.temperature = temperature
+        if exclude_history and next_item_loss != "full_softmax":
+            raise ValueError("exclude_history applies to the full softmax only (loss.next_item=full_softmax)")
+        self.exclude_history = exclude_history
 
     def forward(self, emb: dict[str, torch.Tensor], batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Set here, not in the task: TrainPipelineSparseDist FX-traces the task, whose `emb` is a Proxy.
@@ -95,7 +99,8 @@ class ArgusObjective(nn.Module):
         query = out["query"][valid]  # [N, D]
         pos_emb = out["target"][valid]  # [N, D]
         pos_ids = batch.items[:, 1:][valid]  # [N]
-        item_loss = self._next_item(query, pos_emb, pos_ids, emb[NEG_ITEM], batch.neg_ids)
+        history = history_pairs(batch.items, valid) if self.exclude_history else None
+        item_loss = self._next_item(query, pos_emb, pos_ids, emb[NEG_ITEM], batch.neg_ids, history)
         loss = item_loss.mean()
         logs = {"loss_item": loss.detach()}
         if "feedback" in out:
@@ -109,14 +114,17 @@ class ArgusObjective(nn.Module):
         return loss, logs
 
     def _next_item(
-        self, query: torch.Tensor, pos_emb: torch.Tensor, pos_ids: torch.Tensor, neg_emb: torch.Tensor, neg_ids: torch.Tensor
+        self, query: torch.Tensor, pos_emb: torch.Tensor, pos_ids: torch.Tensor, neg_emb: torch.Tensor, neg_ids: torch.Tensor,
+        history: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         t = self.temperature
         if t != 1.0:
             query = query / t  # scaling [N, D] instead of every [N, K] logit
         if self.next_item_loss == "full_softmax":
-            logits = query @ self.dense.item_vectors(neg_emb, neg_ids).T  # neg_emb holds the whole catalogue
-            return full_softmax_loss(logits, pos_ids)
+            # neg_emb holds the whole catalogue; row 0 (padding) is left out before the matmul,
+            # not sliced off the [N, C] logits (a copy, and a zero-filled gradient in backward)
+            logits = query @ self.dense.item_vectors(neg_emb[1:], neg_ids[1:]).T
+            return full_softmax_loss(logits, pos_ids, history)
         if self.in_batch_negatives > 0:
             pick = torch.randint(0, pos_ids.numel(), (self.in_batch_negatives,), device=pos_ids.device)
             neg_emb = torch.cat([pos_emb[pick], self.dense.item_vectors(neg_emb, neg_ids)])
@@ -128,6 +136,23 @@ class ArgusObjective(nn.Module):
         hit = neg_ids[None, :] == pos_ids[:, None]
         fn = corrected_logq_loss if self.next_item_loss == "corrected_logq" else logq_loss
         return fn(pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit)
+
+
+def history_pairs(items: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) pairs: for each prediction row n — valid position (b, t) in row-major order, which
+    predicts items[b, t+1] — every item of its history items[b, 0..t], except the target itself.
+
+    items: [B, W]; valid: [B, W-1]. The full softmax drops these items from row n's denominator
+    (`loss.exclude_history`), as evaluation and Serve drop a user's seen items from the ranking.
+    """
+    B, W = items.shape
+    row_of = torch.cumsum(valid.reshape(-1).long(), 0).view(B, W - 1) - 1  # [B, W-1] row n of (b, t)
+    t, s = torch.tril_indices(W - 1, W - 1, device=items.device)  # pairs s ≤ t
+    keep = valid[:, t]  # [B, P]
+    b = torch.arange(B, device=items.device)[:, None].expand_as(keep)
+    hist, target = items[:, s], items[:, t + 1]  # [B, P]
+    keep = keep & (hist != target) & (hist > 0)
+    return row_of[b[keep], t.expand_as(keep)[keep]], hist[keep]
 
 
 class ArgusTrainTask(nn.Module):

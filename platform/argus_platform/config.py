@@ -82,6 +82,11 @@ class LossConfig:
         "λ_a per action head in L = L_item + Σ λ_a L_a (missing actions get 1.0)", factory=dict
     )
     temperature: float = _help("logit temperature for the next-item scores", 1.0)
+    exclude_history: bool = _help(
+        "full_softmax: leave the items already in a position's history out of its softmax (the target stays), as "
+        "evaluation (eval.filter_seen) and Serve leave seen items out of the ranking; for catalogues without repeats",
+        False,
+    )
 
 
 @dataclass
@@ -172,6 +177,8 @@ class TrainJobConfig:
             raise ConfigError(f"data.path is required for data.source={self.data.source!r}")
         if not 0 <= self.data.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.data.max_bad_fraction}")
+        if self.loss.exclude_history and self.loss.next_item != "full_softmax":
+            raise ConfigError("loss.exclude_history needs loss.next_item=full_softmax")
         if self.loss.next_item != "full_softmax" and self.loss.in_batch_negatives + self.loss.uniform_negatives <= 0:
             raise ConfigError("loss.in_batch_negatives + loss.uniform_negatives must be positive for sampled softmax")
         self.data.item_features.validate()

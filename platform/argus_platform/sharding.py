@@ -107,6 +107,7 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
         in_batch_negatives=n_ib,
         action_weights=cfg.loss.action_weights,
         temperature=cfg.loss.temperature,
+        exclude_history=cfg.loss.exclude_history,
     )
     sparse = ArgusSparseArch(schema, cfg.model.embedding_dim, device="meta")
     return ArgusTrainTask(sparse, objective, precision=cfg.optim.precision, device_type=device_type)
