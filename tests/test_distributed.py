@@ -80,7 +80,7 @@ def _worker(rank, world, init_file, out_dir):
         batch = Collator(SCHEMA, kinds, window=9, negatives="uniform", num_uniform=5, seed=rank)(_table(rank))
         via_shards = sharded.task.sparse(batch.sparse_features)
         via_local = lookup_local(gather_tables(sharded.model), batch.sparse_features)
-        results[sharding_type] = all(torch.allclose(via_shards[k], via_local[k]) for k in via_local)
+        results[sharding_type] = all(torch.allclose(via_shards[k], via_local[k]) for k in via_shards)
         results[sharding_type + "_types"] = sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()})
 
     torch.manual_seed(0)

@@ -108,23 +108,29 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             continue
         tables = gather_tables(sharded.model)
         dense = sharded.eval_dense(cfg)
-        results = {split: evaluate(dense, tables, iterate(split, cfg.eval.batch_size), eval_collate, counts, cfg.eval, device)
-                   for split in ("validation", "test")}
-        val = results["validation"]["model"]["ndcg@10"]
-        metrics.update({f"validation/{k}": v for k, v in results["validation"]["model"].items()})
-        state.history.append({"epoch": state.epoch, "validation": results["validation"]["model"]})
+
+        def run_eval(split: str) -> dict:
+            return evaluate(dense, tables, iterate(split, cfg.eval.batch_size), eval_collate, counts, cfg.eval, device)
+
+        validation = run_eval("validation")
+        val = validation["model"]["ndcg@10"]
+        metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
+        state.history.append({"epoch": state.epoch, "validation": validation["model"]})
         if val > state.best_validation:
+            # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
+            # Every rank holds the same reduced `val`, so all of them take this (collective) branch.
+            test = run_eval("test")
             state.best_validation, state.best_epoch, state.evals_without_gain = val, state.epoch, 0
             state.best_metrics = {
-                "validation": results["validation"]["model"],
-                "test": results["test"]["model"],
-                "baselines": {"popularity": {s: results[s]["popularity"] for s in ("validation", "test")}},
+                "validation": validation["model"],
+                "test": test["model"],
+                "baselines": {"popularity": {"validation": validation["popularity"], "test": test["popularity"]}},
             }
         else:
             state.evals_without_gain += 1
         metrics["final"] = _final(cfg, state)  # the checkpoint's metrics carry the run's result so far
-        pop = results["validation"]["popularity"]["ndcg@10"]
-        _say(rank, f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} hr@10={results['validation']['model']['hr@10']:.4f} "
+        pop = validation["popularity"]["ndcg@10"]
+        _say(rank, f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} hr@10={validation['model']['hr@10']:.4f} "
                    f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})")
         with tempfile.TemporaryDirectory(prefix="argus-ckpt-") as tmp:
             save_checkpoint(Path(tmp), sharded, state, cfg, run_dir, rank)
