@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from argus_models.config import ActionHead, ModelConfig, ModelSchema
+from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchema
 from argus_models.model import ArgusDenseArch, count_parameters, embedding_configs
 from argus_models.sizing import dense_parameter_count
 from argus_platform.config import TrainJobConfig
@@ -24,6 +24,7 @@ PRESETS = {"argus-3m": 3e6, "argus-30m": 30e6, "argus-300m": 300e6, "argus-1b": 
 @pytest.mark.parametrize("schema", [
     ModelSchema(num_items=50),
     ModelSchema(num_items=50, contexts={"source": 5, "hour": 25}, actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)]),
+    ModelSchema(num_items=50, item_features=[ItemFeature("genre", 19, 6), ItemFeature("year", 82, 1)]),
 ])
 @pytest.mark.parametrize("cfg", [
     ModelConfig(embedding_dim=32, num_layers=2, num_heads=2),
@@ -37,6 +38,8 @@ def test_dense_parameter_count_matches_the_module(cfg, schema):
     assert counted["total"] == count_parameters(dense)
     assert counted["encoder"] == count_parameters(dense.encoder)
     assert counted["item_head"] == count_parameters(dense.item_head)
+    if schema.item_features:
+        assert counted["item_features"] == count_parameters(dense.item_tower)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -43,6 +43,8 @@ def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, in
         "encoder": cfg.num_layers * block_parameter_count(cfg) + D + (max_tokens * D if cfg.positions == "learned" else 0),
         "item_head": _mlp(head_width, 2 * D, D),
         "feedback_head": _mlp(fb_width, 2 * D, outputs) if has_fb else 0,
+        # item tower's side-feature table: one row per feature value plus the shared "none" row
+        "item_features": (1 + sum(f.num_values - 1 for f in schema.item_features)) * D if schema.item_features else 0,
     }
     parts["total"] = sum(parts.values())
     return parts

@@ -24,12 +24,14 @@ from argus_platform.trainer import init_ray, train
 def variant_overrides(name: str, base: TrainJobConfig) -> list[str]:
     """Overrides of one variant. Sampled variants keep the base config's total number of negatives."""
     total = base.loss.in_batch_negatives + base.loss.uniform_negatives
+    sampled = ["loss.exclude_history=false"]  # leaving the history out is a full-softmax option
     table = {
         "full_softmax": ["loss.next_item=full_softmax"],
-        "logq_mixed": ["loss.next_item=logq"],
-        "corrected_logq_mixed": ["loss.next_item=corrected_logq"],
-        "corrected_logq_in_batch": ["loss.next_item=corrected_logq", f"loss.in_batch_negatives={total}", "loss.uniform_negatives=0"],
-        "corrected_logq_mixed_three_token": ["loss.next_item=corrected_logq", "model.tokenization=three_token"],
+        "full_softmax_with_history": ["loss.next_item=full_softmax", "loss.exclude_history=false"],
+        "logq_mixed": ["loss.next_item=logq", *sampled],
+        "corrected_logq_mixed": ["loss.next_item=corrected_logq", *sampled],
+        "corrected_logq_in_batch": ["loss.next_item=corrected_logq", f"loss.in_batch_negatives={total}", "loss.uniform_negatives=0", *sampled],
+        "corrected_logq_mixed_three_token": ["loss.next_item=corrected_logq", "model.tokenization=three_token", *sampled],
     }
     if name not in table:
         raise ConfigError(f"unknown ablation variant {name!r}; choose from {sorted(table)}")
@@ -43,7 +45,10 @@ VARIANTS = ["full_softmax", "logq_mixed", "corrected_logq_mixed", "corrected_log
 class AblationConfig:
     train_config: str = _help("training YAML every variant starts from ('' = the embedded default)", "")
     train_overrides: list[str] = _help("overrides for every variant, e.g. [data.path=..., optim.epochs=10]", factory=list)
-    variants: list[str] = _help("variants to run: " + ", ".join(VARIANTS), factory=lambda: list(VARIANTS))
+    variants: list[str] = _help(
+        "variants to run: " + ", ".join(VARIANTS) + " (also: full_softmax_with_history, when the base leaves the history out)",
+        factory=lambda: list(VARIANTS),
+    )
     out_dir: str = _help("runs in <out_dir>/<variant>, table in <out_dir>/ablation.md ('' = runs/ablation-<time>)", "")
 
     def validate(self) -> None:

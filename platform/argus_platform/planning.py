@@ -225,7 +225,7 @@ def format_cluster_plan(p: ClusterPlan) -> str:
         f"cluster: {c.world_size} x {c.compute_device} ({c.world_size // max(1, min(c.gpus_per_node, c.world_size))} nodes x "
         f"{min(c.gpus_per_node, c.world_size)}), {c.gpu_memory_gb:g} GB per GPU, {c.host_memory_gb:g} GB host per node",
         f"dense parameters: {p.dense_params['total']:,} ("
-        + ", ".join(f"{k} {v:,}" for k, v in p.dense_params.items() if k != "total") + ")",
+        + ", ".join(f"{k} {v:,}" for k, v in p.dense_params.items() if k != "total" and v) + ")",
         f"embedding parameters: {p.embedding_params['total']:,} ("
         + ", ".join(f"{k} {v:,}" for k, v in p.embedding_params.items() if k != "total") + ")",
         f"dense strategy: {p.dense_strategy}"

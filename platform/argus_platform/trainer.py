@@ -113,7 +113,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     if prepared.item_features:
         st = prepared.item_features.stats
         print(f"[argus] item features {st['values']} (values per feature) from {st['path']}: "
-              f"{st['quarantined_rows']:,} rows quarantined {st['quarantine_reasons'] or ''}, "
+              f"{st['quarantined_rows']:,} rows quarantined{' ' + str(st['quarantine_reasons']) if st['quarantine_reasons'] else ''}, "
               f"{st['rows_outside_catalogue']:,} rows outside the catalogue, "
               f"{st['catalogue_items_without_features']:,} catalogue items without a row", flush=True)
     model_schema(prepared).save(run_dir / "schema.json")
