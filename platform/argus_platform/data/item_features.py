@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from argus_models.config import ItemFeature
 from argus_models.contract import Vocabulary
 
 from argus_platform.config import ItemFeaturesConfig
 from argus_platform.data.quarantine import _ids
-from argus_platform.data.sources import DataSourceError, _open_text, _require_file
+from argus_platform.data.sources import DataSourceError, _open_text, _require_file, require_columns
 
 ITEM_ID = "item_id"  # the metadata frame's id column after reading
 MOVIELENS_FEATURES = ["genre", "year"]
@@ -71,13 +70,7 @@ def read_item_metadata(cfg: ItemFeaturesConfig) -> tuple[pd.DataFrame, list[str]
         names = list(MOVIELENS_FEATURES)
     else:
         wanted = [cfg.item_column, *cfg.columns]
-        if p.suffix == ".parquet":
-            have = pq.ParquetFile(p).schema_arrow.names
-        else:
-            have = list(pd.read_csv(p, nrows=0).columns)
-        missing = [c for c in wanted if c not in have]
-        if missing:
-            raise DataSourceError(f"{p}: missing column(s) {missing} named in data.item_features; the file has {have}")
+        require_columns(p, wanted, "data.item_features")
         df = pd.read_parquet(p, columns=wanted) if p.suffix == ".parquet" else pd.read_csv(p, usecols=wanted, dtype=str)
         df = df[wanted].rename(columns={cfg.item_column: ITEM_ID})
         names = list(cfg.columns)

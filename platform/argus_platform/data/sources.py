@@ -160,18 +160,23 @@ def read_kuairand(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]
     return spec, _with_row(chunks())
 
 
-def read_events(path: str | Path, spec: DatasetSpec) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
-    """A Parquet or CSV event log read through a column mapping (`data.spec`)."""
-    p = _require_file(path)
-    wanted = [spec.user_column, spec.item_column, *([spec.timestamp_column] if spec.timestamp_column else [])]
-    wanted += spec.context_columns + [a.source_column for a in spec.actions]
+def require_columns(p: Path, wanted: list[str], named_in: str) -> None:
+    """Raise DataSourceError naming the file, the missing columns and the config key that named them."""
     if p.suffix == ".parquet":
         columns = pq.ParquetFile(p).schema_arrow.names
     else:
         columns = list(pd.read_csv(p, nrows=0).columns)
     missing = [c for c in wanted if c not in columns]
     if missing:
-        raise DataSourceError(f"{p}: missing column(s) {missing} named in data.spec; the file has {columns}")
+        raise DataSourceError(f"{p}: missing column(s) {missing} named in {named_in}; the file has {columns}")
+
+
+def read_events(path: str | Path, spec: DatasetSpec) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
+    """A Parquet or CSV event log read through a column mapping (`data.spec`)."""
+    p = _require_file(path)
+    wanted = [spec.user_column, spec.item_column, *([spec.timestamp_column] if spec.timestamp_column else [])]
+    wanted += spec.context_columns + [a.source_column for a in spec.actions]
+    require_columns(p, wanted, "data.spec")
     rename = {spec.user_column: USER, spec.item_column: ITEM}
     if spec.timestamp_column:
         rename[spec.timestamp_column] = TIME
