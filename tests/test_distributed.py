@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from argus_models.config import ActionHead, ModelSchema
+from argus_models.config import ActionHead, ItemFeature, ModelSchema
 from argus_models.model import lookup_local
 
 SCHEMA = ModelSchema(num_items=40, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2)])
@@ -154,21 +154,30 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
         "optim.dense_lr=0.01", "optim.sparse_lr=0.1", "optim.warmup_steps=1", "optim.grad_clip=1.0",
         "loss.in_batch_negatives=8", "loss.uniform_negatives=8", "sharding.dense=fsdp2",
     ])
-    counts = torch.ones(SCHEMA.num_items + 1)
+    # with item-side features: the tower is its own FSDP2 unit, called outside dense.forward
+    schema = ModelSchema(num_items=40, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2)],
+                         item_features=[ItemFeature("genre", num_values=4, slots=2)])
+    ids = np.arange(41)
+    codes = np.stack([ids % 3 + 1, np.where(ids % 2 == 0, ids // 2 % 3 + 1, 0)], axis=1)
+    codes[0] = 0
+    counts = torch.ones(schema.num_items + 1)
     counts[0] = 0
     torch.manual_seed(0)
-    sharded = shard(cfg, SCHEMA, counts, torch.device("cpu"))
+    sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes)
     results = {"types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
                "dtensor": all(isinstance(p, DTensor) for p in sharded.dense.parameters())}
-    collate = Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank)
+    collate = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank)
     results["loss_first"], results["loss_last"] = _train(sharded, collate, rank)
     copy = sharded.eval_dense(cfg)
-    batch = Collator(SCHEMA, {"like": ("binary", 2)}, window=9)(_table(7))
+    batch = Collator(schema, {"like": ("binary", 2)}, window=9)(_table(7))
     emb = lookup_local(gather_tables(sharded.model), batch.sparse_features)
     sharded.dense.eval()
     with torch.no_grad():
         a, b = sharded.dense(emb, batch.lengths)["query"], copy(emb, batch.lengths)["query"]
-    results["copy_equal"] = bool(torch.allclose(a, b, atol=1e-5))
+        table = gather_tables(sharded.model)["t_item"]
+        cat_a, cat_b = sharded.dense.item_vectors(table), copy.item_vectors(table)  # the tower outside dense.forward
+    results["copy_equal"] = bool(torch.allclose(a, b, atol=1e-5)) and bool(torch.allclose(cat_a, cat_b, atol=1e-6))
+    results["copy_codes"] = torch.equal(copy.item_tower.codes, torch.from_numpy(codes).long())  # one feature: codes as given
     (Path(out_dir) / f"fsdp{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
@@ -179,4 +188,4 @@ def test_fsdp2_dense_with_sharded_tables(tmp_path):
         r = json.loads((tmp_path / f"fsdp{rank}.json").read_text())
         assert "data_parallel" not in r["types"] and r["dtensor"], r
         assert r["loss_last"] < 0.7 * r["loss_first"], r
-        assert r["copy_equal"], r
+        assert r["copy_equal"] and r["copy_codes"], r

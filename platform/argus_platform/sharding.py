@@ -84,6 +84,10 @@ class FullyShardDense(DataParallelWrapper):
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if self.precision == "bf16" else None, reduce_dtype=torch.float32)
         for block in dense.encoder.blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
+        if dense.item_tower is not None:
+            # its own unit: the objective calls it outside dense.forward (negatives, the catalogue),
+            # where the root unit's parameters are resharded
+            fully_shard(dense.item_tower, mesh=mesh, mp_policy=policy)
         fully_shard(dense, mesh=mesh, mp_policy=policy)
 
 
