@@ -184,14 +184,15 @@ class ArgusDenseArch(nn.Module):
           "target"   [B, W-1, D]  E_item(i_{t+1})
           "feedback" [B, W-1, Σ outputs]  action logits for event t+1 (if the schema has actions)
         """
-        nxt_item = self._items(emb)[:, 1:]
+        items = self._items(emb)  # the tower once; the encoder's inputs and the targets share it
+        nxt_item = items[:, 1:]
         if self.three_token:
-            states = self.event_states(emb, lengths)  # [B, W, k, D]
+            states = self.event_states(emb, lengths, items)  # [B, W, k, D]
             out = {"state": states[:, 1:, 0], "query": self.query(states[:, 1:, 0]), "target": nxt_item}
             if self.feedback_head is not None:
                 out["feedback"] = self.feedback_head(states[:, 1:, 1])
         else:
-            state, head_in = self.encode(emb, lengths)
+            state, head_in = self.encode(emb, lengths, items)
             out = {"state": state, "query": self.query(head_in), "target": nxt_item}
             if self.feedback_head is not None:
                 out["feedback"] = self.feedback_logits(head_in, nxt_item)
@@ -199,32 +200,35 @@ class ArgusDenseArch(nn.Module):
             out["target"] = F.normalize(out["target"], dim=-1)
         return out
 
-    def event_tokens(self, emb: dict[str, torch.Tensor]) -> torch.Tensor:
-        """three_token: [B, W, k, D] tokens (c_t, i_t, f_t) of every event."""
+    def event_tokens(self, emb: dict[str, torch.Tensor], items: torch.Tensor | None = None) -> torch.Tensor:
+        """three_token: [B, W, k, D] tokens (c_t, i_t, f_t) of every event (`items`: the window's item
+        vectors when already computed, else from `emb`)."""
         ctx, fb = self._context(emb), self._feedback(emb)
         c = self.token_type[0].expand_as(emb[ITEM])
         if ctx is not None:
             c = c + self.ctx_proj(ctx)
-        parts = [c, self._items(emb) + self.token_type[1]]
+        parts = [c, (self._items(emb) if items is None else items) + self.token_type[1]]
         if fb is not None:
             parts.append(self.fb_proj(fb) + self.token_type[2])
         return torch.stack(parts, dim=2)
 
-    def event_states(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+    def event_states(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """three_token: encoder states [B, W, k, D], token j of event t at position k·t + j."""
-        tokens = self.event_tokens(emb)
+        tokens = self.event_tokens(emb, items)
         B, W, k, D = tokens.shape
         return self.encoder(tokens.reshape(B, W * k, D), lengths * k).view(B, W, k, D)
 
-    def encode(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, items: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states [B, W-1, D] and the heads' shared input [B, W-1, H]: what is known about
         event t+1 before its item (one_token: h_t with the context of t+1; three_token: the state
         at the context token c_{t+1})."""
         if self.three_token:
-            state = self.event_states(emb, lengths)[:, 1:, 0]
+            state = self.event_states(emb, lengths, items)[:, 1:, 0]
             return state, state
         ctx = self._context(emb)
-        parts = [self._items(emb)] + ([ctx] if ctx is not None else [])
+        parts = [self._items(emb) if items is None else items] + ([ctx] if ctx is not None else [])
         if self.has_fb:
             parts.append(self._feedback(emb))
         tokens = self.token_proj(torch.cat(parts, dim=-1))[:, :-1]  # [B, W-1, D]
