@@ -21,16 +21,26 @@ def test_in_batch_variant_keeps_the_number_of_negatives():
     assert "loss.in_batch_negatives=256" in variant_overrides("corrected_logq_in_batch", cfg)
 
 
+def test_multi_hash_variant_takes_the_base_tables_or_the_default():
+    cfg = TrainJobConfig()
+    assert "model.multi_hash_buckets=4096" in variant_overrides("full_softmax_multi_hash", cfg)
+    cfg.model.multi_hash_buckets = 500
+    assert "model.multi_hash_buckets=500" in variant_overrides("full_softmax_multi_hash", cfg)
+    assert "model.multi_hash_buckets=0" in variant_overrides("full_softmax_ids_only", cfg)
+
+
 def test_two_variants_train_and_tabulate(ray_local, tmp_path):
-    cfg = AblationConfig(train_overrides=[*TINY_TRAIN, "optim.epochs=1"], variants=["full_softmax", "corrected_logq_mixed_three_token"],
+    cfg = AblationConfig(train_overrides=[*TINY_TRAIN, "optim.epochs=1"], variants=["full_softmax_multi_hash", "corrected_logq_mixed_three_token"],
                          out_dir=str(tmp_path / "abl"))
     rows = ablate(cfg)
-    assert [r["variant"] for r in rows] == ["full_softmax", "corrected_logq_mixed_three_token"]
+    assert [r["variant"] for r in rows] == ["full_softmax_multi_hash", "corrected_logq_mixed_three_token"]
     for r in rows:
         assert 0 < r["ndcg@10"] <= 1 and r["epochs"] == 1
     config = (tmp_path / "abl" / "corrected_logq_mixed_three_token" / "config.yaml").read_text()
     assert "tokenization: three_token" in config and "next_item: corrected_logq" in config
     table = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| full_softmax |" in table and "| corrected_logq_mixed_three_token |" in table
+    assert "| full_softmax_multi_hash |" in table and "| corrected_logq_mixed_three_token |" in table
+    assert "multi_hash_buckets: 4096" in (tmp_path / "abl" / "full_softmax_multi_hash" / "config.yaml").read_text()
+    assert '"item_hash_buckets": [\n    4096,\n    4096\n  ]' in (tmp_path / "abl" / "full_softmax_multi_hash" / "schema.json").read_text()
     again = ablate(cfg)  # both variants have metrics.json: nothing is retrained
     assert [r["ndcg@10"] for r in again] == [r["ndcg@10"] for r in rows]

@@ -213,3 +213,54 @@ def test_item_features_are_encoded_and_bad_rows_quarantined(tmp_path):
     with pytest.raises(DataSourceError, match=r"missing column\(s\) \['genres'\]"):
         build_item_features(ItemFeaturesConfig(path=str(tmp_path / "items.csv"), item_column="sku", columns=["genres"]),
                             vocab, tmp_path / "q2.parquet")
+
+
+def _users(rng, n, first_user=0):
+    lengths = np.clip(rng.lognormal(4.3, 0.9, n), 2, 600).astype(int)  # ML-1M-like: median ~75, long tail
+    return pa.table({"user_idx": np.arange(first_user, first_user + n),
+                     "item_id": pa.array([rng.integers(1, 50, k).tolist() for k in lengths], pa.list_(pa.int32()))})
+
+
+def test_length_buckets_regroup_rows_by_length_without_losing_any():
+    from argus_models.contract import list_values
+    from argus_platform.collate import length_buckets
+
+    rng = np.random.default_rng(0)
+    users = _users(rng, 1000)
+    batches = [users.slice(i, 64) for i in range(0, users.num_rows, 64)]  # 15 full batches and one of 40
+    window = 201
+
+    def widths(tables):
+        return [int(np.minimum(np.diff(list_values(t.column("item_id"))[1]), window).max()) for t in tables]
+
+    out = list(length_buckets(iter(batches), 4, window, np.random.default_rng(1)))
+    assert sorted(t.num_rows for t in out) == sorted(t.num_rows for t in batches)  # same number and sizes of batches
+    assert sorted(np.concatenate([t.column("user_idx").to_numpy() for t in out])) == list(range(1000))
+    assert sum(64 * w for w in widths(out)) < 0.8 * sum(64 * w for w in widths(batches))  # fewer padded positions
+    for g in range(0, 16, 4):  # each group of 4 holds the same users as before, cut by length
+        group = out[g:g + 4]
+        assert set(np.concatenate([t.column("user_idx").to_numpy() for t in group])) == \
+            set(np.concatenate([t.column("user_idx").to_numpy() for t in batches[g:g + 4]]))
+        spans = sorted((min(np.minimum(np.diff(list_values(t.column("item_id"))[1]), window)),
+                        max(np.minimum(np.diff(list_values(t.column("item_id"))[1]), window))) for t in group)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # disjoint length ranges
+    assert [t.num_rows for t in length_buckets(iter(batches), 0, window)] == [t.num_rows for t in batches]
+    assert list(length_buckets(iter(batches), 1, window))[3].equals(batches[3])  # off: as read
+
+
+def test_length_buckets_step_workers_through_the_same_length_quantiles():
+    """Workers wait for each other every step: with the same seed, two workers' k-th batches come
+    from the same length quantile of their own data."""
+    from argus_models.contract import list_values
+    from argus_platform.collate import length_buckets
+
+    rng = np.random.default_rng(0)
+    shards = [_users(rng, 512, first_user=r * 512) for r in range(2)]
+    per_rank = []
+    for shard in shards:
+        batches = [shard.slice(i, 32) for i in range(0, 512, 32)]
+        out = length_buckets(iter(batches), 16, 1000, np.random.default_rng([0, 5]))
+        per_rank.append([float(np.median(np.diff(list_values(t.column("item_id"))[1]))) for t in out])
+    ranks_a, ranks_b = np.argsort(np.argsort(per_rank[0])), np.argsort(np.argsort(per_rank[1]))
+    assert np.corrcoef(ranks_a, ranks_b)[0, 1] > 0.95  # (neighbouring quantiles may swap: different users)
+    assert np.abs(ranks_a - ranks_b).max() <= 3

@@ -154,30 +154,39 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
         "optim.dense_lr=0.01", "optim.sparse_lr=0.1", "optim.warmup_steps=1", "optim.grad_clip=1.0",
         "loss.in_batch_negatives=8", "loss.uniform_negatives=8", "sharding.dense=fsdp2",
     ])
-    # with item-side features: the tower is its own FSDP2 unit, called outside dense.forward
+    # with item-side features and multi-hash tables: the tower and the hash projection are their own
+    # FSDP2 units (called outside dense.forward); the hash tables are sharded like the item table
+    from argus_models.hashing import catalogue_hash_codes
+
     schema = ModelSchema(num_items=40, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2)],
-                         item_features=[ItemFeature("genre", num_values=4, slots=2)])
+                         item_features=[ItemFeature("genre", num_values=4, slots=2)], item_hash_buckets=[16, 16])
+    hashes = catalogue_hash_codes([str(i) for i in range(1, 41)], [16, 16])
     ids = np.arange(41)
     codes = np.stack([ids % 3 + 1, np.where(ids % 2 == 0, ids // 2 % 3 + 1, 0)], axis=1)
     codes[0] = 0
     counts = torch.ones(schema.num_items + 1)
     counts[0] = 0
     torch.manual_seed(0)
-    sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes)
+    sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes, item_hashes=hashes)
     results = {"types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
                "dtensor": all(isinstance(p, DTensor) for p in sharded.dense.parameters())}
-    collate = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank)
+    collate = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank,
+                       item_hashes=hashes)
     results["loss_first"], results["loss_last"] = _train(sharded, collate, rank)
     copy = sharded.eval_dense(cfg)
-    batch = Collator(schema, {"like": ("binary", 2)}, window=9)(_table(7))
-    emb = lookup_local(gather_tables(sharded.model), batch.sparse_features)
+    batch = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=5, item_hashes=hashes)(_table(7))
+    tables = copy.local_tables(gather_tables(sharded.model))
+    emb = lookup_local(tables, batch.sparse_features)
+    via_shards = sharded.task.sparse(batch.sparse_features)  # hashed features through the sharded tables
+    results["hash_lookup_equal"] = all(torch.allclose(via_shards[k], emb[k]) for k in via_shards)
     sharded.dense.eval()
     with torch.no_grad():
         a, b = sharded.dense(emb, batch.lengths)["query"], copy(emb, batch.lengths)["query"]
-        table = gather_tables(sharded.model)["t_item"]
+        table = tables["t_item"]
         cat_a, cat_b = sharded.dense.item_vectors(table), copy.item_vectors(table)  # the tower outside dense.forward
     results["copy_equal"] = bool(torch.allclose(a, b, atol=1e-5)) and bool(torch.allclose(cat_a, cat_b, atol=1e-6))
     results["copy_codes"] = torch.equal(copy.item_tower.codes, torch.from_numpy(codes).long())  # one feature: codes as given
+    results["copy_hashes"] = torch.equal(copy.item_hash_codes, torch.from_numpy(hashes))
     (Path(out_dir) / f"fsdp{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
@@ -188,4 +197,4 @@ def test_fsdp2_dense_with_sharded_tables(tmp_path):
         r = json.loads((tmp_path / f"fsdp{rank}.json").read_text())
         assert "data_parallel" not in r["types"] and r["dtensor"], r
         assert r["loss_last"] < 0.7 * r["loss_first"], r
-        assert r["copy_equal"] and r["copy_codes"], r
+        assert r["copy_equal"] and r["copy_codes"] and r["copy_hashes"] and r["hash_lookup_equal"], r

@@ -275,3 +275,70 @@ def test_local_lookup_carries_padded_item_ids():
     ids = lookup_local(tables, kjt)[ITEM_IDS]
     item = kjt["item"].values()
     assert ids.tolist() == [item[:3].tolist(), [int(item[3]), 0, 0]]
+
+
+def _hashed_model():
+    from argus_models.hashing import catalogue_hash_codes
+
+    schema = ModelSchema(num_items=30, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)],
+                         item_hash_buckets=[7, 5])
+    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=6, dropout=0.0)
+    dense = ArgusDenseArch(cfg, schema).eval()
+    codes = catalogue_hash_codes([f"m{i}" for i in range(1, 31)], [7, 5])
+    dense.set_item_hashes(torch.from_numpy(codes))
+    return schema, dense, codes
+
+
+def test_multi_hash_item_vector_is_a_projection_of_the_concatenated_rows():
+    schema, dense, codes = _hashed_model()
+    sparse = ArgusSparseArch(schema, 8, device="cpu")
+    tables = {k.split(".")[-2]: v for k, v in sparse.state_dict().items()}
+    assert tables["t_item_h0"].shape == (8, 8) and tables["t_item_h1"].shape == (6, 8)
+    local = dense.local_tables(tables)
+    assert local["t_item"].shape == (31, 24) and dense.local_tables(local) is local  # merged once
+    W = dense.item_proj.weight.detach()
+    b = dense.item_proj.bias.detach()
+    for i in (1, 17, 30):
+        row = torch.cat([tables["t_item"][i], tables["t_item_h0"][codes[i, 0]], tables["t_item_h1"][codes[i, 1]]])
+        torch.testing.assert_close(dense.item_vectors(local["t_item"])[i].detach(), W @ row + b)
+    with pytest.raises(ValueError, match="width 8"):
+        dense.item_vectors(tables["t_item"])
+    with pytest.raises(ValueError, match="shape"):
+        dense.set_item_hashes(torch.zeros(31, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside"):
+        dense.set_item_hashes(torch.full((31, 2), 8, dtype=torch.long))
+
+
+def test_multi_hash_sharded_lookup_equals_the_local_tables():
+    """The KJT path (hashed features through TorchRec's EmbeddingCollection, as training runs it)
+    and the local path (merged item table, as evaluation and Serve run it) give the same forward."""
+    import numpy as np
+    import pyarrow as pa
+
+    from argus_models.model import ITEM_IDS
+    from argus_platform.collate import Collator
+
+    schema, dense, codes = _hashed_model()
+    sparse = ArgusSparseArch(schema, 8, device="cpu")
+    tables = dense.local_tables({k.split(".")[-2]: v for k, v in sparse.state_dict().items()})
+    rng = np.random.default_rng(0)
+    n = [5, 3]
+    table = pa.table({"user_idx": [0, 1], "item_id": [rng.integers(1, 31, k).tolist() for k in n],
+                      "ctx_source": [rng.integers(1, 4, k).tolist() for k in n], "act_like": [rng.integers(0, 2, k).tolist() for k in n],
+                      "act_rating": [rng.integers(0, 5, k).tolist() for k in n]})
+    kinds = {"like": ("binary", 2), "rating": ("graded", 5)}
+    with pytest.raises(ValueError, match="item_hashes"):
+        Collator(schema, kinds, window=7)
+    batch = Collator(schema, kinds, window=7, negatives="uniform", num_uniform=6, item_hashes=codes)(table)
+    assert "item_h1" in batch.sparse_features.keys() and "neg_item_h0" in batch.sparse_features.keys()
+    via_ec = sparse(batch.sparse_features)
+    via_local = lookup_local(tables, batch.sparse_features)
+    assert set(via_ec) == {"item", "ctx_source", "fb_like", "fb_rating", "neg_item"}
+    for key in via_ec:
+        torch.testing.assert_close(via_ec[key], via_local[key], msg=key)
+    assert via_ec["item"].shape[-1] == 24 and via_ec["neg_item"].shape == (6, 24)
+    with torch.no_grad():
+        a = dense({**via_ec, ITEM_IDS: batch.items}, batch.lengths)
+        b = dense(via_local, batch.lengths)
+    torch.testing.assert_close(a["query"], b["query"])
+    torch.testing.assert_close(a["target"][0, :4], dense.item_vectors(tables["t_item"])[batch.items[0, 1:5]])

@@ -25,6 +25,7 @@ PRESETS = {"argus-3m": 3e6, "argus-30m": 30e6, "argus-300m": 300e6, "argus-1b": 
     ModelSchema(num_items=50),
     ModelSchema(num_items=50, contexts={"source": 5, "hour": 25}, actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)]),
     ModelSchema(num_items=50, item_features=[ItemFeature("genre", 19, 6), ItemFeature("year", 82, 1)]),
+    ModelSchema(num_items=50, item_features=[ItemFeature("genre", 19, 6)], item_hash_buckets=[101, 101]),
 ])
 @pytest.mark.parametrize("cfg", [
     ModelConfig(embedding_dim=32, num_layers=2, num_heads=2),
@@ -40,6 +41,8 @@ def test_dense_parameter_count_matches_the_module(cfg, schema):
     assert counted["item_head"] == count_parameters(dense.item_head)
     if schema.item_features:
         assert counted["item_features"] == count_parameters(dense.item_tower)
+    if schema.item_hash_buckets:
+        assert counted["item_proj"] == count_parameters(dense.item_proj)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -71,6 +74,23 @@ def test_planner_shards_a_100m_item_table_over_64_gpus():
     expected = (100_000_001 * 256 * 4 + 100_000_001 * 4) / 64 + (small if replicated else 0)
     assert plan.memory.embeddings == pytest.approx(expected, rel=0.01)
     assert replicated == len(plan.plan.plan["sparse.ec"]) - 1  # the planner's choice for tiny tables on GPUs
+
+
+def test_planner_places_the_multi_hash_tables():
+    cfg = TrainJobConfig()
+    cfg.model.embedding_dim = 128
+    cluster = Cluster(world_size=16, gpus_per_node=8, gpu_memory_gb=80)
+    base = plan_cluster(cfg, planning_schema(cfg, 20_000_000), cluster)
+    cfg.model.multi_hash_buckets = 4_000_000
+    plan = plan_cluster(cfg, planning_schema(cfg, 20_000_000), cluster)
+    assert plan.schema.item_hash_buckets == [4_000_000, 4_000_000] and plan.fits, plan.reasons
+    tables = plan.plan.plan["sparse.ec"]
+    for name in ("t_item_h0", "t_item_h1"):
+        shards = tables[name].sharding_spec.shards if tables[name].sharding_spec else []
+        assert tables[name].sharding_type != "data_parallel" and len(shards) > 1, (name, tables[name])
+    # two 4M-row tables (weights + row-wise Adagrad state) spread over the 16 GPUs
+    extra = 2 * (4_000_001 * 128 * 4 + 4_000_001 * 4) / 16
+    assert plan.memory.embeddings - base.memory.embeddings == pytest.approx(extra, rel=0.02)
 
 
 def test_plan_reports_what_does_not_fit():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from argus_models.checkpoint import InferenceModel, wait_for_run
 from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchema
+from argus_models.hashing import catalogue_hash_codes
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ITEM_IDS, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
 from argus_models.inference import (Events, ExactIndex, FaissIndex, action_probabilities, combine, encode_next)
@@ -26,18 +27,23 @@ ACTIONS = [ActionHead("like", "binary", 2), ActionHead("watched", "ratio", 10), 
 ITEM_FEATURES = [ItemFeature("genre", num_values=6, slots=3), ItemFeature("year", num_values=4, slots=1)]
 
 
-@pytest.fixture(scope="module", params=["one_token", "three_token", "one_token+item_features", "three_token+item_features"])
+@pytest.fixture(scope="module", params=["one_token", "three_token", "one_token+item_features", "three_token+item_features",
+                                        "one_token+item_features+multi_hash", "three_token+multi_hash"])
 def sm(request) -> InferenceModel:
     torch.manual_seed(0)
-    tokenization, _, side = request.param.partition("+")
+    tokenization, *extras = request.param.split("+")
+    side, hashed = "item_features" in extras, "multi_hash" in extras
     cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=tokenization)
-    schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS, item_features=ITEM_FEATURES if side else [])
+    schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS, item_features=ITEM_FEATURES if side else [],
+                         item_hash_buckets=[13, 11] if hashed else [])
     dense = ArgusDenseArch(cfg, schema).eval()
     if side:  # random genres (0 = none) and years per item
         g = torch.Generator().manual_seed(3)
         dense.item_tower.set_codes(torch.cat([torch.randint(0, 6, (51, 3), generator=g), torch.randint(0, 4, (51, 1), generator=g)], 1))
+    if hashed:
+        dense.set_item_hashes(torch.from_numpy(catalogue_hash_codes([str(i) for i in range(1, 51)], [13, 11])))
     tables = {t.name: torch.randn(t.num_embeddings, t.embedding_dim) * 0.5 for t in embedding_configs(schema, 16)}
-    return InferenceModel(cfg, schema, dense, tables)
+    return InferenceModel(cfg, schema, dense, dense.local_tables(tables))
 
 
 def _events(rng: np.random.Generator, n: int) -> Events:

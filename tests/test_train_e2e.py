@@ -51,7 +51,8 @@ def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
     model = load_inference_model(ckpt)
     spec = from_dict(DatasetSpec, json.loads((ckpt / "spec.json").read_text()))
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
-    collator = Collator(model.schema, kinds, window=model.config.max_seq_len + 1)
+    hashes = model.dense.item_hash_codes.numpy() if model.schema.item_hash_buckets else None
+    collator = Collator(model.schema, kinds, window=model.config.max_seq_len + 1, item_hashes=hashes)
     table = pq.ParquetDataset(str(run_dir / "data" / "validation")).read()
     batches = [table.slice(i, 50) for i in range(0, table.num_rows, 50)]
     counts = torch.from_numpy(np.load(ckpt / "train_item_counts.npy"))
@@ -94,17 +95,20 @@ def test_same_loop_under_torchrun(tmp_path):
 
 
 def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
-    """MovieLens-100K with u.item's genres and years in the item tower: the job reports them, the
-    checkpoint carries the item → feature codes, and the one-process model reproduces validation."""
+    """MovieLens-100K with u.item's genres and years in the item tower and two multi-hash item
+    tables: the job reports the features, the checkpoint carries the item → feature codes and the
+    item → hash buckets, and the one-process model reproduces validation."""
     import numpy as np
 
     from argus_models.checkpoint import load_inference_model
+    from argus_models.contract import Vocabulary
+    from argus_models.hashing import catalogue_hash_codes
     from conftest import shared_file
 
     run_dir = tmp_path / "ml100k"
     args = ["data.source=movielens", f"data.path={shared_file('ml-100k/u.data')}", "data.item_features.format=movielens",
             f"data.item_features.path={shared_file('ml-100k/u.item')}", "model.embedding_dim=16", "model.num_layers=1",
-            "model.max_seq_len=20", "optim.batch_size=64", "optim.epochs=1", "optim.log_every_steps=0",
+            "model.max_seq_len=20", "model.multi_hash_buckets=97", "optim.batch_size=64", "optim.epochs=1", "optim.log_every_steps=0",
             "optim.lr_schedule=cosine", "scaling.local_num_cpus=4", f"run.dir={run_dir}"]
     assert _main([f"--set={kv}" for kv in args]) == 0
     out = capsys.readouterr().out
@@ -114,5 +118,9 @@ def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
     assert [f.name for f in model.schema.item_features] == ["genre", "year"]
     codes = np.load(run_dir / "vocab" / "item_features.npz")["codes"]
     assert (model.dense.item_tower.codes > 0).tolist() == (codes > 0).tolist()
+    assert model.schema.item_hash_buckets == [97, 97]
+    expected = catalogue_hash_codes(Vocabulary.load(run_dir / "vocab").items, [97, 97])
+    assert np.array_equal(model.dense.item_hash_codes.numpy(), expected)
+    assert model.tables["t_item"].shape == (model.schema.num_items + 1, 3 * 16)  # [E_item ; E_h0 ; E_h1] rows
     state = TrainState.load(ckpt)
     _assert_checkpoint_reproduces_validation(ckpt, run_dir, state.history[-1]["validation"])

@@ -67,6 +67,7 @@ def load_inference_model(checkpoint: str | Path, device: str | torch.device = "c
         dcp.load({"model": state}, checkpoint_id=str(checkpoint), no_dist=True)
     dense.load_state_dict({k[len(DENSE_PREFIX):]: v for k, v in state.items() if k.startswith(DENSE_PREFIX)})
     tables = {k[len(TABLE_PREFIX):-len(".weight")]: v.to(device) for k, v in state.items() if k.startswith(TABLE_PREFIX)}
+    tables = dense.to(device).local_tables(tables)  # multi-hash: each item's [E_item ; E_h1 ; …] row
     return InferenceModel(config=cfg, schema=schema, dense=dense.to(device).eval(), tables=tables)
 
 

@@ -32,6 +32,12 @@ class ModelConfig:
     activation_checkpointing: bool = field(
         default=False, metadata={"help": "recompute each transformer block in backward (memory for compute)"}
     )
+    multi_hash_buckets: int = field(
+        default=0,
+        metadata={"help": "multi-hash item embeddings: rows of each hash table (hashes of the raw item id; "
+                          "item vector = Linear([E_item; E_h1; ...])); 0 = off"},
+    )
+    multi_hash_tables: int = field(default=2, metadata={"help": "number of hash tables when multi_hash_buckets > 0"})
     normalize_embeddings: bool = field(
         default=False, metadata={"help": "L2-normalise query and item vectors (then tune loss.temperature)"}
     )
@@ -63,7 +69,8 @@ class ItemFeature:
 
 @dataclass
 class ModelSchema:
-    """What the data defines: catalogue size, context cardinalities, action heads, item-side features.
+    """What the model is built for: catalogue size, context cardinalities, action heads, item-side
+    features (all from the data) and the multi-hash item tables (from `ModelConfig.multi_hash_*`).
 
     Item index 0 is padding; real items are 1..num_items. Context values likewise start at 1.
     """
@@ -72,6 +79,7 @@ class ModelSchema:
     contexts: dict[str, int] = field(default_factory=dict)  # column -> number of values (incl. padding 0)
     actions: list[ActionHead] = field(default_factory=list)
     item_features: list[ItemFeature] = field(default_factory=list)
+    item_hash_buckets: list[int] = field(default_factory=list)  # multi-hash tables (rows each, padding excluded)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -84,4 +92,16 @@ class ModelSchema:
             contexts=dict(raw["contexts"]),
             actions=[ActionHead(**a) for a in raw["actions"]],
             item_features=[ItemFeature(**f) for f in raw.get("item_features", [])],
+            item_hash_buckets=list(raw.get("item_hash_buckets", [])),
         )
+
+
+def multi_hash_buckets(cfg: ModelConfig) -> list[int]:
+    """Rows of each multi-hash item table that `cfg` asks for ([] = off)."""
+    if cfg.multi_hash_buckets < 0:
+        raise ValueError(f"model.multi_hash_buckets is {cfg.multi_hash_buckets}; use 0 (off) or the rows per hash table")
+    if cfg.multi_hash_buckets == 0:
+        return []
+    if cfg.multi_hash_tables < 1:
+        raise ValueError(f"model.multi_hash_tables is {cfg.multi_hash_tables}; multi-hash embeddings need at least 1 table")
+    return [cfg.multi_hash_buckets] * cfg.multi_hash_tables

@@ -33,14 +33,38 @@ def fb_feature(name: str) -> str:
     return f"fb_{name}"
 
 
+def hash_feature(k: int) -> str:
+    """Sequence feature of multi-hash table k (the bucket rows of the window's items)."""
+    return f"{ITEM}_h{k}"
+
+
+def neg_hash_feature(k: int) -> str:
+    """NEG_ITEM's bucket rows in multi-hash table k."""
+    return f"{NEG_ITEM}_h{k}"
+
+
 def table_name(feature: str) -> str:
     # A "t_" prefix keeps table names clear of nn.Module attributes (a table named `items` breaks DMP).
     return f"t_{feature}"
 
 
 def sequence_features(schema: ModelSchema) -> list[str]:
-    """Per-event sparse features, in KJT key order (NEG_ITEM comes last)."""
-    return [ITEM] + [ctx_feature(c) for c in schema.contexts] + [fb_feature(a.name) for a in schema.actions]
+    """Per-event sparse features, in KJT key order (the `negative_features` come after them)."""
+    hashed = [hash_feature(k) for k in range(len(schema.item_hash_buckets))]
+    return [ITEM] + hashed + [ctx_feature(c) for c in schema.contexts] + [fb_feature(a.name) for a in schema.actions]
+
+
+def negative_features(schema: ModelSchema) -> list[str]:
+    """Features of extra item ids (negatives, the catalogue, slates): all their ids sit in row 0."""
+    return [NEG_ITEM] + [neg_hash_feature(k) for k in range(len(schema.item_hash_buckets))]
+
+
+def _is_negative(key: str) -> bool:
+    return key == NEG_ITEM or key.startswith(NEG_ITEM + "_h")
+
+
+def _is_hash(key: str) -> bool:
+    return key.startswith(ITEM + "_h") or key.startswith(NEG_ITEM + "_h")
 
 
 def embedding_configs(schema: ModelSchema, dim: int) -> list[EmbeddingConfig]:
@@ -55,6 +79,9 @@ def embedding_configs(schema: ModelSchema, dim: int) -> list[EmbeddingConfig]:
             init_fn=init,
         )
     ]
+    for k, buckets in enumerate(schema.item_hash_buckets):
+        tables.append(EmbeddingConfig(name=table_name(hash_feature(k)), embedding_dim=dim, num_embeddings=buckets + 1,
+                                      feature_names=[hash_feature(k), neg_hash_feature(k)], init_fn=init))
     for name, size in schema.contexts.items():
         feat = ctx_feature(name)
         tables.append(EmbeddingConfig(name=table_name(feat), embedding_dim=dim, num_embeddings=size, feature_names=[feat], init_fn=init))
@@ -77,7 +104,20 @@ class ArgusSparseArch(nn.Module):
 
 
 def ec_output_to_padded(out: dict) -> dict[str, torch.Tensor]:
-    return jagged_to_padded({k: (jt.values(), jt.lengths()) for k, jt in out.items()})
+    return concat_hash_rows(jagged_to_padded({k: (jt.values(), jt.lengths()) for k, jt in out.items()}))
+
+
+def concat_hash_rows(padded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Multi-hash: ITEM/NEG_ITEM rows become [E_item ; E_h1 ; … ] (width D·(1+K)), the hash keys go."""
+    hashed = sorted((k for k in padded if _is_hash(k)), key=lambda k: int(k.rsplit("_h", 1)[1]))
+    if not hashed:
+        return padded
+    out = {k: v for k, v in padded.items() if not _is_hash(k)}
+    for base in (ITEM, NEG_ITEM):
+        parts = [padded[k] for k in hashed if k.rsplit("_h", 1)[0] == base]
+        if parts and base in out:
+            out[base] = torch.cat([out[base]] + parts, dim=-1)
+    return out
 
 
 # TrainPipelineSparseDist FX-traces the module that owns the sharded tables; this conversion is
@@ -89,7 +129,7 @@ def jagged_to_padded(jagged: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> di
     """(values [sum(len), D], lengths [B]) per feature → padded [B, max(len), D]; NEG_ITEM → values."""
     padded = {}
     for key, (values, lengths) in jagged.items():
-        if key == NEG_ITEM:
+        if _is_negative(key):
             padded[key] = values
             continue
         width = int(lengths.max().item()) if lengths.numel() else 0
@@ -99,9 +139,14 @@ def jagged_to_padded(jagged: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> di
 
 
 def lookup_local(tables: dict[str, torch.Tensor], features: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
-    """Same contract as `ArgusSparseArch.forward`, from full in-memory tables (evaluation, serving)."""
+    """Same contract as `ArgusSparseArch.forward`, from full in-memory tables (evaluation, serving).
+
+    With multi-hash tables, `tables` must be `ArgusDenseArch.local_tables(...)`: its item table
+    already holds each item's [E_item ; E_h1 ; …] row, so hashed features in the KJT are not needed."""
     jagged = {}
     for key in features.keys():
+        if _is_hash(key):
+            continue
         jt = features[key]
         weight = tables[table_name(ITEM if key == NEG_ITEM else key)]
         jagged[key] = (F.embedding(jt.values(), weight), jt.lengths())
@@ -144,6 +189,11 @@ class ArgusDenseArch(nn.Module):
         self.cfg, self.schema = cfg, schema
         self.has_ctx, self.has_fb = bool(schema.contexts), bool(schema.actions)
         self.item_tower = ItemFeatureTower(schema.item_features, schema.num_items, D) if schema.item_features else None
+        n_hash = len(schema.item_hash_buckets)
+        # Multi-hash: [E_item ; E_h1 ; …] → D; the item → bucket-row map travels with the weights.
+        self.item_proj = nn.Linear(D * (1 + n_hash), D) if n_hash else None
+        if n_hash:
+            self.register_buffer("item_hash_codes", torch.zeros(schema.num_items + 1, n_hash, dtype=torch.int64))
         self.three_token = cfg.tokenization == "three_token"
         self.action_slices: dict[str, tuple[int, int]] = {}
         start = 0
@@ -204,10 +254,11 @@ class ArgusDenseArch(nn.Module):
         """three_token: [B, W, k, D] tokens (c_t, i_t, f_t) of every event (`items`: the window's item
         vectors when already computed, else from `emb`)."""
         ctx, fb = self._context(emb), self._feedback(emb)
-        c = self.token_type[0].expand_as(emb[ITEM])
+        items = self._items(emb) if items is None else items
+        c = self.token_type[0].expand_as(items)
         if ctx is not None:
             c = c + self.ctx_proj(ctx)
-        parts = [c, (self._items(emb) if items is None else items) + self.token_type[1]]
+        parts = [c, items + self.token_type[1]]
         if fb is not None:
             parts.append(self.fb_proj(fb) + self.token_type[2])
         return torch.stack(parts, dim=2)
@@ -284,10 +335,39 @@ class ArgusDenseArch(nn.Module):
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""
         return {name: feedback[..., a] if b - a == 1 else feedback[..., a:b] for name, (a, b) in self.action_slices.items()}
 
+    @torch.no_grad()
+    def set_item_hashes(self, codes: torch.Tensor) -> None:
+        """codes: [C+1, K] bucket rows of every item in each hash table (`hashing.catalogue_hash_codes`)."""
+        if self.item_proj is None:
+            raise ValueError("the schema has no multi-hash tables")
+        if tuple(codes.shape) != tuple(self.item_hash_codes.shape):
+            raise ValueError(f"item hash codes have shape {tuple(codes.shape)}; the model expects {tuple(self.item_hash_codes.shape)}")
+        limits = torch.tensor(self.schema.item_hash_buckets)
+        if bool((codes < 0).any()) or bool((codes > limits).any()):
+            raise ValueError(f"item hash codes outside 0..{self.schema.item_hash_buckets}")
+        self.item_hash_codes.copy_(codes.to(torch.int64))
+
+    def local_tables(self, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full tables for local lookups (`lookup_local`): with multi-hash tables, the item table is
+        replaced by each item's [E_item ; E_h1 ; …] row [C+1, D·(1+K)] (idempotent)."""
+        if self.item_proj is None:
+            return tables
+        item = tables[table_name(ITEM)]
+        if item.shape[-1] == self.item_proj.in_features:
+            return tables
+        codes = self.item_hash_codes.to(item.device)
+        parts = [item] + [tables[table_name(hash_feature(k))][codes[:, k]] for k in range(codes.shape[1])]
+        return {**tables, table_name(ITEM): torch.cat(parts, dim=-1)}
+
     def item_repr(self, rows: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The item tower: id-table rows [..., D] of items `ids` [...] → item vectors [..., D]
-        (plus the pooled side features when the schema has any). `ids` may be omitted only when
-        `rows` is the whole table (row j = item j)."""
+        """The item tower: item-table rows [..., D] (multi-hash: [..., D·(1+K)], projected to D) of
+        items `ids` [...] → item vectors [..., D] (plus the pooled side features when the schema has
+        any). `ids` may be omitted only when `rows` is the whole table (row j = item j)."""
+        if self.item_proj is not None:
+            if rows.shape[-1] != self.item_proj.in_features:
+                raise ValueError(f"item rows have width {rows.shape[-1]}; with {len(self.schema.item_hash_buckets)} hash "
+                                 f"tables the model expects {self.item_proj.in_features} (use local_tables for full tables)")
+            rows = self.item_proj(rows)
         if self.item_tower is None:
             return rows
         if ids is None:

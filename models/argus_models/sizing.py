@@ -45,6 +45,8 @@ def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, in
         "feedback_head": _mlp(fb_width, 2 * D, outputs) if has_fb else 0,
         # item tower's side-feature table: one row per feature value plus the shared "none" row
         "item_features": (1 + sum(f.num_values - 1 for f in schema.item_features)) * D if schema.item_features else 0,
+        # multi-hash: Linear([E_item ; E_h1 ; …] → D)
+        "item_proj": (D * (1 + len(schema.item_hash_buckets)) * D + D) if schema.item_hash_buckets else 0,
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -53,6 +55,7 @@ def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, in
 def embedding_parameter_count(schema: ModelSchema, dim: int) -> dict[str, int]:
     """Rows × dim of every table (item table has a padding row), plus "total"."""
     parts = {"item": (schema.num_items + 1) * dim}
+    parts.update({f"item_h{k}": (b + 1) * dim for k, b in enumerate(schema.item_hash_buckets)})
     parts.update({f"ctx_{c}": n * dim for c, n in schema.contexts.items()})
     parts.update({f"fb_{a.name}": a.num_codes * dim for a in schema.actions})
     parts["total"] = sum(parts.values())

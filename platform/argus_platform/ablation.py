@@ -25,6 +25,7 @@ def variant_overrides(name: str, base: TrainJobConfig) -> list[str]:
     """Overrides of one variant. Sampled variants keep the base config's total number of negatives."""
     total = base.loss.in_batch_negatives + base.loss.uniform_negatives
     sampled = ["loss.exclude_history=false"]  # leaving the history out is a full-softmax option
+    buckets = base.model.multi_hash_buckets or MULTI_HASH_BUCKETS
     table = {
         "full_softmax": ["loss.next_item=full_softmax"],
         "full_softmax_with_history": ["loss.next_item=full_softmax", "loss.exclude_history=false"],
@@ -32,6 +33,8 @@ def variant_overrides(name: str, base: TrainJobConfig) -> list[str]:
         "corrected_logq_mixed": ["loss.next_item=corrected_logq", *sampled],
         "corrected_logq_in_batch": ["loss.next_item=corrected_logq", f"loss.in_batch_negatives={total}", "loss.uniform_negatives=0", *sampled],
         "corrected_logq_mixed_three_token": ["loss.next_item=corrected_logq", "model.tokenization=three_token", *sampled],
+        "full_softmax_ids_only": ["loss.next_item=full_softmax", "model.multi_hash_buckets=0"],
+        "full_softmax_multi_hash": ["loss.next_item=full_softmax", f"model.multi_hash_buckets={buckets}"],
     }
     if name not in table:
         raise ConfigError(f"unknown ablation variant {name!r}; choose from {sorted(table)}")
@@ -39,6 +42,8 @@ def variant_overrides(name: str, base: TrainJobConfig) -> list[str]:
 
 
 VARIANTS = ["full_softmax", "logq_mixed", "corrected_logq_mixed", "corrected_logq_in_batch", "corrected_logq_mixed_three_token"]
+OPTIONAL_VARIANTS = ["full_softmax_with_history", "full_softmax_ids_only", "full_softmax_multi_hash"]
+MULTI_HASH_BUCKETS = 4096  # rows per hash table in full_softmax_multi_hash unless the base config sets model.multi_hash_buckets
 
 
 @dataclass
@@ -46,7 +51,9 @@ class AblationConfig:
     train_config: str = _help("training YAML every variant starts from ('' = the embedded default)", "")
     train_overrides: list[str] = _help("overrides for every variant, e.g. [data.path=..., optim.epochs=10]", factory=list)
     variants: list[str] = _help(
-        "variants to run: " + ", ".join(VARIANTS) + " (also: full_softmax_with_history, when the base leaves the history out)",
+        "variants to run: " + ", ".join(VARIANTS) + " (also: full_softmax_with_history, when the base leaves the history "
+        "out; full_softmax_ids_only and full_softmax_multi_hash, the latter with two hash tables of "
+        f"model.multi_hash_buckets rows, {MULTI_HASH_BUCKETS} when the base has none)",
         factory=lambda: list(VARIANTS),
     )
     out_dir: str = _help("runs in <out_dir>/<variant>, table in <out_dir>/ablation.md ('' = runs/ablation-<time>)", "")

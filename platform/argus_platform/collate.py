@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -9,7 +11,7 @@ from torchrec import KeyedJaggedTensor
 
 from argus_models.config import ModelSchema
 from argus_models.contract import ITEM_COL, act_col, ctx_col, list_values, target_code
-from argus_models.model import ITEM, NEG_ITEM, ctx_feature, fb_feature, sequence_features
+from argus_models.model import ITEM, ctx_feature, fb_feature, hash_feature, negative_features, sequence_features
 from argus_models.task import SequenceBatch
 
 
@@ -28,16 +30,60 @@ def window_index(offsets: np.ndarray, window: int, rng: np.random.Generator | No
     return idx, new_len
 
 
+def length_buckets(batches: Iterable[pa.Table], group: int, window: int,
+                   rng: np.random.Generator | None = None) -> Iterator[pa.Table]:
+    """Regroups every `group` consecutive batches so that each new batch holds rows of similar length.
+
+    A batch is padded to its longest (windowed) row, so mixing a 20-event user with a 200-event one
+    computes 180 padded positions. The rows of `group` batches are sorted by min(length, window)
+    (random tie-break) and cut into batches of the same sizes as the ones read, emitted in random order
+    (`rng`; sorted order without it). Rows and the number and sizes of batches are unchanged, so
+    distributed workers still take the same number of steps; given the same `rng` seed, every worker
+    emits its length quantiles in the same order, so the workers (which wait for each other every step)
+    process batches of similar length together. group <= 1 passes the batches through.
+    """
+    if group <= 1:
+        yield from batches
+        return
+    rng = rng or np.random.default_rng(0)
+    held: list[pa.Table] = []
+    for batch in batches:
+        held.append(batch)
+        if len(held) == group:
+            yield from _by_length(held, window, rng)
+            held = []
+    if held:
+        yield from _by_length(held, window, rng)
+
+
+def _by_length(tables: list[pa.Table], window: int, rng: np.random.Generator) -> Iterator[pa.Table]:
+    merged = pa.concat_tables(tables)
+    lengths = np.minimum(np.diff(list_values(merged.column(ITEM_COL))[1]), window)
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    bounds = np.cumsum([0] + [t.num_rows for t in tables])
+    for i in rng.permutation(len(tables)):
+        yield merged.take(order[bounds[i]:bounds[i + 1]])
+
+
 class Collator:
     """Builds SequenceBatches for one schema.
 
     window: events per row (max_seq_len history + 1 target event).
     random_windows: sample a random window from rows longer than `window` (training) instead of the last.
     negatives: "uniform" (n uniform ids per batch), "catalogue" (all ids, for full softmax) or "none".
+    item_hashes: [C+1, K] bucket rows of every item (`hashing.catalogue_hash_codes`) when the schema
+      has multi-hash tables: the KJT then carries each item id's bucket in every hash table.
     """
 
     def __init__(self, schema: ModelSchema, action_kinds: dict[str, tuple[str, int]], window: int,
-                 negatives: str = "none", num_uniform: int = 0, seed: int = 0, random_windows: bool = False) -> None:
+                 negatives: str = "none", num_uniform: int = 0, seed: int = 0, random_windows: bool = False,
+                 item_hashes: np.ndarray | None = None) -> None:
+        n_hash = len(schema.item_hash_buckets)
+        if n_hash and (item_hashes is None or item_hashes.shape != (schema.num_items + 1, n_hash)):
+            got = None if item_hashes is None else item_hashes.shape
+            raise ValueError(f"the schema has {n_hash} multi-hash tables: the collator needs item_hashes of shape "
+                             f"{(schema.num_items + 1, n_hash)}, got {got}")
+        self.item_hashes = np.asarray(item_hashes, dtype=np.int64) if n_hash else None
         self.schema, self.window, self.random_windows = schema, window, random_windows
         self.action_kinds = action_kinds  # name -> (kind, codes)
         self.negatives, self.num_uniform = negatives, num_uniform
@@ -53,6 +99,9 @@ class Collator:
         idx, lengths = window_index(offsets, self.window, self.rng if self.random_windows else None)
         B, W = len(lengths), int(lengths.max())
         per_feature = {ITEM: items_flat[idx].astype(np.int64)}
+        if self.item_hashes is not None:
+            for k in range(self.item_hashes.shape[1]):
+                per_feature[hash_feature(k)] = self.item_hashes[per_feature[ITEM], k]
         for c in self.schema.contexts:
             per_feature[ctx_feature(c)] = list_values(batch.column(ctx_col(c)))[0][idx].astype(np.int64)
         actions = np.zeros((B, W, len(self.schema.actions)), dtype=np.float32)
@@ -72,11 +121,14 @@ class Collator:
             neg = np.arange(self.schema.num_items + 1)
         else:
             neg = np.zeros(0, dtype=np.int64)
-        keys = sequence_features(self.schema) + [NEG_ITEM]
-        values = np.concatenate([per_feature[k] for k in keys[:-1]] + [neg.astype(np.int64)])
+        neg = neg.astype(np.int64)
+        seq_keys, neg_keys = sequence_features(self.schema), negative_features(self.schema)
+        neg_values = [neg] + [self.item_hashes[neg, k] for k in range(len(neg_keys) - 1)]
+        keys = seq_keys + neg_keys
+        values = np.concatenate([per_feature[k] for k in seq_keys] + neg_values)
         neg_lengths = np.zeros(B, dtype=np.int64)
         neg_lengths[0] = len(neg)
-        all_lengths = np.concatenate([lengths] * (len(keys) - 1) + [neg_lengths])
+        all_lengths = np.concatenate([lengths] * len(seq_keys) + [neg_lengths] * len(neg_keys))
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(all_lengths.astype(np.int32))
         )

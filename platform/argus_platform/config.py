@@ -117,6 +117,11 @@ class OptimConfig:
     train_windows: Literal["last", "random"] = _help(
         "which max_seq_len+1 events of a longer training history a step sees: the last, or a random window", "random"
     )
+    length_buckets: int = _help(
+        "sort the rows of this many consecutive training batches by length and re-batch them, so a batch pads to "
+        "rows of similar length (fewer padded positions computed; a batch's loss stays the mean over its positions, "
+        "so positions of short-history batches weigh more than in mixed batches; 0 = batches as read)", 0
+    )
 
 
 @dataclass
@@ -150,6 +155,7 @@ class EvalConfig:
     filter_seen: bool = _help("drop items already in the user's history from the ranking", True)
     ks: list[int] = _help("cut-offs for NDCG/HR", factory=lambda: [10, 100])
     batch_size: int = _help("users per evaluation batch", 256)
+    length_buckets: int = _help("evaluation batches regrouped by history length (metrics do not depend on it; 0 = off)", 8)
 
 
 @dataclass

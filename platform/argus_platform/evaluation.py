@@ -108,8 +108,8 @@ def evaluate(
     was_training = dense.training
     dense.eval()
     schema = dense.schema
-    item_matrix = dense.item_vectors(tables[table_name(ITEM)].to(device))  # [C+1, D]
-    tables = {k: v.to(device) for k, v in tables.items()}
+    tables = dense.local_tables({k: v.to(device) for k, v in tables.items()})
+    item_matrix = dense.item_vectors(tables[table_name(ITEM)])  # [C+1, D]
     C = schema.num_items
     # popularity with a deterministic tie-break (lower index = more frequent overall)
     pop_scores = (item_counts.double() * (C + 2) - torch.arange(C + 1, dtype=torch.float64)).to(device)

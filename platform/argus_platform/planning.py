@@ -17,7 +17,7 @@ from torchrec.distributed.planner.storage_reservations import FixedPercentageSto
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingPlan
 
-from argus_models.config import ModelSchema
+from argus_models.config import ModelSchema, multi_hash_buckets
 from argus_models.model import embedding_configs
 from argus_models.sizing import (
     activation_bytes_per_token,
@@ -94,6 +94,7 @@ def planning_schema(cfg: TrainJobConfig, num_items: int, context_rows: int = 100
         num_items=num_items,
         contexts={c: context_rows for c in spec.context_columns},
         actions=[a.head() for a in spec.actions],
+        item_hash_buckets=multi_hash_buckets(cfg.model),
     )
 
 

@@ -88,13 +88,16 @@ class FullyShardDense(DataParallelWrapper):
             # its own unit: the objective calls it outside dense.forward (negatives, the catalogue),
             # where the root unit's parameters are resharded
             fully_shard(dense.item_tower, mesh=mesh, mp_policy=policy)
+        if dense.item_proj is not None:  # likewise (multi-hash projection)
+            fully_shard(dense.item_proj, mesh=mesh, mp_policy=policy)
         fully_shard(dense, mesh=mesh, mp_policy=policy)
 
 
 def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device_type: str = "cpu",
-               item_codes: np.ndarray | None = None) -> ArgusTrainTask:
+               item_codes: np.ndarray | None = None, item_hashes: np.ndarray | None = None) -> ArgusTrainTask:
     """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast);
-    `item_codes`: the catalogue's item-side feature codes when the schema has item features."""
+    `item_codes`: the catalogue's item-side feature codes when the schema has item features;
+    `item_hashes`: its multi-hash bucket rows when the schema has hash tables."""
     probs = item_counts.double() / item_counts.sum().clamp_min(1)
     n_ib = cfg.loss.in_batch_negatives if cfg.loss.next_item != "full_softmax" else 0
     n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
@@ -104,6 +107,8 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
         if item_codes is None:
             raise ValueError("the schema has item features but no item feature codes were given")
         dense.item_tower.set_codes(torch.from_numpy(item_codes))
+    if dense.item_proj is not None and item_hashes is not None:  # (the planner's dry run needs only the tables)
+        dense.set_item_hashes(torch.from_numpy(item_hashes))
     objective = ArgusObjective(
         dense,
         log_q=log_q,
@@ -154,7 +159,8 @@ def constraints_for(cfg: TrainJobConfig, schema: ModelSchema) -> dict[str, Param
         elif fsdp2:
             # FSDP2 owns only the dense arch, so no table may be data-parallel; the small context and
             # feedback tables go whole to one rank each.
-            kwargs["sharding_types"] = SHARDED_TYPES if table.name == table_name(ITEM) else ["table_wise"]
+            item_sized = table.name == table_name(ITEM) or table.name.startswith(table_name(ITEM) + "_h")
+            kwargs["sharding_types"] = SHARDED_TYPES if item_sized else ["table_wise"]
         if cfg.sharding.compute_kernel:
             kwargs["compute_kernels"] = [cfg.sharding.compute_kernel]
         constraints[table.name] = ParameterConstraints(**kwargs)
@@ -191,11 +197,14 @@ def describe_plan(plan: ShardingPlan) -> str:
 
 
 def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device,
-          task: torch.nn.Module | None = None, item_codes: np.ndarray | None = None) -> ShardedTask:
+          task: torch.nn.Module | None = None, item_codes: np.ndarray | None = None,
+          item_hashes: np.ndarray | None = None) -> ShardedTask:
     """Plan for the live process group and wrap in DMP (collective: every rank calls it).
     `task`: another module with the same `sparse` / `objective.dense` layout (fine-tuning);
-    `item_codes`: item-side feature codes (see `build_task`)."""
-    task = task if task is not None else build_task(cfg, schema, item_counts, device.type, item_codes)
+    `item_codes` / `item_hashes`: item-side feature codes and multi-hash bucket rows (see `build_task`)."""
+    if task is None and schema.item_hash_buckets and item_hashes is None:
+        raise ValueError("the schema has multi-hash item tables but no item hash codes were given")
+    task = task if task is not None else build_task(cfg, schema, item_counts, device.type, item_codes, item_hashes)
     sharder = make_sharder(cfg)
     world = dist.get_world_size()
     local_world = int(torch.cuda.device_count()) if device.type == "cuda" else world

@@ -80,7 +80,7 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
 
         init_ray(cfg.scaling.local_num_cpus)
         prepared = prepare_data(cfg.data, run_dir)
-        model_schema(prepared).save(run_dir / "schema.json")
+        model_schema(prepared, cfg.model).save(run_dir / "schema.json")
         ray.shutdown()
     dist.barrier()
     paths = json.loads((run_dir / "data" / "summary.json").read_text())["splits"]

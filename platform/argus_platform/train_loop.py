@@ -18,10 +18,11 @@ import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from argus_models.config import ModelSchema
+from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
 
 from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from argus_platform.collate import Collator
+from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import from_dict
 from argus_platform.data.prepare import load_prepared
@@ -39,13 +40,14 @@ def _say(rank: int, msg: str) -> None:
         print(msg, flush=True)
 
 
-def make_collators(cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int) -> tuple[Collator, Collator]:
+def make_collators(cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int,
+                   item_hashes: np.ndarray | None = None) -> tuple[Collator, Collator]:
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
     window = cfg.model.max_seq_len + 1
     negatives = "catalogue" if cfg.loss.next_item == "full_softmax" else ("uniform" if cfg.loss.uniform_negatives else "none")
     train = Collator(schema, kinds, window, negatives, cfg.loss.uniform_negatives, seed=cfg.optim.seed * 1000 + rank,
-                     random_windows=cfg.optim.train_windows == "random")
-    return train, Collator(schema, kinds, window)
+                     random_windows=cfg.optim.train_windows == "random", item_hashes=item_hashes)
+    return train, Collator(schema, kinds, window, item_hashes=item_hashes)
 
 
 def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir: Path | None, report: Report, device: torch.device) -> dict:
@@ -60,7 +62,8 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     schema = ModelSchema.load(run_dir / "schema.json")
     counts = torch.from_numpy(prepared.item_counts)
     codes = prepared.item_features.codes if prepared.item_features else None
-    sharded = shard(cfg, schema, counts, device, item_codes=codes)
+    hashes = catalogue_hash_codes(prepared.vocab.items, schema.item_hash_buckets) if schema.item_hash_buckets else None
+    sharded = shard(cfg, schema, counts, device, item_codes=codes, item_hashes=hashes)
     _say(rank, f"[argus] sharding plan ({world} x {device.type}):\n{describe_plan(sharded.plan)}")
     dense_params = count_parameters(sharded.dense)
     _say(rank, f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
@@ -69,15 +72,19 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         state = load_checkpoint(resume_dir, sharded)
         state.resumed_at_epochs.append(state.epoch)
         _say(rank, f"[argus] resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
-    train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank)
+    train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank, hashes)
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)
     o = cfg.optim
+    window = cfg.model.max_seq_len + 1
     # Steps per epoch for the schedule: estimated from the split's rows, then the count of the last epoch.
     steps_per_epoch = max(1, prepared.summary["rows"]["train"] // (o.batch_size * world))
     for epoch in range(state.epoch, o.epochs):
         sharded.model.train()
         pipeline.reset()
-        batches = map(train_collate, iterate("train", o.batch_size))
+        # Same bucket order on every rank: workers wait for each other every step, so they should be
+        # stepping through batches of similar length at the same time.
+        bucket_rng = np.random.default_rng([o.seed, epoch])
+        batches = map(train_collate, length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng))
         t0, n_steps, loss_sum = time.time(), 0, 0.0
         while True:
             factor = lr_factor(state.step, o.warmup_steps, steps_per_epoch * o.epochs, o.lr_schedule, o.min_lr_ratio)
@@ -110,7 +117,8 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         dense = sharded.eval_dense(cfg)
 
         def run_eval(split: str) -> dict:
-            return evaluate(dense, tables, iterate(split, cfg.eval.batch_size), eval_collate, counts, cfg.eval, device)
+            held_out = length_buckets(iterate(split, cfg.eval.batch_size), cfg.eval.length_buckets, window)
+            return evaluate(dense, tables, held_out, eval_collate, counts, cfg.eval, device)
 
         validation = run_eval("validation")
         val = validation["model"]["ndcg@10"]

@@ -13,7 +13,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from argus_models.checkpoint import absolute
-from argus_models.config import ModelSchema
+from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
 
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
@@ -49,12 +49,13 @@ def init_ray(local_num_cpus: int) -> None:
         print(f"[argus] started a local Ray with {local_num_cpus} logical CPUs", flush=True)
 
 
-def model_schema(prepared: PreparedRun) -> ModelSchema:
+def model_schema(prepared: PreparedRun, model: ModelConfig) -> ModelSchema:
     return ModelSchema(
         num_items=prepared.vocab.num_items,
         contexts=prepared.vocab.context_sizes(),
         actions=[a.head() for a in prepared.spec.actions],
         item_features=prepared.item_features.features if prepared.item_features else [],
+        item_hash_buckets=multi_hash_buckets(model),
     )
 
 
@@ -116,7 +117,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
               f"{st['quarantined_rows']:,} rows quarantined{' ' + str(st['quarantine_reasons']) if st['quarantine_reasons'] else ''}, "
               f"{st['rows_outside_catalogue']:,} rows outside the catalogue, "
               f"{st['catalogue_items_without_features']:,} catalogue items without a row", flush=True)
-    model_schema(prepared).save(run_dir / "schema.json")
+    model_schema(prepared, cfg.model).save(run_dir / "schema.json")
     datasets = {split: _dataset(path) for split, path in prepared.paths.items()}
     datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.optim.seed)
     trainer = TorchTrainer(

@@ -21,9 +21,10 @@ class SlateCollator:
     is counted in `outside_window` (the window is the model's max_seq_len + 1 events).
     """
 
-    def __init__(self, schema: ModelSchema, action_kinds: dict[str, tuple[str, int]], window: int, slate_size: int) -> None:
+    def __init__(self, schema: ModelSchema, action_kinds: dict[str, tuple[str, int]], window: int, slate_size: int,
+                 item_hashes: np.ndarray | None = None) -> None:
         self.schema, self.window, self.slate_size = schema, window, slate_size
-        self.sequences = Collator(schema, action_kinds, window)
+        self.sequences = Collator(schema, action_kinds, window, item_hashes=item_hashes)
         self.outside_window = 0
 
     def __call__(self, table: pa.Table) -> SlateBatch:

@@ -52,8 +52,8 @@ def evaluate_slates(sharded: ShardedTask, train_cfg: TrainJobConfig, mode: str, 
                     collate: SlateCollator, device: torch.device) -> dict[str, float]:
     """Pairwise accuracy of the model's slate scores (pairwise mode: <q, v>), or per-action AUC and
     normalised entropy on impressions (ranker); collective over the workers."""
-    tables = gather_tables(sharded.model)
     dense = sharded.eval_dense(train_cfg)
+    tables = dense.local_tables(gather_tables(sharded.model))
     dense.eval()
     objective = SlateObjective(dense, mode)
     correct = pairs = 0.0
@@ -109,7 +109,8 @@ def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint:
     load_weights(checkpoint, sharded)
     spec = load_prepared(pretrained_run).spec
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
-    collate = SlateCollator(schema, kinds, tcfg.model.max_seq_len + 1, cfg.slate_size)
+    hashes = dense.item_hash_codes.cpu().numpy() if dense.item_proj is not None else None  # from the checkpoint
+    collate = SlateCollator(schema, kinds, tcfg.model.max_seq_len + 1, cfg.slate_size, item_hashes=hashes)
     key = "pairwise_accuracy" if cfg.mode == "pairwise" else "mean_auc"
 
     def held_out() -> dict:
