@@ -170,15 +170,17 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes, item_hashes=hashes)
     results = {"types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
                "dtensor": all(isinstance(p, DTensor) for p in sharded.dense.parameters())}
+    batch = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=5, item_hashes=hashes)(_table(7))
+    # hashed features through the sharded tables (before the pipeline takes over the sparse forward)
+    via_shards = sharded.task.sparse(batch.sparse_features)
+    via_local = lookup_local(sharded.dense.local_tables(gather_tables(sharded.model)), batch.sparse_features)
+    results["hash_lookup_equal"] = all(torch.allclose(via_shards[k], via_local[k]) for k in via_shards)
     collate = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank,
                        item_hashes=hashes)
     results["loss_first"], results["loss_last"] = _train(sharded, collate, rank)
     copy = sharded.eval_dense(cfg)
-    batch = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=5, item_hashes=hashes)(_table(7))
     tables = copy.local_tables(gather_tables(sharded.model))
     emb = lookup_local(tables, batch.sparse_features)
-    via_shards = sharded.task.sparse(batch.sparse_features)  # hashed features through the sharded tables
-    results["hash_lookup_equal"] = all(torch.allclose(via_shards[k], emb[k]) for k in via_shards)
     sharded.dense.eval()
     with torch.no_grad():
         a, b = sharded.dense(emb, batch.lengths)["query"], copy(emb, batch.lengths)["query"]
