@@ -37,7 +37,7 @@ def length_buckets(batches: Iterable[pa.Table], group: int, window: int,
     A batch is padded to its longest (windowed) row, so mixing a 20-event user with a 200-event one
     computes 180 padded positions. The rows of `group` batches are sorted by min(length, window)
     (random tie-break) and cut into batches of the same sizes as the ones read, emitted in random order
-    (`rng`; sorted order without it). Rows and the number and sizes of batches are unchanged, so
+    (`rng`; a fixed seed without it). Rows and the number and sizes of batches are unchanged, so
     distributed workers still take the same number of steps; given the same `rng` seed, every worker
     emits its length quantiles in the same order, so the workers (which wait for each other every step)
     process batches of similar length together. group <= 1 passes the batches through.
