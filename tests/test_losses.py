@@ -2,11 +2,13 @@
 
 import math
 
+import pytest
 import torch
 
 from argus_models.config import ActionHead
 from argus_models.losses import (
-    corrected_logq_loss, feedback_loss, feedback_probability, full_softmax_loss, logq_loss, mixed_log_q,
+    chunked_full_softmax_loss, corrected_logq_loss, feedback_loss, feedback_probability, full_softmax_loss, logq_loss,
+    mixed_log_q,
 )
 
 
@@ -103,3 +105,62 @@ def test_full_softmax_without_the_history_matches_a_per_row_reference():
         row = [logits[r, j - 1].item() for j in range(1, 5) if j not in excluded]
         expected = -logits[r, targets[r] - 1].item() + math.log(sum(math.exp(x) for x in row))
         assert math.isclose(got[r].item(), expected, rel_tol=1e-6)
+
+
+def _chunked_case(seed=0, n=37, c=11, d=8, w=9):
+    from argus_models.task import history_pairs
+
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, c + 1, (n // 4 + 1, w), generator=g)
+    lengths = torch.randint(2, w + 1, (items.shape[0],), generator=g)
+    items[torch.arange(w)[None, :] >= lengths[:, None]] = 0
+    valid = torch.arange(w - 1)[None, :] < (lengths - 1)[:, None]
+    targets = items[:, 1:][valid]
+    query = torch.randn(targets.numel(), d, generator=g, requires_grad=True)
+    vectors = torch.randn(c, d, generator=g, requires_grad=True)
+    return query, vectors, targets, history_pairs(items, valid)
+
+
+def _loss_and_grads(fn):
+    query, vectors, targets, excluded = _chunked_case()
+    loss = fn(query, vectors, targets, excluded)
+    (loss * 3.0).backward()  # an upstream gradient other than 1
+    return loss.detach(), query.grad, vectors.grad
+
+
+def test_chunked_full_softmax_equals_the_whole_logits_reference():
+    want = _loss_and_grads(lambda q, e, t, ex: full_softmax_loss(q @ e.T, t, ex).mean())
+    for chunk_elements in (1, 11 * 5, 11 * 1000):  # one row per chunk, ragged chunks, one chunk
+        got = _loss_and_grads(lambda q, e, t, ex: chunked_full_softmax_loss(q, e, t, ex, chunk_elements=chunk_elements))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # without exclusions too
+    want = _loss_and_grads(lambda q, e, t, ex: full_softmax_loss(q @ e.T, t).mean())
+    got = _loss_and_grads(lambda q, e, t, ex: chunked_full_softmax_loss(q, e, t, chunk_elements=30))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_full_softmax_under_bf16_autocast_matches_autocast_logits():
+    def reference(q, e, t, ex):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = q @ e.T  # bf16, as the unchunked objective made them
+        return full_softmax_loss(logits, t, ex).mean()
+
+    def chunked(q, e, t, ex):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return chunked_full_softmax_loss(q, e, t, ex, chunk_elements=40)
+
+    want, got = _loss_and_grads(reference), _loss_and_grads(chunked)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)  # same bf16 logits, float32 softmax
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)  # bf16 products in backward
+
+
+def test_chunked_full_softmax_without_grad_and_without_rows():
+    query, vectors, targets, excluded = _chunked_case()
+    with torch.no_grad():
+        loss = chunked_full_softmax_loss(query, vectors, targets, excluded)
+    torch.testing.assert_close(loss, full_softmax_loss(query @ vectors.T, targets, excluded).mean().detach())
+    with pytest.raises(ValueError, match="no rows"):
+        chunked_full_softmax_loss(query[:0], vectors, targets[:0])

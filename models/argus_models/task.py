@@ -10,7 +10,7 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from argus_models.losses import corrected_logq_loss, feedback_loss, full_softmax_loss, logq_loss
+from argus_models.losses import chunked_full_softmax_loss, corrected_logq_loss, feedback_loss, logq_loss
 from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
 
 
@@ -100,8 +100,7 @@ class ArgusObjective(nn.Module):
         pos_emb = out["target"][valid]  # [N, D]
         pos_ids = batch.items[:, 1:][valid]  # [N]
         history = history_pairs(batch.items, valid) if self.exclude_history else None
-        item_loss = self._next_item(query, pos_emb, pos_ids, emb[NEG_ITEM], batch.neg_ids, history)
-        loss = item_loss.mean()
+        loss = self._next_item(query, pos_emb, pos_ids, emb[NEG_ITEM], batch.neg_ids, history)
         logs = {"loss_item": loss.detach()}
         if "feedback" in out:
             logits = self.dense.action_logits(out["feedback"])
@@ -121,10 +120,10 @@ class ArgusObjective(nn.Module):
         if t != 1.0:
             query = query / t  # scaling [N, D] instead of every [N, K] logit
         if self.next_item_loss == "full_softmax":
-            # neg_emb holds the whole catalogue; row 0 (padding) is left out before the matmul,
-            # not sliced off the [N, C] logits (a copy, and a zero-filled gradient in backward)
-            logits = query @ self.dense.item_vectors(neg_emb[1:], neg_ids[1:]).T
-            return full_softmax_loss(logits, pos_ids, history)
+            # neg_emb holds the whole catalogue; row 0 (padding) is not a class. The [N, C] logits
+            # are made and consumed chunk by chunk, never held whole.
+            items = self.dense.item_vectors(neg_emb[1:], neg_ids[1:])
+            return chunked_full_softmax_loss(query, items, pos_ids, history)
         if self.in_batch_negatives > 0:
             pick = torch.randint(0, pos_ids.numel(), (self.in_batch_negatives,), device=pos_ids.device)
             neg_emb = torch.cat([pos_emb[pick], self.dense.item_vectors(neg_emb, neg_ids)])
@@ -135,7 +134,7 @@ class ArgusObjective(nn.Module):
         neg_logits = query @ neg_emb.T  # [N, K]
         hit = neg_ids[None, :] == pos_ids[:, None]
         fn = corrected_logq_loss if self.next_item_loss == "corrected_logq" else logq_loss
-        return fn(pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit)
+        return fn(pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit).mean()
 
 
 def history_pairs(items: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
