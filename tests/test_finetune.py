@@ -47,7 +47,9 @@ def test_pairwise_loss_matches_direct_formula():
 def pretrained(ray_local, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ft") / "pre"
     assert run_train_job([f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2",
-                                                                  "model.tokenization=three_token"]]) == 0
+                                                                  "model.tokenization=three_token",
+                                                                  # fine-tuning carries the hash tables and bucket map
+                                                                  "model.multi_hash_buckets=13"]]) == 0
     return run_dir
 
 
@@ -95,6 +97,10 @@ def test_finetune_end_to_end(pretrained, tmp_path, mode):
 
     model = load_inference_model(resolve_checkpoint(str(out)))
     assert model.config.tokenization == "three_token" and np.isfinite(model.tables["t_item"].numpy()).all()
+    base = load_inference_model(resolve_checkpoint(str(pretrained)))
+    assert model.schema.item_hash_buckets == base.schema.item_hash_buckets == [13, 13]
+    assert torch.equal(model.dense.item_hash_codes, base.dense.item_hash_codes)
+    assert not torch.equal(model.tables["t_item_h0"], base.tables["t_item_h0"])  # the hash rows were fine-tuned
 
 
 def test_one_pass_per_user_equals_one_pass_per_request():

@@ -239,6 +239,9 @@ def test_item_tower_sums_per_feature_means_of_side_embeddings():
     for i in range(7):
         torch.testing.assert_close(side[i], reference(i))
     assert side[0].abs().sum() == 0 and side[4].abs().sum() == 0  # no values → adds nothing
+    # no ids at all (in-batch negatives only: no uniform negatives to look up)
+    assert dense.item_tower(torch.zeros(0, dtype=torch.long)).shape == (0, 8)
+    assert dense.item_vectors(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)).shape == (0, 8)
     with pytest.raises(ValueError, match="outside 0..4"):
         dense.item_tower.set_codes(torch.tensor([[5, 0, 0, 0]] * 7))
 

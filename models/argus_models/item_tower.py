@@ -58,4 +58,4 @@ class ItemFeatureTower(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
         out = F.embedding_bag(self.codes[flat], self.table.weight, per_sample_weights=self.weights[flat], mode="sum")
-        return out.view(*ids.shape, -1)
+        return out.view(*ids.shape, self.table.embedding_dim)  # explicit width: ids may be empty

@@ -79,7 +79,8 @@ def full_softmax_loss(
 ) -> torch.Tensor:
     """Cross-entropy over the whole catalogue, in float32. logits: [N, C] for items 1..C (column j is
     item j+1; the padding item is not a class); targets: [N] item ids in 1..C; excluded: optional
-    (rows, item ids) left out of those rows' denominators (never a row's target)."""
+    (rows, item ids) left out of those rows' denominators (never a row's target).
+    Training uses `chunked_full_softmax_loss`; this whole-logits form is its reference."""
     logits = logits.float()
     if excluded is not None:
         rows, items = excluded
@@ -135,13 +136,15 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
 
 def chunked_full_softmax_loss(
     query: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-    excluded: tuple[torch.Tensor, torch.Tensor] | None = None, chunk_elements: int = 1 << 21,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None = None, chunk_elements: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of `query @ items.T` over the catalogue: equal to
     `full_softmax_loss(query @ items.T, targets, excluded).mean()`, made chunk by chunk (see
     `_ChunkedSoftmaxCE`). query: [N, D]; items: [C, D] vectors of items 1..C; targets: [N] in 1..C;
     excluded: (rows, item ids) as for `full_softmax_loss`, rows ascending (as `history_pairs` gives).
-    The logits are bf16 under a bf16 autocast (as `query @ items.T` would be), float32 otherwise."""
+    The logits are bf16 under a bf16 autocast (as `query @ items.T` would be), float32 otherwise.
+    chunk_elements: logits per chunk; default 2M on CPU (cache-sized), 128M on GPUs (kernels stay
+    large on million-item catalogues; 512 MiB of float32)."""
     if query.shape[0] == 0:
         raise ValueError("chunked_full_softmax_loss: no rows (a batch without a single target position)")
     if torch.is_autocast_enabled(query.device.type):
@@ -152,6 +155,8 @@ def chunked_full_softmax_loss(
         empty = torch.empty(0, dtype=torch.long, device=query.device)
         excluded = (empty, empty)
     rows, ex_items = excluded
+    if chunk_elements is None:
+        chunk_elements = 1 << 21 if query.device.type == "cpu" else 1 << 27
     chunk = max(1, chunk_elements // max(1, items.shape[0]))
     need_grad = torch.is_grad_enabled() and (query.requires_grad or items.requires_grad)
     return _ChunkedSoftmaxCE.apply(query, items, targets, rows, ex_items, chunk, dtype, need_grad)
