@@ -86,11 +86,14 @@ class SplitConfig(DataConfig):
 MATERIALIZE_BELOW_BYTES = 1 << 30
 
 
-def _dataset(path: str) -> "ray.data.Dataset":
+def split_dataset(path: str) -> "ray.data.Dataset":
     """A split as a Ray Dataset. Small splits are read here, one block per Parquet file, and put in
     the object store once, so each epoch streams blocks to the workers without re-reading Parquet
     (and without the seconds a distributed read costs for a few files); large ones stream from storage."""
     files = sorted(Path(path).rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"prepared split {path} holds no Parquet files; delete the run directory's "
+                                "data/ folder to prepare the data again")
     if sum(f.stat().st_size for f in files) >= MATERIALIZE_BELOW_BYTES:
         return ray.data.read_parquet(path)
     return ray.data.from_arrow([pq.read_table(f) for f in files])
@@ -121,7 +124,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
               f"{st['rows_outside_catalogue']:,} rows outside the catalogue, "
               f"{st['catalogue_items_without_features']:,} catalogue items without a row", flush=True)
     model_schema(prepared, cfg.model).save(run_dir / "schema.json")
-    datasets = {split: _dataset(path) for split, path in prepared.paths.items()}
+    datasets = {split: split_dataset(path) for split, path in prepared.paths.items()}
     datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.optim.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
