@@ -15,6 +15,7 @@ import sys
 from _cli import parse_config
 
 from argus_platform.config import TrainJobConfig
+from argus_platform.configlib import ConfigError
 from argus_platform.data.quarantine import TooManyBadRows
 from argus_platform.data.sources import DataSourceError
 from argus_platform.torchrun import run_torchrun, under_torchrun
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         final = run_torchrun(cfg) if under_torchrun() else train(cfg)
     except (DataSourceError, TooManyBadRows) as exc:
         print(f"data error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
         return 2
     if final.get("baselines") and final.get("run_dir"):  # under torchrun: rank 0 only
         print(format_summary(final), flush=True)

@@ -13,7 +13,7 @@ from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchem
 from argus_models.model import ArgusDenseArch, count_parameters, embedding_configs
 from argus_models.sizing import dense_parameter_count
 from argus_platform.config import TrainJobConfig
-from argus_platform.configlib import load_config
+from argus_platform.configlib import ConfigError, load_config
 from argus_platform.planning import GiB, Cluster, plan_cluster, planning_schema
 
 from conftest import ROOT
@@ -129,3 +129,19 @@ def test_plan_job_prints_plan_and_memory(capsys):
     assert rc == 0, out
     for needle in ("dense parameters: 292,568,068", "t_item", "row_wise", "activations", "dense optimizer state", "fits: yes"):
         assert needle in out
+
+
+@pytest.mark.parametrize("override", ["sharding.sharding_type=data_parallel", "sharding.compute_kernel=dense"])
+def test_replicated_tables_are_refused_on_cpu_before_planning(override):
+    """FBGEMM's CPU dense kernel returns pooled rows for sequence tables (DMP then fails to split its
+    output): the job names the setting instead, while a GPU plan may still replicate tables."""
+    from argus_platform.sharding import check_kernels, shard
+
+    cfg = load_config(TrainJobConfig, overrides=[override])
+    schema = ModelSchema(num_items=40)
+    with pytest.raises(ConfigError, match=rf"{override} needs GPUs \(scaling.use_gpu=true\)"):
+        shard(cfg, schema, torch.ones(41), torch.device("cpu"))  # before any collective: no process group needed
+    check_kernels(cfg, "cuda")
+    plan = plan_cluster(cfg, planning_schema(cfg, 1000), Cluster(world_size=8, gpus_per_node=8, gpu_memory_gb=80))
+    kinds = {(ps.sharding_type, ps.compute_kernel) for ps in plan.plan.plan["sparse.ec"].values()}
+    assert kinds <= {("data_parallel", "dense")}, kinds

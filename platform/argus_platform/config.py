@@ -97,7 +97,7 @@ class OptimConfig:
     sparse_lr: float = _help("learning rate of the embedding tables' fused optimizer", 0.05)
     sparse_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = _help(
         "fused FBGEMM optimizer of the sharded tables: rowwise_adagrad (one state value per row), adagrad (one per "
-        "weight), sgd, or adam (two per weight; GPU only). Data-parallel tables with the dense kernel use AdamW",
+        "weight), sgd, or adam (two per weight; GPU only). Data-parallel tables (dense kernel, GPUs only) use AdamW",
         "rowwise_adagrad",
     )
     precision: Literal["fp32", "bf16"] = _help(
@@ -127,11 +127,11 @@ class OptimConfig:
 @dataclass
 class ShardingConfig:
     sharding_type: Optional[str] = _help(
-        "force a sharding type for every table (row_wise, table_wise, column_wise, data_parallel); "
+        "force a sharding type for every table (row_wise, table_wise, column_wise, data_parallel: GPUs only); "
         "null lets the planner choose",
         None,
     )
-    compute_kernel: Optional[str] = _help("force a kernel (fused, dense, ...); null lets the planner choose", None)
+    compute_kernel: Optional[str] = _help("force a kernel (fused, dense: GPUs only, ...); null lets the planner choose", None)
     dense: Literal["ddp", "fsdp2"] = _help(
         "dense arch: ddp (replicated) or fsdp2 (weights, gradients and AdamW state sharded; per-block units); "
         "jobs/plan_argus.py says which one fits",

@@ -35,6 +35,7 @@ from argus_models.model import ITEM, ArgusDenseArch, ArgusSparseArch, embedding_
 from argus_models.task import ArgusObjective, ArgusTrainTask
 
 from argus_platform.config import TrainJobConfig
+from argus_platform.configlib import ConfigError
 
 
 
@@ -196,6 +197,23 @@ def describe_plan(plan: ShardingPlan) -> str:
     return "\n".join(lines)
 
 
+def check_kernels(cfg: TrainJobConfig, device_type: str) -> None:
+    """Refuse the table placements the device's FBGEMM kernels cannot run (before any worker starts).
+
+    On CPU, FBGEMM's dense lookup (the only kernel of a data-parallel table) returns one pooled row
+    per bag instead of one row per id for sequence tables, so the lookups come back with the wrong
+    shape; replicated tables with AdamW need GPUs.
+    """
+    if device_type != "cpu":
+        return
+    forced = [f"sharding.{k}={v}" for k, v in (("sharding_type", cfg.sharding.sharding_type),
+                                                ("compute_kernel", cfg.sharding.compute_kernel)) if v in ("data_parallel", "dense")]
+    if forced:
+        raise ConfigError(f"{' and '.join(forced)} needs GPUs (scaling.use_gpu=true): on CPU, FBGEMM's dense kernel "
+                         f"(the one a data-parallel table runs) does not support sequence embedding tables; leave "
+                         f"both unset on CPU (the planner shards the tables with the fused kernel)")
+
+
 def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device,
           task: torch.nn.Module | None = None, item_codes: np.ndarray | None = None,
           item_hashes: np.ndarray | None = None) -> ShardedTask:
@@ -204,6 +222,7 @@ def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, d
     `item_codes` / `item_hashes`: item-side feature codes and multi-hash bucket rows (see `build_task`)."""
     if task is None and schema.item_hash_buckets and item_hashes is None:
         raise ValueError("the schema has multi-hash item tables but no item hash codes were given")
+    check_kernels(cfg, device.type)
     task = task if task is not None else build_task(cfg, schema, item_counts, device.type, item_codes, item_hashes)
     sharder = make_sharder(cfg)
     world = dist.get_world_size()

@@ -19,6 +19,7 @@ from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
 from argus_platform.data.prepare import PreparedRun, prepare_data
+from argus_platform.sharding import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
 
 
@@ -102,6 +103,7 @@ def split_dataset(path: str) -> "ray.data.Dataset":
 def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     """Run the whole job; returns the final metrics (also written to <run dir>/metrics.json).
     `callbacks`: Ray Train callbacks (Tune passes one that forwards every report to its trial)."""
+    check_kernels(cfg, "cuda" if cfg.scaling.use_gpu else "cpu")
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
