@@ -100,6 +100,10 @@ class OptimConfig:
         "weight), sgd, or adam (two per weight; GPU only). Data-parallel tables (dense kernel, GPUs only) use AdamW",
         "rowwise_adagrad",
     )
+    sparse_weight_decay: float = _help(
+        "L2 weight decay of the tables in the fused row-wise Adagrad / Adagrad (added to the gradient of every row a "
+        "step looks up, before the Adagrad scaling; 0 = off)", 0.0
+    )
     precision: Literal["fp32", "bf16"] = _help(
         "dense forward/backward precision: fp32, or bf16 autocast (tables, losses and optimizer states stay fp32)", "fp32"
     )
@@ -193,5 +197,10 @@ class TrainJobConfig:
         if self.optim.sparse_optimizer == "adam" and not self.scaling.use_gpu:
             raise ConfigError("optim.sparse_optimizer=adam runs on GPUs only (FBGEMM's CPU kernels support rowwise_adagrad, "
                               "adagrad and sgd); on CPU raise optim.sparse_lr instead (Adagrad's steps shrink over time)")
+        if self.optim.sparse_weight_decay < 0:
+            raise ConfigError(f"optim.sparse_weight_decay must be >= 0, got {self.optim.sparse_weight_decay}")
+        if self.optim.sparse_weight_decay and self.optim.sparse_optimizer not in ("rowwise_adagrad", "adagrad"):
+            raise ConfigError(f"optim.sparse_weight_decay is implemented for sparse_optimizer rowwise_adagrad and adagrad, "
+                              f"not {self.optim.sparse_optimizer}")
         if self.optim.eval_every_epochs < 1:
             raise ConfigError("optim.eval_every_epochs must be at least 1")

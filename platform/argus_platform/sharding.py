@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
@@ -131,7 +132,10 @@ def fused_params(cfg: TrainJobConfig) -> dict:
     if kind == "sgd":
         return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": cfg.optim.sparse_lr}
     optimizer = EmbOptimType.EXACT_ADAGRAD if kind == "adagrad" else EmbOptimType.EXACT_ROWWISE_ADAGRAD
-    return {"optimizer": optimizer, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
+    params = {"optimizer": optimizer, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
+    if cfg.optim.sparse_weight_decay:
+        params.update(weight_decay=cfg.optim.sparse_weight_decay, weight_decay_mode=WeightDecayMode.L2)
+    return params
 
 
 def make_sharder(cfg: TrainJobConfig) -> EmbeddingCollectionSharder:
