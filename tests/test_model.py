@@ -131,7 +131,7 @@ def test_bf16_autocast_keeps_the_loss_float32():
         assert loss.dtype == torch.float32
         loss.backward()
         assert all(p.grad.dtype == torch.float32 for p in task.objective.parameters() if p.grad is not None)
-        losses[precision] = float(loss)
+        losses[precision] = loss.item()
     assert losses["bf16"] != losses["fp32"]  # autocast did run
     assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"]
 
