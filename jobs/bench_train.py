@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     r = measure(cfg, schema, device, steps=args.steps)
     m = cfg.model
     print(f"{r.device}: width {m.embedding_dim} x {m.num_layers} layers, {m.tokenization}, history {m.max_seq_len}, "
-          f"batch {cfg.optim.batch_size}, {cfg.optim.precision}, checkpointing {m.activation_checkpointing}")
-    mfu = f"{r.mfu:.1%}" if r.mfu is not None else "n/a (no known peak for this device)"
+          f"batch {cfg.optim.batch_size}, {cfg.optim.precision}, checkpointing {m.activation_checkpointing}, "
+          f"compiled blocks {m.compile_blocks}")
+    mfu = f"{r.mfu:.1%} (HFU {r.hfu:.1%})" if r.mfu is not None else "n/a (no known peak for this device)"
     mem = f", peak memory {r.peak_memory_gib:.2f} GiB" if r.peak_memory_gib is not None else ""
     print(f"{r.tokens_per_second:,.0f} tokens/s ({r.step_seconds * 1000:.1f} ms/step, {r.tokens_per_step:,} tokens), "
           f"{r.achieved_tflops:.2f} TFLOP/s, MFU {mfu}{mem}", flush=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from argus_models.sizing import dense_parameter_count
+
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config
 from argus_platform.planning import planning_schema
@@ -27,10 +29,26 @@ def test_cpu_step_throughput_is_measured():
     assert r.tokens_per_step == 4 * 16 and r.tokens_per_second > 0 and r.mfu is None
 
 
+def test_three_token_step_counts_every_transformer_position():
+    cfg = _tiny("model.tokenization=three_token")
+    schema = planning_schema(cfg, 200)
+    r = measure(cfg, schema, torch.device("cpu"), steps=1, warmup=1)
+    assert r.tokens_per_step == 4 * 16 * (2 + bool(schema.actions))
+    one = _tiny()
+    params = dense_parameter_count(cfg.model, schema)["total"] - dense_parameter_count(one.model, schema)["total"]
+    # per token: 6·parameters, attention over a 3x longer sequence, the logits shared by the 3 tokens of an event
+    assert flops_per_token(cfg, schema, 256) - flops_per_token(one, schema, 256) == pytest.approx(
+        6 * params + 6 * 2 * 16 * 32 * 2 - 6 * 256 * 32 * 2 / 3)
+
+
 def test_flops_per_token_counts_recomputation_and_logits():
     cfg, schema = _tiny(), planning_schema(_tiny(), 200)
     base = flops_per_token(cfg, schema, 256)
-    assert flops_per_token(_tiny("model.activation_checkpointing=true"), schema, 256) > base
+    ckpt = _tiny("model.activation_checkpointing=true")
+    # MFU counts model FLOPs: checkpointing changes none of them; HFU adds the blocks' second forward
+    assert flops_per_token(ckpt, schema, 256) == base == flops_per_token(cfg, schema, 256, recompute=True)
+    encoder = dense_parameter_count(ckpt.model, schema)["encoder"]
+    assert flops_per_token(ckpt, schema, 256, recompute=True) - base == 2 * encoder + 2 * 2 * 16 * 32
     assert flops_per_token(cfg, schema, 512) - base == 6 * 256 * 32
 
 

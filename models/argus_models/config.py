@@ -32,6 +32,11 @@ class ModelConfig:
     activation_checkpointing: bool = field(
         default=False, metadata={"help": "recompute each transformer block in backward (memory for compute)"}
     )
+    compile_blocks: bool = field(
+        default=False,
+        metadata={"help": "torch.compile each transformer block for training (inductor fuses the norms, RoPE and "
+                          "SwiGLU; the first steps pay for compilation, worth it on GPUs)"},
+    )
     multi_hash_buckets: int = field(
         default=0,
         metadata={"help": "multi-hash item embeddings: rows of each hash table (hashes of the raw item id; "

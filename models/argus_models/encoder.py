@@ -112,6 +112,12 @@ class CausalEncoder(nn.Module):
         self.pos = nn.Embedding(self.max_tokens, cfg.embedding_dim) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
 
+    def compile_blocks(self) -> None:
+        """Compile each block in place (parameters and state-dict keys unchanged, so DDP, FSDP2 and
+        checkpoints see the same module); checkpointing recomputes through the compiled forward."""
+        for block in self.blocks:
+            block.compile()
+
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
     ) -> torch.Tensor:

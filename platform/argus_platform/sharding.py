@@ -105,6 +105,8 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
     n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
     log_q = mixed_log_q(probs, n_ib, n_u) if n_ib + n_u > 0 else torch.zeros_like(probs)
     dense = ArgusDenseArch(cfg.model, schema)
+    if cfg.model.compile_blocks:
+        dense.encoder.compile_blocks()
     if dense.item_tower is not None:
         if item_codes is None:
             raise ValueError("the schema has item features but no item feature codes were given")

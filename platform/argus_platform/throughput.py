@@ -4,7 +4,8 @@ Runs the real task (encoder, heads, next-item loss) forward and backward with ra
 in-memory tables, under the config's precision and activation checkpointing; the embedding
 lookups are plain `F.embedding`, as TorchRec's sharded lookups are not what is measured here.
 FLOPs per token follow the usual 6·N rule for the matmuls (forward + backward) plus attention
-(causal: half of the S×S scores) and the next-item logits.
+(causal: half of the S×S scores) and the next-item logits. MFU counts the model's FLOPs only;
+HFU adds the forward that activation checkpointing runs again in the backward pass.
 """
 
 from __future__ import annotations
@@ -32,21 +33,33 @@ class Throughput:
     step_seconds: float
     tokens_per_second: float
     flops_per_token: float
-    achieved_tflops: float
+    achieved_tflops: float  # model FLOPs
+    hardware_tflops: float  # with the recomputed forward of activation checkpointing
     peak_tflops: float | None
     mfu: float | None
+    hfu: float | None
     peak_memory_gib: float | None
 
 
-def flops_per_token(cfg: TrainJobConfig, schema: ModelSchema, negatives: int) -> float:
-    """Training FLOPs per token: 6·(dense parameters) + attention (causal) + next-item logits."""
+def tokens_per_event(cfg: TrainJobConfig, schema: ModelSchema) -> int:
+    """Transformer positions per event: 1, or context + item (+ feedback) with three_token."""
+    return 2 + bool(schema.actions) if cfg.model.tokenization == "three_token" else 1
+
+
+def flops_per_token(cfg: TrainJobConfig, schema: ModelSchema, negatives: int, recompute: bool = False) -> float:
+    """Training FLOPs per transformer token: 6·(dense parameters) + attention (causal) + the
+    next-item logits, which are computed once per event (shared by its tokens with three_token).
+    `recompute` adds the checkpointed forward run again in backward (hardware, not model, FLOPs)."""
     m = cfg.model
-    params = dense_parameter_count(m, schema)["total"]
-    seq = m.max_seq_len * (2 + bool(schema.actions) if m.tokenization == "three_token" else 1)
-    attention = 6 * m.num_layers * seq * m.embedding_dim  # QK^T and AV, fwd+bwd, causal half of 2·S·D each
-    logits = 6 * negatives * m.embedding_dim
-    recompute = 2 * params if m.activation_checkpointing else 0  # the forward runs again in backward
-    return float(6 * params + recompute + attention + logits)
+    parts = dense_parameter_count(m, schema)
+    params = parts["total"]
+    per_event = tokens_per_event(cfg, schema)
+    attention = 6 * m.num_layers * m.max_seq_len * per_event * m.embedding_dim  # QK^T and AV, fwd+bwd, causal half of 2·S·D each
+    logits = 6 * negatives * m.embedding_dim / per_event
+    model = 6 * params + attention + logits
+    if not (recompute and m.activation_checkpointing):
+        return float(model)
+    return float(model + 2 * parts["encoder"] + attention / 3)  # the blocks' forward, run again in backward
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -63,6 +76,8 @@ def measure(cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, step
     full = cfg.loss.next_item == "full_softmax"
     n_neg = schema.num_items + 1 if full else cfg.loss.uniform_negatives
     dense = ArgusDenseArch(m, schema).to(device).train()
+    if m.compile_blocks:
+        dense.encoder.compile_blocks()
     objective = ArgusObjective(dense, torch.zeros(schema.num_items + 1), cfg.loss.next_item,
                                0 if full else cfg.loss.in_batch_negatives).to(device)
     tables = {ITEM: torch.randn(schema.num_items + 1, m.embedding_dim, device=device, requires_grad=True)}
@@ -95,13 +110,16 @@ def measure(cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, step
         step()
     sync()
     seconds = (time.perf_counter() - t0) / steps
-    tokens = B * m.max_seq_len
-    fpt = flops_per_token(cfg, schema, n_neg + (0 if full else cfg.loss.in_batch_negatives))
+    tokens = B * m.max_seq_len * tokens_per_event(cfg, schema)
+    negatives = n_neg + (0 if full else cfg.loss.in_batch_negatives)
+    fpt = flops_per_token(cfg, schema, negatives)
     achieved = fpt * tokens / seconds / 1e12
+    hardware = flops_per_token(cfg, schema, negatives, recompute=True) * tokens / seconds / 1e12
     peak = peak_tflops(device)
     return Throughput(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         tokens_per_step=tokens, step_seconds=seconds, tokens_per_second=tokens / seconds, flops_per_token=fpt,
-        achieved_tflops=achieved, peak_tflops=peak, mfu=achieved / peak if peak else None,
+        achieved_tflops=achieved, hardware_tflops=hardware, peak_tflops=peak,
+        mfu=achieved / peak if peak else None, hfu=hardware / peak if peak else None,
         peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     )
