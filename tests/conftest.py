@@ -58,3 +58,13 @@ def tiny_run(ray_local, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     assert run_train_job([f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2"]]) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def hashed_run(ray_local, tmp_path_factory):
+    """A tiny three-token run with multi-hash item embeddings (13 buckets × 2 tables): 2 epochs."""
+    run_dir = tmp_path_factory.mktemp("hashed") / "run"
+    assert run_train_job([f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2",
+                                                                  "model.tokenization=three_token",
+                                                                  "model.multi_hash_buckets=13"]]) == 0
+    return run_dir

@@ -15,8 +15,6 @@ from argus_models.finetune import pairwise_correct, pairwise_loss
 from argus_platform.config import SyntheticConfig
 from argus_platform.data.synthetic import generate
 
-from conftest import TINY_TRAIN, run_train_job
-
 
 def test_synthetic_impressions_are_slates_around_each_event(tmp_path):
     events = pq.read_table(generate(SyntheticConfig(num_users=40, num_items=80, impressions_per_event=6), tmp_path)).to_pandas()
@@ -44,13 +42,9 @@ def test_pairwise_loss_matches_direct_formula():
 
 
 @pytest.fixture(scope="module")
-def pretrained(ray_local, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ft") / "pre"
-    assert run_train_job([f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2",
-                                                                  "model.tokenization=three_token",
-                                                                  # fine-tuning carries the hash tables and bucket map
-                                                                  "model.multi_hash_buckets=13"]]) == 0
-    return run_dir
+def pretrained(hashed_run):
+    """Three-token, multi-hash: fine-tuning carries the hash tables and the bucket map."""
+    return hashed_run
 
 
 def _finetune(args):

@@ -1,6 +1,7 @@
 """Serving math without Ray: next-event encoding vs the training forward, candidate isolation,
 retrieval indexes, diversity, weights and checkpoint resolution."""
 
+import copy
 import json
 import threading
 import time
@@ -13,10 +14,11 @@ import torch.nn.functional as F
 
 from argus_models.checkpoint import InferenceModel, wait_for_run
 from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchema
-from argus_models.hashing import catalogue_hash_codes
+from argus_models.hashing import catalogue_hash_codes, hash_buckets
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ITEM_IDS, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
-from argus_models.inference import (Events, ExactIndex, FaissIndex, action_probabilities, combine, encode_next)
+from argus_models.inference import (Events, ExactIndex, FaissIndex, action_probabilities, combine, encode_next,
+                                    hashed_item_rows)
 from argus_serve.artifacts import ArtifactError, resolve_checkpoint
 from argus_serve.scoring import diversify, item_groups
 from argus_serve.weights import WeightsError, load_weights_file, resolve_weights, write_weights_file
@@ -96,6 +98,47 @@ def test_a_candidates_score_does_not_depend_on_the_other_candidates(sm):
         torch.testing.assert_close(full[a][0, 2], shuffled[a][0, 1], atol=1e-6, rtol=0)
         torch.testing.assert_close(full[a][0, 5], shuffled[a][0, 0], atol=1e-6, rtol=0)
         torch.testing.assert_close(full[a][0, 2], solo[a][0, 0], atol=1e-5, rtol=0)
+
+
+def test_items_outside_the_vocabulary_are_embedded_from_their_hash_rows(sm):
+    rng = np.random.default_rng(4)
+    h = _events(rng, 5)
+    buckets = sm.schema.item_hash_buckets
+    if not buckets:
+        with pytest.raises(ValueError, match="no multi-hash tables"):
+            hashed_item_rows(sm, np.ones((1, 2), dtype=np.int64))
+        return
+    codes = hash_buckets(["never-seen-77"], buckets)[0]
+    cold = Events(h.items.copy(), h.contexts, h.feedback, np.zeros((5, len(buckets)), dtype=np.int64))
+    cold.items[2], cold.hashes[2] = 0, codes
+    assert np.array_equal(h.concat(cold).tail(5).hashes, cold.hashes) and h.concat(cold).hashes[:5].sum() == 0
+    # Reference: the model's own path for a catalogue item j whose id row is zero, whose buckets are
+    # the new id's and whose side features are the padding id's.
+    j = int(h.items[2])
+    dense = copy.deepcopy(sm.dense)
+    hash_codes = dense.item_hash_codes.clone()
+    hash_codes[j] = torch.from_numpy(codes)
+    dense.set_item_hashes(hash_codes)
+    if dense.item_tower is not None:  # the padding id's side features (none in real catalogues)
+        dense.item_tower.codes[j], dense.item_tower.weights[j] = dense.item_tower.codes[0], dense.item_tower.weights[0]
+    D = sm.config.embedding_dim
+    tables = dict(sm.tables)
+    tables[table_name(ITEM)] = sm.tables[table_name(ITEM)][:, :D].clone()  # the id table alone
+    tables[table_name(ITEM)][j] = 0
+    ref = InferenceModel(sm.config, sm.schema, dense, dense.local_tables(tables))
+    ctx = [{"source": 2}]
+    cands = torch.tensor([[k for k in (3, 11, 29, 41) if k != j]])
+    got_h, got_q = encode_next(sm, [cold], ctx)
+    ref_h, ref_q = encode_next(ref, [h], ctx)
+    torch.testing.assert_close(got_h, ref_h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_q, ref_q, atol=1e-5, rtol=1e-5)
+    got_p, ref_p = action_probabilities(sm, got_h, cands, [cold], ctx), action_probabilities(ref, ref_h, cands, [h], ctx)
+    for a in ACTIONS:
+        torch.testing.assert_close(got_p[a.name], ref_p[a.name], atol=1e-5, rtol=1e-5)
+    # and the event counts: leaving it out gives another query
+    dropped = Events(np.delete(h.items, 2), {"source": np.delete(h.contexts["source"], 2)},
+                     {k: np.delete(v, 2) for k, v in h.feedback.items()})
+    assert not torch.allclose(encode_next(sm, [dropped], ctx)[1], got_q, atol=1e-3)
 
 
 def test_exact_index_is_brute_force_top_k_without_excluded_items():

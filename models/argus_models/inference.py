@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from argus_models.checkpoint import InferenceModel
 from argus_models.losses import feedback_probability
-from argus_models.model import ITEM, ITEM_IDS, ctx_feature, fb_feature, table_name
+from argus_models.model import ITEM, ITEM_IDS, ctx_feature, fb_feature, hash_feature, table_name
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +28,50 @@ log = logging.getLogger(__name__)
 class Events:
     """One user's events in model indices, oldest first (L events).
 
-    items:    [L] item indices (1..C)
+    items:    [L] item indices (1..C; 0 for an item outside the vocabulary, see `hashes`)
     contexts: {column: [L] context indices (0 = unknown)}
     feedback: {action: [L] feedback-token codes}
+    hashes:   [L, K] multi-hash bucket rows (`hashing.hash_buckets` of the raw id) of the events
+              whose item is outside the vocabulary, 0 elsewhere; None when every item is known
     """
 
     items: np.ndarray
     contexts: dict[str, np.ndarray]
     feedback: dict[str, np.ndarray]
+    hashes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def tail(self, n: int) -> "Events":
-        return Events(self.items[-n:], {k: v[-n:] for k, v in self.contexts.items()}, {k: v[-n:] for k, v in self.feedback.items()})
+        return Events(self.items[-n:], {k: v[-n:] for k, v in self.contexts.items()}, {k: v[-n:] for k, v in self.feedback.items()},
+                      None if self.hashes is None else self.hashes[-n:])
 
     def concat(self, other: "Events") -> "Events":
+        hashes = None
+        if self.hashes is not None or other.hashes is not None:
+            k = (self.hashes if self.hashes is not None else other.hashes).shape[1]
+            hashes = np.concatenate([e.hashes if e.hashes is not None else np.zeros((len(e), k), dtype=np.int64)
+                                     for e in (self, other)])
         return Events(
             np.concatenate([self.items, other.items]),
             {k: np.concatenate([v, other.contexts[k]]) for k, v in self.contexts.items()},
             {k: np.concatenate([v, other.feedback[k]]) for k, v in self.feedback.items()},
+            hashes,
         )
+
+
+def hashed_item_rows(model: InferenceModel, codes: np.ndarray) -> torch.Tensor:
+    """Item-table rows [n, D·(1+K)] of items outside the vocabulary: no id row (zeros), only the
+    rows of their hash buckets `codes` [n, K] — the multi-hash tables' cold-id path."""
+    buckets = model.schema.item_hash_buckets
+    if not buckets:
+        raise ValueError("the model has no multi-hash tables: items outside the vocabulary cannot be embedded")
+    codes = torch.as_tensor(codes, dtype=torch.int64)
+    if codes.ndim != 2 or codes.shape[1] != len(buckets):
+        raise ValueError(f"hash codes have shape {tuple(codes.shape)}; the model has {len(buckets)} hash tables")
+    hashed = [model.tables[table_name(hash_feature(k))][codes[:, k]] for k in range(len(buckets))]
+    return torch.cat([torch.zeros_like(hashed[0]), *hashed], dim=-1)
 
 
 def next_event_inputs(model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]) -> tuple[dict, torch.Tensor]:
@@ -70,6 +93,10 @@ def next_event_inputs(model: InferenceModel, histories: list[Events], next_conte
         for a in schema.actions:
             ids[fb_feature(a.name)][b, :L] = h.feedback[a.name]
     emb = {k: F.embedding(torch.from_numpy(v), tables[table_name(k)]) for k, v in ids.items()}
+    for b, h in enumerate(hist):
+        cold = np.flatnonzero(h.items == 0) if h.hashes is not None else ()
+        if len(cold):
+            emb[ITEM][b, cold] = hashed_item_rows(model, h.hashes[cold]).to(emb[ITEM].dtype)
     emb[ITEM_IDS] = torch.from_numpy(ids[ITEM])
     return emb, torch.from_numpy(lengths)
 

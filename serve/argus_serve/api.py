@@ -49,5 +49,5 @@ class RecommendResponse(BaseModel):
     history_source: str = Field(description="store, request or store+request")
     model_version: dict[str, str]
     weights_version: str
-    warnings: dict[str, list[str]] = Field(default_factory=dict, description="ids that were not known and were skipped")
+    warnings: dict[str, list[str]] = Field(default_factory=dict, description="ids outside the vocabulary: skipped (unknown_*) or, with multi-hash tables, embedded from their hash rows (hashed_history_items)")
     timings_ms: dict[str, float] | None = None

@@ -18,7 +18,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
+from argus_models.config import ModelSchema
 from argus_models.contract import action_target, action_valid, target_code
+from argus_models.hashing import hash_buckets
 from argus_serve.api import RecommendedItem, RecommendRequest, RecommendResponse
 from argus_serve.artifacts import absolute, load_vocabulary, read_actions, run_dir_of
 from argus_serve.deployments import RankQuery, RetrievalQuery
@@ -72,6 +74,8 @@ class Ingress:
         self.vocab = load_vocabulary(ckpt)
         self.actions = read_actions(ckpt)
         self.item_index = self.vocab.item_index()
+        # multi-hash models embed history items outside the vocabulary from their hash rows
+        self.hash_buckets = list(ModelSchema.load(ckpt / "schema.json").item_hash_buckets)
         self.context_index = {c: {v: i + 1 for i, v in enumerate(vals.tolist())} for c, vals in self.vocab.contexts.items()}
         self.store = UserStore.load(run_dir_of(ckpt), self.vocab, self.actions)
         self.retriever, self.ranker = retriever, ranker
@@ -95,7 +99,7 @@ class Ingress:
 
     def _request_events(self, req: RecommendRequest, warnings: dict[str, list[str]]) -> Events:
         names = {a.name: a for a in self.actions}
-        keep, ctx, fb = [], {c: [] for c in self.context_index}, {a: [] for a in names}
+        keep, ctx, fb, cold = [], {c: [] for c in self.context_index}, {a: [] for a in names}, {}
         for i, ev in enumerate(req.history):
             unknown = sorted(set(ev.actions) - set(names))
             if unknown:
@@ -106,9 +110,13 @@ class Ingress:
                     expected = {"binary": "0 or 1", "ratio": "a number in [0, 1]"}.get(info.kind, f"one of {info.levels}")
                     raise BadRequest(f"history[{i}].actions.{a}: {value!r} is not {expected}")
             item = self.item_index.get(ev.item_id)
-            if item is None:
+            if item is None and not self.hash_buckets:
                 warnings.setdefault("unknown_history_items", []).append(ev.item_id)
                 continue
+            if item is None:  # embedded from its hash rows alone
+                warnings.setdefault("hashed_history_items", []).append(ev.item_id)
+                cold[len(keep)] = ev.item_id
+                item = 0
             keep.append(item)
             for c, v in self._context(ev.context, f"history[{i}].context", warnings).items():
                 ctx[c].append(v)
@@ -119,7 +127,11 @@ class Ingress:
                 target = action_target(info.kind, info.levels, np.array([ev.actions.get(a, 0.0)]))
                 fb[a].append(int(target_code(info.kind, info.num_codes, target)[0]))
         as_arr = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
-        return Events(as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()})
+        hashes = None
+        if cold:
+            hashes = np.zeros((len(keep), len(self.hash_buckets)), dtype=np.int64)
+            hashes[list(cold)] = hash_buckets(list(cold.values()), self.hash_buckets)
+        return Events(as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()}, hashes)
 
     def _prepare(self, req: RecommendRequest) -> tuple[Events, str, dict[str, int], np.ndarray, dict[str, list[str]]]:
         lim = self.limits
@@ -148,7 +160,7 @@ class Ingress:
         excluded = [self.item_index.get(x) for x in req.exclude]
         if any(x is None for x in excluded):
             warnings["unknown_exclude_items"] = [x for x, i in zip(req.exclude, excluded) if i is None]
-        exclude = np.unique(np.concatenate([events.items, np.asarray([i for i in excluded if i], dtype=np.int64)]))
+        exclude = np.unique(np.concatenate([events.items[events.items > 0], np.asarray([i for i in excluded if i], dtype=np.int64)]))
         return events, source, next_ctx, exclude, warnings
 
     # -- endpoints ---------------------------------------------------------------------------
