@@ -62,6 +62,16 @@ def _train_steps(sharded, collate, rank: int, passes: int) -> list[float]:
     return losses
 
 
+def _two_ranks(worker, tmp_path) -> list[dict]:
+    """Run `worker(rank, 2, init_file, out_dir)` in 2 gloo processes; what each rank `_report`ed."""
+    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def _report(out_dir, rank: int, results: dict) -> None:
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
+
+
 def _teardown() -> None:
     """Destroy the process group once the caller has dropped its sharded models, as the training loop
     returns before its group is destroyed: destroying it under live DMP/DDP modules aborted a rank at
@@ -133,15 +143,13 @@ def _worker(rank, world, init_file, out_dir):
         return not all(torch.equal(start[k], end[k]) for k in start)
 
     results["frozen_at_lr0"], results["moves_at_lr"] = not tables_moved(0.0), tables_moved(0.1)
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
+    _report(out_dir, rank, results)
     del sharded, fresh
     _teardown()
 
 
 def test_two_gloo_processes(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for r in _two_ranks(_worker, tmp_path):
         assert r["row_wise"] and r["table_wise"] and r["column_wise"], r
         assert r["row_wise_types"] == ["row_wise"] and r["column_wise_types"] == ["column_wise"]
         assert r["loss_last"] < 0.7 * r["loss_first"], r
@@ -201,15 +209,13 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     results["copy_equal"] = bool(torch.allclose(a, b, atol=1e-5)) and bool(torch.allclose(cat_a, cat_b, atol=1e-6))
     results["copy_codes"] = torch.equal(copy.item_tower.codes, torch.from_numpy(codes).long())  # one feature: codes as given
     results["copy_hashes"] = torch.equal(copy.item_hash_codes, torch.from_numpy(hashes))
-    (Path(out_dir) / f"fsdp{rank}.json").write_text(json.dumps(results))
+    _report(out_dir, rank, results)
     del sharded, copy
     _teardown()
 
 
 def test_fsdp2_dense_with_sharded_tables(tmp_path):
-    mp.spawn(_fsdp2_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        r = json.loads((tmp_path / f"fsdp{rank}.json").read_text())
+    for r in _two_ranks(_fsdp2_worker, tmp_path):
         assert "data_parallel" not in r["types"] and r["dtensor"], r
         assert r["loss_last"] < 0.7 * r["loss_first"], r
         assert r["copy_equal"] and r["copy_codes"] and r["copy_hashes"] and r["hash_lookup_equal"], r
@@ -238,14 +244,12 @@ def _decay_worker(rank, world, init_file, out_dir):
         results[str(decay)] = {"rows_moved": int(moved.sum()),
                                "norm_ratio": float((after[moved].norm(dim=1) / before[moved].norm(dim=1)).mean())}
         del sharded
-    (Path(out_dir) / f"decay{rank}.json").write_text(json.dumps(results))
+    _report(out_dir, rank, results)
     _teardown()
 
 
 def test_sparse_weight_decay_shrinks_the_rows_a_step_touches(tmp_path):
-    mp.spawn(_decay_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        r = json.loads((tmp_path / f"decay{rank}.json").read_text())
+    for r in _two_ranks(_decay_worker, tmp_path):
         off, on = r["0.0"], r["100.0"]
         assert off["rows_moved"] > 10 and on["rows_moved"] == off["rows_moved"], r
         # without decay the updates turn the rows (norms about kept); with it every touched row shrinks
@@ -274,14 +278,12 @@ def _compiled_worker(rank, world, init_file, out_dir):
         results[dense] = {"loss_first": first, "loss_last": last,
                           "graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"])}
         del sharded
-    (Path(out_dir) / f"compiled{rank}.json").write_text(json.dumps(results))
+    _report(out_dir, rank, results)
     _teardown()
 
 
 def test_compiled_blocks_train_under_ddp_and_fsdp2(tmp_path):
-    mp.spawn(_compiled_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        r = json.loads((tmp_path / f"compiled{rank}.json").read_text())
+    for r in _two_ranks(_compiled_worker, tmp_path):
         for dense in ("ddp", "fsdp2"):
             assert r[dense]["graphs"] >= 1, r  # the blocks ran compiled, not eagerly
             assert r[dense]["loss_last"] < 0.7 * r[dense]["loss_first"], r
