@@ -159,7 +159,7 @@ def test_two_gloo_processes(tmp_path):
 
 def _fsdp2_worker(rank, world, init_file, out_dir):
     """FSDP2 dense arch composed with DMP tables: trains, evaluates through a replicated copy,
-    and the copy's outputs equal the sharded module's."""
+    and the copy's outputs equal the sharded module's (the rows of a batch in two length groups)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     from torch.distributed.tensor import DTensor
@@ -173,6 +173,7 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
         "model.embedding_dim=16", "model.num_layers=2", "model.max_seq_len=8", "model.dropout=0.0",
         "optim.dense_lr=0.01", "optim.sparse_lr=0.1", "optim.warmup_steps=1", "optim.grad_clip=1.0",
         "loss.in_batch_negatives=8", "loss.uniform_negatives=8", "sharding.dense=fsdp2",
+        "model.length_groups=2",  # each FSDP2 block unit runs once per group of rows in a step
     ])
     # with item-side features and multi-hash tables: the tower and the hash projection are their own
     # FSDP2 units (called outside dense.forward); the hash tables are sharded like the item table

@@ -110,6 +110,70 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_rope_rotates_each_channel_pair_by_its_angle():
+    from argus_models.encoder import apply_rope, rope_cache
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 8)  # [B, H, S, hd]
+    cos, sin = rope_cache(7, 8, x.device)
+    # Reference: channels (2i, 2i+1) as a complex number, multiplied by e^{i·angle}.
+    rotated = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous()) * torch.polar(torch.ones_like(cos), torch.atan2(sin, cos))
+    assert torch.allclose(apply_rope(x, cos, sin), torch.view_as_real(rotated).flatten(-2), atol=1e-6)
+    positions = torch.tensor([[3, 1, 0, 6, 2, 5, 4], [0, 1, 2, 3, 4, 5, 6]])
+    per_row = apply_rope(x, cos[positions][:, None], sin[positions][:, None])  # [B, 1, S, hd/2] tables
+    for b in range(2):
+        for s in range(7):
+            ref = apply_rope(x[b:b + 1, :, s:s + 1], cos[positions[b, s]:positions[b, s] + 1], sin[positions[b, s]:positions[b, s] + 1])
+            assert torch.allclose(per_row[b:b + 1, :, s:s + 1], ref, atol=1e-6)
+
+
+def test_cpu_dropout_drops_at_rate_p_and_scales_what_it_keeps():
+    from argus_models.encoder import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.2).train()
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.003  # 400k Bernoulli(0.2) draws: std 0.0006
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.8), rtol=1e-4)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes through the same mask and scale
+    torch.manual_seed(1)
+    a = drop(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(x))  # masks follow the CPU generator (replayed under checkpointing)
+    assert not torch.equal(a, drop(x))
+    assert torch.equal(Dropout(0.2).eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_length_groups_give_the_same_states_and_gradients(positions):
+    from argus_models.encoder import CausalEncoder, length_groups
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.0, positions=positions)
+    whole, grouped = CausalEncoder(cfg).train(), CausalEncoder(ModelConfig(**{**vars(cfg), "length_groups": 3})).train()
+    grouped.load_state_dict(whole.state_dict())
+    lengths = torch.tensor([8, 2, 5, 1, 7, 3, 8])
+    assert [(rows.tolist(), width) for rows, width in length_groups(lengths, 3, 8)] == [([3, 1, 5], 3), ([2, 4], 7), ([0, 6], 8)]
+    valid = torch.arange(8)[None, :] < lengths[:, None]
+    x = torch.randn(7, 8, 16)
+    states, grads = [], []
+    for enc in (whole, grouped):
+        out = enc(x, lengths)
+        out[valid].square().sum().backward()
+        states.append(out[valid].detach())
+        grads.append([p.grad.clone() for p in enc.parameters()])
+    assert torch.allclose(*states, atol=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="model.length_groups is 0"):
+        CausalEncoder(ModelConfig(**{**vars(cfg), "length_groups": 0}))
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_compiled_blocks_give_the_same_states_and_gradients(checkpointing):
     from argus_models.encoder import CausalEncoder

@@ -17,7 +17,7 @@ from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
 from argus_models.config import ModelConfig, ModelSchema
-from argus_models.encoder import CausalEncoder
+from argus_models.encoder import CausalEncoder, Dropout
 from argus_models.item_tower import ItemFeatureTower
 
 ITEM = "item"
@@ -168,7 +168,7 @@ def pad_ids(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), Dropout(dropout), nn.Linear(d_hidden, d_out))
 
 
 class ArgusDenseArch(nn.Module):
