@@ -116,11 +116,12 @@ def test_rope_rotates_each_channel_pair_by_its_angle():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 7, 8)  # [B, H, S, hd]
     cos, sin = rope_cache(7, 8, x.device)
-    # Reference: channels (2i, 2i+1) as a complex number, multiplied by e^{i·angle}.
-    rotated = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous()) * torch.polar(torch.ones_like(cos), torch.atan2(sin, cos))
+    # Reference: channels (2i, 2i+1) as a complex number, multiplied by e^{i·s·10000^(-2i/hd)}.
+    angles = torch.outer(torch.arange(7.0), 10000.0 ** (-torch.arange(0, 8, 2) / 8))
+    rotated = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous()) * torch.polar(torch.ones_like(angles), angles)
     assert torch.allclose(apply_rope(x, cos, sin), torch.view_as_real(rotated).flatten(-2), atol=1e-6)
     positions = torch.tensor([[3, 1, 0, 6, 2, 5, 4], [0, 1, 2, 3, 4, 5, 6]])
-    per_row = apply_rope(x, cos[positions][:, None], sin[positions][:, None])  # [B, 1, S, hd/2] tables
+    per_row = apply_rope(x, cos[positions][:, None], sin[positions][:, None])  # [B, 1, S, hd] tables
     for b in range(2):
         for s in range(7):
             ref = apply_rope(x[b:b + 1, :, s:s + 1], cos[positions[b, s]:positions[b, s] + 1], sin[positions[b, s]:positions[b, s] + 1])

@@ -16,23 +16,22 @@ from argus_models.config import ModelConfig
 
 
 def rope_cache(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables, each [S, head_dim/2]."""
+    """cos/sin tables, each [S, head_dim], laid out for `apply_rope`: angle i of position s at
+    channels 2i and 2i+1, as [cos, cos] and [−sin, sin]."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    return angles.cos().repeat_interleave(2, dim=-1), torch.stack((-angles.sin(), angles.sin()), dim=-1).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of channels (2i, 2i+1) by angle i. x: [B, H, S, hd]; cos/sin: [S, hd/2] or per
-    row [B, 1, S, hd/2].
+    """Rotate pairs of channels (2i, 2i+1) by angle i. x: [B, H, S, hd]; cos/sin: `rope_cache`'s
+    [S, hd] tables or per row [B, 1, S, hd].
 
     Written as x·[c, c] + swap(x)·[−s, s] over whole rows (the pairs' channels swapped), which is
     the rotation exactly in fewer, contiguous passes than rotating strided halves and re-interleaving.
     """
-    cos2 = cos.repeat_interleave(2, dim=-1)
-    sin2 = torch.stack((-sin, sin), dim=-1).flatten(-2)
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return (x * cos2 + swapped * sin2).type_as(x)
+    return (x * cos + swapped * sin).type_as(x)
 
 
 class Dropout(nn.Dropout):
@@ -164,7 +163,7 @@ class CausalEncoder(nn.Module):
             x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
         else:
             rope = rope_cache(self.max_tokens, D // self.cfg.num_heads, x.device)
-            rope = tuple(t[:S] if positions is None else t[positions][:, None] for t in rope)  # [S, hd/2] or [B, 1, S, hd/2]
+            rope = tuple(t[:S] if positions is None else t[positions][:, None] for t in rope)  # [S, hd] or [B, 1, S, hd]
         if mask is None and positions is None and self.cfg.length_groups > 1 and B > 1:
             # Rows never attend across each other and the causal mask never reaches a padded key,
             # so each group of rows can run cut to its longest row: the same outputs at every
