@@ -3,6 +3,7 @@
 
     python jobs/bench_train.py --config jobs/configs/argus-300m.yaml --num-items 1000000     # on a GPU
     python jobs/bench_train.py --config jobs/configs/argus-3m.yaml --set model.max_seq_len=8192 --set optim.batch_size=2
+    python jobs/bench_train.py --config jobs/configs/ml1m.yaml --device cpu --set optim.precision=bf16   # vs =fp32
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from _cli import parse_config_and_args
 
 from argus_platform.config import TrainJobConfig
 from argus_platform.planning import planning_schema
+from argus_platform.precision import resolve_precision
 from argus_platform.throughput import measure
 
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu" and cfg.scaling.torch_threads > 0:
         torch.set_num_threads(cfg.scaling.torch_threads)
+    precision, why = resolve_precision(cfg.optim.precision, device)
+    cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
+    print(f"precision: {precision} ({why})")
     schema = planning_schema(cfg, args.num_items or cfg.data.synthetic.num_items)
     r = measure(cfg, schema, device, steps=args.steps)
     m = cfg.model

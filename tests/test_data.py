@@ -166,6 +166,34 @@ def test_temporal_split(ray_local, tmp_path):
     assert all(np.sum(np.asarray(ts) >= t_test) == 1 and ts[-1] >= t_test for ts in test["timestamp"])
 
 
+@pytest.mark.parametrize("split", ["leave_last_out", "temporal"])
+def test_grouped_logs_skip_the_shuffle_and_give_the_same_splits(ray_local, tmp_path, split):
+    """The one-pass builder for logs grouped by user writes the same rows as the Ray Data group-by,
+    and a log that is not grouped is recognised as such."""
+    from argus_platform.data.sequences import _build_shuffled, temporal_cuts
+    from argus_platform.data.sorted_sequences import build_sorted, grouped_by_user
+    from argus_platform.data.vocab import Vocabulary
+
+    cfg = _seq_cfg(split=split, min_events_per_user=6)
+    prepare_data(cfg, tmp_path / "run")
+    events = tmp_path / "run" / "data" / "events.parquet"
+    vocab, spec = Vocabulary.load(tmp_path / "run" / "vocab"), prepare_data(cfg, tmp_path / "run").spec
+    assert grouped_by_user(events, vocab)
+    cuts = temporal_cuts(events, cfg)
+    fast = build_sorted(events, vocab, spec, cfg, tmp_path / "fast", cuts)
+    slow = _build_shuffled(events, vocab, spec, cfg, tmp_path / "slow", cuts)
+    assert fast.rows == slow.rows and fast.users_too_short == slow.users_too_short
+    assert np.array_equal(fast.item_counts, slow.item_counts)
+    for name in ("train", "validation", "test"):
+        a, b = (pq.ParquetDataset(d.paths[name]).read() for d in (fast, slow))
+        assert a.schema.equals(b.schema), (a.schema, b.schema)
+        a, b = (t.sort_by("user_idx").to_pylist() for t in (a, b))
+        assert a == b and len(a) > 0, name
+    shuffled = pq.read_table(events).take(np.random.default_rng(0).permutation(pq.read_metadata(events).num_rows))
+    pq.write_table(shuffled, tmp_path / "shuffled.parquet")
+    assert not grouped_by_user(tmp_path / "shuffled.parquet", vocab)
+
+
 def test_collate_windows_and_kjt():
     from argus_models.config import ActionHead, ModelSchema
     from argus_platform.collate import Collator, history_items

@@ -46,7 +46,7 @@ def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
     from argus_platform.config import EvalConfig
     from argus_platform.configlib import from_dict
     from argus_platform.data.spec import DatasetSpec
-    from argus_platform.evaluation import evaluate
+    from argus_platform.evaluation import evaluate, local_lookup
 
     model = load_inference_model(ckpt)
     spec = from_dict(DatasetSpec, json.loads((ckpt / "spec.json").read_text()))
@@ -56,7 +56,7 @@ def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
     table = pq.ParquetDataset(str(run_dir / "data" / "validation")).read()
     batches = [table.slice(i, 50) for i in range(0, table.num_rows, 50)]
     counts = torch.from_numpy(np.load(ckpt / "train_item_counts.npy"))
-    got = evaluate(model.dense, model.tables, batches, collator, counts, EvalConfig(), torch.device("cpu"))["model"]
+    got = evaluate(model.dense, local_lookup(model.dense, model.tables), batches, collator, counts, EvalConfig(), torch.device("cpu"))["model"]
     assert got["users"] == recorded["users"]
     for key in ("ndcg@10", "hr@10", "mrr", "like/auc"):
         assert abs(got[key] - recorded[key]) < 1e-3, (key, got[key], recorded[key])

@@ -140,6 +140,18 @@ class Collator:
             neg_ids=torch.from_numpy(neg.astype(np.int64)),
         )
 
+    def id_features(self, ids: np.ndarray) -> KeyedJaggedTensor:
+        """A KJT that looks up `ids` [n] as NEG_ITEM (with their multi-hash buckets) beside one row of
+        one padding event: the catalogue's rows through the same (sharded) lookup as training."""
+        ids = np.asarray(ids, dtype=np.int64)
+        seq_keys, neg_keys = sequence_features(self.schema), negative_features(self.schema)
+        pad = {hash_feature(k): int(self.item_hashes[0, k]) for k in range(len(neg_keys) - 1)}
+        neg_values = [ids] + [self.item_hashes[ids, k] for k in range(len(neg_keys) - 1)]
+        values = np.concatenate([np.array([pad.get(k, 0) for k in seq_keys], dtype=np.int64)] + neg_values)
+        lengths = np.array([1] * len(seq_keys) + [len(ids)] * len(neg_keys), dtype=np.int32)
+        return KeyedJaggedTensor.from_lengths_sync(keys=seq_keys + neg_keys, values=torch.from_numpy(values),
+                                                   lengths=torch.from_numpy(lengths))
+
 
 def history_items(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Whole history (all events but the last) of each evaluation row: (values, offsets)."""

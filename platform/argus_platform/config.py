@@ -104,8 +104,10 @@ class OptimConfig:
         "L2 weight decay of the tables in the fused row-wise Adagrad / Adagrad (added to the gradient of every row a "
         "step looks up, before the Adagrad scaling; 0 = off)", 0.0
     )
-    precision: Literal["fp32", "bf16"] = _help(
-        "dense forward/backward precision: fp32, or bf16 autocast (tables, losses and optimizer states stay fp32)", "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = _help(
+        "dense forward/backward precision: auto (bf16 on CUDA and on CPUs with AMX / AVX512-BF16, fp32 elsewhere; "
+        "printed at start and saved in metrics.json), fp32, or bf16 autocast (tables, losses and optimizer states "
+        "stay fp32)", "auto"
     )
     weight_decay: float = _help("AdamW weight decay", 0.01)
     warmup_steps: int = _help("linear warm-up steps of the learning rates", 50)
@@ -160,6 +162,20 @@ class EvalConfig:
     ks: list[int] = _help("cut-offs for NDCG/HR", factory=lambda: [10, 100])
     batch_size: int = _help("users per evaluation batch", 256)
     length_buckets: int = _help("evaluation batches regrouped by history length (metrics do not depend on it; 0 = off)", 8)
+    catalogue_block: int = _help(
+        "items scored per block: each rank scores its share of the catalogue [users × block] at a time "
+        "(bounds evaluation memory; metrics do not depend on it)", 32768
+    )
+    max_users: int = _help(
+        "validation during training on about this many users (a fixed hash sample of user ids, recorded in "
+        "metrics.json; 0 = every user); the test split is always evaluated on every user", 0
+    )
+
+    def validate(self) -> None:
+        if self.catalogue_block < 1:
+            raise ConfigError(f"eval.catalogue_block must be at least 1, got {self.catalogue_block}")
+        if self.max_users < 0:
+            raise ConfigError(f"eval.max_users must be >= 0 (0 = every user), got {self.max_users}")
 
 
 @dataclass
@@ -192,6 +208,7 @@ class TrainJobConfig:
         if self.loss.next_item != "full_softmax" and self.loss.in_batch_negatives + self.loss.uniform_negatives <= 0:
             raise ConfigError("loss.in_batch_negatives + loss.uniform_negatives must be positive for sampled softmax")
         self.data.item_features.validate()
+        self.eval.validate()
         if self.scaling.num_workers < 1:
             raise ConfigError("scaling.num_workers must be at least 1")
         if self.optim.sparse_optimizer == "adam" and not self.scaling.use_gpu:

@@ -7,24 +7,29 @@ Metrics: NDCG@k, HR@k, MRR, catalogue coverage of the top-10; per action head AU
 normalised entropy (binary, ratio ≥ 0.5 for AUC) or accuracy/MAE (graded). The popularity
 baseline (training-split counts) runs through the same ranking code.
 
-Workers evaluate their own shard and the sums are reduced across ranks.
+Workers evaluate their own users and the sums are reduced across ranks; the catalogue is scored in
+bounded memory, each rank against its own block of items (`catalogue_ranking`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from argus_models.contract import USER_IDX
 from argus_models.losses import feedback_probability
 from argus_models.model import ArgusDenseArch, lookup_local, table_name, ITEM
 
+from argus_platform.catalogue_ranking import (CatalogueShard, Lookup, PopularityRanker, Queries, all_reduce_,
+                                              catalogue_shard, gather_queries, model_ranks, query_inputs)
 from argus_platform.collate import Collator, history_items
 from argus_platform.config import EvalConfig
+from argus_platform.progress import Progress
 
 RANKERS = ("model", "popularity")
 
@@ -70,21 +75,25 @@ class RankingAccumulator:
     def add(self, scores: torch.Tensor, target: torch.Tensor) -> None:
         """scores: [B, C+1] (−inf = excluded); target: [B]."""
         t_score = scores.gather(1, target[:, None])
-        rank = (scores > t_score).sum(dim=1).double()  # 0-based
+        self.add_ranks((scores > t_score).sum(dim=1).double(), scores.topk(min(10, scores.shape[1]), dim=1).indices)
+
+    def add_ranks(self, rank: torch.Tensor, top: torch.Tensor) -> None:
+        """rank: [B] 0-based ranks of the targets (float64); top: [B, 10] each user's top-10 item ids."""
         for k in self.ks:
             hit = rank < k
             self.sums[f"hr@{k}"] += hit.double().sum().item()
             self.sums[f"ndcg@{k}"] += torch.where(hit, 1.0 / torch.log2(rank + 2.0), 0.0).sum().item()
         self.sums["mrr"] += (1.0 / (rank + 1.0)).sum().item()
-        self.count += len(target)
-        self.covered[scores.topk(min(10, scores.shape[1]), dim=1).indices.flatten()] = True
+        self.count += len(rank)
+        self.covered[top.flatten()] = True
 
-    def reduce(self) -> dict[str, float]:
+    def reduce(self, collective: bool = True) -> dict[str, float]:
+        """The metrics over every rank's users (collective when distributed and `collective`)."""
         keys = sorted(self.sums)
         vec = torch.tensor([self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64)
         covered = self.covered.to(torch.int32)
         covered[0] = 0
-        if dist.is_initialized():
+        if collective and dist.is_initialized():
             dist.all_reduce(vec)
             dist.all_reduce(covered)
         n = max(vec[-1].item(), 1.0)
@@ -97,39 +106,117 @@ class RankingAccumulator:
 @torch.no_grad()
 def evaluate(
     dense: ArgusDenseArch,
-    tables: dict[str, torch.Tensor],
+    lookup: Lookup,
     batches: Iterable[pa.Table],
     collator: Collator,
     item_counts: torch.Tensor,
     cfg: EvalConfig,
     device: torch.device,
+    catalogue: CatalogueShard | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, dict[str, float]]:
-    """{"model": {...}, "popularity": {...}} for one split (collective when distributed)."""
+    """{"model": {...}, "popularity": {...}} for one split (collective when distributed).
+
+    lookup: the sparse lookup (`sharded.task.sparse` under DMP, `local_lookup` for full tables);
+    catalogue: this rank's item vectors (`catalogue_shard`; made here when not given, so one
+    evaluation can share it between splits); progress: counts the users (rank 0 prints)."""
     was_training = dense.training
     dense.eval()
     schema = dense.schema
-    tables = dense.local_tables({k: v.to(device) for k, v in tables.items()})
-    item_matrix = dense.item_vectors(tables[table_name(ITEM)])  # [C+1, D]
-    C = schema.num_items
-    # popularity with a deterministic tie-break (lower index = more frequent overall)
-    pop_scores = (item_counts.double() * (C + 2) - torch.arange(C + 1, dtype=torch.float64)).to(device)
-    accs = {r: RankingAccumulator(cfg.ks, C) for r in RANKERS}
+    if catalogue is None:
+        catalogue = catalogue_shard(dense, lookup, collator.id_features, device, cfg.catalogue_block)
+    popularity = PopularityRanker(item_counts)
+    accs = {r: RankingAccumulator(cfg.ks, schema.num_items) for r in RANKERS}
     preds: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
     labels: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
+    D = catalogue.vectors.shape[1]
+    empty = Queries(torch.zeros(0, D, device=device), *(torch.zeros(0, dtype=torch.int64, device=device) for _ in range(3)))
+    tables = iter(batches)
+    while True:
+        table = next(tables, None)
+        # Sharded lookups and the scoring are collective: every rank steps until all are done.
+        if not all_reduce_(torch.tensor([table is not None], dtype=torch.int64, device=device)).item():
+            break
+        if table is None:
+            lookup(collator.id_features(np.zeros(1, np.int64)).to(device))
+            local = empty
+        else:
+            batch = collator(table).to(device)
+            out = dense(query_inputs(lookup(batch.sparse_features), batch.items), batch.lengths)
+            B = len(batch.lengths)
+            rows = torch.arange(B, device=device)
+            last = batch.lengths - 2  # last history position; it predicts event lengths-1
+            targets = batch.items[rows, batch.lengths - 1]
+            if bool((targets < 1).any()):
+                raise ValueError("an evaluation row ends in the padding item 0; prepared splits hold real items only")
+            seen_vals, seen_offsets = history_items(table)
+            seen_rows = np.repeat(np.arange(B), np.diff(seen_offsets))
+            local = Queries(out["query"][rows, last].float(), targets, torch.from_numpy(seen_rows).to(device),
+                            torch.from_numpy(seen_vals.astype(np.int64)).to(device))
+            pop_rank, pop_top = popularity.ranks(targets.cpu().numpy(), seen_rows, seen_vals.astype(np.int64), cfg.filter_seen)
+            accs["popularity"].add_ranks(torch.from_numpy(pop_rank), torch.from_numpy(pop_top))
+            if "feedback" in out:
+                logits = dense.action_logits(out["feedback"][rows, last])
+                for a_i, head in enumerate(schema.actions):
+                    preds[head.name].append(feedback_probability(head, logits[head.name]).float().cpu().numpy()
+                                            if head.kind != "graded" else logits[head.name].float().cpu().numpy())
+                    labels[head.name].append(batch.actions[rows, batch.lengths - 1, a_i].cpu().numpy())
+        gathered, mine = gather_queries(local)
+        ranks, top = model_ranks(gathered, catalogue, cfg.catalogue_block, cfg.filter_seen)
+        accs["model"].add_ranks(ranks[mine].cpu(), top[mine].cpu())
+        if progress is not None:
+            progress.update(len(gathered.targets))
+    result = {r: acc.reduce() for r, acc in accs.items()}
+    result["model"].update(_feedback_metrics(schema, preds, labels))
+    if was_training:
+        dense.train()
+    return result
+
+
+def user_sample(batches: Iterable[pa.Table], max_users: int, split_users: int) -> Iterator[pa.Table]:
+    """The rows of about `max_users` of the split's `split_users` users (0 = all): a fixed sample, by a
+    hash of user_idx, so every evaluation during a run (and every rank) sees the same users."""
+    if not max_users or max_users >= split_users:
+        yield from batches
+        return
+    threshold = np.uint64(int(max_users / split_users * 2**32))
     for table in batches:
-        batch = collator(table).to(device)
-        emb = lookup_local(tables, batch.sparse_features)
-        out = dense(emb, batch.lengths)
+        users = table.column(USER_IDX).to_numpy().astype(np.uint64)
+        keep = (users * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32) < threshold  # Fibonacci hash, top 32 bits
+        if keep.any():
+            yield table.filter(pa.array(keep))
+
+
+def local_lookup(dense: ArgusDenseArch, tables: dict[str, torch.Tensor]) -> Lookup:
+    """The sparse lookup from full in-memory tables (one process: a loaded checkpoint, tests)."""
+    full = dense.local_tables(tables)
+    return lambda features: lookup_local(full, features)
+
+
+@torch.no_grad()
+def evaluate_reference(dense: ArgusDenseArch, tables: dict[str, torch.Tensor], batches: Iterable[pa.Table],
+                       collator: Collator, item_counts: torch.Tensor, cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """The plain ranking the bounded path must reproduce: full tables in one process, dense
+    [users × catalogue] score blocks (the popularity baseline too). Ranking metrics only; never
+    collective (it sees only the batches it is given)."""
+    dense.eval()
+    tables = dense.local_tables(tables)
+    item_matrix = dense.item_vectors(tables[table_name(ITEM)])  # [C+1, D]
+    C = dense.schema.num_items
+    pop_scores = item_counts.double() * (C + 2) - torch.arange(C + 1, dtype=torch.float64)
+    accs = {r: RankingAccumulator(cfg.ks, C) for r in RANKERS}
+    for table in batches:
+        batch = collator(table)
+        out = dense(lookup_local(tables, batch.sparse_features), batch.lengths)
         B = len(batch.lengths)
-        rows = torch.arange(B, device=device)
-        last = batch.lengths - 2  # last history position; it predicts event lengths-1
+        rows = torch.arange(B)
         target = batch.items[rows, batch.lengths - 1]
         seen_vals, seen_offsets = history_items(table)
-        seen_rows = torch.from_numpy(np.repeat(np.arange(B), np.diff(seen_offsets))).to(device)
-        seen_items = torch.from_numpy(seen_vals.astype(np.int64)).to(device)
+        seen_rows = torch.from_numpy(np.repeat(np.arange(B), np.diff(seen_offsets)))
+        seen_items = torch.from_numpy(seen_vals.astype(np.int64))
         for ranker, acc in accs.items():
             if ranker == "model":
-                scores = (out["query"][rows, last] @ item_matrix.T).float()
+                scores = (out["query"][rows, batch.lengths - 2] @ item_matrix.T).float()
             else:
                 scores = pop_scores[None, :].expand(B, -1).clone()
             scores[:, 0] = float("-inf")
@@ -138,17 +225,7 @@ def evaluate(
                 scores[seen_rows, seen_items] = float("-inf")
                 scores[rows, target] = t_score
             acc.add(scores, target)
-        if "feedback" in out:
-            logits = dense.action_logits(out["feedback"][rows, last])
-            for a_i, head in enumerate(schema.actions):
-                preds[head.name].append(feedback_probability(head, logits[head.name]).cpu().numpy()
-                                        if head.kind != "graded" else logits[head.name].float().cpu().numpy())
-                labels[head.name].append(batch.actions[rows, batch.lengths - 1, a_i].cpu().numpy())
-    result = {r: acc.reduce() for r, acc in accs.items()}
-    result["model"].update(_feedback_metrics(schema, preds, labels))
-    if was_training:
-        dense.train()
-    return result
+    return {r: acc.reduce(collective=False) for r, acc in accs.items()}
 
 
 def _gather_arrays(parts: list[np.ndarray]) -> np.ndarray:

@@ -112,7 +112,7 @@ def activation_bytes(cfg: TrainJobConfig, schema: ModelSchema) -> tuple[int, int
     """(bytes, tokens) of one training step's activations on one device."""
     window = cfg.model.max_seq_len + 1
     tokens = cfg.optim.batch_size * window
-    value = 2 if cfg.optim.precision == "bf16" else 4
+    value = 2 if cfg.optim.precision == "bf16" or (cfg.optim.precision == "auto" and cfg.scaling.use_gpu) else 4
     encoder = tokens * activation_bytes_per_token(cfg.model, value, cfg.model.activation_checkpointing)
     features = 1 + len(schema.contexts) + len(schema.actions)
     lookups = 2 * tokens * features * cfg.model.embedding_dim * 4  # float32 lookups and their gradients

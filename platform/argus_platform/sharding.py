@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from argus_models.task import ArgusObjective, ArgusTrainTask
 
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError
+from argus_platform.precision import resolve_precision
 
 
 
@@ -123,7 +124,8 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
         exclude_history=cfg.loss.exclude_history,
     )
     sparse = ArgusSparseArch(schema, cfg.model.embedding_dim, device="meta")
-    return ArgusTrainTask(sparse, objective, precision=cfg.optim.precision, device_type=device_type)
+    precision = cfg.optim.precision if cfg.optim.precision != "auto" else resolve_precision("auto", torch.device(device_type), collective=False)[0]
+    return ArgusTrainTask(sparse, objective, precision=precision, device_type=device_type)
 
 
 def fused_params(cfg: TrainJobConfig) -> dict:
@@ -229,6 +231,7 @@ def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, d
     if task is None and schema.item_hash_buckets and item_hashes is None:
         raise ValueError("the schema has multi-hash item tables but no item hash codes were given")
     check_kernels(cfg, device.type)
+    cfg = replace(cfg, optim=replace(cfg.optim, precision=resolve_precision(cfg.optim.precision, device)[0]))
     task = task if task is not None else build_task(cfg, schema, item_counts, device.type, item_codes, item_hashes)
     sharder = make_sharder(cfg)
     world = dist.get_world_size()

@@ -9,6 +9,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,12 @@ from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import from_dict
 from argus_platform.data.prepare import load_prepared
-from argus_platform.evaluation import evaluate
+from argus_platform.catalogue_ranking import catalogue_shard
+from argus_platform.evaluation import evaluate, user_sample
+from argus_platform.precision import resolve_precision
+from argus_platform.progress import Progress
 from argus_platform.schedule import lr_factor
-from argus_platform.sharding import describe_plan, gather_tables, shard
+from argus_platform.sharding import describe_plan, shard
 
 
 Iterate = Callable[[str, int], Iterable[pa.Table]]  # (split, batch_size) -> Arrow batches
@@ -58,6 +62,9 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     if cfg.scaling.torch_threads > 0:
         torch.set_num_threads(cfg.scaling.torch_threads)
     torch.manual_seed(cfg.optim.seed + rank)
+    precision, why = resolve_precision(cfg.optim.precision, device)
+    cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
+    _say(rank, f"[argus] precision: {precision} ({why})")
     prepared = load_prepared(run_dir)
     schema = ModelSchema.load(run_dir / "schema.json")
     counts = torch.from_numpy(prepared.item_counts)
@@ -113,12 +120,22 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         if state.epoch % o.eval_every_epochs and not last:
             report(metrics, None)
             continue
-        tables = gather_tables(sharded.model)
+        # Evaluation looks rows up through the sharded tables (the pipeline lets go of the sparse
+        # forward until the next epoch) and each rank scores its own block of the catalogue.
+        pipeline.detach()
+        lookup = sharded.task.sparse
         dense = sharded.eval_dense(cfg)
+        catalogue = catalogue_shard(dense, lookup, eval_collate.id_features, device, cfg.eval.catalogue_block)
 
         def run_eval(split: str) -> dict:
-            held_out = length_buckets(iterate(split, cfg.eval.batch_size), cfg.eval.length_buckets, window)
-            return evaluate(dense, tables, held_out, eval_collate, counts, cfg.eval, device)
+            sample = cfg.eval.max_users if split == "validation" else 0
+            rows = prepared.summary["rows"][split]
+            held_out = length_buckets(user_sample(iterate(split, cfg.eval.batch_size), sample, rows),
+                                      cfg.eval.length_buckets, window)
+            progress = Progress(f"epoch {state.epoch} {split}", min(sample, rows) if sample else rows, "users", rank == 0)
+            result = evaluate(dense, lookup, held_out, eval_collate, counts, cfg.eval, device, catalogue, progress)
+            progress.close()
+            return result
 
         validation = run_eval("validation")
         val = validation["model"]["ndcg@10"]
@@ -152,7 +169,10 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
 def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
     return {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "steps": state.step,
             "protocol": {"split": cfg.data.split, "filter_seen": cfg.eval.filter_seen, "ranking": "full catalogue",
-                         "selection": "best validation ndcg@10"}}
+                         "selection": "best validation ndcg@10",
+                         "validation_users": (f"a sample of about {cfg.eval.max_users:,} (hash of user_idx)"
+                                              if cfg.eval.max_users else "all"),
+                         "test_users": "all", "precision": cfg.optim.precision}}
 
 
 def train_loop_per_worker(config: dict) -> None:

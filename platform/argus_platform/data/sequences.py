@@ -24,10 +24,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from argus_models.contract import USER_IDX, Vocabulary, act_col, ctx_col
+from argus_models.contract import USER_IDX, Vocabulary
 
 from argus_platform.config import DataConfig
-from argus_platform.data.spec import ITEM, TIME, USER, DatasetSpec
+from argus_platform.data.sorted_sequences import build_sorted, encode, grouped_by_user
+from argus_platform.data.spec import ITEM, TIME, DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +46,7 @@ def _resolve(ref: "ray.ObjectRef"):
 
 
 def _encode(batch: pa.Table, vocab_ref: "ray.ObjectRef", spec: DatasetSpec) -> pa.Table:
-    items, users, contexts = _resolve(vocab_ref)
-    cols = {
-        USER_IDX: pc.index_in(batch.column(USER), value_set=users),
-        ITEM: pc.add(pc.index_in(batch.column(ITEM), value_set=items), 1).cast(pa.int32()),
-        TIME: batch.column(TIME),
-    }
-    for c in spec.context_columns:
-        cols[ctx_col(c)] = pc.add(pc.index_in(batch.column(c), value_set=contexts[c]), 1).cast(pa.int32())
-    for a in spec.actions:
-        values = batch.column(a.name).to_numpy(zero_copy_only=False)
-        cols[act_col(a.name)] = pa.array(a.target(values), type=pa.float32())
-    return pa.table(cols)
+    return encode(batch, _resolve(vocab_ref), spec)
 
 
 def _lists(columns: dict[str, list[np.ndarray]], users: np.ndarray) -> pa.Table:
@@ -115,8 +105,35 @@ class PreparedData:
     temporal_cuts: tuple[float, float] | None
 
 
+def temporal_cuts(events_path: Path, cfg: DataConfig) -> tuple[float, float] | None:
+    """(T_val, T_test) of the temporal split: quantiles of the event times (None for leave_last_out)."""
+    if cfg.split != "temporal":
+        return None
+    ts = pq.read_table(events_path, columns=[TIME]).column(TIME).to_numpy()
+    cuts = (float(np.quantile(ts, cfg.temporal_val_quantile)), float(np.quantile(ts, cfg.temporal_test_quantile)))
+    log.info("temporal split: validation from t=%d, test from t=%d", *cuts)
+    return cuts
+
+
 def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path) -> PreparedData:
-    """Encode, group and split the canonical log with Ray Data; write Parquet per split."""
+    """Encode, group and split the canonical log; write Parquet per split. A log grouped by user
+    takes one streaming pass (`sorted_sequences`); any other goes through a Ray Data group-by."""
+    cuts = temporal_cuts(events_path, cfg)
+    if grouped_by_user(events_path, vocab):
+        return build_sorted(events_path, vocab, spec, cfg, out_dir, cuts)
+    events = pq.ParquetFile(events_path).metadata.num_rows
+    print(f"[argus] prepare: the log is not grouped by user: grouping {events:,} events with a Ray Data "
+          "shuffle (Ray Data's progress below)", flush=True)
+    context = ray.data.DataContext.get_current()
+    shown, context.enable_progress_bars = context.enable_progress_bars, True
+    try:
+        return _build_shuffled(events_path, vocab, spec, cfg, out_dir, cuts)
+    finally:
+        context.enable_progress_bars = shown
+
+
+def _build_shuffled(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path,
+                    cuts: tuple[float, float] | None) -> PreparedData:
     vocab_ref = ray.put((pa.array(vocab.items), pa.array(vocab.users), {c: pa.array(v) for c, v in vocab.contexts.items()}))
     encoded = ray.data.read_parquet(str(events_path)).map_batches(
         _encode, batch_format="pyarrow", fn_kwargs={"vocab_ref": vocab_ref, "spec": spec}
@@ -124,11 +141,6 @@ def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
     # ~100k events per shuffle partition: the default 200 partitions cost more than they save on small logs.
     partitions = int(np.clip(pq.ParquetFile(events_path).metadata.num_rows // 100_000, 2, 200))
     sequences = encoded.groupby(USER_IDX, num_partitions=partitions).map_groups(_to_sequence, batch_format="numpy").materialize()
-    cuts = None
-    if cfg.split == "temporal":
-        ts = pq.read_table(events_path, columns=[TIME]).column(TIME).to_numpy()
-        cuts = (float(np.quantile(ts, cfg.temporal_val_quantile)), float(np.quantile(ts, cfg.temporal_test_quantile)))
-        log.info("temporal split: validation from t=%d, test from t=%d", *cuts)
     t_val, t_test = cuts or (0.0, 0.0)
     paths, rows = {}, {}
     for split in SPLITS:

@@ -21,8 +21,6 @@ score against an oracle.
 from __future__ import annotations
 
 import json
-import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,8 +31,7 @@ import torch
 
 from argus_platform.config import SyntheticConfig
 from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
-
-log = logging.getLogger(__name__)
+from argus_platform.progress import Progress
 
 SOURCES = np.array(["organic", "recommended", "search"])
 SOURCE_PROBS = np.array([0.5, 0.35, 0.15])
@@ -86,7 +83,8 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
         + [(a.name, pa.float32() if a.kind == "ratio" else pa.int8()) for a in synthetic_spec().actions]
     )
     user_init, user_final = [], []
-    total, started = 0, time.time()
+    total = 0
+    progress = Progress("synthetic log", cfg.num_users, "users")
     imp_writer = pq.ParquetWriter(out_dir / IMPRESSIONS_FILE, impressions_schema()) if cfg.impressions_per_event > 0 else None
     with pq.ParquetWriter(path, schema) as writer:
         for first in range(0, cfg.num_users, cfg.chunk_users):
@@ -98,9 +96,10 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
             user_init.append(u0)
             user_final.append(uT)
             total += table.num_rows
-            log.info("synthetic: %d/%d users, %d events (%.1fs)", first + n, cfg.num_users, total, time.time() - started)
+            progress.update(n)
     if imp_writer is not None:
         imp_writer.close()
+    progress.close(f"{total:,} events")
     np.savez_compressed(
         out_dir / "ground_truth.npz",
         item_raw_ids=raw_items,

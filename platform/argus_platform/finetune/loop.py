@@ -29,6 +29,7 @@ from argus_platform.data.prepare import load_prepared
 from argus_platform.evaluation import _gather_arrays, auc, normalized_entropy
 from argus_platform.finetune.collate import SlateCollator
 from argus_platform.finetune.config import FinetuneConfig
+from argus_platform.precision import resolve_precision
 from argus_platform.sharding import ShardedTask, gather_tables, shard
 
 Iterate = Callable[[str, int], Iterable[pa.Table]]
@@ -101,7 +102,11 @@ def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint:
     torch.manual_seed(cfg.seed + rank)
     schema = ModelSchema.load(checkpoint / "schema.json")
     counts = torch.from_numpy(np.load(checkpoint / "train_item_counts.npy"))
-    tcfg = replace(train_cfg, optim=replace(train_cfg.optim, dense_lr=cfg.dense_lr, sparse_lr=cfg.sparse_lr))
+    precision, why = resolve_precision(train_cfg.optim.precision, device)
+    if rank == 0:
+        print(f"[argus] precision: {precision} ({why})", flush=True)
+    tcfg = replace(train_cfg, optim=replace(train_cfg.optim, dense_lr=cfg.dense_lr, sparse_lr=cfg.sparse_lr,
+                                            precision=precision))
     dense = ArgusDenseArch(tcfg.model, schema)
     task = SlateTask(ArgusSparseArch(schema, tcfg.model.embedding_dim, "meta"), SlateObjective(dense, cfg.mode, cfg.action_weights),
                      tcfg.optim.precision, device.type)
