@@ -110,6 +110,18 @@ def test_synthetic_is_deterministic_and_records_ground_truth(tmp_path):
     assert not a.equals(c)
 
 
+@pytest.mark.parametrize("n", [1, 7, 1000, 200_000])
+def test_guide_table_sampling_equals_the_binary_search(n):
+    from argus_platform.data.synthetic import InverseCdf
+
+    rng = np.random.default_rng(n)
+    p = (rng.permutation(n) + 1.0) ** -0.8
+    cdf = np.cumsum(p / p.sum())
+    u = rng.random((500, 64))
+    u[0, :3] = [0.0, cdf[0], np.nextafter(cdf[min(1, n - 1)], 0)]  # the edges of a step
+    assert np.array_equal(InverseCdf(cdf)(u), np.searchsorted(cdf, u))
+
+
 def _seq_cfg(**kw):
     return DataConfig(synthetic=SyntheticConfig(num_users=30, num_items=40, events_per_user=8, min_events=4), **kw)
 

@@ -129,8 +129,7 @@ def model_ranks(q: Queries, shard: CatalogueShard, block: int, filter_seen: bool
         keep = (q.seen_items >= lo) & (q.seen_items < hi) & (q.seen_items != q.targets[q.seen_rows])
         seen_rows, seen_items = q.seen_rows[keep], q.seen_items[keep]
     count = torch.zeros(N, dtype=torch.int64, device=device)
-    top_v = torch.full((N, 0), float("-inf"), device=device)
-    top_i = torch.zeros((N, 0), dtype=torch.int64, device=device)
+    top = RunningTop(N, device)
     for c0 in range(lo, hi, block):
         c1 = min(c0 + block, hi)
         scores = (q.vectors @ V[c0 - lo:c1 - lo].T).float()  # [N, c]
@@ -139,12 +138,52 @@ def model_ranks(q: Queries, shard: CatalogueShard, block: int, filter_seen: bool
             scores[seen_rows[here], seen_items[here] - c0] = float("-inf")
         tgt = (q.targets >= c0) & (q.targets < c1)
         scores[rows[tgt], q.targets[tgt] - c0] = t_score[tgt]  # the target never counts above itself
-        count += (scores > t_score[:, None]).sum(dim=1)
-        v, i = scores.topk(min(TOP, c1 - c0), dim=1)
-        top_v, top_i = _merge_top(torch.cat([top_v, v], 1), torch.cat([top_i, i + c0], 1))
+        count += count_above(scores, t_score)
+        top.add(scores, c0)
+    top_v, top_i = top.values, top.ids
     all_reduce_(count)
     top_v, top_i = _merge_top(torch.cat(gather_rows(top_v.T.contiguous())).T, torch.cat(gather_rows(top_i.T.contiguous())).T)
     return count.double(), top_i
+
+
+def count_above(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """[N] how many entries of each row of scores [N, c] exceed threshold [N]. On CPU through numpy,
+    whose compare-and-count is ~7x faster than torch's bool reductions (12.7 vs 85.7 ms for [512, 32768])."""
+    if scores.device.type == "cpu":
+        return torch.from_numpy(np.count_nonzero(scores.numpy() > threshold.numpy()[:, None], axis=1).astype(np.int64))
+    return (scores > threshold[:, None]).sum(dim=1)
+
+
+class RunningTop:
+    """Each row's 10 best (score, item) over the blocks seen so far.
+
+    The first block goes through topk; later ones only through the entries above the row's
+    current 10th best, which are few once a block or two has been seen, so a block costs about
+    one compare instead of a topk (32.7 ms for [512, 32768] on one core)."""
+
+    def __init__(self, rows: int, device: torch.device) -> None:
+        self.values = torch.full((rows, 0), float("-inf"), device=device)
+        self.ids = torch.zeros((rows, 0), dtype=torch.int64, device=device)
+
+    def add(self, scores: torch.Tensor, offset: int) -> None:
+        if self.values.shape[1] < TOP or scores.device.type != "cpu":
+            v, i = scores.topk(min(TOP, scores.shape[1]), dim=1)
+            self.values, self.ids = _merge_top(torch.cat([self.values, v], 1), torch.cat([self.ids, i + offset], 1))
+            return
+        floor = self.values[:, -1].numpy()
+        r, c = np.nonzero(scores.numpy() > floor[:, None])
+        if len(r) == 0:
+            return
+        # candidates beside the current best, then each row's 10 largest
+        rows = np.concatenate([np.repeat(np.arange(len(floor)), TOP), r])
+        vals = np.concatenate([self.values.numpy().ravel(), scores.numpy()[r, c]])
+        ids = np.concatenate([self.ids.numpy().ravel(), c + offset])
+        order = np.lexsort((-vals, rows))
+        rows, vals, ids = rows[order], vals[order], ids[order]
+        first = np.searchsorted(rows, np.arange(len(floor)))
+        keep = np.arange(len(rows)) - first[rows] < TOP
+        self.values = torch.from_numpy(vals[keep].reshape(len(floor), TOP).copy())
+        self.ids = torch.from_numpy(ids[keep].reshape(len(floor), TOP).copy())
 
 
 def _merge_top(values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,7 +76,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "events.parquet"
     world = _world(cfg)
-    cum_pop = np.cumsum(world["item_popularity"])
+    cum_pop = InverseCdf(np.cumsum(world["item_popularity"]))
     raw_items = item_raw_ids(cfg.num_items)
     schema = pa.schema(
         [(USER, pa.int64()), (ITEM, pa.int64()), (TIME, pa.int64()), ("source", pa.string())]
@@ -100,7 +100,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
     if imp_writer is not None:
         imp_writer.close()
     progress.close(f"{total:,} events")
-    np.savez_compressed(
+    np.savez(  # uncompressed: random floats do not compress, and zlib took a quarter of the time
         out_dir / "ground_truth.npz",
         item_raw_ids=raw_items,
         item_factors=world["item_factors"],
@@ -171,6 +171,27 @@ def _impressions(rng, cfg, raw_items, users, times, cands, choice, feedback: dic
     return table.filter(pa.array(keep.ravel()))
 
 
+class InverseCdf:
+    """`np.searchsorted(cdf, u)` (the first i with cdf[i] >= u), with a guide table (Chen 1974): the
+    bucket of u gives the first candidate index, a few vectorised steps walk to the answer. Same
+    indices as the binary search, which over a 1M-item catalogue took 38% of the generator's time."""
+
+    def __init__(self, cdf: np.ndarray, buckets_per_item: int = 4) -> None:
+        self.cdf = cdf
+        self.buckets = max(1, buckets_per_item * len(cdf))
+        self.guide = np.searchsorted(cdf, np.arange(self.buckets) / self.buckets)
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        idx = self.guide[np.minimum((u * self.buckets).astype(np.int64), self.buckets - 1)]
+        last = len(self.cdf) - 1
+        todo = np.nonzero(self.cdf[np.minimum(idx, last)] < u)
+        while todo[0].size:
+            idx[todo] += 1
+            sub = self.cdf[np.minimum(idx[todo], last)] < u[todo]
+            todo = tuple(t[sub] for t in todo)
+        return idx
+
+
 def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
     rng = np.random.default_rng([cfg.seed, 1, first])
     rng_imp = np.random.default_rng([cfg.seed, 2, first])  # its own stream: the events do not depend on it
@@ -186,7 +207,7 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
         act = np.nonzero(lengths > step)[0]
         m = act.size
         src = rng.choice(3, size=m, p=SOURCE_PROBS)
-        cands = np.minimum(np.searchsorted(cum_pop, rng.random((m, CANDIDATES_PER_EVENT))), cfg.num_items - 1)
+        cands = np.minimum(cum_pop(rng.random((m, CANDIDATES_PER_EVENT))), cfg.num_items - 1)
         aff = np.einsum("mk,mck->mc", u[act], world["item_factors"][cands])  # [m, C]
         logits = cfg.affinity_temperature * SOURCE_TEMPERATURE[src][:, None] * aff
         choice = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
