@@ -91,7 +91,14 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         # Same bucket order on every rank: workers wait for each other every step, so they should be
         # stepping through batches of similar length at the same time.
         bucket_rng = np.random.default_rng([o.seed, epoch])
-        batches = map(train_collate, length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng))
+        seen_events = [0]
+
+        def collate(table: pa.Table):
+            batch = train_collate(table)
+            seen_events[0] += int((batch.lengths - 1).clamp_min(0).sum())  # positions the step predicts
+            return batch
+
+        batches = map(collate, length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng))
         t0, n_steps, loss_sum = time.time(), 0, 0.0
         while True:
             factor = lr_factor(state.step, o.warmup_steps, steps_per_epoch * o.epochs, o.lr_schedule, o.min_lr_ratio)
@@ -113,9 +120,13 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             raise RuntimeError("no training batches: the train split is smaller than one batch per worker; lower optim.batch_size")
         state.epoch = epoch + 1
         steps_per_epoch = n_steps
-        metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": time.time() - t0,
-                   "lr_factor": factor}
-        _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({metrics['epoch_seconds']:.1f}s)")
+        seconds = time.time() - t0
+        events = torch.tensor([seen_events[0]], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(events)
+        metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": seconds,
+                   "train_events": int(events.item()), "train_events_per_second": events.item() / seconds, "lr_factor": factor}
+        _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
+                   f"{metrics['train_events_per_second']:,.0f} events/s)")
         last = state.epoch == o.epochs
         if state.epoch % o.eval_every_epochs and not last:
             report(metrics, None)
@@ -134,17 +145,19 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
                                       cfg.eval.length_buckets, window)
             progress = Progress(f"epoch {state.epoch} {split}", min(sample, rows) if sample else rows, "users", rank == 0)
             result = evaluate(dense, lookup, held_out, eval_collate, counts, cfg.eval, device, catalogue, progress)
-            progress.close()
+            metrics[f"{split}_seconds"] = progress.close()
             return result
 
         validation = run_eval("validation")
         val = validation["model"]["ndcg@10"]
         metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
-        state.history.append({"epoch": state.epoch, "validation": validation["model"]})
+        state.history.append({"epoch": state.epoch, "validation": validation["model"],
+                              **{k: metrics[k] for k in ("epoch_seconds", "train_events_per_second", "validation_seconds")}})
         if val > state.best_validation:
             # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
             # Every rank holds the same reduced `val`, so all of them take this (collective) branch.
             test = run_eval("test")
+            state.history[-1]["test_seconds"] = metrics["test_seconds"]
             state.best_validation, state.best_epoch, state.evals_without_gain = val, state.epoch, 0
             state.best_metrics = {
                 "validation": validation["model"],
@@ -168,6 +181,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
 
 def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
     return {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "steps": state.step,
+            "history": state.history,
             "protocol": {"split": cfg.data.split, "filter_seen": cfg.eval.filter_seen, "ranking": "full catalogue",
                          "selection": "best validation ndcg@10",
                          "validation_users": (f"a sample of about {cfg.eval.max_users:,} (hash of user_idx)"

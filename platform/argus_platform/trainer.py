@@ -84,7 +84,7 @@ class SplitConfig(DataConfig):
         return output
 
 
-MATERIALIZE_BELOW_BYTES = 1 << 30
+MATERIALIZE_BELOW_BYTES = 128 << 20  # larger splits stream, so the driver never holds a large log
 
 
 def split_dataset(path: str) -> "ray.data.Dataset":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from argus_platform.config import DataConfig
 from argus_platform.configlib import from_dict, to_dict
@@ -74,6 +75,19 @@ def link_prepared(shared: Path, run_dir: Path) -> None:
             dst.symlink_to(src, target_is_directory=src.is_dir())
 
 
+class Stages:
+    """Seconds per preparation stage, in order (recorded in data/summary.json)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = time.time()
+
+    def done(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(now - self.last, 1)
+        self.last = now
+
+
 def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     """Prepare (or reuse, when the run directory already holds it for the same data config)."""
     p = _layout(run_dir)
@@ -87,17 +101,24 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
             "use a new run.dir (or delete its data/ folder)"
         )
     started = time.time()
+    stages = Stages()
     spec, chunks, source = open_source(cfg, p["synthetic"])
-    validation = write_canonical(spec, chunks, source, p["events"], p["quarantine"], cfg.max_bad_fraction)
-    log.info("validated %s: %d rows, %d quarantined (%.1fs)", source, validation["rows"], validation["quarantined_rows"], time.time() - started)
+    stages.done("generate" if cfg.source == "synthetic" else "open")
+    total = pq.ParquetFile(source).metadata.num_rows if str(source).endswith(".parquet") else None
+    validation = write_canonical(spec, chunks, source, p["events"], p["quarantine"], cfg.max_bad_fraction, total)
+    stages.done("validate")
+    print(f"[argus] prepare: {validation['rows']:,} rows of {source} checked, {validation['quarantined_rows']:,} "
+          f"quarantined ({stages.seconds['validate']:.0f}s)", flush=True)
     vocab = build_vocabulary(p["events"], spec)
     vocab.save(p["vocab"])
+    stages.done("vocabulary")
     item_features = None
     if cfg.item_features.path:
         item_features = build_item_features(cfg.item_features, vocab, p["item_quarantine"])
         item_features.save(p["vocab"])
         log.info("item features %s: %s", [f.name for f in item_features.features], item_features.stats)
     seqs = build_sequences(p["events"], vocab, spec, cfg, p["splits"])
+    stages.done("sequences")
     np.save(p["counts"], seqs.item_counts)
     p["spec"].write_text(json.dumps(to_dict(spec), indent=2))
     summary = {
@@ -111,6 +132,7 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
         "rows": seqs.rows,
         "splits": seqs.paths,
         "seconds": round(time.time() - started, 1),
+        "stage_seconds": stages.seconds,
         "item_features": item_features.stats if item_features else None,
     }
     p["summary"].write_text(json.dumps(summary, indent=2))

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from argus_platform.data.sources import DataSourceError
 from argus_platform.data.spec import ITEM, TIME, USER, DatasetSpec
+from argus_platform.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,20 @@ def write_canonical(
     events_path: Path,
     quarantine_path: Path,
     max_bad_fraction: float,
+    total_rows: int | None = None,
 ) -> dict:
-    """Stream chunks into the canonical Parquet log; returns the validation summary."""
+    """Stream chunks into the canonical Parquet log; returns the validation summary.
+    `total_rows`: the source's row count when known (progress with an ETA)."""
     schema = canonical_schema(spec)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     total, bad_total, reasons = 0, 0, Counter()
     qwriter = None
+    progress = Progress(f"prepare: checking {Path(source).name}", total_rows, "rows")
     with pq.ParquetWriter(events_path, schema) as writer:
         for df in chunks:
             good, bad = validate_chunk(df, spec, source)
             total += len(df)
+            progress.update(len(df))
             writer.write_table(pa.Table.from_pandas(good, schema=schema, preserve_index=False))
             if len(bad):
                 bad_total += len(bad)
