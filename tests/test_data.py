@@ -169,7 +169,7 @@ def test_splits_reach_ray_data_whole_and_in_file_blocks(ray_local, tmp_path, mon
 
 def test_temporal_split(ray_local, tmp_path):
     prepared = prepare_data(_seq_cfg(split="temporal"), tmp_path)
-    t_val, t_test = prepared.summary["temporal_cuts"]
+    t_val, _, _, t_test = prepared.summary["temporal_cuts"]
     train = pq.ParquetDataset(prepared.paths["train"]).read().to_pandas()
     test = pq.ParquetDataset(prepared.paths["test"]).read().to_pandas()
     assert all(max(ts) < t_val for ts in train["timestamp"])
@@ -178,7 +178,7 @@ def test_temporal_split(ray_local, tmp_path):
     assert all(np.sum(np.asarray(ts) >= t_test) == 1 and ts[-1] >= t_test for ts in test["timestamp"])
 
 
-@pytest.mark.parametrize("split", ["leave_last_out", "temporal"])
+@pytest.mark.parametrize("split", ["leave_last_out", "temporal", "temporal_windows"])
 def test_grouped_logs_skip_the_shuffle_and_give_the_same_splits(ray_local, tmp_path, split):
     """The one-pass builder for logs grouped by user writes the same rows as the Ray Data group-by,
     and a log that is not grouped is recognised as such."""
@@ -186,7 +186,8 @@ def test_grouped_logs_skip_the_shuffle_and_give_the_same_splits(ray_local, tmp_p
     from argus_platform.data.sorted_sequences import build_sorted, grouped_by_user
     from argus_platform.data.vocab import Vocabulary
 
-    cfg = _seq_cfg(split=split, min_events_per_user=6)
+    windows = dict(test_window_seconds=4 * 86400, val_window_seconds=4 * 86400, gap_seconds=3600)
+    cfg = _seq_cfg(split=split, min_events_per_user=6, **(windows if split == "temporal_windows" else {}))
     prepare_data(cfg, tmp_path / "run")
     events = tmp_path / "run" / "data" / "events.parquet"
     vocab, spec = Vocabulary.load(tmp_path / "run" / "vocab"), prepare_data(cfg, tmp_path / "run").spec

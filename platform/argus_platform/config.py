@@ -52,16 +52,23 @@ class ItemFeaturesConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic", "sasrec", "movielens", "kuairand", "events"] = _help(
-        "synthetic | sasrec (`user item` lines) | movielens (ratings.dat / u.data) | kuairand | events (Parquet/CSV + spec)",
+    source: Literal["synthetic", "sasrec", "movielens", "kuairand", "yambda", "events"] = _help(
+        "synthetic | sasrec (`user item` lines) | movielens (ratings.dat / u.data) | kuairand | yambda (flat "
+        "multi_event Parquet) | events (Parquet/CSV + spec)",
         "synthetic",
     )
     path: str = _help("input file for non-synthetic sources", "")
     spec: DatasetSpec = _help("column names and action kinds of the event log", factory=DatasetSpec)
     synthetic: SyntheticConfig = _help("synthetic generator settings", factory=SyntheticConfig)
-    split: Literal["leave_last_out", "temporal"] = _help("evaluation split protocol", "leave_last_out")
+    split: Literal["leave_last_out", "temporal", "temporal_windows"] = _help(
+        "evaluation split protocol: leave_last_out | temporal (global cuts at time quantiles) | temporal_windows "
+        "(test = the log's last test_window_seconds, validation the val_window_seconds before it, gap_seconds "
+        "between windows: Yambda's global temporal split)", "leave_last_out")
     temporal_val_quantile: float = _help("temporal split: validation starts at this time quantile", 0.8)
     temporal_test_quantile: float = _help("temporal split: test starts at this time quantile", 0.9)
+    test_window_seconds: int = _help("temporal_windows: length of the test window at the end of the log", 86_400)
+    val_window_seconds: int = _help("temporal_windows: length of the validation window before it", 86_400)
+    gap_seconds: int = _help("temporal_windows: gap before each window (its events are history, never targets)", 1_800)
     min_events_per_user: int = _help("users with fewer usable events are left out of training", 3)
     max_bad_fraction: float = _help("fail when more than this fraction of rows is quarantined", 0.05)
     min_item_count: int = _help("items seen fewer times in the log map to the OOV id", 1)
@@ -201,6 +208,8 @@ class TrainJobConfig:
     def validate(self) -> None:
         if self.data.source != "synthetic" and not self.data.path:
             raise ConfigError(f"data.path is required for data.source={self.data.source!r}")
+        if min(self.data.test_window_seconds, self.data.val_window_seconds) <= 0 or self.data.gap_seconds < 0:
+            raise ConfigError("data.test_window_seconds and data.val_window_seconds must be positive, data.gap_seconds >= 0")
         if not 0 <= self.data.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.data.max_bad_fraction}")
         if self.loss.exclude_history and self.loss.next_item != "full_softmax":

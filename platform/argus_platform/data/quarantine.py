@@ -23,6 +23,7 @@ from argus_platform.progress import Progress
 
 log = logging.getLogger(__name__)
 
+REJECT = "_reject"  # optional chunk column: a reader's reason to quarantine the row (empty = usable)
 MISSING = "__missing__"  # context value for a null context cell (kept: context is optional per event)
 
 
@@ -75,6 +76,8 @@ def validate_chunk(df: pd.DataFrame, spec: DatasetSpec, source: str) -> tuple[pd
         if mask.any():
             reason[mask] = text if isinstance(text, str) else text[mask]
 
+    if REJECT in df.columns:  # rows a reader already found unusable, with its reason
+        flag(df[REJECT].fillna("").astype(str).ne(""), df[REJECT].fillna("").astype(str))
     users, bad_user = _ids(df[USER])
     items, bad_item = _ids(df[ITEM])
     flag(bad_user, f"null {USER}")
@@ -93,7 +96,7 @@ def validate_chunk(df: pd.DataFrame, spec: DatasetSpec, source: str) -> tuple[pd
     good[TIME] = good[TIME].astype(np.int64)
     for a in spec.actions:
         good[a.name] = good[a.name].astype(np.float32)
-    bad = df[~ok].astype(str).assign(_reason=reason[~ok].astype(str))
+    bad = df[~ok].drop(columns=[REJECT], errors="ignore").astype(str).assign(_reason=reason[~ok].astype(str))
     return good, bad
 
 

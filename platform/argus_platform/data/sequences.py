@@ -8,6 +8,9 @@ then split per user (DESIGN.md §6):
   temporal        global cut times at quantiles of the event time; train = events before
                   T_val; validation/test windows end at the user's first event in [T_val, T_test) /
                   after T_test
+  temporal_windows  the same with windows at the end of the log (test = its last day, validation
+                  the day before, a gap before each; Yambda's split): train = events before the gap
+                  that precedes validation
 An evaluation row holds the whole history before the target plus the target as its last event.
 """
 
@@ -63,7 +66,7 @@ def _to_sequence(group: dict[str, np.ndarray]) -> pa.Table:
     return _lists(cols, group[USER_IDX][:1])
 
 
-def _cut(batch: pa.Table, split: str, protocol: str, t_val: float, t_test: float, min_events: int) -> pa.Table:
+def _cut(batch: pa.Table, split: str, protocol: str, cuts: tuple[float, float, float, float], min_events: int) -> pa.Table:
     """Rows of one split from full per-user sequences (list columns sliced per user)."""
     list_cols = [c for c in batch.column_names if c != USER_IDX]
     times = batch.column(TIME).to_pylist()
@@ -76,9 +79,9 @@ def _cut(batch: pa.Table, split: str, protocol: str, t_val: float, t_test: float
         if protocol == "leave_last_out":
             end = {"train": n - 2, "validation": n - 1, "test": n}[split]
         elif split == "train":
-            end = int(np.searchsorted(ts, t_val, side="left"))
+            end = int(np.searchsorted(ts, cuts[0], side="left"))
         else:
-            lo, hi = (t_val, t_test) if split == "validation" else (t_test, np.inf)
+            lo, hi = (cuts[1], cuts[2]) if split == "validation" else (cuts[3], np.inf)
             inside = np.nonzero((ts >= lo) & (ts < hi))[0]
             end = int(inside[0]) + 1 if inside.size else 0
         if end >= 2:  # at least one history event before the (last) target
@@ -102,17 +105,23 @@ class PreparedData:
     rows: dict[str, int]
     item_counts: np.ndarray  # [N+1] training-split item frequencies (index 0 = padding)
     users_too_short: int
-    temporal_cuts: tuple[float, float] | None
+    temporal_cuts: tuple[float, float, float, float] | None  # train end, validation start/end, test start
 
 
-def temporal_cuts(events_path: Path, cfg: DataConfig) -> tuple[float, float] | None:
-    """(T_val, T_test) of the temporal split: quantiles of the event times (None for leave_last_out)."""
-    if cfg.split != "temporal":
+def temporal_cuts(events_path: Path, cfg: DataConfig) -> tuple[float, float, float, float] | None:
+    """(train end, validation start, validation end, test start) of a temporal split; None for
+    leave_last_out. temporal: T_val, T_val, T_test, T_test at quantiles of the event times;
+    temporal_windows: the windows at the end of the log, with a gap before each."""
+    if cfg.split == "leave_last_out":
         return None
     ts = pq.read_table(events_path, columns=[TIME]).column(TIME).to_numpy()
-    cuts = (float(np.quantile(ts, cfg.temporal_val_quantile)), float(np.quantile(ts, cfg.temporal_test_quantile)))
-    log.info("temporal split: validation from t=%d, test from t=%d", *cuts)
-    return cuts
+    if cfg.split == "temporal":
+        t_val, t_test = float(np.quantile(ts, cfg.temporal_val_quantile)), float(np.quantile(ts, cfg.temporal_test_quantile))
+        return t_val, t_val, t_test, t_test
+    test = float(ts.max()) - cfg.test_window_seconds + 1  # the last test_window_seconds, inclusive of the last event
+    val_end = test - cfg.gap_seconds
+    val = val_end - cfg.val_window_seconds
+    return val - cfg.gap_seconds, val, val_end, test
 
 
 def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path) -> PreparedData:
@@ -141,7 +150,6 @@ def _build_shuffled(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
     # ~100k events per shuffle partition: the default 200 partitions cost more than they save on small logs.
     partitions = int(np.clip(pq.ParquetFile(events_path).metadata.num_rows // 100_000, 2, 200))
     sequences = encoded.groupby(USER_IDX, num_partitions=partitions).map_groups(_to_sequence, batch_format="numpy").materialize()
-    t_val, t_test = cuts or (0.0, 0.0)
     paths, rows = {}, {}
     for split in SPLITS:
         path = out_dir / split
@@ -149,7 +157,7 @@ def _build_shuffled(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
         ds = sequences.map_batches(
             _cut,
             batch_format="pyarrow",
-            fn_kwargs=dict(split=split, protocol=cfg.split, t_val=t_val, t_test=t_test, min_events=cfg.min_events_per_user),
+            fn_kwargs=dict(split=split, protocol=cfg.split, cuts=cuts or (0.0,) * 4, min_events=cfg.min_events_per_user),
         )
         ds.write_parquet(str(path))
         paths[split], rows[split] = str(path), pq.ParquetDataset(str(path)).read(columns=[USER_IDX]).num_rows

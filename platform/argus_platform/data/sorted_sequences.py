@@ -66,22 +66,23 @@ def encode(batch: pa.Table, vocab: tuple[pa.Array, pa.Array, dict[str, pa.Array]
 
 
 def split_ends(lengths: np.ndarray, starts: np.ndarray, times: np.ndarray, split: str, protocol: str,
-               t_val: float, t_test: float) -> np.ndarray:
+               cuts: tuple[float, float, float, float]) -> np.ndarray:
     """Per user, how many of its (time-ordered) events the split's row holds; the last is the target.
 
-    leave_last_out: n − 2 / n − 1 / n. temporal: train = the events before T_val; validation ends at
-    the user's first event in [T_val, T_test), test at the first event from T_test (0 = no row)."""
+    leave_last_out: n − 2 / n − 1 / n. Temporal splits, cuts = (train end, validation start,
+    validation end, test start): train = the events before the train end; validation ends at the
+    user's first event in [validation start, validation end), test at the first event from the test
+    start (0 = no row)."""
     if protocol == "leave_last_out":
         return lengths - {"train": 2, "validation": 1, "test": 0}[split]
     user = np.repeat(np.arange(len(lengths)), lengths)
-    before_val = np.bincount(user[times < t_val], minlength=len(lengths))
     if split == "train":
-        return before_val
-    before = before_val if split == "validation" else np.bincount(user[times < t_test], minlength=len(lengths))
+        return np.bincount(user[times < cuts[0]], minlength=len(lengths))
+    lo, hi = (cuts[1], cuts[2]) if split == "validation" else (cuts[3], np.inf)
+    before = np.bincount(user[times < lo], minlength=len(lengths))
     inside = before < lengths
-    if split == "validation":
-        nxt = times[np.minimum(starts + before, len(times) - 1)] if len(times) else np.zeros(0)
-        inside &= nxt < t_test
+    nxt = times[np.minimum(starts + before, len(times) - 1)] if len(times) else np.zeros(0)
+    inside &= nxt < hi
     return np.where(inside, before + 1, 0)
 
 
@@ -110,12 +111,12 @@ def _complete_users(table: pa.Table, final: bool) -> tuple[pa.Table, pa.Table]:
 
 
 def build_sorted(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path,
-                 cuts: tuple[float, float] | None, seed: int = 0):
+                 cuts: tuple[float, float, float, float] | None, seed: int = 0):
     """Write {train,validation,test}/part-*.parquet from a log grouped by user; returns PreparedData."""
     from argus_platform.data.sequences import PreparedData  # (the two builders return the same thing)
 
     arrays = (pa.array(vocab.items), pa.array(vocab.users), {c: pa.array(v) for c, v in vocab.contexts.items()})
-    t_val, t_test = cuts or (0.0, 0.0)
+    cuts = cuts or (0.0,) * 4
     paths = {s: out_dir / s for s in SPLITS}
     for path in paths.values():
         shutil.rmtree(path, ignore_errors=True)  # leftovers of an interrupted preparation would add rows
@@ -132,7 +133,7 @@ def build_sorted(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: D
         encoded = encode(pa.Table.from_batches([batch]), arrays, spec)
         table = pa.concat_tables([carry, encoded]) if carry is not None else encoded
         chunk, carry = _complete_users(table, final=nxt is None)
-        users_seen += _write_chunk(chunk, cfg, t_val, t_test, paths, part, rows, counts, seed)
+        users_seen += _write_chunk(chunk, cfg, cuts, paths, part, rows, counts, seed)
         schema = schema or chunk.schema
         part += 1
         progress.update(batch.num_rows)
@@ -147,7 +148,7 @@ def build_sorted(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: D
         rows=rows,
         item_counts=counts,
         users_too_short=users_seen - rows["test"] if cfg.split == "leave_last_out" else 0,
-        temporal_cuts=cuts,
+        temporal_cuts=cuts if cfg.split != "leave_last_out" else None,
     )
 
 
@@ -155,7 +156,7 @@ def _empty(schema: pa.Schema | None) -> pa.Table:
     return schema.empty_table() if schema is not None else pa.table({USER_IDX: pa.array([], pa.int64())})
 
 
-def _write_chunk(chunk: pa.Table, cfg: DataConfig, t_val: float, t_test: float, paths: dict[str, Path], part: int,
+def _write_chunk(chunk: pa.Table, cfg: DataConfig, cuts: tuple[float, float, float, float], paths: dict[str, Path], part: int,
                  rows: dict[str, int], counts: np.ndarray, seed: int) -> int:
     """Cut one chunk of complete users into the splits; returns its number of users."""
     if chunk.num_rows == 0:
@@ -170,7 +171,7 @@ def _write_chunk(chunk: pa.Table, cfg: DataConfig, t_val: float, t_test: float, 
     lengths = np.diff(np.append(starts, len(u)))
     shuffle = np.random.default_rng([seed, part]).permutation(len(starts))
     for split, path in paths.items():
-        ends = split_ends(lengths, starts, times, split, cfg.split, t_val, t_test)
+        ends = split_ends(lengths, starts, times, split, cfg.split, cuts)
         keep = (lengths >= cfg.min_events_per_user) & (ends >= 2)
         if not keep.any():
             continue

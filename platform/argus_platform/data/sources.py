@@ -5,6 +5,7 @@
   movielens   raw `ratings.dat` (`u::i::r::t`), `u.data` (tab-separated) or `ratings.csv`
               rating → like (≥ 4), dislike (≤ 2) and a graded `rating` action
   kuairand    the KuaiRand multi-feedback slice (tab-separated; many binary action columns)
+  yambda      Yandex Music's flat multi_event Parquet (listens with like/dislike marks; `yambda.py`)
   events      any Parquet/CSV log, read through `data.spec` (a column mapping)
 
 Chunks carry a `_row` column (row number in the source file) so quarantined rows can be traced.
@@ -206,7 +207,9 @@ def open_source(cfg: DataConfig, synthetic_dir: Path) -> tuple[DatasetSpec, Iter
         path = generate(cfg.synthetic, synthetic_dir)
         _, chunks = read_events(path, synthetic_spec())
         return synthetic_spec(), chunks, str(path)
-    readers = {"sasrec": read_sasrec, "movielens": read_movielens, "kuairand": read_kuairand}
+    from argus_platform.data.yambda import read_yambda
+
+    readers = {"sasrec": read_sasrec, "movielens": read_movielens, "kuairand": read_kuairand, "yambda": read_yambda}
     if cfg.source in readers:
         spec, chunks = readers[cfg.source](cfg.path)
         return spec, chunks, cfg.path
