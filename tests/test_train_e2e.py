@@ -84,10 +84,13 @@ def test_same_loop_under_torchrun(tmp_path):
     run_dir = tmp_path / "tr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29571",
            str(root / "jobs" / "train_argus.py")] + [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}"]]
-    proc = subprocess.run(cmd + ["--set=optim.epochs=1"], capture_output=True, text=True, timeout=300)
+    # a time budget that the first epoch uses up: that epoch is evaluated and the run stops there
+    proc = subprocess.run(cmd + ["--set=optim.epochs=3", "--set=optim.time_budget_minutes=0.0001"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "time budget of 0.0001 min of training reached" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs_trained"] == 1 and "ndcg@10" in metrics["test"]
+    assert metrics["epochs_trained"] == 1 and "ndcg@10" in metrics["test"] and metrics["train_seconds"] > 0
     proc = subprocess.run(cmd + ["--set=optim.epochs=2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = TrainState.load(run_dir / "torchrun_checkpoint_2")

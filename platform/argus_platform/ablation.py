@@ -22,7 +22,13 @@ from argus_platform.trainer import init_ray, train
 
 
 def variant_overrides(name: str, base: TrainJobConfig) -> list[str]:
-    """Overrides of one variant. Sampled variants keep the base config's total number of negatives."""
+    """Overrides of one variant. Sampled variants keep the base config's total number of negatives.
+    `name+key=value+...` is the variant `name` with more overrides (e.g. other negative counts)."""
+    name, *extra = name.split("+")
+    return _variant(name, base) + extra
+
+
+def _variant(name: str, base: TrainJobConfig) -> list[str]:
     total = base.loss.in_batch_negatives + base.loss.uniform_negatives
     sampled = ["loss.exclude_history=false"]  # leaving the history out is a full-softmax option
     buckets = base.model.multi_hash_buckets or MULTI_HASH_BUCKETS
@@ -76,7 +82,7 @@ def ablate(cfg: AblationConfig) -> list[dict]:
     prepare_data(base.data, shared)
     rows = []
     for i, (name, overrides) in enumerate(variants.items(), 1):
-        run_dir = out / name
+        run_dir = out / name.replace("+", "__").replace("=", "-")  # no key=value folders (read as Hive partitions)
         metrics_path = run_dir / "metrics.json"
         if not metrics_path.exists():
             print(f"[ablate] {i}/{len(variants)} {name}: {' '.join(overrides)}", flush=True)

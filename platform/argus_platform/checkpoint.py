@@ -33,6 +33,7 @@ class TrainState:
     evals_without_gain: int = 0
     history: list = field(default_factory=list)
     resumed_at_epochs: list = field(default_factory=list)  # one entry per restart from a checkpoint
+    train_seconds: float = 0.0  # seconds of training steps so far (optim.time_budget_minutes)
 
     @classmethod
     def load(cls, directory: Path) -> "TrainState":

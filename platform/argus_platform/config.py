@@ -125,6 +125,10 @@ class OptimConfig:
     grad_clip: float = _help("max grad norm of the dense parameters (0 = off)", 1.0)
     seed: int = _help("training seed", 0)
     eval_every_epochs: int = _help("validate (and checkpoint) every N epochs", 3)
+    time_budget_minutes: float = _help(
+        "stop training once this many minutes of training steps have run (evaluation not counted; the run then "
+        "validates, tests and stops as after its last epoch); 0 = off. For comparisons at equal wall time", 0.0
+    )
     early_stopping_patience: int = _help("stop after this many evaluations without validation gain (0 = off)", 0)
     log_every_steps: int = _help("progress line every N steps", 20)
     train_windows: Literal["last", "random"] = _help(

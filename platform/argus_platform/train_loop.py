@@ -100,6 +100,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
 
         batches = map(collate, length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng))
         t0, n_steps, loss_sum = time.time(), 0, 0.0
+        out_of_time = False
         while True:
             factor = lr_factor(state.step, o.warmup_steps, steps_per_epoch * o.epochs, o.lr_schedule, o.min_lr_ratio)
             for group in sharded.dense_optimizer.param_groups:
@@ -113,6 +114,9 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             state.step += 1
             n_steps += 1
             loss_sum += float(logs["loss"])
+            if o.time_budget_minutes and n_steps % 10 == 0 and _over_budget(state.train_seconds + time.time() - t0, o, device):
+                out_of_time = True
+                break
             if o.log_every_steps and state.step % o.log_every_steps == 0:
                 parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
                 _say(rank, f"[argus] epoch {epoch + 1}/{o.epochs} step {state.step} {parts} ({n_steps / (time.time() - t0):.1f} steps/s)")
@@ -121,13 +125,19 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         state.epoch = epoch + 1
         steps_per_epoch = n_steps
         seconds = time.time() - t0
+        if o.time_budget_minutes and not out_of_time:  # the epoch's end is a step boundary too
+            out_of_time = _over_budget(state.train_seconds + seconds, o, device)
+        state.train_seconds += seconds
         events = torch.tensor([seen_events[0]], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(events)
         metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": seconds,
                    "train_events": int(events.item()), "train_events_per_second": events.item() / seconds, "lr_factor": factor}
         _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
                    f"{metrics['train_events_per_second']:,.0f} events/s)")
-        last = state.epoch == o.epochs
+        if out_of_time:
+            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min of training reached after {state.step} steps "
+                       f"(epoch {state.epoch}, {n_steps} of its steps)")
+        last = state.epoch == o.epochs or out_of_time
         if state.epoch % o.eval_every_epochs and not last:
             report(metrics, None)
             continue
@@ -173,15 +183,24 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         with tempfile.TemporaryDirectory(prefix="argus-ckpt-") as tmp:
             save_checkpoint(Path(tmp), sharded, state, cfg, run_dir, rank)
             report(metrics, Path(tmp))
+        if out_of_time:
+            break
         if o.early_stopping_patience and state.evals_without_gain >= o.early_stopping_patience:
             _say(rank, f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
             break
     return _final(cfg, state)
 
 
+def _over_budget(seconds: float, o, device: torch.device) -> bool:
+    """Whether any rank has used the time budget (collective, so every rank stops at the same step)."""
+    flag = torch.tensor([int(seconds >= o.time_budget_minutes * 60)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
     return {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "steps": state.step,
-            "history": state.history,
+            "history": state.history, "train_seconds": round(state.train_seconds, 1),
             "protocol": {"split": cfg.data.split, "filter_seen": cfg.eval.filter_seen, "ranking": "full catalogue",
                          "selection": "best validation ndcg@10",
                          "validation_users": (f"a sample of about {cfg.eval.max_users:,} (hash of user_idx)"
