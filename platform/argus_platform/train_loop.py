@@ -128,7 +128,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         if o.time_budget_minutes and not out_of_time:  # the epoch's end is a step boundary too
             out_of_time = _over_budget(state.train_seconds + seconds, o, device)
         state.train_seconds += seconds
-        events = torch.tensor([seen_events[0]], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
+        events = torch.tensor([seen_events[0]], dtype=torch.int64, device=_collective_device(device))
         dist.all_reduce(events)
         metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": seconds,
                    "train_events": int(events.item()), "train_events_per_second": events.item() / seconds, "lr_factor": factor}
@@ -191,9 +191,14 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     return _final(cfg, state)
 
 
+def _collective_device(device: torch.device) -> torch.device | str:
+    """Where a small tensor for a collective lives: nccl moves CUDA tensors only, gloo CPU tensors."""
+    return device if dist.get_backend() == "nccl" else "cpu"
+
+
 def _over_budget(seconds: float, o, device: torch.device) -> bool:
     """Whether any rank has used the time budget (collective, so every rank stops at the same step)."""
-    flag = torch.tensor([int(seconds >= o.time_budget_minutes * 60)], device=device if dist.get_backend() == "nccl" else "cpu")
+    flag = torch.tensor([int(seconds >= o.time_budget_minutes * 60)], device=_collective_device(device))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
