@@ -2,11 +2,15 @@
 """Benchmark the Serve application: fixed-rate load, p50/p95/p99 per stage and end to end.
 
     python jobs/bench_serve.py --out /tmp/bench_serve.json                 # trains a 100k-item run once
+    python jobs/bench_serve.py --items 1000000 --users 250000 --events-per-user 8 --out FILE
     python jobs/bench_serve.py --run-dir runs/<run> --rps 50 --seconds 30 --out FILE
 
-Without --run-dir it trains (once; reused on later calls) a synthetic run with a ~100k-item
-catalogue under runs/bench-serve-100k: one epoch, the default model. Weights quality does not
-change latency; the catalogue size and model shape do.
+Without --run-dir it trains (once; reused on later calls) a synthetic run from a generator with
+--items items and --users users under runs/bench-serve-<items>: one epoch, the default model,
+validation on a 2,000-user sample. Weights quality does not change latency; the catalogue size,
+the number of users and the model shape do. Before deploying, the user store and the retrieval
+index are built here once (time, size, memory and the index's recall are reported) and the
+replicas read them back.
 """
 
 from __future__ import annotations
@@ -27,24 +31,30 @@ from argus_platform.configlib import load_config  # noqa: E402
 from argus_platform.trainer import train  # noqa: E402
 from argus_serve.bench import ServeBenchConfig, benchmark, format_result  # noqa: E402
 
-TRAIN_100K = ["data.synthetic.num_items=100000", "data.synthetic.num_users=30000", "data.synthetic.zipf_exponent=0.3",
-              "optim.epochs=1", "optim.batch_size=256", "eval.batch_size=128"]
+TRAIN = ["data.synthetic.zipf_exponent=0.3", "data.synthetic.impressions_per_event=0", "optim.epochs=1",
+         "optim.batch_size=256", "eval.batch_size=128", "eval.max_users=2000", "optim.log_every_steps=200"]
 
 
 def main() -> int:
     defaults = ServeBenchConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="write the figures here as JSON")
-    p.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-serve-100k"), help="training run to serve (trained if absent)")
-    for name in ("rps", "seconds", "warmup_seconds", "k", "candidates", "port", "torch_threads"):
+    p.add_argument("--run-dir", default="", help="training run to serve ('' = runs/bench-serve-<items>, trained if absent)")
+    p.add_argument("--items", type=int, default=100_000, help="catalogue of the generated run")
+    p.add_argument("--users", type=int, default=30_000, help="users of the generated run")
+    p.add_argument("--events-per-user", type=int, default=40, help="mean events per user of the generated run")
+    names = ("rps", "seconds", "warmup_seconds", "k", "candidates", "port", "torch_threads", "ann_min_items")
+    for name in names:
         p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
     args = p.parse_args()
-    cfg = ServeBenchConfig(**{k: getattr(args, k) for k in ("rps", "seconds", "warmup_seconds", "k", "candidates", "port", "torch_threads")})
+    cfg = ServeBenchConfig(**{k: getattr(args, k) for k in names})
     # Ray's latency settings for Serve (gRPC between deployments, user code on the replica's loop);
     # read when Ray starts, so they go into the environment first (RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the shell compares).
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    run_dir = Path(args.run_dir).resolve()
-    job = load_config(TrainJobConfig, None, TRAIN_100K + [f"run.dir={run_dir}"])
+    label = f"{args.items // 1_000_000}m" if args.items % 1_000_000 == 0 else f"{args.items // 1000}k"
+    run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-serve-{label}").resolve()
+    job = load_config(TrainJobConfig, None, TRAIN + [f"data.synthetic.num_items={args.items}", f"data.synthetic.num_users={args.users}",
+                                                     f"data.synthetic.events_per_user={args.events_per_user}", f"run.dir={run_dir}"])
     if not any(run_dir.glob("checkpoint_*/.metadata")):
         print(f"[bench] training the benchmark run in {run_dir} (once)", flush=True)
         train(job)

@@ -98,3 +98,20 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(500, 10, 110, "constant", 0.1) == 1.0
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         lr_factor(0, 1, 1, "linear", 0.1)
+
+
+def test_next_item_auto_chooses_by_catalogue_size():
+    from argus_platform.config import resolve_next_item_loss
+
+    loss = load_config(TrainJobConfig).loss
+    assert loss.next_item == "auto"
+    limit = loss.full_softmax_max_items
+    assert resolve_next_item_loss(loss, limit)[0].next_item == "full_softmax"
+    chosen, why = resolve_next_item_loss(loss, limit + 1)
+    assert chosen.next_item == "corrected_logq" and f"{limit + 1:,} items" in why
+    set_by_hand = load_config(TrainJobConfig, overrides=["loss.next_item=logq"]).loss
+    assert resolve_next_item_loss(set_by_hand, 10)[0].next_item == "logq"
+    history = load_config(TrainJobConfig, overrides=["loss.exclude_history=true"]).loss  # allowed with auto ...
+    assert resolve_next_item_loss(history, limit)[0].exclude_history
+    with pytest.raises(ConfigError, match="auto chose corrected_logq"):  # ... until auto picks a sampled loss
+        resolve_next_item_loss(history, limit + 1)

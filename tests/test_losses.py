@@ -38,6 +38,27 @@ def test_corrected_logq_matches_direct_formula():
         assert math.isclose(got[r].item(), (1 - p_hat) * ell, rel_tol=1e-9), r
 
 
+@pytest.mark.parametrize("fn", [corrected_logq_loss, logq_loss])
+def test_sampled_losses_in_float32_match_float64(fn):
+    """Realistic magnitudes (log Q down to about −20, logits up to ±15): the float32 path agrees
+    with float64 in value and gradient."""
+    g = torch.Generator().manual_seed(3)
+    n, k = 512, 256
+    pos, neg = torch.randn(n, generator=g, dtype=torch.float64) * 5, torch.randn(n, k, generator=g, dtype=torch.float64) * 5
+    log_q = -torch.rand(4000, generator=g, dtype=torch.float64) * 19 - 1
+    pos_ids, neg_ids = torch.randint(0, 4000, (n,), generator=g), torch.randint(0, 4000, (k,), generator=g)
+    hit = neg_ids[None, :] == pos_ids[:, None]
+    out = {}
+    for dt in (torch.float64, torch.float32):
+        p, q = pos.to(dt).detach().clone().requires_grad_(True), neg.to(dt).detach().clone().requires_grad_(True)
+        loss = fn(p, q, log_q[pos_ids], log_q[neg_ids], hit)
+        assert loss.dtype == dt
+        loss.sum().backward()
+        out[dt] = (loss.double(), p.grad.double(), q.grad.double())
+    for a, b in zip(out[torch.float32], out[torch.float64]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_corrected_logq_weight_is_stop_gradient():
     pos, neg, q, pos_ids, neg_ids = _case(1)
     pos.requires_grad_(True)

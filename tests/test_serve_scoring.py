@@ -157,17 +157,40 @@ def test_exact_index_is_brute_force_top_k_without_excluded_items():
     assert (ids[2] > 0).sum() == 5 and np.all(ids[2][5:] == 0)
 
 
-def test_faiss_hnsw_index_finds_what_exact_search_finds():
-    torch.manual_seed(4)
-    vectors = torch.randn(5001, 16)
-    query = torch.randn(20, 16)
+def _clustered(n, d, clusters, seed):
+    """Item-like vectors: clusters of different norms (inner-product search is not cosine search)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, d, generator=g) * torch.rand(clusters, 1, generator=g).mul(2).add(0.5)
+    x = centres[torch.randint(0, clusters, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
+    return torch.cat([torch.zeros(1, d), x])  # row 0: padding
+
+
+def test_faiss_ivf_index_finds_what_exact_search_finds():
+    vectors = _clustered(20_000, 16, 64, seed=4)
+    query = torch.randn(20, 16, generator=torch.Generator().manual_seed(5))
     exclude = [np.arange(1, 200) for _ in range(20)]
     exact, _ = ExactIndex(vectors).search(query, 50, exclude)
-    ann, ann_scores = FaissIndex(vectors, m=16, ef_search=128).search(query, 50, exclude)
+    index = FaissIndex(vectors, probe=32)
+    assert index.lists == 256  # 2·√20,000 ≈ 283 → 256
+    ann, ann_scores = index.search(query, 50, exclude)
     assert not np.isin(ann, np.arange(1, 200)).any() and (ann > 0).all()
     recall = np.mean([len(set(a) & set(e)) / 50 for a, e in zip(ann, exact)])
     assert recall >= 0.95, recall
     torch.testing.assert_close(torch.from_numpy(ann_scores[0]), (vectors[ann[0]] @ query[0]), atol=1e-4, rtol=1e-4)
+    every_list = FaissIndex(vectors, probe=index.lists).search(query, 50, exclude)[0]  # scanning all lists is exact
+    np.testing.assert_array_equal(np.sort(every_list, axis=1), np.sort(exact, axis=1))
+
+
+def test_faiss_index_is_written_once_and_read_back(tmp_path):
+    vectors, query = _clustered(3000, 16, 16, seed=6), torch.randn(8, 16)
+    built = FaissIndex(vectors, cache_dir=tmp_path)
+    assert not built.cached and built.path.is_file() and built.describe()["bytes"] == built.path.stat().st_size
+    again = FaissIndex(vectors, cache_dir=tmp_path)
+    assert again.cached and again.path == built.path
+    none = [np.array([], dtype=np.int64)] * 8
+    np.testing.assert_array_equal(again.search(query, 20, none)[0], built.search(query, 20, none)[0])
+    other = FaissIndex(vectors * 2, cache_dir=tmp_path)  # other vectors: another file, never the stale index
+    assert not other.cached and other.path != built.path and len(list(tmp_path.glob("*.faiss"))) == 2
 
 
 def test_diversity_pushes_repeated_groups_down():

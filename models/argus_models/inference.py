@@ -2,7 +2,7 @@
 
 encode_next:  histories + the next event's context → heads' input h [B, H] and query q [B, D]
 retrieval:    top-K of <q, E_item(j)> over the catalogue, excluded items removed
-              (exact matmul + top-k, or a FAISS HNSW index for large catalogues)
+              (exact matmul + top-k, or a FAISS IVF index for large catalogues)
 ranking:      P(a | h, candidate) from the feedback heads (candidates never see each other:
               one row per candidate, or candidate isolation for three_token models);
               score = Σ_a w_a · P(a)
@@ -10,8 +10,13 @@ ranking:      P(a | h, candidate) from the feedback heads (candidates never see 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,6 +123,9 @@ class ExactIndex:
     def __init__(self, vectors: torch.Tensor) -> None:
         self.vectors = vectors  # [C+1, D]; row 0 is padding
 
+    def describe(self) -> dict:
+        return {"kind": self.kind, "items": self.vectors.shape[0] - 1}
+
     def search(self, query: torch.Tensor, k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """query [B, D] → (ids [B, k'], scores [B, k']), k' = min(k, items left); padded with id 0."""
         scores = query @ self.vectors.T  # [B, C+1]
@@ -130,23 +138,56 @@ class ExactIndex:
 
 
 class FaissIndex:
-    """HNSW graph over the item vectors (inner product); over-fetches to make room for exclusions."""
+    """FAISS inverted lists over the item vectors (IVF-Flat, inner product): k-means cells, a query
+    scans the `probe` cells whose centroids score highest, exactly. Over-fetches to make room for
+    exclusions.
 
-    kind = "faiss-hnsw"
+    Chosen over an HNSW graph because item vectors are not normalised: on a 717,650-item catalogue
+    HNSW (inner product, M=32) found 26% of the exact top-200 at any efSearch up to 1024, IVF with
+    2,048 lists and 32 probes 98% in 0.9 ms a query (one thread). With `cache_dir` the index is
+    written there once (named by a hash of the vectors and the list count) and read back by every
+    later replica of the same checkpoint instead of being trained again."""
 
-    def __init__(self, vectors: torch.Tensor, m: int = 32, ef_search: int = 256) -> None:
+    kind = "faiss-ivf"
+
+    def __init__(self, vectors: torch.Tensor, lists: int = 0, probe: int = 32, cache_dir: Path | None = None, seed: int = 0) -> None:
         import faiss  # imported here: only large catalogues need it
 
+        # FAISS's OpenMP threads default to every core and spin between calls, taking the CPU the
+        # other replicas on the host need: use as many as torch does in this process.
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        t0 = time.perf_counter()
         data = np.ascontiguousarray(vectors[1:].numpy().astype(np.float32))
-        self.index = faiss.IndexHNSWFlat(data.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = max(2 * m, 64)
-        self.index.add(data)
-        self.index.hnsw.efSearch = ef_search
-        self.num_items = data.shape[0]
+        n, d = data.shape
+        lists = lists or ivf_lists(n)
+        key = hashlib.blake2b(data.tobytes(), digest_size=8).hexdigest()
+        path = Path(cache_dir) / f"ivf-{key}-{lists}.faiss" if cache_dir is not None else None
+        self.cached = path is not None and path.is_file()
+        if self.cached:
+            self.index = faiss.read_index(str(path))
+        else:
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+            sample = np.random.default_rng(seed).choice(n, size=min(n, 64 * lists), replace=False)
+            self.index.train(data[np.sort(sample)])
+            self.index.add(data)
+            if path is not None:
+                _write_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        if self.index.ntotal != n or self.index.d != d:
+            raise ValueError(f"{path} holds {self.index.ntotal} × {self.index.d} vectors, the model has {data.shape}; delete it")
+        self.index.nprobe = min(probe, lists)
+        self.num_items, self.lists, self.path = n, lists, path
+        self.build_seconds = time.perf_counter() - t0
+        self.bytes = path.stat().st_size if path is not None else int(faiss.serialize_index(self.index).size)
+        log.info("FAISS IVF-Flat over %d items (%d lists, %d probed): %s in %.1fs, %.0f MiB", n, lists, self.index.nprobe,
+                 f"read from {path}" if self.cached else "trained", self.build_seconds, self.bytes / 2**20)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "items": self.num_items, "build_seconds": round(self.build_seconds, 2),
+                "from_cache": self.cached, "bytes": self.bytes, "file": str(self.path) if self.path else None,
+                "lists": self.lists, "probe": self.index.nprobe}
 
     def search(self, query: torch.Tensor, k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         fetch = min(self.num_items, k + max((len(e) for e in exclude), default=0))
-        self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, fetch)
         scores, ids = self.index.search(np.ascontiguousarray(query.numpy().astype(np.float32)), fetch)
         ids = ids + 1  # faiss row r is item r+1; missing results come back as -1 → 0
         for b, ex in enumerate(exclude):
@@ -156,16 +197,29 @@ class FaissIndex:
         return _drop_excluded(np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1))
 
 
+def ivf_lists(num_items: int) -> int:
+    """Inverted lists for a catalogue: 2·√N rounded to a power of two (1,024 at 200k items, 2,048 from
+    about 700k to 1.5M), each list trained on at least 39 vectors."""
+    return max(1, min(num_items // 39, int(2 ** round(math.log2(2 * math.sqrt(num_items))))))
+
+
+def _write_atomically(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def _drop_excluded(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.where(np.isfinite(scores) & (ids > 0), ids, 0)
     return ids, np.where(ids > 0, scores, -np.inf)
 
 
-def build_index(vectors: torch.Tensor, ann_min_items: int, hnsw_m: int = 32, ef_search: int = 256) -> ExactIndex | FaissIndex:
+def build_index(vectors: torch.Tensor, ann_min_items: int, ann_lists: int = 0, ann_probe: int = 32,
+                cache_dir: Path | None = None) -> ExactIndex | FaissIndex:
     num_items = vectors.shape[0] - 1
     if ann_min_items and num_items >= ann_min_items:
-        log.info("building a FAISS HNSW index over %d items (M=%d)", num_items, hnsw_m)
-        return FaissIndex(vectors, hnsw_m, ef_search)
+        return FaissIndex(vectors, ann_lists, ann_probe, cache_dir)
     return ExactIndex(vectors)
 
 

@@ -29,6 +29,11 @@ def mixed_log_q(item_probs: torch.Tensor, n_in_batch: int, n_uniform: int) -> to
     return q.log()
 
 
+def _loss_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float32 for float32/bf16 logits, float64 for float64 ones."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
 def corrected_logq_loss(
     pos_logits: torch.Tensor,
     neg_logits: torch.Tensor,
@@ -47,13 +52,17 @@ def corrected_logq_loss(
     ℓ  = −f(u,i) + logsumexp_j( f(u,j) − log Q'(j) ),  Q'(j) = Q(j) / (1 − Q(i))
     P̂ = e^{f(u,i)} / ( e^{f(u,i)} + (1/k) Σ_j e^{f(u,j) − log Q'(j)} ),  k = non-hit negatives
     L  = stopgrad(1 − P̂) · ℓ                                           returns [N]
+
+    Computed in float32 (float64 inputs stay float64): logsumexp is shifted by its maximum, and
+    the [N, K] terms in float64 cost twice the time on CPU for no measurable change.
     """
-    pos = pos_logits.double()
-    log_q_prime = neg_log_q.double() - torch.log1p(-pos_log_q.double().exp())[:, None]  # [N, K]
-    corrected = (neg_logits.double() - log_q_prime).masked_fill(hit_mask, float("-inf"))
+    dt = _loss_dtype(pos_logits)
+    pos = pos_logits.to(dt)
+    log_q_prime = neg_log_q.to(dt) - torch.log1p(-pos_log_q.double().exp()).to(dt)[:, None]  # [N, K]
+    corrected = (neg_logits.to(dt) - log_q_prime).masked_fill(hit_mask, float("-inf"))
     lse = torch.logsumexp(corrected, dim=1)  # [N]
     loss = lse - pos
-    k = (~hit_mask).sum(dim=1).clamp_min(1).double()
+    k = (~hit_mask).sum(dim=1).clamp_min(1).to(dt)
     # log P̂ = f_i − log(e^{f_i} + e^{lse}/k)
     log_p_hat = pos - torch.logaddexp(pos, lse - k.log())
     weight = (1.0 - log_p_hat.exp()).detach()
@@ -68,8 +77,9 @@ def logq_loss(
     hit_mask: torch.Tensor,
 ) -> torch.Tensor:
     """Standard logQ-corrected sampled softmax (positive in the denominator), per example [N]."""
-    pos = pos_logits.double() - pos_log_q.double()
-    neg = (neg_logits.double() - neg_log_q.double()).masked_fill(hit_mask, float("-inf"))
+    dt = _loss_dtype(pos_logits)
+    pos = pos_logits.to(dt) - pos_log_q.to(dt)
+    neg = (neg_logits.to(dt) - neg_log_q.to(dt)).masked_fill(hit_mask, float("-inf"))
     logits = torch.cat([pos[:, None], neg], dim=1)
     return (torch.logsumexp(logits, dim=1) - pos).to(pos_logits.dtype)
 

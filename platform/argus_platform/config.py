@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
 from argus_models.config import ModelConfig
 
 from argus_platform.configlib import ConfigError, documented as _help
 from argus_platform.data.spec import DatasetSpec
+
+FULL_SOFTMAX_MAX_ITEMS = 6_000  # loss.next_item=auto: full softmax up to here (README: next-item losses by catalogue size)
 
 
 @dataclass
@@ -80,8 +82,13 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    next_item: Literal["corrected_logq", "logq", "full_softmax"] = _help(
-        "next-item loss: corrected_logq (default), logq (Yi et al.), full_softmax", "corrected_logq"
+    next_item: Literal["auto", "corrected_logq", "logq", "full_softmax"] = _help(
+        "next-item loss: auto (full_softmax up to loss.full_softmax_max_items items, corrected_logq above), "
+        "corrected_logq, logq (Yi et al.), full_softmax", "auto"
+    )
+    full_softmax_max_items: int = _help(
+        "largest catalogue for which next_item=auto trains the full softmax (measured at equal wall time on 2 CPU cores, "
+        "README: next-item losses by catalogue size)", FULL_SOFTMAX_MAX_ITEMS
     )
     in_batch_negatives: int = _help("in-batch negatives per step (sampled from the batch's positives)", 128)
     uniform_negatives: int = _help("uniform negatives per step from the catalogue", 128)
@@ -94,6 +101,19 @@ class LossConfig:
         "evaluation (eval.filter_seen) and Serve leave seen items out of the ranking; for catalogues without repeats",
         False,
     )
+
+
+def resolve_next_item_loss(loss: LossConfig, num_items: int) -> tuple[LossConfig, str]:
+    """The concrete loss for `loss.next_item=auto` on a catalogue of `num_items`, and why."""
+    if loss.next_item != "auto":
+        return loss, "set in the config"
+    full = num_items <= loss.full_softmax_max_items
+    chosen = "full_softmax" if full else "corrected_logq"
+    why = f"auto: {num_items:,} items {'<=' if full else '>'} loss.full_softmax_max_items={loss.full_softmax_max_items:,}"
+    if loss.exclude_history and not full:
+        raise ConfigError(f"loss.exclude_history needs the full softmax, and loss.next_item=auto chose corrected_logq ({why}); "
+                          "set loss.next_item=full_softmax or loss.exclude_history=false")
+    return replace(loss, next_item=chosen), why
 
 
 @dataclass
@@ -216,7 +236,7 @@ class TrainJobConfig:
             raise ConfigError("data.test_window_seconds and data.val_window_seconds must be positive, data.gap_seconds >= 0")
         if not 0 <= self.data.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.data.max_bad_fraction}")
-        if self.loss.exclude_history and self.loss.next_item != "full_softmax":
+        if self.loss.exclude_history and self.loss.next_item not in ("full_softmax", "auto"):
             raise ConfigError("loss.exclude_history needs loss.next_item=full_softmax")
         if self.loss.next_item != "full_softmax" and self.loss.in_batch_negatives + self.loss.uniform_negatives <= 0:
             raise ConfigError("loss.in_batch_negatives + loss.uniform_negatives must be positive for sampled softmax")

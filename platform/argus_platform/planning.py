@@ -26,7 +26,7 @@ from argus_models.sizing import (
     embedding_parameter_count,
 )
 
-from argus_platform.config import TrainJobConfig
+from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.data.synthetic import synthetic_spec
 from argus_platform.sharding import build_task, constraints_for, make_sharder, quiet_planner
 
@@ -116,7 +116,7 @@ def activation_bytes(cfg: TrainJobConfig, schema: ModelSchema) -> tuple[int, int
     encoder = tokens * activation_bytes_per_token(cfg.model, value, cfg.model.activation_checkpointing)
     features = 1 + len(schema.contexts) + len(schema.actions)
     lookups = 2 * tokens * features * cfg.model.embedding_dim * 4  # float32 lookups and their gradients
-    if cfg.loss.next_item == "full_softmax":
+    if resolve_next_item_loss(cfg.loss, schema.num_items)[0].next_item == "full_softmax":
         negatives = schema.num_items
     else:
         negatives = cfg.loss.in_batch_negatives + cfg.loss.uniform_negatives

@@ -19,6 +19,7 @@ from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed import DistributedModelParallel
@@ -35,7 +36,7 @@ from argus_models.losses import mixed_log_q
 from argus_models.model import ITEM, ArgusDenseArch, ArgusSparseArch, embedding_configs, table_name
 from argus_models.task import ArgusObjective, ArgusTrainTask
 
-from argus_platform.config import TrainJobConfig
+from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import ConfigError
 from argus_platform.precision import resolve_precision
 
@@ -101,6 +102,7 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
     """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast);
     `item_codes`: the catalogue's item-side feature codes when the schema has item features;
     `item_hashes`: its multi-hash bucket rows when the schema has hash tables."""
+    cfg = replace(cfg, loss=resolve_next_item_loss(cfg.loss, schema.num_items)[0])  # auto → the catalogue's loss
     probs = item_counts.double() / item_counts.sum().clamp_min(1)
     n_ib = cfg.loss.in_batch_negatives if cfg.loss.next_item != "full_softmax" else 0
     n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
@@ -254,7 +256,10 @@ def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, d
 def _adamw(cfg: TrainJobConfig, params: list[torch.Tensor]) -> torch.optim.AdamW:
     """AdamW for the dense parameters; with optim.grad_clip > 0 their global gradient norm is clipped
     before each step (after DDP's all-reduce / FSDP2's reduce-scatter, so every rank agrees)."""
-    opt = torch.optim.AdamW(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay)
+    # The fused kernel (one pass over all parameters) where every parameter is a plain tensor;
+    # FSDP2's DTensor shards take the per-tensor loop.
+    fused = not any(isinstance(p, DTensor) for p in params)
+    opt = torch.optim.AdamW(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay, fused=fused or None)
     if cfg.optim.grad_clip > 0:
         def clip(optimizer, args, kwargs) -> None:
             grads = [p for p in params if p.grad is not None]

@@ -11,7 +11,7 @@ HFU adds the forward that activation checkpointing runs again in the backward pa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -20,7 +20,7 @@ from argus_models.model import ITEM, NEG_ITEM, ArgusDenseArch, ctx_feature, fb_f
 from argus_models.sizing import dense_parameter_count
 from argus_models.task import ArgusObjective, SequenceBatch
 
-from argus_platform.config import TrainJobConfig
+from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common training GPUs.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -73,6 +73,7 @@ def measure(cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, step
     torch.manual_seed(0)
     m, B = cfg.model, cfg.optim.batch_size
     W = m.max_seq_len + 1
+    cfg = replace(cfg, loss=resolve_next_item_loss(cfg.loss, schema.num_items)[0])
     full = cfg.loss.next_item == "full_softmax"
     n_neg = schema.num_items + 1 if full else cfg.loss.uniform_negatives
     dense = ArgusDenseArch(m, schema).to(device).train()

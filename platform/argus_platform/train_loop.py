@@ -24,7 +24,7 @@ from argus_models.model import count_parameters
 
 from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from argus_platform.collate import Collator, length_buckets
-from argus_platform.config import TrainJobConfig
+from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
 from argus_platform.data.prepare import load_prepared
 from argus_platform.catalogue_ranking import catalogue_shard
@@ -67,6 +67,9 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     _say(rank, f"[argus] precision: {precision} ({why})")
     prepared = load_prepared(run_dir)
     schema = ModelSchema.load(run_dir / "schema.json")
+    loss, why = resolve_next_item_loss(cfg.loss, schema.num_items)
+    cfg = replace(cfg, loss=loss)
+    _say(rank, f"[argus] next-item loss: {loss.next_item} ({why})")
     counts = torch.from_numpy(prepared.item_counts)
     codes = prepared.item_features.codes if prepared.item_features else None
     hashes = catalogue_hash_codes(prepared.vocab.items, schema.item_hash_buckets) if schema.item_hash_buckets else None
@@ -210,7 +213,8 @@ def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
                          "selection": "best validation ndcg@10",
                          "validation_users": (f"a sample of about {cfg.eval.max_users:,} (hash of user_idx)"
                                               if cfg.eval.max_users else "all"),
-                         "test_users": "all", "precision": cfg.optim.precision}}
+                         "test_users": "all", "precision": cfg.optim.precision,
+                         "next_item_loss": cfg.loss.next_item}}
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -7,8 +7,11 @@ holds `.metadata` (DCP) plus config.yaml, schema.json, spec.json, vocab/, train_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Finding a run's checkpoint is shared with the training side (argus_models.checkpoint).
 __all__ = ["ArtifactError", "ActionInfo", "ServingModel", "absolute", "best_checkpoint", "load_serving_model",
-           "load_vocabulary", "read_actions", "resolve_checkpoint", "run_dir_of", "wait_for_run"]
+           "load_vocabulary", "read_actions", "resolve_checkpoint", "run_dir_of", "serving_dir", "wait_for_run"]
 
 ArtifactError = CheckpointError  # the errors of this module name paths the same way
 
@@ -31,6 +34,22 @@ ArtifactError = CheckpointError  # the errors of this module name paths the same
 def run_dir_of(checkpoint: Path) -> Path:
     """Ray Train writes checkpoints inside the run directory."""
     return checkpoint.parent
+
+
+def serving_dir(run_dir: Path) -> Path:
+    """Where Serve keeps what it derives from a run once (user store, ANN index): `<run>/serving`,
+    or a folder under the temporary directory when the run directory is read-only."""
+    d = Path(run_dir) / "serving"
+    try:
+        d.mkdir(exist_ok=True)
+        if os.access(d, os.W_OK):
+            return d
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"argus-serving-{hashlib.sha256(str(d).encode()).hexdigest()[:12]}"
+    fallback.mkdir(exist_ok=True)
+    log.warning("%s is not writable; Serve keeps its derived files in %s", d, fallback)
+    return fallback
 
 
 @dataclass

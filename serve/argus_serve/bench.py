@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import requests
 import torch
 
-from argus_serve.artifacts import load_serving_model, load_vocabulary, read_actions, resolve_checkpoint, run_dir_of
+from argus_serve.artifacts import load_serving_model, load_vocabulary, read_actions, resolve_checkpoint, run_dir_of, serving_dir
 from argus_serve.launch import deploy, serve_config
 from argus_serve.loadgen import percentiles, run_load, summarize
 from argus_models.inference import action_probabilities, build_index, combine, encode_next
@@ -35,6 +36,40 @@ class ServeBenchConfig:
     max_in_flight: int = 64
     forward_reps: int = 300
     torch_threads: int = 1  # per model replica, and for the bare forward
+    ann_min_items: int = 200_000  # the Retriever's FAISS threshold (serve/argus.yaml's default)
+    recall_queries: int = 200  # queries for the ANN index's recall against exact search
+    deploy_timeout_s: float = 600.0
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def prepare_serving_files(checkpoint: Path, cfg: ServeBenchConfig) -> dict:
+    """Build (or read back) what the replicas derive from the run once, here in one process, and
+    measure it: the memory-mapped user store, the retrieval index (time, bytes, resident memory,
+    recall against exact search). The replicas then read the same files."""
+    out = {}
+    run_dir = run_dir_of(checkpoint)
+    rss0, t0 = _rss(), time.perf_counter()
+    store = UserStore.load(run_dir, load_vocabulary(checkpoint), read_actions(checkpoint))
+    out["user_store"] = store.stats() | {"load_seconds": round(time.perf_counter() - t0, 2), "rss_delta_bytes": _rss() - rss0}
+    sm = load_serving_model(checkpoint)
+    rss0, t0 = _rss(), time.perf_counter()
+    index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir))
+    out["index"] = index.describe() | {"seconds": round(time.perf_counter() - t0, 2), "rss_delta_bytes": _rss() - rss0}
+    if index.kind != "exact":
+        exact = build_index(sm.item_vectors, 0)
+        users = load_vocabulary(checkpoint).users
+        picks = np.random.default_rng(1).choice(len(users), size=min(cfg.recall_queries, len(users)), replace=False)
+        events = [e for u in picks if (e := store.get(str(users[u]))) is not None]
+        _, query = encode_next(sm.model, events, [{c: int(v[-1]) for c, v in e.contexts.items()} for e in events])
+        exclude = [np.unique(e.items) for e in events]
+        a, _ = index.search(query, cfg.candidates, exclude)
+        b, _ = exact.search(query, cfg.candidates, exclude)
+        out["index"]["recall_at_candidates"] = round(float(np.mean([len(np.intersect1d(x[x > 0], y[y > 0])) / max(1, (y > 0).sum())
+                                                                     for x, y in zip(a, b)])), 4)
+    return out
 
 
 def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -> dict:
@@ -43,7 +78,7 @@ def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -
     torch.set_num_threads(cfg.torch_threads)
     sm = load_serving_model(checkpoint)
     store = UserStore.load(run_dir_of(sm.checkpoint), load_vocabulary(sm.checkpoint), read_actions(sm.checkpoint))
-    index = build_index(sm.item_vectors, ann_min_items=1_000_000)
+    index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir_of(sm.checkpoint)))
     groups = item_groups(sm.item_vectors, 32)
     weights = {a.name: 1.0 for a in sm.model.schema.actions}
     times = []
@@ -66,13 +101,17 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     users = vocab.users.tolist()
     rng = np.random.default_rng(0)
     picks = rng.choice(len(users), size=int(cfg.rps * (cfg.seconds + cfg.warmup_seconds)) + 1)
-    print(f"[bench] deploying serve/argus.yaml on 127.0.0.1:{cfg.port} for {checkpoint} ({vocab.num_items:,} items)", flush=True)
+    print(f"[bench] user store and retrieval index for {vocab.num_items:,} items, {len(users):,} users ...", flush=True)
+    files = prepare_serving_files(checkpoint, cfg)
+    print(f"[bench] user store {files['user_store']['file_bytes'] / 2**20:.0f} MiB on disk; index {files['index']}", flush=True)
+    print(f"[bench] deploying serve/argus.yaml on 127.0.0.1:{cfg.port} for {checkpoint}", flush=True)
     t0 = time.time()
     deploy(serve_config(args={"checkpoint": str(checkpoint), "retrieve_k": cfg.candidates, "torch_threads": cfg.torch_threads},
-                        port=cfg.port))
+                        user_configs={"Retriever": {"ann_min_items": cfg.ann_min_items}}, port=cfg.port),
+           timeout_s=cfg.deploy_timeout_s)
+    deploy_seconds = time.time() - t0
     print(f"[bench] application RUNNING after {time.time() - t0:.0f}s", flush=True)
     url = f"http://127.0.0.1:{cfg.port}/v1/recommend"
-    health = requests.get(f"http://127.0.0.1:{cfg.port}/healthz", timeout=30).json()
 
     def body(i: int) -> dict:
         return {"user_id": users[picks[i]], "k": cfg.k, "debug": True}
@@ -82,8 +121,13 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     result = summarize(run_load(url, lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)), cfg.rps, cfg.seconds, cfg.max_in_flight))
     print("[bench] bare model forward (one process, batch 1) ...", flush=True)
     result["model_forward_ms"] = bare_forward_ms(checkpoint, [users[p] for p in picks[:200]], cfg)
+    health = requests.get(f"http://127.0.0.1:{cfg.port}/healthz", timeout=30).json()  # memory after the load
+    result["memory"] = {"ingress_rss_bytes": health["ingress"]["rss_bytes"], "retriever_rss_bytes": health["retriever"]["rss_bytes"],
+                        "ranker_rss_bytes": health["ranker"]["rss_bytes"], "machine_used_bytes": psutil.virtual_memory().used}
+    result["serving_files"] = files
     result["setup"] = asdict(cfg) | {"checkpoint": str(checkpoint), "items": vocab.num_items, "users": len(users),
-                                     "index": health["retriever"]["index"], "cpus": _cpus(), "torch": torch.__version__,
+                                     "index": health["retriever"]["index"], "deploy_seconds": round(deploy_seconds, 1),
+                                     "cpus": _cpus(), "torch": torch.__version__,
                                      "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")}
     return result
 
@@ -100,6 +144,11 @@ def format_result(result: dict) -> str:
         lines.append(f"{name:<22}{s['p50_ms']:>9.1f}{s['p95_ms']:>9.1f}{s['p99_ms']:>9.1f}")
     m = result["model_forward_ms"]
     lines.append(f"{'bare model forward':<22}{m['p50_ms']:>9.1f}{m['p95_ms']:>9.1f}{m['p99_ms']:>9.1f}")
+    mem = result.get("memory", {})
+    if mem:
+        lines.append("resident memory: " + ", ".join(f"{k.removesuffix('_rss_bytes')} {v / 2**30:.2f} GiB"
+                                                     for k, v in mem.items() if k.endswith("_rss_bytes"))
+                     + f"; machine {mem['machine_used_bytes'] / 2**30:.2f} GiB in use")
     lines.append(f"achieved {e['rps']:.1f} requests/s ({e['requests']} ok, {e['dropped']} dropped, errors {e['errors'] or 0}); "
                  f"mean batch {result['mean_batch_size']}")
     return "\n".join(lines)

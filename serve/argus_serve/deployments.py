@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from argus_serve.artifacts import ServingModel, absolute, load_serving_model, resolve_checkpoint, run_dir_of
+from argus_serve.artifacts import ServingModel, absolute, load_serving_model, resolve_checkpoint, run_dir_of, serving_dir
 from argus_models.inference import Events, action_probabilities, build_index, combine, encode_next
 
 from argus_serve.scoring import Ranked, diversify, item_groups
@@ -74,9 +75,10 @@ class _Options(BaseModel):
 
 
 class RetrieverOptions(_Options):
-    ann_min_items: int = Field(1_000_000, ge=0, description="use a FAISS HNSW index from this catalogue size (0 = never)")
-    hnsw_m: int = Field(32, ge=4)
-    ef_search: int = Field(256, ge=8)
+    # exact search reads every item vector per request: 3.6 ms at 100k items, 6.8 ms at 200k, 30 ms at 864k (one thread)
+    ann_min_items: int = Field(200_000, ge=0, description="use a FAISS IVF index from this catalogue size (0 = never)")
+    ann_lists: int = Field(0, ge=0, description="IVF lists (k-means cells); 0 = about 4·sqrt(items)")
+    ann_probe: int = Field(32, ge=1, description="lists scanned per query: more finds more of the exact top-k, slower")
 
 
 class RankerOptions(_Options):
@@ -139,7 +141,7 @@ class _ModelReplica:
         log.info("%s: serving %s with %s", type(self).__name__, model.version, options.model_dump())
 
     def base_status(self) -> dict:
-        return {"pid": os.getpid(), "model_version": self.model.version, "checkpoint": str(self.model.checkpoint),
+        return {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss, "model_version": self.model.version, "checkpoint": str(self.model.checkpoint),
                 "vocab_version": self.vocab_version, "reload_error": self.reload_error, "reloaded_at": self.reloaded_at}
 
 
@@ -152,9 +154,10 @@ class Retriever(_ModelReplica):
         super().__init__(checkpoint, torch_threads)
 
     def _apply(self, options: RetrieverOptions, model: ServingModel) -> None:
-        kind = "faiss-hnsw" if options.ann_min_items and model.num_items >= options.ann_min_items else "exact"
+        kind = "faiss-ivf" if options.ann_min_items and model.num_items >= options.ann_min_items else "exact"
         if self.index is None or model is not self.model or kind != self.index.kind or options != self.options:
-            self.index = build_index(model.item_vectors, options.ann_min_items, options.hnsw_m, options.ef_search)
+            self.index = build_index(model.item_vectors, options.ann_min_items, options.ann_lists, options.ann_probe,
+                                     cache_dir=serving_dir(run_dir_of(model.checkpoint)))
         self._set_batching(self.retrieve, options)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
@@ -172,7 +175,8 @@ class Retriever(_ModelReplica):
         return out
 
     def status(self) -> dict:
-        return self.base_status() | {"index": self.index.kind, "items": self.model.num_items, "options": self.options.model_dump()}
+        return self.base_status() | {"index": self.index.kind, "index_info": self.index.describe(), "items": self.model.num_items,
+                                     "options": self.options.model_dump()}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)

@@ -8,10 +8,12 @@ GET  /docs, /openapi.json (FastAPI)
 # No `from __future__ import annotations`: FastAPI must see the real request/response classes
 # on the methods that `serve.ingress` wraps.
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -25,7 +27,7 @@ from argus_serve.api import RecommendedItem, RecommendRequest, RecommendResponse
 from argus_serve.artifacts import absolute, load_vocabulary, read_actions, run_dir_of
 from argus_serve.deployments import RankQuery, RetrievalQuery
 from argus_models.inference import Events
-from argus_serve.store import UserStore
+from argus_serve.store import SortedIds, UserStore
 
 log = logging.getLogger("ray.serve")
 
@@ -73,7 +75,7 @@ class Ingress:
         ckpt = absolute(checkpoint)
         self.vocab = load_vocabulary(ckpt)
         self.actions = read_actions(ckpt)
-        self.item_index = self.vocab.item_index()
+        self.item_ids = SortedIds(self.vocab.items)  # raw item id -> position; the item index is position + 1
         # multi-hash models embed history items outside the vocabulary from their hash rows
         self.hash_buckets = list(ModelSchema.load(ckpt / "schema.json").item_hash_buckets)
         self.context_index = {c: {v: i + 1 for i, v in enumerate(vals.tolist())} for c, vals in self.vocab.contexts.items()}
@@ -85,6 +87,10 @@ class Ingress:
         log.info("Ingress: %d known users, %d items, limits %s", len(self.store), self.vocab.num_items, self.limits)
 
     # -- translation -------------------------------------------------------------------------
+    def _item(self, raw: str) -> int | None:
+        pos = self.item_ids.get(raw)
+        return None if pos is None else pos + 1
+
     def _context(self, raw: dict[str, str], where: str, warnings: dict[str, list[str]]) -> dict[str, int]:
         unknown_cols = sorted(set(raw) - set(self.context_index))
         if unknown_cols:
@@ -109,7 +115,7 @@ class Ingress:
                 if not action_valid(info.kind, info.levels, np.array([value]))[0]:
                     expected = {"binary": "0 or 1", "ratio": "a number in [0, 1]"}.get(info.kind, f"one of {info.levels}")
                     raise BadRequest(f"history[{i}].actions.{a}: {value!r} is not {expected}")
-            item = self.item_index.get(ev.item_id)
+            item = self._item(ev.item_id)
             if item is None and not self.hash_buckets:
                 warnings.setdefault("unknown_history_items", []).append(ev.item_id)
                 continue
@@ -157,7 +163,7 @@ class Ingress:
             raise BadRequest(f"none of the {len(req.history)} history items is known to the model: {warnings.get('unknown_history_items')}")
         next_ctx = {c: int(v[-1]) for c, v in events.contexts.items()}  # default: the last event's context
         next_ctx |= self._context(req.context, "context", warnings)
-        excluded = [self.item_index.get(x) for x in req.exclude]
+        excluded = [self._item(x) for x in req.exclude]
         if any(x is None for x in excluded):
             warnings["unknown_exclude_items"] = [x for x, i in zip(req.exclude, excluded) if i is None]
         exclude = np.unique(np.concatenate([events.items[events.items > 0], np.asarray([i for i in excluded if i], dtype=np.int64)]))
@@ -215,4 +221,5 @@ class Ingress:
             raise HTTPException(status_code=503, detail=f"a model deployment did not answer: {exc}") from None
         degraded = bool(retriever["reload_error"] or ranker["reload_error"])
         return {"status": "degraded" if degraded else "ok", "users": len(self.store), "items": self.vocab.num_items,
+                "ingress": {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss, "user_store": self.store.stats()},
                 "retriever": retriever, "ranker": ranker}
