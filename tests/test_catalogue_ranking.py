@@ -147,7 +147,7 @@ def _sharded_worker(rank, world, init_file, out_dir):
         hashes = _hashes(schema)
         cfg = load_config(TrainJobConfig, overrides=[
             "model.embedding_dim=16", "model.num_layers=1", "model.max_seq_len=12", "model.dropout=0.0",
-            "optim.batch_size=8", "optim.warmup_steps=1", "loss.in_batch_negatives=8", "loss.uniform_negatives=8",
+            "optim.batch_size=8", "optim.warmup_steps=1", "loss.next_item=corrected_logq", "loss.in_batch_negatives=8", "loss.uniform_negatives=8",
             f"sharding.sharding_type={sharding_type}"])
         ids = np.arange(C + 1)
         codes = np.stack([ids % 3 + 1, np.where(ids % 2 == 0, ids // 2 % 3 + 1, 0)], axis=1) if hashed else None

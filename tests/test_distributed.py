@@ -23,7 +23,7 @@ def _cfg(sharding_type):
     return load_config(TrainJobConfig, overrides=[
         "model.embedding_dim=16", "model.num_layers=1", "model.max_seq_len=8", "model.dropout=0.0",
         "optim.batch_size=8", "optim.dense_lr=0.01", "optim.sparse_lr=0.1", "optim.warmup_steps=1",
-        "loss.in_batch_negatives=8", "loss.uniform_negatives=8", f"sharding.sharding_type={sharding_type}",
+        "loss.next_item=corrected_logq", "loss.in_batch_negatives=8", "loss.uniform_negatives=8", f"sharding.sharding_type={sharding_type}",
     ])
 
 
@@ -172,7 +172,7 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     cfg = load_config(TrainJobConfig, overrides=[
         "model.embedding_dim=16", "model.num_layers=2", "model.max_seq_len=8", "model.dropout=0.0",
         "optim.dense_lr=0.01", "optim.sparse_lr=0.1", "optim.warmup_steps=1", "optim.grad_clip=1.0",
-        "loss.in_batch_negatives=8", "loss.uniform_negatives=8", "sharding.dense=fsdp2",
+        "loss.next_item=corrected_logq", "loss.in_batch_negatives=8", "loss.uniform_negatives=8", "sharding.dense=fsdp2",
         "model.length_groups=2",  # each FSDP2 block unit runs once per group of rows in a step
     ])
     # with item-side features and multi-hash tables: the tower and the hash projection are their own

@@ -13,7 +13,7 @@ from conftest import ROOT, TINY_TRAIN
 
 def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path):
     out = tmp_path / "tt"
-    overrides = [kv for kv in TINY_TRAIN if not kv.startswith("scaling.")] + ["optim.epochs=3", "optim.log_every_steps=0"]
+    overrides = [kv for kv in TINY_TRAIN if not kv.startswith("scaling.")] + ["optim.epochs=2", "optim.log_every_steps=0"]
     args = [sys.executable, str(ROOT / "jobs" / "tune_train.py"), f"--set=out_dir={out}", "--set=num_samples=4",
             "--set=grace_period=1", f"--set=train_overrides={json.dumps(overrides)}"]
     # its own Ray, without the dashboard: stopped trials' workers are released without the state API
@@ -29,4 +29,4 @@ def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path)
     best = load_config(TrainJobConfig, out / "best_config.yaml", [])
     sampled = report["best"]["config"]
     assert best.optim.dense_lr == sampled["optim.dense_lr"] and best.loss.action_weights["like"] == sampled["loss.action_weights.like"]
-    assert best.optim.epochs == 3 and best.run.dir == ""
+    assert best.optim.epochs == 2 and best.run.dir == ""

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from argus_models.weights import load_weights_file
 from argus_platform.tuning.config import CandidateConfig, SearchConfig, TuneWeightsConfig
@@ -75,6 +76,7 @@ def test_single_objective_uses_tpe_and_bad_objectives_are_refused(tiny_run, tmp_
         raise AssertionError("an objective naming an unknown action must be refused")
 
 
+@pytest.mark.slow  # two searches of the weights, ~140 s on 2 cores; the one-search tests above stay in CI
 def test_an_interrupted_search_resumes(tiny_run, tmp_path):
     out = tmp_path / "tune"
     args = [sys.executable, str(ROOT / "jobs" / "tune_weights.py"), f"--set=run={tiny_run}", f"--set=out_dir={out}",

@@ -48,7 +48,8 @@ def make_collators(cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int,
                    item_hashes: np.ndarray | None = None) -> tuple[Collator, Collator]:
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
     window = cfg.model.max_seq_len + 1
-    negatives = "catalogue" if cfg.loss.next_item == "full_softmax" else ("uniform" if cfg.loss.uniform_negatives else "none")
+    loss = resolve_next_item_loss(cfg.loss, schema.num_items)[0]  # the negatives the task's loss expects
+    negatives = "catalogue" if loss.next_item == "full_softmax" else ("uniform" if loss.uniform_negatives else "none")
     train = Collator(schema, kinds, window, negatives, cfg.loss.uniform_negatives, seed=cfg.optim.seed * 1000 + rank,
                      random_windows=cfg.optim.train_windows == "random", item_hashes=item_hashes)
     return train, Collator(schema, kinds, window, item_hashes=item_hashes)
