@@ -5,12 +5,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config
 
 from conftest import ROOT, TINY_TRAIN
 
+@pytest.mark.slow  # four Ray Train trials under Tune in their own Ray: ~3 minutes on 2 cores
 def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path):
     out = tmp_path / "tt"
     overrides = [kv for kv in TINY_TRAIN if not kv.startswith("scaling.")] + ["optim.epochs=2", "optim.log_every_steps=0"]
