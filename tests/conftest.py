@@ -24,7 +24,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        # 4 logical CPUs on any machine: 2 train workers + budget for Ray Data (DESIGN.md §9).
+        # 4 logical CPUs on any machine: 2 train workers + budget for Ray Data.
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
         ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,4 +1,4 @@
-"""The `platform` trap (DESIGN.md §2) and the import direction between layers."""
+"""The `platform` trap and the import direction between layers."""
 
 import ast
 import subprocess

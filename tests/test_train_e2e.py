@@ -75,7 +75,7 @@ def test_bad_input_fails_with_named_file(ray_local, tmp_path, capsys):
 
 
 def test_same_loop_under_torchrun(tmp_path):
-    """DESIGN.md §5: the loop also runs under torchrun (no Ray Train), and resumes there too."""
+    """The loop also runs under torchrun (no Ray Train), and resumes there too."""
     import subprocess
     import sys
     from pathlib import Path

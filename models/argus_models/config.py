@@ -10,7 +10,7 @@ from typing import Literal
 
 @dataclass
 class ModelConfig:
-    """Encoder and head sizes (DESIGN.md §4)."""
+    """Encoder and head sizes."""
 
     embedding_dim: int = field(default=64, metadata={"help": "width of every embedding table and of the transformer"})
     num_layers: int = field(default=2, metadata={"help": "transformer blocks"})

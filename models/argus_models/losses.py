@@ -41,7 +41,7 @@ def corrected_logq_loss(
     neg_log_q: torch.Tensor,
     hit_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Corrected-logQ sampled softmax (DESIGN.md §4), per example.
+    """Corrected-logQ sampled softmax, per example.
 
     pos_logits: [N]     f(u, i)
     neg_logits: [N, K]  f(u, j) for the K sampled negatives

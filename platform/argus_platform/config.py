@@ -15,7 +15,7 @@ FULL_SOFTMAX_MAX_ITEMS = 6_000  # loss.next_item=auto: full softmax up to here (
 
 @dataclass
 class SyntheticConfig:
-    """The embedded synthetic multi-action log (DESIGN.md §8)."""
+    """The embedded synthetic multi-action log."""
 
     num_users: int = _help("users in the generated log", 1500)
     num_items: int = _help("catalogue size", 1000)

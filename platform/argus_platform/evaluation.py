@@ -1,4 +1,4 @@
-"""Full-catalogue evaluation (DESIGN.md §6).
+"""Full-catalogue evaluation.
 
 Each evaluation row is a history whose last event is the target. The model's query at the last
 history position scores every item; items already in the history are filtered when

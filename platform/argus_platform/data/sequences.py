@@ -2,7 +2,7 @@
 
 canonical events ──encode ids──▶ group by user, sort by time ──▶ one row per user with list columns
   item [int32], timestamp [int64], ctx_<c> [int32], act_<a> [float32 targets]
-then split per user (DESIGN.md §6):
+then split per user:
   leave_last_out  train = all but the last two events; validation window ends at the
                   second-to-last event, test window at the last one
   temporal        global cut times at quantiles of the event time; train = events before

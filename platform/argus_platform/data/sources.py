@@ -1,6 +1,6 @@
 """Readers for every supported input, each yielding DataFrame chunks plus the spec that describes them.
 
-  synthetic   the embedded generator (DESIGN.md §8)
+  synthetic   the embedded generator
   sasrec      `user item` per line, chronological within a user (no time, no feedback)
   movielens   raw `ratings.dat` (`u::i::r::t`), `u.data` (tab-separated) or `ratings.csv`
               rating → like (≥ 4), dislike (≤ 2) and a graded `rating` action

@@ -1,4 +1,4 @@
-"""Dataset spec: which columns of an event log are ids, time, context and actions (DESIGN.md §3)."""
+"""Dataset spec: which columns of an event log are ids, time, context and actions (README: Data sources)."""
 
 from __future__ import annotations
 

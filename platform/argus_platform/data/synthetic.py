@@ -1,4 +1,4 @@
-"""The embedded synthetic multi-action event log (DESIGN.md §8).
+"""The embedded synthetic multi-action event log.
 
 A user is a latent vector u that drifts by a random walk; an item has a latent vector v and a
 Zipf popularity. At each event the surface (context `source`) shows candidates drawn by
