@@ -54,6 +54,11 @@ def test_store_file_is_reused_and_rebuilt_for_another_vocabulary(tmp_path):
     built = path.stat().st_mtime_ns
     UserStore.load(tmp_path, vocab, ACTIONS)
     assert path.stat().st_mtime_ns == built  # memory-mapped again, not rebuilt
+    with open(path, "ab") as f:  # a data file its metadata does not describe (e.g. a write cut short) is built again
+        f.write(b"x")
+    UserStore.load(tmp_path, vocab, ACTIONS)
+    assert path.stat().st_mtime_ns != built
+    built = path.stat().st_mtime_ns
     other = Vocabulary(items=vocab.items, users=np.concatenate([vocab.users, ["user-new"]]), contexts=vocab.contexts)
     store = UserStore.load(tmp_path, other, ACTIONS)
     assert path.stat().st_mtime_ns != built and store.meta["vocab_version"] == other.version()

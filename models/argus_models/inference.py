@@ -171,7 +171,7 @@ class FaissIndex:
             self.index.train(data[np.sort(sample)])
             self.index.add(data)
             if path is not None:
-                _write_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
+                write_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
         if self.index.ntotal != n or self.index.d != d:
             raise ValueError(f"{path} holds {self.index.ntotal} × {self.index.d} vectors, the model has {data.shape}; delete it")
         self.index.nprobe = min(probe, lists)
@@ -203,7 +203,8 @@ def ivf_lists(num_items: int) -> int:
     return max(1, min(num_items // 39, int(2 ** round(math.log2(2 * math.sqrt(num_items))))))
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then rename it over `path` (readers never see a partial file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)

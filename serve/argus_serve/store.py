@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
-from argus_models.inference import Events
+from argus_models.inference import Events, write_atomically
 
 from argus_serve.artifacts import ActionInfo, ArtifactError, serving_dir
 
@@ -95,15 +94,16 @@ def build_store_file(run_dir: Path, vocab: Vocabulary, path: Path) -> dict:
             col = col.cast(pa.large_list(col.type.value_type))
         columns[name] = col
     batch = pa.RecordBatch.from_pydict(columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
-        writer.write_batch(batch)
+
+    def write_batch(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+
+    write_atomically(path, write_batch)
     meta = {"format": STORE_FORMAT, "vocab_version": vocab.version(), "users": int(len(chosen)),
-            "events": int(lengths[chosen].sum()), "bytes": tmp.stat().st_size, "build_seconds": round(time.time() - t0, 2)}
-    tmp.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
-    os.replace(tmp, path)  # the data file last: its presence means both are complete
+            "events": int(lengths[chosen].sum()), "bytes": path.stat().st_size, "build_seconds": round(time.time() - t0, 2)}
+    # the metadata last: it names the data file's size, so a file it does not match is built again
+    write_atomically(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     log.info("user store: wrote %s (%d users, %d events, %.1f MiB) in %.1fs",
              path, meta["users"], meta["events"], meta["bytes"] / 2**20, meta["build_seconds"])
     return meta
@@ -114,7 +114,8 @@ def _store_meta(path: Path, vocab_version: str) -> dict | None:
     if not (path.is_file() and meta_path.is_file()):
         return None
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != STORE_FORMAT or meta.get("vocab_version") != vocab_version:
+    if (meta.get("format") != STORE_FORMAT or meta.get("vocab_version") != vocab_version
+            or meta.get("bytes") != path.stat().st_size):
         return None
     return meta
 
