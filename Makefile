@@ -37,9 +37,10 @@ test: $(STAMP) $(TSTAMP)
 test-slow: $(STAMP) $(TSTAMP)
 	$(VPY) -m pytest -m slow -q $(ARGS) || [ $$? -eq 5 ]
 
-# Serve the newest run under runs/ on :8000 (Ray's latency settings on; see README "Serving").
+# Serve the newest run under runs/ on :8000 with Serve's fast request path (serve/README.md:
+# HAProxy in front of the ingress replica, gRPC between deployments).
 serve: $(STAMP)
-	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(VENV)/bin/serve run serve/argus.yaml $(ARGS)
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 $(VENV)/bin/serve run serve/argus.yaml $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

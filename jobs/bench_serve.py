@@ -4,6 +4,7 @@
     python jobs/bench_serve.py --out /tmp/bench_serve.json                 # trains a 100k-item run once
     python jobs/bench_serve.py --items 1000000 --users 250000 --events-per-user 8 --out FILE
     python jobs/bench_serve.py --run-dir runs/<run> --rps 50 --seconds 30 --out FILE
+    python jobs/bench_serve.py --sweep 50,75,100,125,150,200 --out FILE      # + capacity and overload
 
 Without --run-dir it trains (once; reused on later calls) a synthetic run from a generator with
 --items items and --users users under runs/bench-serve-<items>: one epoch, the default model,
@@ -30,6 +31,7 @@ from argus_platform.config import TrainJobConfig  # noqa: E402
 from argus_platform.configlib import load_config  # noqa: E402
 from argus_platform.trainer import train  # noqa: E402
 from argus_serve.bench import ServeBenchConfig, benchmark, format_result  # noqa: E402
+from argus_serve.launch import SERVE_ENV  # noqa: E402
 
 TRAIN = ["data.synthetic.zipf_exponent=0.3", "data.synthetic.impressions_per_event=0", "optim.epochs=1",
          "optim.batch_size=256", "eval.batch_size=128", "eval.max_users=2000", "optim.log_every_steps=200"]
@@ -43,14 +45,18 @@ def main() -> int:
     p.add_argument("--items", type=int, default=100_000, help="catalogue of the generated run")
     p.add_argument("--users", type=int, default=30_000, help="users of the generated run")
     p.add_argument("--events-per-user", type=int, default=40, help="mean events per user of the generated run")
-    names = ("rps", "seconds", "warmup_seconds", "k", "candidates", "port", "torch_threads", "ann_min_items")
+    names = ("rps", "seconds", "warmup_seconds", "k", "candidates", "port", "torch_threads", "ann_min_items", "scan")
     for name in names:
         p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
+    p.add_argument("--sweep", default="", help="capacity sweep after the main window: offered rates, e.g. 50,75,100,125,150")
+    p.add_argument("--sweep-seconds", type=float, default=defaults.sweep_seconds)
     args = p.parse_args()
-    cfg = ServeBenchConfig(**{k: getattr(args, k) for k in names})
-    # Ray's latency settings for Serve (gRPC between deployments, user code on the replica's loop);
-    # read when Ray starts, so they go into the environment first (RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the shell compares).
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    cfg = ServeBenchConfig(**{k: getattr(args, k) for k in names}, sweep_seconds=args.sweep_seconds,
+                           sweep=tuple(float(r) for r in args.sweep.split(",") if r.strip()))
+    # Serve's fast request path (argus_serve.launch.SERVE_ENV), read when Ray starts, so it goes into
+    # the environment first; set a variable to 0 in the shell to compare without it.
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
     label = f"{args.items // 1_000_000}m" if args.items % 1_000_000 == 0 else f"{args.items // 1000}k"
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-serve-{label}").resolve()
     job = load_config(TrainJobConfig, None, TRAIN + [f"data.synthetic.num_items={args.items}", f"data.synthetic.num_users={args.users}",

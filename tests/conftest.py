@@ -24,6 +24,12 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
+        # Serve's fast request path as shipped (HAProxy, direct ingress, gRPC): read by Ray's
+        # processes when they start, so it is in the environment before ray.init.
+        from argus_serve.launch import SERVE_ENV
+
+        for key, value in SERVE_ENV.items():
+            os.environ.setdefault(key, value)
         # 4 logical CPUs on any machine: 2 train workers + budget for Ray Data.
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})

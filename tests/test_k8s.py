@@ -280,7 +280,10 @@ def test_ray_version_is_the_images_everywhere():
 
 
 def test_rayservice_runs_the_local_serve_app_with_autoscaled_retriever_and_ranker():
+    from ray.serve.schema import ServeDeploySchema
+
     from argus_serve.app import AppArgs
+    from argus_serve.launch import SERVE_ENV
 
     local = yaml.safe_load((ROOT / "serve" / "argus.yaml").read_text())["applications"][0]
     service = next(d for d in render("overlays/cpu-dev") if d["kind"] == "RayService")
@@ -291,13 +294,19 @@ def test_rayservice_runs_the_local_serve_app_with_autoscaled_retriever_and_ranke
     assert callable(getattr(__import__(module, fromlist=[attr]), attr))
     args = AppArgs(**app["args"])  # extra keys are refused
     assert args.checkpoint == "runs/argus-train" and args.wait_s > 0
+    ServeDeploySchema.model_validate(config)
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {d["name"] for d in local["deployments"]}
+    overload = ("max_ongoing_requests", "max_queued_requests", "backpressure_config")  # 503 + Retry-After above the bound
+    local_ingress = next(d for d in local["deployments"] if d["name"] == "Ingress")
+    assert {k: deployments["Ingress"][k] for k in overload} == {k: local_ingress[k] for k in overload}
+    assert deployments["Ingress"]["autoscaling_config"]["target_ongoing_requests"] <= local_ingress["max_ongoing_requests"]
     for name in ("Retriever", "Ranker"):
         auto = deployments[name]["autoscaling_config"]
         assert "num_replicas" not in deployments[name] and 1 <= auto["min_replicas"] < auto["max_replicas"]
         local_keys = set(next(d for d in local["deployments"] if d["name"] == name)["user_config"])
         assert set(deployments[name]["user_config"]) <= local_keys | {"weights", "weights_file"}, name
-    for where, pod in pod_specs(service):  # Ray's latency settings, without which p99 misses (README, "Serving")
+    for where, pod in pod_specs(service):  # Serve's fast request path, without which p99 misses (serve/README.md)
         for c in pod["containers"]:
-            assert {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"} in c.get("env", []), (where, c["name"])
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV, (where, c["name"])

@@ -32,10 +32,11 @@ class Service:
     def __init__(self, run_dir, port):
         self.run_dir, self.port, self.url = run_dir, port, f"http://127.0.0.1:{port}"
 
-    def deploy(self, user_configs=None):
+    def deploy(self, user_configs=None, deployment_options=None):
         from argus_serve.launch import deploy
 
-        deploy(serve_config(args={"checkpoint": str(self.run_dir)}, user_configs=user_configs, port=self.port))
+        deploy(serve_config(args={"checkpoint": str(self.run_dir)}, user_configs=user_configs, port=self.port,
+                            deployment_options=deployment_options))
 
     def recommend(self, body, **kw):
         return requests.post(f"{self.url}/v1/recommend", data=body if isinstance(body, (str, bytes)) else json.dumps(body), timeout=30, **kw)
@@ -107,9 +108,9 @@ def test_known_user_round_trip_gives_the_checkpoints_scores(service):
 
 def test_concurrent_requests_batch_without_changing_anyones_scores(service):
     rows, _ = _user_rows(service.run_dir)
-    users = sorted(rows)[:12]
+    users = sorted(rows)[:8]  # within the Ingress's bound of 8 in the handlers (more would be refused, 503)
     alone = [service.recommend({"user_id": u, "k": 10, "debug": True}).json() for u in users]
-    with ThreadPoolExecutor(12) as pool:
+    with ThreadPoolExecutor(len(users)) as pool:
         together = list(pool.map(lambda u: service.recommend({"user_id": u, "k": 10, "debug": True}).json(), users))
     assert max(t["timings_ms"]["ranker_batch"] for t in together) > 1, "requests were never batched together"
     for a, t in zip(alone, together):
@@ -156,7 +157,7 @@ def test_bad_input_gets_a_4xx_with_the_reason_and_the_service_stays_up(service, 
 
 def test_health_docs_and_openapi(service):
     h = service.health()
-    assert h["status"] == "ok" and h["ranker"]["weights"] == YAML_WEIGHTS and h["retriever"]["index"] == "exact"
+    assert h["status"] == "ok" and h["ranker"]["weights"] == YAML_WEIGHTS and h["retriever"]["index"] == "sq8-rescored"
     store = h["ingress"]["user_store"]
     assert store["users"] == h["users"] and store["file"].endswith("serving/user_store.arrow") and store["file_bytes"] > 0
     assert min(h["ingress"]["rss_bytes"], h["retriever"]["rss_bytes"], h["ranker"]["rss_bytes"]) > 0
@@ -223,3 +224,23 @@ def test_load_generator_reports_rates_and_percentiles(service):
     assert e["requests"] == e["sent"] == 30 and not e["errors"] and e["dropped"] == 0
     assert 0 < e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"] and 10 < e["rps"] <= 21
     assert {"retrieve", "rank", "total", "retriever_compute", "ranker_compute"} <= set(result["stages"])
+
+
+def test_overload_is_refused_at_once_with_503_and_retry_after_and_the_service_stays_up(service):
+    """Above the Ingress's bound (max_ongoing_requests in the handlers + max_queued_requests waiting)
+    a request gets 503 with Retry-After at once; those let in are answered, and afterwards all is well."""
+    from argus_serve.loadgen import run_load, summarize
+
+    rows, _ = _user_rows(service.run_dir)
+    users = sorted(rows)
+    service.deploy(deployment_options={"Ingress": {"max_ongoing_requests": 1, "max_queued_requests": 1}})
+    try:
+        e = summarize(run_load(f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)]},
+                               rps=400, seconds=0.5))["end_to_end"]
+        assert e["sent"] == 200 and not e["errors"] and e["dropped"] == 0
+        assert e["refused"] > 0 and e["refused_with_retry_after"] == e["refused"] and e["requests"] > 0
+        assert e["requests"] + e["refused"] == 200
+    finally:
+        service.deploy()
+    assert service.health()["status"] == "ok"
+    assert service.recommend({"user_id": users[0], "k": 5}).status_code == 200

@@ -141,12 +141,23 @@ class CausalEncoder(nn.Module):
         self.norm = RMSNorm(cfg.embedding_dim)
         self.pos = nn.Embedding(self.max_tokens, cfg.embedding_dim) if cfg.positions == "learned" else None
         self.drop = Dropout(cfg.dropout)
+        self._rope_tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def compile_blocks(self) -> None:
         """Compile each block in place (parameters and state-dict keys unchanged, so DDP, FSDP2 and
         checkpoints see the same module); checkpointing recomputes through the compiled forward."""
         for block in self.blocks:
             block.compile()
+
+    def _rope(self, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rope_cache` for this encoder's length, made once per device (a serving replica calls the
+        encoder for every request). Plain tensors outside autograd, even when first asked under inference_mode."""
+        cache = self._rope_tables
+        key = (head_dim, str(device))
+        if key not in cache:
+            with torch.inference_mode(False), torch.no_grad():
+                cache[key] = rope_cache(self.max_tokens, head_dim, device)
+        return cache[key]
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
@@ -162,7 +173,7 @@ class CausalEncoder(nn.Module):
         if self.pos is not None:
             x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
         else:
-            rope = rope_cache(self.max_tokens, D // self.cfg.num_heads, x.device)
+            rope = self._rope(D // self.cfg.num_heads, x.device)
             rope = tuple(t[:S] if positions is None else t[positions][:, None] for t in rope)  # [S, hd] or [B, 1, S, hd]
         if mask is None and positions is None and self.cfg.length_groups > 1 and B > 1:
             # Rows never attend across each other and the causal mask never reaches a padded key,

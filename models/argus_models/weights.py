@@ -12,10 +12,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
-
 
 
 class WeightsError(ValueError):
@@ -27,7 +27,7 @@ class ScoringWeights:
     weights: dict[str, float]
     source: str  # file path, "user_config" or "uniform default"
 
-    @property
+    @cached_property  # read on every ranked request
     def version(self) -> str:
         return hashlib.sha256(json.dumps(self.weights, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -14,8 +14,9 @@ import psutil
 import requests
 import torch
 
+from argus_serve import cpu
 from argus_serve.artifacts import load_serving_model, load_vocabulary, read_actions, resolve_checkpoint, run_dir_of, serving_dir
-from argus_serve.launch import deploy, serve_config
+from argus_serve.launch import SERVE_ENV, deploy, serve_config
 from argus_serve.loadgen import percentiles, run_load, summarize
 from argus_models.inference import action_probabilities, build_index, combine, encode_next
 
@@ -37,7 +38,11 @@ class ServeBenchConfig:
     forward_reps: int = 300
     torch_threads: int = 1  # per model replica, and for the bare forward
     ann_min_items: int = 200_000  # the Retriever's FAISS threshold (serve/argus.yaml's default)
+    scan: str = "sq8"  # the Retriever's full scan below it: sq8 (8-bit codes, shortlist re-scored) or float32
     recall_queries: int = 200  # queries for the ANN index's recall against exact search
+    sweep: tuple[float, ...] = ()  # offered rates for the capacity sweep after the main window (empty = none)
+    sweep_seconds: float = 15.0  # measured window per swept rate
+    p99_bar_ms: float = 60.0  # capacity = the highest swept rate with p99 under this and nothing refused
     deploy_timeout_s: float = 600.0
 
 
@@ -56,10 +61,10 @@ def prepare_serving_files(checkpoint: Path, cfg: ServeBenchConfig) -> dict:
     out["user_store"] = store.stats() | {"load_seconds": round(time.perf_counter() - t0, 2), "rss_delta_bytes": _rss() - rss0}
     sm = load_serving_model(checkpoint)
     rss0, t0 = _rss(), time.perf_counter()
-    index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir))
+    index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir), scan=cfg.scan)
     out["index"] = index.describe() | {"seconds": round(time.perf_counter() - t0, 2), "rss_delta_bytes": _rss() - rss0}
     if index.kind != "exact":
-        exact = build_index(sm.item_vectors, 0)
+        exact = build_index(sm.item_vectors, 0, scan="float32")
         users = load_vocabulary(checkpoint).users
         picks = np.random.default_rng(1).choice(len(users), size=min(cfg.recall_queries, len(users)), replace=False)
         events = [e for u in picks if (e := store.get(str(users[u]))) is not None]
@@ -78,7 +83,7 @@ def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -
     torch.set_num_threads(cfg.torch_threads)
     sm = load_serving_model(checkpoint)
     store = UserStore.load(run_dir_of(sm.checkpoint), load_vocabulary(sm.checkpoint), read_actions(sm.checkpoint))
-    index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir_of(sm.checkpoint)))
+    index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir_of(sm.checkpoint)), scan=cfg.scan)
     groups = item_groups(sm.item_vectors, 32)
     weights = {a.name: 1.0 for a in sm.model.schema.actions}
     times = []
@@ -107,18 +112,23 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     print(f"[bench] deploying serve/argus.yaml on 127.0.0.1:{cfg.port} for {checkpoint}", flush=True)
     t0 = time.time()
     deploy(serve_config(args={"checkpoint": str(checkpoint), "retrieve_k": cfg.candidates, "torch_threads": cfg.torch_threads},
-                        user_configs={"Retriever": {"ann_min_items": cfg.ann_min_items}}, port=cfg.port),
+                        user_configs={"Retriever": {"ann_min_items": cfg.ann_min_items, "scan": cfg.scan}}, port=cfg.port),
            timeout_s=cfg.deploy_timeout_s)
     deploy_seconds = time.time() - t0
     print(f"[bench] application RUNNING after {time.time() - t0:.0f}s", flush=True)
     url = f"http://127.0.0.1:{cfg.port}/v1/recommend"
 
     def body(i: int) -> dict:
-        return {"user_id": users[picks[i]], "k": cfg.k, "debug": True}
+        return {"user_id": users[picks[i % len(picks)]], "k": cfg.k, "debug": True}
 
     print(f"[bench] warm-up {cfg.warmup_seconds:.0f}s, then {cfg.seconds:.0f}s at {cfg.rps:.0f} requests/s", flush=True)
     run_load(url, body, cfg.rps, cfg.warmup_seconds, cfg.max_in_flight)
-    result = summarize(run_load(url, lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)), cfg.rps, cfg.seconds, cfg.max_in_flight))
+    before = cpu.snapshot()
+    load = run_load(url, lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)), cfg.rps, cfg.seconds, cfg.max_in_flight)
+    result = summarize(load)
+    result["cpu_by_process"] = cpu.cpu_by_role(before, cpu.snapshot(), load.seconds, len(load.latencies_ms))
+    if cfg.sweep:
+        result["capacity"] = capacity_sweep(url, body, cfg)
     print("[bench] bare model forward (one process, batch 1) ...", flush=True)
     result["model_forward_ms"] = bare_forward_ms(checkpoint, [users[p] for p in picks[:200]], cfg)
     health = requests.get(f"http://127.0.0.1:{cfg.port}/healthz", timeout=30).json()  # memory after the load
@@ -127,13 +137,30 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     result["serving_files"] = files
     result["setup"] = asdict(cfg) | {"checkpoint": str(checkpoint), "items": vocab.num_items, "users": len(users),
                                      "index": health["retriever"]["index"], "deploy_seconds": round(deploy_seconds, 1),
-                                     "cpus": _cpus(), "torch": torch.__version__,
-                                     "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")}
+                                     "machine": cpu.machine(), "torch": torch.__version__,
+                                     "serve_env": {k: os.environ.get(k, "0") for k in SERVE_ENV}}
     return result
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+def capacity_sweep(url: str, body, cfg: ServeBenchConfig) -> dict:
+    """Offered rate → end-to-end percentiles, admitted rate and refusals, one short window per rate
+    (a few seconds of the same rate first); the capacity is the highest rate that keeps p99 under
+    the bar with every request admitted."""
+    rows = []
+    for rate in cfg.sweep:
+        run_load(url, body, rate, 3.0, cfg.max_in_flight)
+        before = cpu.snapshot()
+        load = run_load(url, body, rate, cfg.sweep_seconds, cfg.max_in_flight)
+        used = cpu.cpu_by_role(before, cpu.snapshot(), load.seconds, len(load.latencies_ms))["total"]
+        e = summarize(load)["end_to_end"]
+        rows.append({"offered_rps": rate} | {k: e[k] for k in ("p50_ms", "p95_ms", "p99_ms", "rps", "refused", "refused_with_retry_after",
+                                                               "refused_p99_ms", "dropped", "errors")}
+                    | {"cores_busy": used["cores"], "stolen_fraction": used["stolen_fraction"]})
+        print(f"[bench] {rate:.0f} req/s offered: admitted {e['rps']:.1f}/s, p50 {e['p50_ms']:.1f} ms, p99 {e['p99_ms']:.1f} ms, "
+              f"refused {e['refused']} (Retry-After on {e['refused_with_retry_after']}), dropped {e['dropped']}; "
+              f"{used['cores']:.2f} cores busy, {100 * used['stolen_fraction']:.1f}% stolen", flush=True)
+    ok = [r["offered_rps"] for r in rows if r["p99_ms"] <= cfg.p99_bar_ms and not r["refused"] and not r["dropped"] and not r["errors"]]
+    return {"p99_bar_ms": cfg.p99_bar_ms, "capacity_rps": max(ok) if ok else 0.0, "rates": rows}
 
 
 def format_result(result: dict) -> str:
@@ -149,6 +176,15 @@ def format_result(result: dict) -> str:
         lines.append("resident memory: " + ", ".join(f"{k.removesuffix('_rss_bytes')} {v / 2**30:.2f} GiB"
                                                      for k, v in mem.items() if k.endswith("_rss_bytes"))
                      + f"; machine {mem['machine_used_bytes'] / 2**30:.2f} GiB in use")
-    lines.append(f"achieved {e['rps']:.1f} requests/s ({e['requests']} ok, {e['dropped']} dropped, errors {e['errors'] or 0}); "
+    lines.append("CPU per request: " + ", ".join(f"{k} {v['ms_per_request']:.1f} ms" for k, v in result["cpu_by_process"].items())
+                 + f" ({result['cpu_by_process']['total']['cores']:.2f} cores busy, "
+                 f"{100 * result['cpu_by_process']['total']['stolen_fraction']:.1f}% stolen by the hypervisor)")
+    if "capacity" in result:
+        c = result["capacity"]
+        lines.append(f"capacity (p99 ≤ {c['p99_bar_ms']:.0f} ms, nothing refused): {c['capacity_rps']:.0f} requests/s of "
+                     + ", ".join(f"{r['offered_rps']:.0f}" for r in c["rates"]) + " offered")
+    lines.append(f"machine: {cpu.describe(result['setup']['machine'])}")
+    lines.append(f"achieved {e['rps']:.1f} of {e['offered_rps']:.1f} requests/s offered ({e['requests']} ok, {e['refused']} refused, "
+                 f"{e['dropped']} dropped, errors {e['errors'] or 0}); "
                  f"mean batch {result['mean_batch_size']}")
     return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 Retriever: history → query vector → top-N candidates (exact or FAISS), seen/excluded removed.
 Ranker:    history + candidates → P(a) per candidate → Σ_a w_a·P(a) → diversity → top-k.
+           The encoder runs once per request: the Retriever hands its encoder state to the
+           Ranker with the candidates, used when both serve the same model version.
 
 Both batch concurrent requests with `@serve.batch` and reload through `user_config`: a new
 `checkpoint` (same vocabulary as the app was started with) or, for the Ranker, new weights. A
@@ -15,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import psutil
@@ -43,6 +46,7 @@ class RetrievalQuery:
 class Candidates:
     items: np.ndarray  # [n'] item indices, best first
     scores: np.ndarray  # [n'] <q, E_item>
+    head_in: np.ndarray  # [H] the encoder's state for the next event: the Ranker's input when it serves the same model
     model_version: str
     index: str
     compute_ms: float
@@ -56,6 +60,8 @@ class RankQuery:
     candidates: np.ndarray
     retrieval_scores: np.ndarray
     k: int
+    head_in: np.ndarray | None = None  # the Retriever's encoder state, reused when `encoded_by` is the Ranker's model
+    encoded_by: str = ""
 
 
 @dataclass
@@ -75,8 +81,10 @@ class _Options(BaseModel):
 
 
 class RetrieverOptions(_Options):
-    # exact search reads every item vector per request: 3.6 ms at 100k items, 6.8 ms at 200k, 30 ms at 864k (one thread)
+    # a full scan reads every item per request (float32: 2.9 ms at 100k items × 64, one thread; 8-bit codes: 1.4 ms)
     ann_min_items: int = Field(200_000, ge=0, description="use a FAISS IVF index from this catalogue size (0 = never)")
+    scan: Literal["sq8", "float32"] = Field("sq8", description="below ann_min_items: scan 8-bit codes and re-score the "
+                                                                "shortlist exactly (sq8), or scan float32 vectors")
     ann_lists: int = Field(0, ge=0, description="IVF lists (k-means cells); 0 = about 4·sqrt(items)")
     ann_probe: int = Field(32, ge=1, description="lists scanned per query: more finds more of the exact top-k, slower")
 
@@ -154,24 +162,24 @@ class Retriever(_ModelReplica):
         super().__init__(checkpoint, torch_threads)
 
     def _apply(self, options: RetrieverOptions, model: ServingModel) -> None:
-        kind = "faiss-ivf" if options.ann_min_items and model.num_items >= options.ann_min_items else "exact"
-        if self.index is None or model is not self.model or kind != self.index.kind or options != self.options:
+        if self.index is None or model is not self.model or options != self.options:
             self.index = build_index(model.item_vectors, options.ann_min_items, options.ann_lists, options.ann_probe,
-                                     cache_dir=serving_dir(run_dir_of(model.checkpoint)))
+                                     cache_dir=serving_dir(run_dir_of(model.checkpoint)), scan=options.scan)
         self._set_batching(self.retrieve, options)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def retrieve(self, queries: list[RetrievalQuery]) -> list[Candidates]:
         t0 = time.perf_counter()
         model, index = self.model, self.index
-        _, query = encode_next(model.model, [q.events for q in queries], [q.next_context for q in queries])
+        head_in, query = encode_next(model.model, [q.events for q in queries], [q.next_context for q in queries])
         n = max(q.n for q in queries)
         ids, scores = index.search(query, n, [q.exclude for q in queries])
+        head_in = head_in.numpy()
         ms = (time.perf_counter() - t0) * 1000
         out = []
         for b, q in enumerate(queries):
             keep = ids[b, : q.n] > 0
-            out.append(Candidates(ids[b, : q.n][keep], scores[b, : q.n][keep], model.version, index.kind, ms, len(queries)))
+            out.append(Candidates(ids[b, : q.n][keep], scores[b, : q.n][keep], head_in[b], model.version, index.kind, ms, len(queries)))
         return out
 
     def status(self) -> dict:
@@ -204,7 +212,10 @@ class Ranker(_ModelReplica):
         t0 = time.perf_counter()
         model, weights, groups, decay = self.model, self.weights, self.groups, self.options.diversity_decay
         events, contexts = [q.events for q in queries], [q.next_context for q in queries]
-        head_in, _ = encode_next(model.model, events, contexts)
+        if all(q.encoded_by == model.version and q.head_in is not None for q in queries):
+            head_in = torch.from_numpy(np.stack([q.head_in for q in queries]))  # the Retriever ran the same encoder
+        else:  # another model (a reload under way in one of the deployments): encode here
+            head_in, _ = encode_next(model.model, events, contexts)
         width = max(len(q.candidates) for q in queries)
         cand = torch.zeros((len(queries), width), dtype=torch.int64)
         for b, q in enumerate(queries):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import psutil
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -49,17 +49,29 @@ api = FastAPI(
 api.state.max_body_bytes = Limits.max_body_bytes
 
 
-@api.middleware("http")
-async def json_bodies(request: Request, call_next):
-    """Refuse oversized bodies (413) and read every POST body as JSON: `curl -d '{...}'` sends
-    form content-type, and the API speaks nothing but JSON."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > api.state.max_body_bytes:
-        return JSONResponse(status_code=413, content={"detail": f"request body of {declared} bytes exceeds {api.state.max_body_bytes}"})
-    if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
-        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-        request.scope["headers"] = headers + [(b"content-type", b"application/json")]
-    return await call_next(request)
+class JsonBodies:
+    """Refuse oversized bodies (413) and read every POST body as JSON: `curl -d '{...}'` sends form
+    content-type, and the API speaks nothing but JSON. Plain ASGI: Starlette's BaseHTTPMiddleware
+    (`@app.middleware`) runs each request through an extra task and memory streams, a tenth of
+    the Ingress's CPU per request on a 2-core host."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            declared = next((v for k, v in headers if k == b"content-length"), b"")
+            if declared.isdigit() and int(declared) > api.state.max_body_bytes:
+                reply = JSONResponse(status_code=413, content={"detail": f"request body of {int(declared)} bytes exceeds {api.state.max_body_bytes}"})
+                await reply(scope, receive, send)
+                return
+            if scope["method"] == "POST" and not any(k == b"content-type" and b"json" in v for k, v in headers):
+                scope = dict(scope, headers=[(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(JsonBodies)
 
 
 class BadRequest(ValueError):
@@ -184,7 +196,8 @@ class Ingress:
         t1 = time.perf_counter()
         cands = await self.retriever.retrieve.remote(RetrievalQuery(events, next_ctx, exclude, self.limits.retrieve_k))
         t2 = time.perf_counter()
-        result = await self.ranker.rank.remote(RankQuery(events, next_ctx, cands.items, cands.scores, req.k))
+        result = await self.ranker.rank.remote(RankQuery(events, next_ctx, cands.items, cands.scores, req.k,
+                                                            cands.head_in, cands.model_version))
         t3 = time.perf_counter()
         r = result.ranked
         items = [
@@ -197,8 +210,8 @@ class Ingress:
         ]
         t4 = time.perf_counter()
         stages = {"prepare": t1 - t0, "retrieve": t2 - t1, "rank": t3 - t2, "respond": t4 - t3, "total": t4 - t0}
-        for stage, sec in stages.items():
-            self.latency.observe(sec * 1000, tags={"stage": stage})
+        for stage in ("retrieve", "rank", "total"):  # each observation costs ~0.1 ms; prepare and respond stay under 1 ms
+            self.latency.observe(stages[stage] * 1000, tags={"stage": stage})
         self.requests.inc(tags={"status": "200"})
         timings = None
         if req.debug:

@@ -2,7 +2,9 @@
 
 Requests are sent on a schedule (request i at t0 + i/rps) whether or not earlier ones have
 answered, so a slow server shows up as latency instead of silently lowering the rate. In-flight
-requests are capped; a request that would exceed the cap is counted as `dropped`.
+requests are capped; a request that would exceed the cap is counted as `dropped` (never sent).
+A 503 is the service refusing work above its queue bound: counted as `refused`, with whether
+it carried Retry-After and how fast it came back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)  # client-side, successful requests
     stages_ms: dict[str, list[float]] = field(default_factory=dict)  # from the responses' timings_ms
     errors: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # answered 503 (the service's overload refusal)
+    refused_with_retry_after: int = 0
+    refused_latencies_ms: list[float] = field(default_factory=list)
     dropped: int = 0
     sent: int = 0
     seconds: float = 0.0
@@ -46,6 +51,11 @@ async def _run(url: str, body: Callable[[int], dict], rps: float, seconds: float
             try:
                 async with session.post(url, data=json.dumps(body(i)), headers={"content-type": "application/json"}) as r:
                     text = await r.text()
+                    if r.status == 503:
+                        result.refused += 1
+                        result.refused_with_retry_after += "Retry-After" in r.headers
+                        result.refused_latencies_ms.append((time.perf_counter() - t0) * 1000)
+                        return
                     if r.status != 200:
                         result.errors[str(r.status)] = result.errors.get(str(r.status), 0) + 1
                         return
@@ -84,9 +94,12 @@ def summarize(result: LoadResult) -> dict:
     ok = len(result.latencies_ms)
     stages = {k.removesuffix("_ms"): percentiles(v) for k, v in result.stages_ms.items() if k.endswith("_ms")}
     batches = {k: float(np.mean(v)) for k, v in result.stages_ms.items() if k.endswith("_batch")}
+    per_s = (lambda n: n / result.seconds) if result.seconds else (lambda n: 0.0)
     return {
         "end_to_end": percentiles(result.latencies_ms) | {
-            "rps": ok / result.seconds if result.seconds else 0.0, "requests": ok, "sent": result.sent,
+            "rps": per_s(ok), "offered_rps": per_s(result.sent + result.dropped), "requests": ok, "sent": result.sent,
+            "refused": result.refused, "refused_with_retry_after": result.refused_with_retry_after,
+            "refused_p99_ms": percentiles(result.refused_latencies_ms)["p99_ms"],
             "dropped": result.dropped, "errors": result.errors, "seconds": result.seconds},
         "stages": stages,
         "mean_batch_size": batches,
