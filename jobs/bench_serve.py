@@ -5,6 +5,7 @@
     python jobs/bench_serve.py --items 1000000 --users 250000 --events-per-user 8 --out FILE
     python jobs/bench_serve.py --run-dir runs/<run> --rps 50 --seconds 30 --out FILE
     python jobs/bench_serve.py --sweep 50,75,100,125,150,200 --out FILE      # + capacity and overload
+    python jobs/bench_serve.py --profile-dir runs/serve-profile --out FILE     # + py-spy flame graph per process
 
 Without --run-dir it trains (once; reused on later calls) a synthetic run from a generator with
 --items items and --users users under runs/bench-serve-<items>: one epoch, the default model,
@@ -50,8 +51,10 @@ def main() -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
     p.add_argument("--sweep", default="", help="capacity sweep after the main window: offered rates, e.g. 50,75,100,125,150")
     p.add_argument("--sweep-seconds", type=float, default=defaults.sweep_seconds)
+    p.add_argument("--profile-dir", default="", help="py-spy flame graphs (SVG) of each replica, the proxy and the load "
+                                                     "generator over the main window, written here (needs py-spy)")
     args = p.parse_args()
-    cfg = ServeBenchConfig(**{k: getattr(args, k) for k in names}, sweep_seconds=args.sweep_seconds,
+    cfg = ServeBenchConfig(**{k: getattr(args, k) for k in names}, sweep_seconds=args.sweep_seconds, profile_dir=args.profile_dir,
                            sweep=tuple(float(r) for r in args.sweep.split(",") if r.strip()))
     # Serve's fast request path (argus_serve.launch.SERVE_ENV), read when Ray starts, so it goes into
     # the environment first; set a variable to 0 in the shell to compare without it.

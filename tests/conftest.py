@@ -30,6 +30,9 @@ def ray_local():
 
         for key, value in SERVE_ENV.items():
             os.environ.setdefault(key, value)
+        # An ingress replica drains 30 s before it stops (for load balancers to notice); a test
+        # module's serve.shutdown() would outlast its own 30 s wait and leave a dying controller.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
         # 4 logical CPUs on any machine: 2 train workers + budget for Ray Data.
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})

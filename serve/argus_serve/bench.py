@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +46,7 @@ class ServeBenchConfig:
     sweep: tuple[float, ...] = ()  # offered rates for the capacity sweep after the main window (empty = none)
     sweep_seconds: float = 15.0  # measured window per swept rate
     p99_bar_ms: float = 60.0  # capacity = the highest swept rate with p99 under this and nothing refused
+    profile_dir: str = ""  # py-spy flame graphs of every replica and the load generator over the main window ('' = none)
     deploy_timeout_s: float = 600.0
 
 
@@ -123,9 +127,12 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
 
     print(f"[bench] warm-up {cfg.warmup_seconds:.0f}s, then {cfg.seconds:.0f}s at {cfg.rps:.0f} requests/s", flush=True)
     run_load(url, body, cfg.rps, cfg.warmup_seconds, cfg.max_in_flight)
+    profilers = start_profilers(Path(cfg.profile_dir), cfg.seconds) if cfg.profile_dir else []
     before = cpu.snapshot()
     load = run_load(url, lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)), cfg.rps, cfg.seconds, cfg.max_in_flight)
     result = summarize(load)
+    if profilers:
+        result["profiles"] = finish_profilers(profilers)
     result["cpu_by_process"] = cpu.cpu_by_role(before, cpu.snapshot(), load.seconds, len(load.latencies_ms))
     if cfg.sweep:
         result["capacity"] = capacity_sweep(url, body, cfg)
@@ -140,6 +147,39 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
                                      "machine": cpu.machine(), "torch": torch.__version__,
                                      "serve_env": {k: os.environ.get(k, "0") for k in SERVE_ENV}}
     return result
+
+
+PROFILED = {"ingress", "retriever", "ranker", "proxy", "load generator + driver"}
+
+
+def start_profilers(out_dir: Path, seconds: float) -> list[tuple[str, Path, subprocess.Popen]]:
+    """py-spy (sampling, 50 Hz, without pausing the process) on each replica, the HTTP proxy and the
+    load generator for the measured window, each writing an SVG flame graph. Sampling costs CPU the
+    service shares, so a profiled run's latency is not a benchmark figure."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        raise FileNotFoundError("--profile-dir needs py-spy: pip install py-spy")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    running = []
+    for role, pids in sorted(cpu.processes_by_role(PROFILED).items()):
+        for n, pid in enumerate(pids):
+            path = out_dir / f"{role.split()[0]}{'' if n == 0 else f'-{n}'}.svg"
+            cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds) - 1)), "--rate", "50",
+                   "--nonblocking", "--format", "flamegraph", "--output", str(path)]
+            running.append((role, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+    print(f"[bench] profiling {len(running)} processes into {out_dir}", flush=True)
+    return running
+
+
+def finish_profilers(running: list[tuple[str, Path, subprocess.Popen]]) -> dict[str, str]:
+    out = {}
+    for role, path, proc in running:
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 0 and path.exists():
+            out[path.stem] = str(path)
+        else:  # e.g. no ptrace permission in a container without SYS_PTRACE
+            log.warning("py-spy on %s failed: %s", role, err.decode(errors="replace").strip()[-300:])
+    return out
 
 
 def capacity_sweep(url: str, body, cfg: ServeBenchConfig) -> dict:
@@ -183,6 +223,8 @@ def format_result(result: dict) -> str:
         c = result["capacity"]
         lines.append(f"capacity (p99 ≤ {c['p99_bar_ms']:.0f} ms, nothing refused): {c['capacity_rps']:.0f} requests/s of "
                      + ", ".join(f"{r['offered_rps']:.0f}" for r in c["rates"]) + " offered")
+    if result.get("profiles"):
+        lines.append("flame graphs (latency above is with py-spy sampling): " + ", ".join(result["profiles"].values()))
     lines.append(f"machine: {cpu.describe(result['setup']['machine'])}")
     lines.append(f"achieved {e['rps']:.1f} of {e['offered_rps']:.1f} requests/s offered ({e['requests']} ok, {e['refused']} refused, "
                  f"{e['dropped']} dropped, errors {e['errors'] or 0}); "

@@ -41,6 +41,16 @@ def _machine_ticks() -> tuple[int, int]:
     return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
 
 
+def processes_by_role(roles: set[str]) -> dict[str, list[int]]:
+    """{role: [pid, ...]} of the running processes in `roles` (e.g. {"ingress", "retriever", "proxy"})."""
+    me, out = os.getpid(), {}
+    for proc in psutil.process_iter():
+        role = _role(proc, me)
+        if role in roles:
+            out.setdefault(role, []).append(proc.pid)
+    return out
+
+
 def snapshot() -> dict[int, tuple[str, float]]:
     """{pid: (role, user+system CPU seconds so far)} for every process that can be read; key -1
     holds the machine's (all, stolen) ticks."""
