@@ -88,7 +88,7 @@ class LossConfig:
     )
     full_softmax_max_items: int = _help(
         "largest catalogue for which next_item=auto trains the full softmax (measured at equal wall time on 2 CPU cores, "
-        "README: next-item losses by catalogue size)", FULL_SOFTMAX_MAX_ITEMS
+        "jobs/README.md: next-item losses by catalogue size)", FULL_SOFTMAX_MAX_ITEMS
     )
     in_batch_negatives: int = _help("in-batch negatives per step (sampled from the batch's positives)", 128)
     uniform_negatives: int = _help("uniform negatives per step from the catalogue", 128)
