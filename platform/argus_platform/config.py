@@ -182,6 +182,10 @@ class ScalingCfg:
     use_gpu: bool = _help("one GPU per worker, nccl backend", False)
     cpus_per_worker: float = _help("CPUs reserved per worker", 1.0)
     torch_threads: int = _help("intra-op threads per worker (0 = torch default)", 1)
+    hold_freed_memory: bool = _help(
+        "glibc: tensors below 32 MiB from the heap and freed memory kept (up to 1 GiB) instead of mapped, unmapped "
+        "and page-faulted in again every step (~20% less CPU per training step on CPU); false = glibc's defaults", True
+    )
     local_num_cpus: int = _help(
         "logical CPUs for a local Ray started by the job; keep above the workers' total so Ray Data gets budget", 4
     )

@@ -8,7 +8,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
+from argus_models.allocator import hold_freed_memory
 from argus_models.config import ModelSchema
 from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
@@ -62,6 +63,8 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if cfg.scaling.torch_threads > 0:
         torch.set_num_threads(cfg.scaling.torch_threads)
+    if cfg.scaling.hold_freed_memory:
+        hold_freed_memory()
     torch.manual_seed(cfg.optim.seed + rank)
     precision, why = resolve_precision(cfg.optim.precision, device)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
@@ -102,7 +105,9 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             seen_events[0] += int((batch.lengths - 1).clamp_min(0).sum())  # positions the step predicts
             return batch
 
-        batches = map(collate, length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng))
+        waited = [0.0]
+        batches = map(collate, _timed(length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng),
+                                      waited))
         t0, n_steps, loss_sum = time.time(), 0, 0.0
         out_of_time = False
         while True:
@@ -135,9 +140,10 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         events = torch.tensor([seen_events[0]], dtype=torch.int64, device=_collective_device(device))
         dist.all_reduce(events)
         metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": seconds,
-                   "train_events": int(events.item()), "train_events_per_second": events.item() / seconds, "lr_factor": factor}
+                   "train_events": int(events.item()), "train_events_per_second": events.item() / seconds,
+                   "input_wait_seconds": waited[0], "lr_factor": factor}
         _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
-                   f"{metrics['train_events_per_second']:,.0f} events/s)")
+                   f"{metrics['train_events_per_second']:,.0f} events/s, {waited[0]:.1f}s of it waiting for input)")
         if out_of_time:
             _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min of training reached after {state.step} steps "
                        f"(epoch {state.epoch}, {n_steps} of its steps)")
@@ -166,7 +172,8 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         val = validation["model"]["ndcg@10"]
         metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
         state.history.append({"epoch": state.epoch, "validation": validation["model"],
-                              **{k: metrics[k] for k in ("epoch_seconds", "train_events_per_second", "validation_seconds")}})
+                              **{k: metrics[k] for k in ("epoch_seconds", "train_events_per_second", "input_wait_seconds",
+                                                         "validation_seconds")}})
         if val > state.best_validation:
             # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
             # Every rank holds the same reduced `val`, so all of them take this (collective) branch.
@@ -193,6 +200,20 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             _say(rank, f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
             break
     return _final(cfg, state)
+
+
+def _timed(batches: Iterable, waited: list[float]) -> Iterator:
+    """`batches`, adding the seconds spent waiting for each one to waited[0] (an input-bound epoch
+    shows here: the step itself is not counted)."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield batch
 
 
 def _collective_device(device: torch.device) -> torch.device | str:
