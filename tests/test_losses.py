@@ -8,7 +8,7 @@ import torch
 from argus_models.config import ActionHead
 from argus_models.losses import (
     chunked_full_softmax_loss, corrected_logq_loss, feedback_loss, feedback_probability, full_softmax_loss, logq_loss,
-    mixed_log_q,
+    mixed_log_q, sampled_softmax_loss,
 )
 
 
@@ -185,3 +185,40 @@ def test_chunked_full_softmax_without_grad_and_without_rows():
     torch.testing.assert_close(loss, full_softmax_loss(query @ vectors.T, targets, excluded).mean().detach())
     with pytest.raises(ValueError, match="no rows"):
         chunked_full_softmax_loss(query[:0], vectors, targets[:0])
+
+
+@pytest.mark.parametrize("kind", ["corrected_logq", "logq"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_sampled_softmax_equals_its_reference_in_value_and_gradient(kind, dtype):
+    """`sampled_softmax_loss` (the training path, gradient made in the forward) against the composed
+    reference, with hits, a row whose every negative is a hit, and a weighted sum as the upstream."""
+    g = torch.Generator().manual_seed(5)
+    n, k = 64, 32
+    pos, neg = torch.randn(n, generator=g, dtype=torch.float64) * 4, torch.randn(n, k, generator=g, dtype=torch.float64) * 4
+    log_q = -torch.rand(50, generator=g, dtype=torch.float64) * 9 - 1
+    pos_ids, neg_ids = torch.randint(0, 50, (n,), generator=g), torch.randint(0, 50, (k,), generator=g)
+    hit = neg_ids[None, :] == pos_ids[:, None]
+    assert hit.any()
+    upstream = torch.rand(n, generator=g, dtype=torch.float64).to(dtype)
+    reference = corrected_logq_loss if kind == "corrected_logq" else logq_loss
+    out = []
+    for fn in (reference, lambda *a: sampled_softmax_loss(kind, *a)):
+        p, q = pos.to(dtype).clone().requires_grad_(True), neg.to(dtype).clone().requires_grad_(True)
+        loss = fn(p, q, log_q[pos_ids], log_q[neg_ids], hit)
+        assert loss.dtype == dtype
+        (loss * upstream).sum().backward()
+        out.append((loss, p.grad, q.grad))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a, **tol)
+    # A row with no usable negative: loss 0 and no gradient (the reference's would be nan or inf).
+    all_hit = torch.ones(1, k, dtype=torch.bool)
+    p, q = pos[:1].to(dtype).clone().requires_grad_(True), neg[:1].to(dtype).clone().requires_grad_(True)
+    loss = sampled_softmax_loss("corrected_logq", p, q, log_q[pos_ids[:1]], log_q[neg_ids], all_hit)
+    loss.sum().backward()
+    assert loss.item() == 0 and p.grad.abs().max() == 0 and q.grad.abs().max() == 0
+
+
+def test_fused_sampled_softmax_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="unknown sampled softmax 'softmax'"):
+        sampled_softmax_loss("softmax", torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), torch.zeros(1), torch.zeros(1, 1, dtype=torch.bool))

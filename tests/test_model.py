@@ -57,6 +57,27 @@ def test_dense_arch_shapes_and_named_heads():
     assert heads["like"].shape == (2, 3) and heads["rating"].shape == (2, 3, 5)
 
 
+@pytest.mark.parametrize("tokenization", ["one_token", "three_token"])
+def test_dense_arch_at_valid_positions_equals_the_full_outputs_indexed(tokenization):
+    """`valid` runs the heads on the valid positions only: the same values as the [B, W-1] outputs
+    indexed by it, and the same gradients."""
+    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=6, dropout=0.0, tokenization=tokenization)
+    dense = ArgusDenseArch(cfg, SCHEMA).train()
+    emb = {k: torch.randn(3, 5, 8, requires_grad=True) for k in ("item", "ctx_source", "fb_like", "fb_rating")}
+    lengths = torch.tensor([5, 2, 4])
+    valid = torch.arange(4)[None, :] < (lengths - 1)[:, None]
+    full, picked = dense(emb, lengths), dense(emb, lengths, valid)
+    grads = []
+    for outputs in ({k: v[valid] for k, v in full.items()}, picked):
+        assert outputs["query"].shape == (int(valid.sum()), 8)
+        loss = sum((v * torch.linspace(0, 1, v.numel()).view_as(v)).sum() for v in outputs.values())
+        grads.append(torch.autograd.grad(loss, [emb["item"], *dense.parameters()]))
+    for key in full:
+        assert torch.allclose(full[key][valid], picked[key], atol=1e-6), key
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_causality_future_events_do_not_change_past_states():
     cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=2, max_seq_len=6, dropout=0.0)
     dense = ArgusDenseArch(cfg, SCHEMA).eval()
@@ -111,21 +132,43 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_rope_rotates_each_channel_pair_by_its_angle():
-    from argus_models.encoder import apply_rope, rope_cache
+    from argus_models.encoder import _apply_rope_real, apply_rope, rope_cache
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 7, 8)  # [B, H, S, hd]
-    cos, sin = rope_cache(7, 8, x.device)
-    # Reference: channels (2i, 2i+1) as a complex number, multiplied by e^{i·s·10000^(-2i/hd)}.
+    rot = rope_cache(7, 8, x.device)  # [S, hd/2]
+    # Reference: channel pair j of position s as a real 2-vector, turned by the angle s·10000^(-2j/hd).
     angles = torch.outer(torch.arange(7.0), 10000.0 ** (-torch.arange(0, 8, 2) / 8))
-    rotated = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous()) * torch.polar(torch.ones_like(angles), angles)
-    assert torch.allclose(apply_rope(x, cos, sin), torch.view_as_real(rotated).flatten(-2), atol=1e-6)
+
+    def turned(v: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+        a, b = v[..., 0::2], v[..., 1::2]
+        return torch.stack((a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()), dim=-1).flatten(-2)
+
+    ref = turned(x, angles)
+    assert torch.allclose(apply_rope(x, rot), ref, atol=1e-6)
+    # The real form (bf16 autocast, torch.compile) is the same rotation; bf16 stays bf16.
+    assert torch.allclose(_apply_rope_real(x, rot), ref, atol=1e-6)
+    assert apply_rope(x.bfloat16(), rot).dtype == torch.bfloat16
+    # Per-row positions: [B, S, hd/2] rotations broadcast over the heads.
     positions = torch.tensor([[3, 1, 0, 6, 2, 5, 4], [0, 1, 2, 3, 4, 5, 6]])
-    per_row = apply_rope(x, cos[positions][:, None], sin[positions][:, None])  # [B, 1, S, hd] tables
+    per_row = apply_rope(x, rot[positions][:, None])
     for b in range(2):
         for s in range(7):
-            ref = apply_rope(x[b:b + 1, :, s:s + 1], cos[positions[b, s]:positions[b, s] + 1], sin[positions[b, s]:positions[b, s] + 1])
-            assert torch.allclose(per_row[b:b + 1, :, s:s + 1], ref, atol=1e-6)
+            assert torch.allclose(per_row[b, :, s], turned(x[b, :, s], angles[positions[b, s]]), atol=1e-6)
+
+
+def test_rope_gradient_matches_the_real_form():
+    from argus_models.encoder import _apply_rope_real, apply_rope, rope_cache
+
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 5, 3, 2, 8, requires_grad=True)  # [B, S, 3, H, hd] as the attention makes it
+    rot = rope_cache(5, 8, qkv.device)[:, None, None, :]
+    w = torch.randn(2, 5, 2, 2, 8)
+    (apply_rope(qkv[:, :, :2], rot) * w).sum().backward()
+    fast, qkv.grad = qkv.grad.clone(), None
+    (_apply_rope_real(qkv[:, :, :2], rot) * w).sum().backward()
+    assert torch.allclose(fast, qkv.grad, atol=1e-6)
+    assert fast[:, :, 2].abs().max() == 0  # v is not rotated
 
 
 def test_cpu_dropout_drops_at_rate_p_and_scales_what_it_keeps():

@@ -15,21 +15,31 @@ from torch.utils.checkpoint import checkpoint
 from argus_models.config import ModelConfig
 
 
-def rope_cache(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables, each [S, head_dim], laid out for `apply_rope`: angle i of position s at
-    channels 2i and 2i+1, as [cos, cos] and [−sin, sin]."""
+def rope_cache(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0) -> torch.Tensor:
+    """The rotations e^{i·s·θ_j}, θ_j = base^(−2j/hd), as complex64 [S, head_dim / 2]: angle j of
+    position s turns the channel pair (2j, 2j+1)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos().repeat_interleave(2, dim=-1), torch.stack((-angles.sin(), angles.sin()), dim=-1).flatten(-2)
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of channels (2i, 2i+1) by angle i. x: [B, H, S, hd]; cos/sin: `rope_cache`'s
-    [S, hd] tables or per row [B, 1, S, hd].
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair (2j, 2j+1) of x [..., hd] by `rot` [..., hd / 2] (`rope_cache`'s
+    rotations, broadcast against x's leading dims).
 
-    Written as x·[c, c] + swap(x)·[−s, s] over whole rows (the pairs' channels swapped), which is
-    the rotation exactly in fewer, contiguous passes than rotating strided halves and re-interleaving.
+    float32/float64: one complex multiply over the pairs viewed as complex numbers (half the
+    passes of the real form, forward and backward). Other dtypes (bf16 under autocast) and
+    torch.compile take the real form, x·[c, c] + swap(x)·[−s, s], with the same result.
     """
+    if x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * rot.to(pairs.dtype)).flatten(-2)
+    return _apply_rope_real(x, rot)
+
+
+def _apply_rope_real(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    cos = rot.real.repeat_interleave(2, dim=-1)
+    sin = torch.stack((-rot.imag, rot.imag), dim=-1).flatten(-2)
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return (x * cos + swapped * sin).type_as(x)
 
@@ -76,12 +86,17 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.embedding_dim, cfg.embedding_dim, bias=False)
         self.dropout = cfg.attention_dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """x: [B, S, D]; mask: bool [B or 1, 1, S, S] (True = may attend) or None for causal."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, S, D]; mask: bool [B or 1, 1, S, S] (True = may attend) or None for causal;
+        rope: rotations [S, hd/2] or per row [B, S, hd/2]."""
         B, S, D = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 3×[B, H, S, hd]
+        qkv = self.qkv(x).view(B, S, 3, self.num_heads, D // self.num_heads)
         if self.use_rope and rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            # q and k in one pass, before the heads are moved forward: [B, S, 2, H, hd]
+            qk = apply_rope(qkv[:, :, :2], rope[..., None, None, :])
+            (q, k), v = qk.permute(2, 0, 3, 1, 4), qkv[:, :, 2].transpose(1, 2)  # [B, H, S, hd] each
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3×[B, H, S, hd]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.dropout if self.training else 0.0
         )
@@ -141,7 +156,7 @@ class CausalEncoder(nn.Module):
         self.norm = RMSNorm(cfg.embedding_dim)
         self.pos = nn.Embedding(self.max_tokens, cfg.embedding_dim) if cfg.positions == "learned" else None
         self.drop = Dropout(cfg.dropout)
-        self._rope_tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_tables: dict[tuple[int, str], torch.Tensor] = {}
 
     def compile_blocks(self) -> None:
         """Compile each block in place (parameters and state-dict keys unchanged, so DDP, FSDP2 and
@@ -149,7 +164,7 @@ class CausalEncoder(nn.Module):
         for block in self.blocks:
             block.compile()
 
-    def _rope(self, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope(self, head_dim: int, device: torch.device) -> torch.Tensor:
         """`rope_cache` for this encoder's length, made once per device (a serving replica calls the
         encoder for every request). Plain tensors outside autograd, even when first asked under inference_mode."""
         cache = self._rope_tables
@@ -174,7 +189,7 @@ class CausalEncoder(nn.Module):
             x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
         else:
             rope = self._rope(D // self.cfg.num_heads, x.device)
-            rope = tuple(t[:S] if positions is None else t[positions][:, None] for t in rope)  # [S, hd] or [B, 1, S, hd]
+            rope = rope[:S] if positions is None else rope[positions]  # [S, hd/2] or [B, S, hd/2]
         if mask is None and positions is None and self.cfg.length_groups > 1 and B > 1:
             # Rows never attend across each other and the causal mask never reaches a padded key,
             # so each group of rows can run cut to its longest row: the same outputs at every
@@ -182,7 +197,7 @@ class CausalEncoder(nn.Module):
             groups = length_groups(lengths, self.cfg.length_groups, S)
             out = []
             for rows, width in groups:
-                cut = None if rope is None else tuple(t[:width] for t in rope)
+                cut = None if rope is None else rope[:width]
                 out.append(F.pad(self._run(x[rows, :width], None, cut), (0, 0, 0, S - width)))
             return torch.cat(out)[torch.argsort(torch.cat([rows for rows, _ in groups]))]
         return self._run(x, mask, rope)

@@ -225,24 +225,32 @@ class ArgusDenseArch(nn.Module):
             return None
         return torch.stack([emb[fb_feature(a.name)] for a in self.schema.actions]).sum(0)
 
-    def forward(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """emb: {feature: [B, W, D]} for a window of W events; lengths: [B] events per window.
+    def forward(
+        self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """emb: {feature: [B, W, D]} for a window of W events; lengths: [B] events per window;
+        valid: optional bool [B, W-1], the positions wanted (training: those with a next event).
 
         Events 0..W-2 are history for the predictions of events 1..W-1. Returns
           "state"    [B, W-1, D]  encoder state that predicts event t+1
           "query"    [B, W-1, D]  next-item query q_t
           "target"   [B, W-1, D]  E_item(i_{t+1})
           "feedback" [B, W-1, Σ outputs]  action logits for event t+1 (if the schema has actions)
+        With `valid`, each is [N, ...] over the valid positions in row-major order, and the heads
+        run on those positions only (the padded ones of a batch cost nothing past the encoder).
         """
         items = self._items(emb)  # the tower once; the encoder's inputs and the targets share it
-        nxt_item = items[:, 1:]
+        at = (lambda t: t) if valid is None else (lambda t: t[valid])
+        nxt_item = at(items[:, 1:])
         if self.three_token:
             states = self.event_states(emb, lengths, items)  # [B, W, k, D]
-            out = {"state": states[:, 1:, 0], "query": self.query(states[:, 1:, 0]), "target": nxt_item}
+            state = at(states[:, 1:, 0])
+            out = {"state": state, "query": self.query(state), "target": nxt_item}
             if self.feedback_head is not None:
-                out["feedback"] = self.feedback_head(states[:, 1:, 1])
+                out["feedback"] = self.feedback_head(at(states[:, 1:, 1]))
         else:
             state, head_in = self.encode(emb, lengths, items)
+            state, head_in = at(state), at(head_in)
             out = {"state": state, "query": self.query(head_in), "target": nxt_item}
             if self.feedback_head is not None:
                 out["feedback"] = self.feedback_logits(head_in, nxt_item)

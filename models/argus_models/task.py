@@ -10,7 +10,7 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from argus_models.losses import chunked_full_softmax_loss, corrected_logq_loss, feedback_loss, logq_loss
+from argus_models.losses import chunked_full_softmax_loss, feedback_loss, sampled_softmax_loss
 from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
 
 
@@ -93,11 +93,11 @@ class ArgusObjective(nn.Module):
     def forward(self, emb: dict[str, torch.Tensor], batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Set here, not in the task: TrainPipelineSparseDist FX-traces the task, whose `emb` is a Proxy.
         emb = {**emb, ITEM_IDS: batch.items}  # the item tower adds side features by id
-        out = self.dense(emb, batch.lengths)
         W = batch.items.shape[1]
         valid = torch.arange(W - 1, device=batch.lengths.device)[None, :] < (batch.lengths - 1)[:, None]  # [B, W-1]
-        query = out["query"][valid]  # [N, D]
-        pos_emb = out["target"][valid]  # [N, D]
+        out = self.dense(emb, batch.lengths, valid)  # the heads' outputs at the N valid positions
+        query = out["query"]  # [N, D]
+        pos_emb = out["target"]  # [N, D]
         pos_ids = batch.items[:, 1:][valid]  # [N]
         history = history_pairs(batch.items, valid) if self.exclude_history else None
         loss = self._next_item(query, pos_emb, pos_ids, emb[NEG_ITEM], batch.neg_ids, history)
@@ -106,7 +106,7 @@ class ArgusObjective(nn.Module):
             logits = self.dense.action_logits(out["feedback"])
             for idx, head in enumerate(self.dense.schema.actions):
                 target = batch.actions[:, 1:, idx][valid]
-                l_a = feedback_loss(head, logits[head.name][valid], target).mean()
+                l_a = feedback_loss(head, logits[head.name], target).mean()
                 loss = loss + self.action_weights[head.name] * l_a
                 logs[f"loss_{head.name}"] = l_a.detach()
         logs["loss"] = loss.detach()
@@ -133,8 +133,7 @@ class ArgusObjective(nn.Module):
         pos_logits = (query * pos_emb).sum(-1)  # [N]
         neg_logits = query @ neg_emb.T  # [N, K]
         hit = neg_ids[None, :] == pos_ids[:, None]
-        fn = corrected_logq_loss if self.next_item_loss == "corrected_logq" else logq_loss
-        return fn(pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit).mean()
+        return sampled_softmax_loss(self.next_item_loss, pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit).mean()
 
 
 def history_pairs(items: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
