@@ -33,6 +33,7 @@ def test_train_then_resume(ray_local, tmp_path, capsys):
     assert state.epoch == 3 and first_steps < state.step < 2 * first_steps
     assert [h["epoch"] for h in state.history] == [1, 2, 3]
     assert all(0 <= h["input_wait_seconds"] <= h["epoch_seconds"] for h in state.history)
+    assert all(h["cpu_stolen_fraction"] is None or 0 <= h["cpu_stolen_fraction"] <= 1 for h in state.history)
     _assert_checkpoint_reproduces_validation(_checkpoints(run_dir)[-1], run_dir, state.history[-1]["validation"])
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import psutil
+
 
 def duration(seconds: float) -> str:
     """12s, 3m05s, 1h02m."""
@@ -58,3 +60,27 @@ class Progress:
             return ""
         left = (self.total - self.done) * (now - self.started) / self.done
         return f", ETA {duration(left)}"
+
+
+class StolenCpu:
+    """The share of the machine's CPU time the hypervisor gave to other guests ("steal" in
+    /proc/stat) between `__init__` and `fraction()`; None where the OS does not report it. A
+    throughput figure taken on a shared VM means little without it (a noisy neighbour slows a
+    2-core step by a third)."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float] | None:
+        times = psutil.cpu_times()
+        steal = getattr(times, "steal", None)
+        # guest time is already counted in user time (Linux), so it is left out of the total
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        return None if steal is None else (steal, total)
+
+    def fraction(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None or end[1] <= self.start[1]:
+            return None
+        return (end[0] - self.start[0]) / (end[1] - self.start[1])

@@ -27,6 +27,7 @@ from argus_models.checkpoint import absolute
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help
+from argus_platform.progress import StolenCpu
 from argus_platform.trainer import init_ray, train
 
 
@@ -118,9 +119,10 @@ def run_point(cfg: ScaleBenchConfig, events: int, items: int, root: Path) -> dic
         return json.loads(done.read_text())
     print(f"[argus] bench_scale: {events:,} events x {items:,} items -> {run_dir}", flush=True)
     job = point_config(cfg, events, items, run_dir)
-    started = time.time()
+    started, stolen = time.time(), StolenCpu()
     with MemorySampler() as memory:
         final = train(job)
+    job_steal = stolen.fraction()
     summary = json.loads((run_dir / "data" / "summary.json").read_text())
     epoch = final["history"][-1]
     stages = summary["stage_seconds"]
@@ -133,6 +135,8 @@ def run_point(cfg: ScaleBenchConfig, events: int, items: int, root: Path) -> dic
         "validation_s": round(epoch["validation_seconds"], 1),
         "test_s": round(epoch.get("test_seconds", 0.0), 1),
         "train_events_per_s": round(epoch["train_events_per_second"]),
+        # the share of the machine's CPU the hypervisor gave to other guests (None: not reported)
+        "epoch_cpu_stolen_pct": _pct(epoch.get("cpu_stolen_fraction")), "job_cpu_stolen_pct": _pct(job_steal),
         "job_s": round(time.time() - started, 1),
         "test_ndcg@10": final["test"]["ndcg@10"], "popularity_ndcg@10": final["baselines"]["popularity"]["test"]["ndcg@10"],
         "precision": final["protocol"]["precision"],
@@ -141,6 +145,10 @@ def run_point(cfg: ScaleBenchConfig, events: int, items: int, root: Path) -> dic
     row["prepare_events_per_s"] = round(row["events"] / max(row["prepare_s"], 1e-9))
     done.write_text(json.dumps(row, indent=2))
     return row
+
+
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100 * fraction, 1)
 
 
 def growth(rows: list[dict], key: str, by: str, work=None) -> list[dict]:
@@ -181,6 +189,7 @@ def bench(cfg: ScaleBenchConfig) -> dict:
 COLUMNS = [("events", "events", "{:,}"), ("catalogue", "items", "{:,}"), ("generate_s", "generate s", "{:.0f}"),
            ("prepare_s", "prepare s", "{:.0f}"), ("epoch_s", "epoch s", "{:.0f}"), ("validation_s", "validation s", "{:.0f}"),
            ("test_s", "test s", "{:.0f}"), ("job_s", "job s", "{:.0f}"), ("train_events_per_s", "train events/s", "{:,}"),
+           ("epoch_cpu_stolen_pct", "CPU stolen in epoch %", "{:.1f}"),
            ("prepare_events_per_s", "prepare events/s", "{:,}"), ("peak_process_gib", "peak RSS/process GiB", "{:.2f}"),
            ("peak_total_gib", "peak RSS sum GiB", "{:.2f}"), ("peak_machine_used_gib", "machine used GiB", "{:.2f}")]
 
@@ -189,7 +198,7 @@ def format_tables(result: dict) -> str:
     head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * len(COLUMNS)]
     for r in result["points"]:
-        lines.append("| " + " | ".join(fmt.format(r[key]) for key, _, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join("n/a" if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in COLUMNS) + " |")
     if result["growth"]:
         lines += ["", "| growth | sweep | ratio | linear in | linear | ÷ linear |", "|---|---|---|---|---|---|"]
         for g in result["growth"]:

@@ -31,7 +31,7 @@ from argus_platform.data.prepare import load_prepared
 from argus_platform.catalogue_ranking import catalogue_shard
 from argus_platform.evaluation import evaluate, user_sample
 from argus_platform.precision import resolve_precision
-from argus_platform.progress import Progress
+from argus_platform.progress import Progress, StolenCpu
 from argus_platform.schedule import lr_factor
 from argus_platform.sharding import describe_plan, shard
 
@@ -108,7 +108,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         waited = [0.0]
         batches = map(collate, _timed(length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng),
                                       waited))
-        t0, n_steps, loss_sum = time.time(), 0, 0.0
+        t0, n_steps, loss_sum, stolen = time.time(), 0, 0.0, StolenCpu()
         out_of_time = False
         while True:
             factor = lr_factor(state.step, o.warmup_steps, steps_per_epoch * o.epochs, o.lr_schedule, o.min_lr_ratio)
@@ -141,9 +141,11 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         dist.all_reduce(events)
         metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": seconds,
                    "train_events": int(events.item()), "train_events_per_second": events.item() / seconds,
-                   "input_wait_seconds": waited[0], "lr_factor": factor}
+                   "input_wait_seconds": waited[0], "cpu_stolen_fraction": stolen.fraction(), "lr_factor": factor}
+        steal = metrics["cpu_stolen_fraction"]
+        steal = f"; {steal:.0%} of the machine's CPU went to other guests (hypervisor steal)" if steal and steal >= 0.01 else ""
         _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
-                   f"{metrics['train_events_per_second']:,.0f} events/s, {waited[0]:.1f}s of it waiting for input)")
+                   f"{metrics['train_events_per_second']:,.0f} events/s, {waited[0]:.1f}s of it waiting for input{steal})")
         if out_of_time:
             _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min of training reached after {state.step} steps "
                        f"(epoch {state.epoch}, {n_steps} of its steps)")
@@ -173,7 +175,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
         state.history.append({"epoch": state.epoch, "validation": validation["model"],
                               **{k: metrics[k] for k in ("epoch_seconds", "train_events_per_second", "input_wait_seconds",
-                                                         "validation_seconds")}})
+                                                         "cpu_stolen_fraction", "validation_seconds")}})
         if val > state.best_validation:
             # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
             # Every rank holds the same reduced `val`, so all of them take this (collective) branch.
