@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from _cli import parse_config_and_args
 
-from argus_models.allocator import hold_freed_memory
 from argus_platform.config import TrainJobConfig
 from argus_platform.data.prepare import prepare_data
 from argus_platform.torchrec_overhead import measure, prepared_batches
@@ -32,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config_and_args(TrainJobConfig, __doc__.splitlines()[0], add_arguments, argv)
-    torch.set_num_threads(max(1, cfg.scaling.torch_threads))
-    if cfg.scaling.hold_freed_memory:
-        hold_freed_memory()
+    cfg.scaling.apply_to_process(threads_if_unset=1)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepare_data(cfg.data, Path(tmp))  # a log grouped by user needs no Ray
         schema = model_schema(prepared, cfg.model)

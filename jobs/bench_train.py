@@ -16,7 +16,6 @@ from dataclasses import asdict, replace
 import torch
 from _cli import parse_config_and_args
 
-from argus_models.allocator import hold_freed_memory
 from argus_platform.config import TrainJobConfig
 from argus_platform.planning import planning_schema
 from argus_platform.precision import resolve_precision
@@ -33,10 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config_and_args(TrainJobConfig, __doc__.splitlines()[0], add_arguments, argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu" and cfg.scaling.torch_threads > 0:
-        torch.set_num_threads(cfg.scaling.torch_threads)
-    if cfg.scaling.hold_freed_memory:
-        hold_freed_memory()
+    cfg.scaling.apply_to_process()  # as a training worker does
     precision, why = resolve_precision(cfg.optim.precision, device)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
     print(f"precision: {precision} ({why})")

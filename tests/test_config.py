@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config, to_dict
@@ -115,3 +116,18 @@ def test_next_item_auto_chooses_by_catalogue_size():
     assert resolve_next_item_loss(history, limit)[0].exclude_history
     with pytest.raises(ConfigError, match="auto chose corrected_logq"):  # ... until auto picks a sampled loss
         resolve_next_item_loss(history, limit + 1)
+
+
+def test_scaling_settings_apply_to_this_process():
+    from argus_platform.config import ScalingCfg
+
+    before = torch.get_num_threads()
+    try:
+        ScalingCfg(torch_threads=2, hold_freed_memory=False).apply_to_process()
+        assert torch.get_num_threads() == 2
+        ScalingCfg(torch_threads=0, hold_freed_memory=False).apply_to_process(threads_if_unset=1)
+        assert torch.get_num_threads() == 1
+        ScalingCfg(torch_threads=0, hold_freed_memory=False).apply_to_process()  # 0 and nothing asked: unchanged
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 global temporal split (test = the last day, validation the day before, 30-minute gaps)."""
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
+import torch
+
+from argus_models.allocator import hold_freed_memory
 from argus_models.config import ModelConfig
 
 from argus_platform.configlib import ConfigError, documented as _help
@@ -189,6 +192,16 @@ class ScalingCfg:
     local_num_cpus: int = _help(
         "logical CPUs for a local Ray started by the job; keep above the workers' total so Ray Data gets budget", 4
     )
+
+    def apply_to_process(self, threads_if_unset: int = 0) -> None:
+        """This process's part of the settings, for a worker or a one-process bench: torch's
+        intra-op threads (`torch_threads`, or `threads_if_unset` where that is 0) and glibc's hold
+        on freed memory (`hold_freed_memory`)."""
+        threads = self.torch_threads or threads_if_unset
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if self.hold_freed_memory:
+            hold_freed_memory()
 
 
 @dataclass

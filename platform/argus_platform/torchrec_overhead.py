@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torchrec import KeyedJaggedTensor
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from argus_models.allocator import hold_freed_memory
 from argus_models.config import ModelSchema
 from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
@@ -61,10 +60,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     # TorchRec's pipeline logs every drained batch at INFO; keep worker output to our progress lines.
     for noisy in ("torchrec", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if cfg.scaling.torch_threads > 0:
-        torch.set_num_threads(cfg.scaling.torch_threads)
-    if cfg.scaling.hold_freed_memory:
-        hold_freed_memory()
+    cfg.scaling.apply_to_process()
     torch.manual_seed(cfg.optim.seed + rank)
     precision, why = resolve_precision(cfg.optim.precision, device)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))

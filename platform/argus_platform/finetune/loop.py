@@ -17,7 +17,6 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from argus_models.allocator import hold_freed_memory
 from argus_models.config import ModelSchema
 from argus_models.finetune import SlateObjective, SlateTask, pairwise_correct
 from argus_models.losses import feedback_probability
@@ -98,10 +97,7 @@ def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint:
     for noisy in ("torchrec", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     rank = dist.get_rank()
-    if train_cfg.scaling.torch_threads > 0:
-        torch.set_num_threads(train_cfg.scaling.torch_threads)
-    if train_cfg.scaling.hold_freed_memory:
-        hold_freed_memory()
+    train_cfg.scaling.apply_to_process()
     torch.manual_seed(cfg.seed + rank)
     schema = ModelSchema.load(checkpoint / "schema.json")
     counts = torch.from_numpy(np.load(checkpoint / "train_item_counts.npy"))
