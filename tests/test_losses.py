@@ -38,16 +38,21 @@ def test_corrected_logq_matches_direct_formula():
         assert math.isclose(got[r].item(), (1 - p_hat) * ell, rel_tol=1e-9), r
 
 
+def _sampled_case(seed: int, n: int, k: int, items: int, scale: float, log_q_span: float):
+    """Positive and negative logits (float64, ~N(0, scale²)), log Q over `items` in [−1 − span, −1],
+    ids and the hit mask of a sampled-softmax batch."""
+    g = torch.Generator().manual_seed(seed)
+    pos, neg = torch.randn(n, generator=g, dtype=torch.float64) * scale, torch.randn(n, k, generator=g, dtype=torch.float64) * scale
+    log_q = -torch.rand(items, generator=g, dtype=torch.float64) * log_q_span - 1
+    pos_ids, neg_ids = torch.randint(0, items, (n,), generator=g), torch.randint(0, items, (k,), generator=g)
+    return g, pos, neg, log_q, pos_ids, neg_ids, neg_ids[None, :] == pos_ids[:, None]
+
+
 @pytest.mark.parametrize("fn", [corrected_logq_loss, logq_loss])
 def test_sampled_losses_in_float32_match_float64(fn):
     """Realistic magnitudes (log Q down to about −20, logits up to ±15): the float32 path agrees
     with float64 in value and gradient."""
-    g = torch.Generator().manual_seed(3)
-    n, k = 512, 256
-    pos, neg = torch.randn(n, generator=g, dtype=torch.float64) * 5, torch.randn(n, k, generator=g, dtype=torch.float64) * 5
-    log_q = -torch.rand(4000, generator=g, dtype=torch.float64) * 19 - 1
-    pos_ids, neg_ids = torch.randint(0, 4000, (n,), generator=g), torch.randint(0, 4000, (k,), generator=g)
-    hit = neg_ids[None, :] == pos_ids[:, None]
+    _, pos, neg, log_q, pos_ids, neg_ids, hit = _sampled_case(3, n=512, k=256, items=4000, scale=5, log_q_span=19)
     out = {}
     for dt in (torch.float64, torch.float32):
         p, q = pos.to(dt).detach().clone().requires_grad_(True), neg.to(dt).detach().clone().requires_grad_(True)
@@ -192,12 +197,8 @@ def test_chunked_full_softmax_without_grad_and_without_rows():
 def test_fused_sampled_softmax_equals_its_reference_in_value_and_gradient(kind, dtype):
     """`sampled_softmax_loss` (the training path, gradient made in the forward) against the composed
     reference, with hits, a row whose every negative is a hit, and a weighted sum as the upstream."""
-    g = torch.Generator().manual_seed(5)
     n, k = 64, 32
-    pos, neg = torch.randn(n, generator=g, dtype=torch.float64) * 4, torch.randn(n, k, generator=g, dtype=torch.float64) * 4
-    log_q = -torch.rand(50, generator=g, dtype=torch.float64) * 9 - 1
-    pos_ids, neg_ids = torch.randint(0, 50, (n,), generator=g), torch.randint(0, 50, (k,), generator=g)
-    hit = neg_ids[None, :] == pos_ids[:, None]
+    g, pos, neg, log_q, pos_ids, neg_ids, hit = _sampled_case(5, n, k, items=50, scale=4, log_q_span=9)
     assert hit.any()
     upstream = torch.rand(n, generator=g, dtype=torch.float64).to(dtype)
     reference = corrected_logq_loss if kind == "corrected_logq" else logq_loss
