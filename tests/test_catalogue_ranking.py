@@ -94,6 +94,64 @@ def test_bounded_ranking_equals_the_dense_reference(hashed, filter_seen):
         assert "like/auc" in got["model"]
 
 
+def test_bounded_ranking_on_a_catalogue_of_many_blocks_equals_the_reference(monkeypatch):
+    """3,000 items in blocks of 256: after the first block the top-10 runs through the bucket
+    prefilter (forced here for every block it can take; counted below), the counts through the
+    byte-lane sums."""
+    from argus_platform import catalogue_ranking
+    from argus_platform.collate import Collator
+    from argus_platform.config import EvalConfig
+    from argus_platform.evaluation import evaluate, evaluate_reference, local_lookup
+
+    full_topk = []
+    plain = catalogue_ranking.RunningTop._add_topk
+    monkeypatch.setattr(catalogue_ranking.RunningTop, "_add_topk", lambda self, s, o: (full_topk.append(o), plain(self, s, o)))
+    monkeypatch.setattr(catalogue_ranking.RunningTop, "merge_share", 1.0)
+    C = 3000
+    schema = _schema(C, False)
+    dense, tables = _dense(schema, 0), _tables(schema, 1)
+    collator = Collator(schema, KINDS, window=13)
+    batches = [_rows(s, 40, C) for s in range(3)]
+    counts = _counts(C)
+    cfg = EvalConfig(catalogue_block=256)
+    ref = evaluate_reference(dense, tables, batches, collator, counts, cfg)
+    got = evaluate(dense, local_lookup(dense, tables), batches, collator, counts, cfg, torch.device("cpu"))
+    for ranker in ("model", "popularity"):
+        for key in RANKING:
+            assert got[ranker][key] == pytest.approx(ref[ranker][key], abs=1e-12), (ranker, key)
+    assert len(full_topk) == 3 * 2  # per batch: the first block and the last, partial one (184 items)
+
+
+@pytest.mark.parametrize("width", [7, 8, 2040, 2048, 4104, 8192])
+def test_count_above_equals_a_plain_count(width):
+    from argus_platform.catalogue_ranking import count_above
+
+    g = torch.Generator().manual_seed(width)
+    scores = torch.randint(-3, 4, (37, width), generator=g).float()  # many ties with the threshold
+    scores[0] = 5.0  # a row entirely above: every byte lane of every word full
+    scores[1, ::3] = float("-inf")
+    threshold = torch.randint(-2, 3, (37,), generator=g).float()
+    threshold[0] = -10.0
+    want = (scores > threshold[:, None]).sum(1)
+    assert torch.equal(count_above(scores, threshold), want)
+    assert count_above(scores, threshold)[0] == width
+
+
+def test_running_top_keeps_each_rows_ten_best_over_the_blocks():
+    from argus_platform.catalogue_ranking import RunningTop
+
+    g = torch.Generator().manual_seed(0)
+    rows, width, blocks = 50, 256, 20
+    scores = torch.randperm(rows * (width * blocks + 100), generator=g).float().view(rows, -1)  # distinct
+    scores[3, : width * 2] = float("-inf")  # a row whose first blocks are all filtered
+    top = RunningTop(rows, torch.device("cpu"))
+    for c0 in range(0, scores.shape[1], width):
+        top.add(scores[:, c0:c0 + width].contiguous(), c0 + 1)
+    want_v, want_i = scores.topk(10, dim=1)
+    assert torch.equal(top.values, want_v)
+    assert torch.equal(top.ids, want_i + 1)
+
+
 def test_popularity_ranks_count_only_unseen_items_above_the_target():
     from argus_platform.catalogue_ranking import PopularityRanker
 

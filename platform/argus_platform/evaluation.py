@@ -142,21 +142,23 @@ def evaluate(
             local = empty
         else:
             batch = collator(table).to(device)
-            out = dense(query_inputs(lookup(batch.sparse_features), batch.items), batch.lengths)
             B = len(batch.lengths)
             rows = torch.arange(B, device=device)
             last = batch.lengths - 2  # last history position; it predicts event lengths-1
+            wanted = torch.zeros(B, batch.items.shape[1] - 1, dtype=torch.bool, device=device)
+            wanted[rows, last] = True  # the heads run on these positions only: outputs are [B, ...]
+            out = dense(query_inputs(lookup(batch.sparse_features), batch.items), batch.lengths, wanted)
             targets = batch.items[rows, batch.lengths - 1]
             if bool((targets < 1).any()):
                 raise ValueError("an evaluation row ends in the padding item 0; prepared splits hold real items only")
             seen_vals, seen_offsets = history_items(table)
             seen_rows = np.repeat(np.arange(B), np.diff(seen_offsets))
-            local = Queries(out["query"][rows, last].float(), targets, torch.from_numpy(seen_rows).to(device),
+            local = Queries(out["query"].float(), targets, torch.from_numpy(seen_rows).to(device),
                             torch.from_numpy(seen_vals.astype(np.int64)).to(device))
             pop_rank, pop_top = popularity.ranks(targets.cpu().numpy(), seen_rows, seen_vals.astype(np.int64), cfg.filter_seen)
             accs["popularity"].add_ranks(torch.from_numpy(pop_rank), torch.from_numpy(pop_top))
             if "feedback" in out:
-                logits = dense.action_logits(out["feedback"][rows, last])
+                logits = dense.action_logits(out["feedback"])
                 for a_i, head in enumerate(schema.actions):
                     preds[head.name].append(feedback_probability(head, logits[head.name]).float().cpu().numpy()
                                             if head.kind != "graded" else logits[head.name].float().cpu().numpy())
