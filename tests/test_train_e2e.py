@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 
 from argus_platform.checkpoint import TrainState
 
@@ -97,6 +98,35 @@ def test_same_loop_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = TrainState.load(run_dir / "torchrun_checkpoint_2")
     assert state.resumed_at_epochs == [1] and state.epoch == 2
+
+
+def test_epochs_fitted_into_a_time_budget_under_torchrun(tmp_path):
+    """optim.epochs=0: epoch 1 and its evaluation are timed, the epochs and the validation cadence
+    are fitted into the rest of the budget, the cosine schedule ends with the planned epochs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "fit"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29573",
+           str(root / "jobs" / "train_argus.py")] + [f"--set={kv}" for kv in TINY + [
+               f"run.dir={run_dir}", "optim.epochs=0", "optim.time_budget_minutes=0.15", "optim.lr_schedule=cosine",
+               "optim.warmup_steps=2"]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epochs: fitted into the time budget of 0.15 min" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    plan = metrics["epoch_plan"]
+    assert plan["epochs"] > 1 and plan["eval_every"] >= 1 and plan["seconds"] <= 9.0
+    assert f"-> {plan['epochs']} epochs, validation every {plan['eval_every']}" in proc.stdout
+    trained = metrics["epochs_trained"]
+    assert 1 < trained <= plan["epochs"]
+    evaluated = [h["epoch"] for h in metrics["history"]]
+    assert evaluated[0] == 1 and evaluated[-1] == trained
+    assert all(e % plan["eval_every"] == 0 for e in evaluated[1:-1])
+    if trained == plan["epochs"]:  # ran to the plan's end: the schedule decayed to its floor
+        assert metrics["history"][-1]["lr_factor"] == pytest.approx(0.1, abs=0.05)
 
 
 def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):

@@ -34,6 +34,8 @@ class TrainState:
     history: list = field(default_factory=list)
     resumed_at_epochs: list = field(default_factory=list)  # one entry per restart from a checkpoint
     train_seconds: float = 0.0  # seconds of training steps so far (optim.time_budget_minutes)
+    eval_seconds: float = 0.0  # seconds of evaluations so far (the budget of optim.epochs=0 counts them)
+    plan: dict = field(default_factory=dict)  # optim.epochs=0: the fitted EpochPlan, once made
 
     @classmethod
     def load(cls, directory: Path) -> "TrainState":

@@ -121,7 +121,10 @@ def resolve_next_item_loss(loss: LossConfig, num_items: int) -> tuple[LossConfig
 
 @dataclass
 class OptimConfig:
-    epochs: int = _help("passes over the training sequences", 30)
+    epochs: int = _help(
+        "passes over the training sequences; 0 = as many as fit in optim.time_budget_minutes (fitted after the "
+        "first epoch and its evaluation)", 30
+    )
     batch_size: int = _help("sequences per worker per step", 64)
     dense_lr: float = _help("AdamW learning rate for the transformer", 2e-3)
     sparse_lr: float = _help("learning rate of the embedding tables' fused optimizer", 0.05)
@@ -149,8 +152,11 @@ class OptimConfig:
     seed: int = _help("training seed", 0)
     eval_every_epochs: int = _help("validate (and checkpoint) every N epochs", 3)
     time_budget_minutes: float = _help(
-        "stop training once this many minutes of training steps have run (evaluation not counted; the run then "
-        "validates, tests and stops as after its last epoch); 0 = off. For comparisons at equal wall time", 0.0
+        "with optim.epochs > 0: stop training once this many minutes of training steps have run (evaluation not "
+        "counted; the run then validates, tests and stops as after its last epoch), for comparisons at equal "
+        "training time. With optim.epochs = 0: the minutes of the whole training phase (steps and evaluations): "
+        "the first epoch and its evaluation are timed, then the epochs, the cosine schedule and the validation "
+        "cadence are fitted into the rest (printed, saved in metrics.json). 0 = off", 0.0
     )
     early_stopping_patience: int = _help("stop after this many evaluations without validation gain (0 = off)", 0)
     log_every_steps: int = _help("progress line every N steps", 20)
@@ -272,3 +278,9 @@ class TrainJobConfig:
                               f"not {self.optim.sparse_optimizer}")
         if self.optim.eval_every_epochs < 1:
             raise ConfigError("optim.eval_every_epochs must be at least 1")
+        if self.optim.epochs < 0 or self.optim.time_budget_minutes < 0:
+            raise ConfigError(f"optim.epochs ({self.optim.epochs}) and optim.time_budget_minutes "
+                              f"({self.optim.time_budget_minutes}) must be >= 0")
+        if self.optim.epochs == 0 and not self.optim.time_budget_minutes:
+            raise ConfigError("optim.epochs=0 fits the epochs into optim.time_budget_minutes, which is 0; "
+                              "set a budget (e.g. optim.time_budget_minutes=60) or a number of epochs")

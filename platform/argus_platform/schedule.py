@@ -1,8 +1,10 @@
-"""Learning-rate schedule shared by the dense (AdamW) and sparse (fused FBGEMM) optimizers."""
+"""Learning-rate schedule shared by the dense (AdamW) and sparse (fused FBGEMM) optimizers, and the
+number of epochs fitted into a time budget."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
@@ -19,3 +21,37 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min
     span = max(total_steps - warmup_steps, 1)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Epochs and validation cadence fitted into a wall-clock budget (`fit_epochs`)."""
+
+    epochs: int  # total epochs of the run, those already done included
+    eval_every: int  # validate every this many epochs (and after the last)
+    seconds: float  # expected seconds of the whole training phase: steps and evaluations
+
+
+def evaluations_between(done: int, end: int, every: int) -> int:
+    """Evaluations after epochs done+1..end: every `every`-th epoch, and always after the last."""
+    if end <= done:
+        return 0
+    return end // every - done // every + (1 if end % every else 0)
+
+
+def fit_epochs(budget_s: float, spent_s: float, done: int, epoch_s: float, eval_s: float,
+               eval_share: float = 0.1, max_epochs: int = 10_000) -> EpochPlan:
+    """The most epochs whose steps and evaluations fit in `budget_s`, after `done` epochs that took
+    `spent_s` seconds (their evaluations included). An epoch costs `epoch_s`, an evaluation
+    (validation, and test at a new best) `eval_s`; evaluations run every k epochs, k the smallest
+    cadence that keeps them within `eval_share` of the epochs' time. At least the epochs done."""
+    every = max(1, math.ceil(eval_s / (eval_share * max(epoch_s, 1e-9))))
+    left = budget_s - spent_s
+    end = done
+    while end < max_epochs:
+        n = end + 1
+        if (n - done) * epoch_s + evaluations_between(done, n, every) * eval_s > left:
+            break
+        end = n
+    cost = (end - done) * epoch_s + evaluations_between(done, end, every) * eval_s
+    return EpochPlan(epochs=end, eval_every=every, seconds=spent_s + cost)

@@ -9,7 +9,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from argus_platform.catalogue_ranking import catalogue_shard
 from argus_platform.evaluation import evaluate, user_sample
 from argus_platform.precision import resolve_precision
 from argus_platform.progress import Progress, StolenCpu
-from argus_platform.schedule import lr_factor
+from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
 from argus_platform.sharding import describe_plan, shard
 
 
@@ -88,7 +88,12 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     window = cfg.model.max_seq_len + 1
     # Steps per epoch for the schedule: estimated from the split's rows, then the count of the last epoch.
     steps_per_epoch = max(1, prepared.summary["rows"]["train"] // (o.batch_size * world))
-    for epoch in range(state.epoch, o.epochs):
+    budget = Budget(o, state)
+    if budget.needs_plan:
+        _say(rank, f"[argus] epochs: fitted into the time budget of {o.time_budget_minutes:g} min after epoch 1 "
+                   f"and its evaluation")
+    while state.epoch < budget.epochs:
+        epoch = state.epoch
         sharded.model.train()
         pipeline.reset()
         # Same bucket order on every rank: workers wait for each other every step, so they should be
@@ -107,7 +112,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         t0, n_steps, loss_sum, stolen = time.time(), 0, 0.0, StolenCpu()
         out_of_time = False
         while True:
-            factor = lr_factor(state.step, o.warmup_steps, steps_per_epoch * o.epochs, o.lr_schedule, o.min_lr_ratio)
+            factor = lr_factor(state.step, o.warmup_steps, budget.total_steps(steps_per_epoch), o.lr_schedule, o.min_lr_ratio)
             for group in sharded.dense_optimizer.param_groups:
                 group["lr"] = o.dense_lr * factor
             for group in sharded.model.fused_optimizer.param_groups:
@@ -119,19 +124,20 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             state.step += 1
             n_steps += 1
             loss_sum += float(logs["loss"])
-            if o.time_budget_minutes and n_steps % 10 == 0 and _over_budget(state.train_seconds + time.time() - t0, o, device):
+            if o.time_budget_minutes and n_steps % 10 == 0 and _over_budget(budget.over(time.time() - t0), device):
                 out_of_time = True
                 break
             if o.log_every_steps and state.step % o.log_every_steps == 0:
                 parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
-                _say(rank, f"[argus] epoch {epoch + 1}/{o.epochs} step {state.step} {parts} ({n_steps / (time.time() - t0):.1f} steps/s)")
+                _say(rank, f"[argus] epoch {epoch + 1}/{budget.epochs_label} step {state.step} {parts} "
+                           f"({n_steps / (time.time() - t0):.1f} steps/s)")
         if n_steps == 0:
             raise RuntimeError("no training batches: the train split is smaller than one batch per worker; lower optim.batch_size")
         state.epoch = epoch + 1
         steps_per_epoch = n_steps
         seconds = time.time() - t0
         if o.time_budget_minutes and not out_of_time:  # the epoch's end is a step boundary too
-            out_of_time = _over_budget(state.train_seconds + seconds, o, device)
+            out_of_time = _over_budget(budget.over(seconds), device)
         state.train_seconds += seconds
         events = torch.tensor([seen_events[0]], dtype=torch.int64, device=_collective_device(device))
         dist.all_reduce(events)
@@ -143,12 +149,17 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
                    f"{metrics['train_events_per_second']:,.0f} events/s, {waited[0]:.1f}s of it waiting for input{steal})")
         if out_of_time:
-            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min of training reached after {state.step} steps "
-                       f"(epoch {state.epoch}, {n_steps} of its steps)")
-        last = state.epoch == o.epochs or out_of_time
-        if state.epoch % o.eval_every_epochs and not last:
+            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min {budget.counts} reached after "
+                       f"{state.step} steps (epoch {state.epoch}, {n_steps} of its steps)")
+        elif budget.fitted and state.epoch < budget.epochs and _over_budget(budget.no_room_for_another(), device):
+            out_of_time = True  # the epochs so far ran slower than planned: this one is the last
+            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min: no room for epoch {state.epoch + 1}; "
+                       f"evaluating epoch {state.epoch} as the last")
+        last = state.epoch >= budget.epochs or out_of_time
+        if state.epoch % budget.eval_every and not last:
             report(metrics, None)
             continue
+        t_eval = time.time()
         # Evaluation looks rows up through the sharded tables (the pipeline lets go of the sparse
         # forward until the next epoch) and each rank scores its own block of the catalogue.
         pipeline.detach()
@@ -171,7 +182,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
         state.history.append({"epoch": state.epoch, "validation": validation["model"],
                               **{k: metrics[k] for k in ("epoch_seconds", "train_events_per_second", "input_wait_seconds",
-                                                         "cpu_stolen_fraction", "validation_seconds")}})
+                                                         "cpu_stolen_fraction", "validation_seconds", "lr_factor")}})
         if val > state.best_validation:
             # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
             # Every rank holds the same reduced `val`, so all of them take this (collective) branch.
@@ -185,14 +196,29 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             }
         else:
             state.evals_without_gain += 1
+        state.eval_seconds += time.time() - t_eval
+        if budget.needs_plan:  # from the slowest rank's times, so that every rank makes the same plan
+            times = torch.tensor([seconds, time.time() - t_eval, state.train_seconds + state.eval_seconds],
+                                 dtype=torch.float64, device=_collective_device(device))
+            dist.all_reduce(times, op=dist.ReduceOp.MAX)
+            epoch_s, eval_s, spent = times.tolist()
+            plan = budget.fit(epoch_s, eval_s, spent)
+            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min (steps and evaluations): epoch 1 took "
+                       f"{epoch_s:.0f}s, its evaluation {eval_s:.0f}s -> {plan.epochs} epochs, validation every "
+                       f"{plan.eval_every} (expected {plan.seconds / 60:.1f} min)")
+            last = state.epoch >= budget.epochs
         metrics["final"] = _final(cfg, state)  # the checkpoint's metrics carry the run's result so far
         pop = validation["popularity"]["ndcg@10"]
         _say(rank, f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} hr@10={validation['model']['hr@10']:.4f} "
                    f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})")
+        t_ckpt = time.time()
         with tempfile.TemporaryDirectory(prefix="argus-ckpt-") as tmp:
             save_checkpoint(Path(tmp), sharded, state, cfg, run_dir, rank)
             report(metrics, Path(tmp))
-        if out_of_time:
+        # the budget of a fitted run counts checkpoints with the evaluations (after the save: not in this checkpoint)
+        state.history[-1]["checkpoint_seconds"] = round(time.time() - t_ckpt, 2)
+        state.eval_seconds += time.time() - t_ckpt
+        if out_of_time or last:
             break
         if o.early_stopping_patience and state.evals_without_gain >= o.early_stopping_patience:
             _say(rank, f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
@@ -219,16 +245,83 @@ def _collective_device(device: torch.device) -> torch.device | str:
     return device if dist.get_backend() == "nccl" else "cpu"
 
 
-def _over_budget(seconds: float, o, device: torch.device) -> bool:
-    """Whether any rank has used the time budget (collective, so every rank stops at the same step)."""
-    flag = torch.tensor([int(seconds >= o.time_budget_minutes * 60)], device=_collective_device(device))
+def _over_budget(over: bool, device: torch.device) -> bool:
+    """Whether any rank is over the time budget (collective, so every rank stops at the same step)."""
+    flag = torch.tensor([int(over)], device=_collective_device(device))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+class Budget:
+    """The epochs of a run and `optim.time_budget_minutes`.
+
+    optim.epochs > 0: that many epochs, stopped early once the budget's minutes of training steps
+    have run. optim.epochs = 0: the budget covers steps and evaluations; epoch 1 runs at a flat
+    learning rate after warm-up and is evaluated, then `fit_epochs` sets the epochs and the
+    validation cadence from their measured times, and the cosine schedule spans those epochs.
+    The plan is kept in the train state, so a resumed run keeps it."""
+
+    RESERVE = 0.2  # epoch 1 of a fitted run stops at 80% of the budget, leaving room for its evaluation
+
+    def __init__(self, o, state: TrainState) -> None:
+        self.o, self.state = o, state
+        self.fitted = o.epochs == 0
+
+    @property
+    def needs_plan(self) -> bool:
+        return self.fitted and not self.state.plan
+
+    @property
+    def epochs(self) -> int:
+        return self.o.epochs or self.state.plan.get("epochs", self.state.epoch + 1)  # unplanned: one to time
+
+    @property
+    def eval_every(self) -> int:
+        return self.state.plan.get("eval_every", 1) if self.fitted else self.o.eval_every_epochs
+
+    @property
+    def epochs_label(self) -> str:
+        return "?" if self.needs_plan else str(self.epochs)
+
+    @property
+    def counts(self) -> str:
+        return "of training and evaluation" if self.fitted else "of training"
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The schedule's length: unknown (a flat rate after warm-up) until a fitted run is planned."""
+        return 1 << 62 if self.needs_plan else steps_per_epoch * self.epochs
+
+    def over(self, epoch_seconds: float) -> bool:
+        """Whether this rank, `epoch_seconds` into the current epoch, has used the budget."""
+        limit = self.o.time_budget_minutes * 60
+        if not self.fitted:
+            return self.state.train_seconds + epoch_seconds >= limit
+        spent = self.state.train_seconds + self.state.eval_seconds + epoch_seconds
+        reserve = self._eval_seconds() if self.state.plan else self.RESERVE * limit
+        return spent >= limit - reserve
+
+    def no_room_for_another(self) -> bool:
+        """Fitted run, after an epoch: whether one more epoch and its evaluation would pass the budget."""
+        s = self.state
+        spent = s.train_seconds + s.eval_seconds
+        return spent + s.train_seconds / max(s.epoch, 1) + self._eval_seconds() > self.o.time_budget_minutes * 60
+
+    def fit(self, epoch_seconds: float, eval_seconds: float, spent_seconds: float) -> EpochPlan:
+        s = self.state
+        plan = fit_epochs(self.o.time_budget_minutes * 60, spent_seconds, s.epoch, epoch_seconds, eval_seconds)
+        s.plan = {**asdict(plan), "epoch_seconds": round(epoch_seconds, 1), "eval_seconds": round(eval_seconds, 1)}
+        return plan
+
+    def _eval_seconds(self) -> float:
+        """One evaluation's seconds, as the last one took (validation, test and checkpoint)."""
+        last = self.state.history[-1] if self.state.history else {}
+        return sum(last.get(k, 0.0) for k in ("validation_seconds", "test_seconds", "checkpoint_seconds"))
 
 
 def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
     return {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "steps": state.step,
             "history": state.history, "train_seconds": round(state.train_seconds, 1),
+            "eval_seconds": round(state.eval_seconds, 1), **({"epoch_plan": state.plan} if state.plan else {}),
             "protocol": {"split": cfg.data.split, "filter_seen": cfg.eval.filter_seen, "ranking": "full catalogue",
                          "selection": "best validation ndcg@10",
                          "validation_users": (f"a sample of about {cfg.eval.max_users:,} (hash of user_idx)"

@@ -117,6 +117,9 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
     print(f"[tune-train] preparing data once in {shared}", flush=True)
     prepare_data(base_cfg.data, shared)
     epochs = base_cfg.optim.epochs
+    if epochs < 1:
+        raise ConfigError("tune_train needs a fixed optim.epochs >= 1 in train_overrides: ASHA's rungs count epochs, "
+                          "so a run that fits its epochs into a time budget (optim.epochs=0) cannot be scheduled")
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, base=base, shared=str(shared), trials_dir=str(out / "trials"),
                              releaser=releaser_name), {"cpu": 0.01})
