@@ -77,8 +77,10 @@ def test_bad_input_fails_with_named_file(ray_local, tmp_path, capsys):
     assert (tmp_path / "run" / "quarantine" / "events.parquet").is_file()
 
 
-def test_same_loop_under_torchrun(tmp_path):
-    """The loop also runs under torchrun (no Ray Train), and resumes there too."""
+def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget_and_resumes(tmp_path):
+    """The loop also runs under torchrun (no Ray Train). optim.epochs=0: epoch 1 and its evaluation
+    are timed, the epochs and the validation cadence fitted into the rest of the budget, the cosine
+    schedule ends with the planned epochs. Then the run resumes there with one more epoch."""
     import subprocess
     import sys
     from pathlib import Path
@@ -86,34 +88,10 @@ def test_same_loop_under_torchrun(tmp_path):
     root = Path(__file__).resolve().parents[1]
     run_dir = tmp_path / "tr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29571",
-           str(root / "jobs" / "train_argus.py")] + [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}"]]
-    # a time budget that the first epoch uses up: that epoch is evaluated and the run stops there
-    proc = subprocess.run(cmd + ["--set=optim.epochs=3", "--set=optim.time_budget_minutes=0.0001"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "time budget of 0.0001 min of training reached" in proc.stdout
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs_trained"] == 1 and "ndcg@10" in metrics["test"] and metrics["train_seconds"] > 0
-    proc = subprocess.run(cmd + ["--set=optim.epochs=2"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    state = TrainState.load(run_dir / "torchrun_checkpoint_2")
-    assert state.resumed_at_epochs == [1] and state.epoch == 2
-
-
-def test_epochs_fitted_into_a_time_budget_under_torchrun(tmp_path):
-    """optim.epochs=0: epoch 1 and its evaluation are timed, the epochs and the validation cadence
-    are fitted into the rest of the budget, the cosine schedule ends with the planned epochs."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    run_dir = tmp_path / "fit"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29573",
            str(root / "jobs" / "train_argus.py")] + [f"--set={kv}" for kv in TINY + [
-               f"run.dir={run_dir}", "optim.epochs=0", "optim.time_budget_minutes=0.15", "optim.lr_schedule=cosine",
-               "optim.warmup_steps=2"]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+               f"run.dir={run_dir}", "optim.lr_schedule=cosine", "optim.warmup_steps=2"]]
+    proc = subprocess.run(cmd + ["--set=optim.epochs=0", "--set=optim.time_budget_minutes=0.15"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epochs: fitted into the time budget of 0.15 min" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -121,12 +99,18 @@ def test_epochs_fitted_into_a_time_budget_under_torchrun(tmp_path):
     assert plan["epochs"] > 1 and plan["eval_every"] >= 1 and plan["seconds"] <= 9.0
     assert f"-> {plan['epochs']} epochs, validation every {plan['eval_every']}" in proc.stdout
     trained = metrics["epochs_trained"]
-    assert 1 < trained <= plan["epochs"]
+    assert 1 < trained <= plan["epochs"] and "ndcg@10" in metrics["test"] and metrics["train_seconds"] > 0
     evaluated = [h["epoch"] for h in metrics["history"]]
     assert evaluated[0] == 1 and evaluated[-1] == trained
     assert all(e % plan["eval_every"] == 0 for e in evaluated[1:-1])
     if trained == plan["epochs"]:  # ran to the plan's end: the schedule decayed to its floor
         assert metrics["history"][-1]["lr_factor"] == pytest.approx(0.1, abs=0.05)
+    kept = sorted(p.name for p in run_dir.glob("torchrun_checkpoint_*"))
+    assert len(kept) == 2 and f"torchrun_checkpoint_{trained}" in kept  # run.checkpoints_to_keep, the latest
+    proc = subprocess.run(cmd + [f"--set=optim.epochs={trained + 1}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = TrainState.load(run_dir / f"torchrun_checkpoint_{trained + 1}")
+    assert state.resumed_at_epochs == [trained] and state.epoch == trained + 1
 
 
 def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
