@@ -22,7 +22,8 @@ class ModelConfig:
         metadata={"help": "dropout on attention probabilities; above 0 the CPU attention leaves its fused kernel for "
                           "one that materialises [B, heads, S, S] scores (and masks)"},
     )
-    max_seq_len: int = field(default=50, metadata={"help": "history events the encoder reads"})
+    max_seq_len: int = field(default=50, metadata={"help": "history events the encoder reads (training job: 0 = auto, "
+                                                           "from the training histories' lengths)"})
     positions: Literal["rope", "learned"] = field(default="rope", metadata={"help": "rope or learned positions"})
     tokenization: Literal["one_token", "three_token"] = field(
         default="one_token",
@@ -41,7 +42,8 @@ class ModelConfig:
         default=1,
         metadata={"help": "run the causal encoder on this many groups of rows sorted by length, each cut to its "
                           "longest row: the same outputs at every valid position with fewer padded positions "
-                          "computed (ML-1M on 2 CPU workers, 4 groups: an epoch from 44 s to 37 s); 1 = off"},
+                          "computed (ML-1M on 2 CPU workers, 4 groups: an epoch from 44 s to 37 s); 1 = off; "
+                          "training job: 0 = auto, from the padding the histories' lengths would leave"},
     )
     multi_hash_buckets: int = field(
         default=0,

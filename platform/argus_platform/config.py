@@ -99,9 +99,10 @@ class LossConfig:
         "λ_a per action head in L = L_item + Σ λ_a L_a (missing actions get 1.0)", factory=dict
     )
     temperature: float = _help("logit temperature for the next-item scores", 1.0)
-    exclude_history: bool = _help(
+    exclude_history: bool | Literal["auto"] = _help(
         "full_softmax: leave the items already in a position's history out of its softmax (the target stays), as "
-        "evaluation (eval.filter_seen) and Serve leave seen items out of the ranking; for catalogues without repeats",
+        "evaluation (eval.filter_seen) and Serve leave seen items out of the ranking; for catalogues without repeats. "
+        "auto: on with the full softmax when under 1% of the training events repeat an item the user had before",
         False,
     )
 
@@ -113,7 +114,7 @@ def resolve_next_item_loss(loss: LossConfig, num_items: int) -> tuple[LossConfig
     full = num_items <= loss.full_softmax_max_items
     chosen = "full_softmax" if full else "corrected_logq"
     why = f"auto: {num_items:,} items {'<=' if full else '>'} loss.full_softmax_max_items={loss.full_softmax_max_items:,}"
-    if loss.exclude_history and not full:
+    if loss.exclude_history is True and not full:
         raise ConfigError(f"loss.exclude_history needs the full softmax, and loss.next_item=auto chose corrected_logq ({why}); "
                           "set loss.next_item=full_softmax or loss.exclude_history=false")
     return replace(loss, next_item=chosen), why
@@ -260,7 +261,7 @@ class TrainJobConfig:
             raise ConfigError("data.test_window_seconds and data.val_window_seconds must be positive, data.gap_seconds >= 0")
         if not 0 <= self.data.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.data.max_bad_fraction}")
-        if self.loss.exclude_history and self.loss.next_item not in ("full_softmax", "auto"):
+        if self.loss.exclude_history is True and self.loss.next_item not in ("full_softmax", "auto"):
             raise ConfigError("loss.exclude_history needs loss.next_item=full_softmax")
         if self.loss.next_item != "full_softmax" and self.loss.in_batch_negatives + self.loss.uniform_negatives <= 0:
             raise ConfigError("loss.in_batch_negatives + loss.uniform_negatives must be positive for sampled softmax")

@@ -28,6 +28,7 @@ from argus_models.sizing import (
 
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.data.synthetic import synthetic_spec
+from argus_platform.recipe import require_numbers
 from argus_platform.sharding import build_task, constraints_for, make_sharder, quiet_planner
 
 GiB = 1 << 30
@@ -152,6 +153,7 @@ def _table_bytes(plan: ShardingPlan, shapes: dict[str, tuple[int, int]], optimiz
 
 def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> ClusterPlan:
     """Reserve the dense side, plan the tables with TorchRec, cost the plan per rank."""
+    require_numbers(cfg, "jobs/plan_argus.py")
     cluster.validate()
     world = cluster.world_size
     configured = cfg.sharding.dense

@@ -21,6 +21,7 @@ from argus_models.sizing import dense_parameter_count
 from argus_models.task import ArgusObjective, SequenceBatch
 
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
+from argus_platform.recipe import require_numbers
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common training GPUs.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -70,6 +71,7 @@ def peak_tflops(device: torch.device) -> float | None:
 
 
 def measure(cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, steps: int = 10, warmup: int = 3) -> Throughput:
+    require_numbers(cfg, "jobs/bench_train.py")
     torch.manual_seed(0)
     m, B = cfg.model, cfg.optim.batch_size
     W = m.max_seq_len + 1

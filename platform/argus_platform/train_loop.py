@@ -26,11 +26,13 @@ from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoi
 from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
+from argus_platform.data.history_stats import history_stats
 from argus_platform.data.prepare import load_prepared
 from argus_platform.catalogue_ranking import catalogue_shard
 from argus_platform.evaluation import evaluate, user_sample
 from argus_platform.precision import resolve_precision
 from argus_platform.progress import Progress, StolenCpu
+from argus_platform.recipe import resolve_data_choices
 from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
 from argus_platform.sharding import describe_plan, shard
 
@@ -70,6 +72,9 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     loss, why = resolve_next_item_loss(cfg.loss, schema.num_items)
     cfg = replace(cfg, loss=loss)
     _say(rank, f"[argus] next-item loss: {loss.next_item} ({why})")
+    cfg, chosen = resolve_data_choices(cfg, prepared.summary.get("train_histories") or history_stats(prepared.paths["train"]))
+    for line in chosen:
+        _say(rank, f"[argus] {line}")
     counts = torch.from_numpy(prepared.item_counts)
     codes = prepared.item_features.codes if prepared.item_features else None
     hashes = catalogue_hash_codes(prepared.vocab.items, schema.item_hash_buckets) if schema.item_hash_buckets else None

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 
 from argus_platform.config import DataConfig
 from argus_platform.configlib import from_dict, to_dict
+from argus_platform.data.history_stats import describe as describe_histories
+from argus_platform.data.history_stats import history_stats
 from argus_platform.data.item_features import ItemFeatureTable, build_item_features
 from argus_platform.data.quarantine import write_canonical
 from argus_platform.data.sequences import build_sequences
@@ -119,6 +121,8 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
         log.info("item features %s: %s", [f.name for f in item_features.features], item_features.stats)
     seqs = build_sequences(p["events"], vocab, spec, cfg, p["splits"])
     stages.done("sequences")
+    histories = history_stats(seqs.paths["train"])
+    print(f"[argus] prepare: {describe_histories(histories)}", flush=True)
     np.save(p["counts"], seqs.item_counts)
     p["spec"].write_text(json.dumps(to_dict(spec), indent=2))
     summary = {
@@ -130,6 +134,7 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
         "split": cfg.split,
         "temporal_cuts": seqs.temporal_cuts,
         "rows": seqs.rows,
+        "train_histories": histories,
         "splits": seqs.paths,
         "seconds": round(time.time() - started, 1),
         "stage_seconds": stages.seconds,
