@@ -11,7 +11,7 @@ ARGS    ?=
 
 setup: $(STAMP)
 
-# CPU stack of requirements-cpu.txt (README: Install matrix). torchrec goes in with --no-deps because its metadata pulls
+# CPU stack of requirements-cpu.txt (README.md: Install). torchrec goes in with --no-deps because its metadata pulls
 # the CUDA fbgemm-gpu wheel, which fails to load without an NVIDIA driver.
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PY) -m venv $(VENV)

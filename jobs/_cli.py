@@ -12,7 +12,9 @@ for _src in ("platform", "models"):
     if str(ROOT / _src) not in sys.path:
         sys.path.insert(0, str(ROOT / _src))
 
-from argus_platform.configlib import ConfigError, describe, load_config  # noqa: E402
+import yaml  # noqa: E402
+
+from argus_platform.configlib import ConfigError, describe, load_config, to_dict  # noqa: E402
 
 
 def parse_config(cls, description: str, argv: list[str] | None = None):
@@ -30,10 +32,15 @@ def parse_config_and_args(cls, description: str, add_arguments=None, argv: list[
     parser.add_argument("--config", help="YAML config file (see jobs/configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set optim.epochs=3 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return load_config(cls, args.config, args.overrides), args
+        cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
         parser.exit(2, f"config error: {exc}\n")
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        sys.exit(0)
+    return cfg, args

@@ -144,7 +144,7 @@ def _worker(rank, world, init_file, out_dir):
 
     results["frozen_at_lr0"], results["moves_at_lr"] = not tables_moved(0.0), tables_moved(0.1)
     _report(out_dir, rank, results)
-    del sharded, fresh
+    sharded = fresh = None  # released before the process group
     _teardown()
 
 

@@ -223,3 +223,26 @@ def test_fused_sampled_softmax_equals_its_reference_in_value_and_gradient(kind, 
 def test_fused_sampled_softmax_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown sampled softmax 'softmax'"):
         sampled_softmax_loss("softmax", torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), torch.zeros(1), torch.zeros(1, 1, dtype=torch.bool))
+
+
+def test_pad_rows_pads_only_for_cpu_bf16_matmuls():
+    from argus_models.rows import ROW_MULTIPLE, pad_rows
+
+    x = torch.randn(70, 8)
+    assert pad_rows(x) is x  # no autocast: fp32 kernels do not care about shapes
+    assert pad_rows(x, bf16=False) is x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded = pad_rows(x)
+    assert padded.shape == (2 * ROW_MULTIPLE, 8)
+    assert torch.equal(padded[:70], x) and not padded[70:].any()
+    assert pad_rows(torch.randn(ROW_MULTIPLE, 3), bf16=True).shape == (ROW_MULTIPLE, 3)  # already a multiple
+    # rows padded, computed and sliced back give what the unpadded rows give, gradients included
+    lin = torch.nn.Linear(8, 5)
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lin(pad_rows(x))[:70]
+    out.float().sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = lin(x.detach())
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x.grad, lin.weight.sum(0).expand(70, 8), rtol=1e-2, atol=1e-2)

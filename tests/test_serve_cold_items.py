@@ -1,5 +1,5 @@
 """Serve on a multi-hash model: history items outside the training vocabulary are embedded from
-their hash rows alone (README "Multi-hash item embeddings"), over HTTP."""
+their hash rows alone (models/README.md, "Item vectors"), over HTTP."""
 
 import json
 import socket

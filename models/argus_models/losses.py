@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from argus_models.config import ActionHead
+from argus_models.rows import pad_rows
 
 
 def mixed_log_q(item_probs: torch.Tensor, n_in_batch: int, n_uniform: int) -> torch.Tensor:
@@ -192,8 +193,12 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=q.device)
         grad_q = torch.empty(q.shape, dtype=query.dtype, device=q.device) if need_grad else None
         grad_e = torch.zeros(e.shape, dtype=torch.float32, device=e.device) if need_grad else None
+        bf16 = dtype == torch.bfloat16
         for i, s in enumerate(range(0, n, chunk)):
-            z = (q[s:s + chunk] @ e.T).float()
+            qc = q[s:s + chunk]
+            m = qc.shape[0]
+            qc = pad_rows(qc, bf16)  # the last chunk's rows padded for bf16 kernels (argus_models.rows)
+            z = (qc @ e.T)[:m].float()
             z[ex_rows[bounds[i]:bounds[i + 1]] - s, ex_items[bounds[i]:bounds[i + 1]] - 1] = float("-inf")
             rows = torch.arange(z.shape[0], device=z.device)
             cols = targets[s:s + chunk] - 1
@@ -205,9 +210,9 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             if need_grad:
                 g = p.mul_((1.0 / n) / denom[:, None])  # softmax / N
                 g[rows, cols] -= 1.0 / n
-                g = g.to(dtype)
-                grad_q[s:s + chunk] = g @ e
-                grad_e += (g.T @ q[s:s + chunk]).float()
+                g = pad_rows(g.to(dtype), bf16)  # zero rows where qc has them
+                grad_q[s:s + chunk] = (g @ e)[:m]
+                grad_e += (g.T @ qc).float()
         ctx.save_for_backward(grad_q, grad_e.to(items.dtype) if need_grad else None)
         return total / n
 

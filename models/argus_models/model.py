@@ -19,6 +19,7 @@ from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 from argus_models.config import ModelConfig, ModelSchema
 from argus_models.encoder import CausalEncoder, Dropout
 from argus_models.item_tower import ItemFeatureTower
+from argus_models.rows import pad_rows
 
 ITEM = "item"
 NEG_ITEM = "neg_item"  # extra ids looked up in the item table: uniform negatives / the whole catalogue
@@ -245,15 +246,18 @@ class ArgusDenseArch(nn.Module):
         if self.three_token:
             states = self.event_states(emb, lengths, items)  # [B, W, k, D]
             state = at(states[:, 1:, 0])
-            out = {"state": state, "query": self.query(state), "target": nxt_item}
+            n = state.shape[0]
+            out = {"state": state, "query": self.query(pad_rows(state))[:n], "target": nxt_item}
             if self.feedback_head is not None:
-                out["feedback"] = self.feedback_head(at(states[:, 1:, 1]))
+                out["feedback"] = self.feedback_head(pad_rows(at(states[:, 1:, 1])))[:n]
         else:
             state, head_in = self.encode(emb, lengths, items)
             state, head_in = at(state), at(head_in)
-            out = {"state": state, "query": self.query(head_in), "target": nxt_item}
+            # The N valid positions, padded for bf16 kernels (argus_models.rows) and sliced back.
+            n, padded = head_in.shape[0], pad_rows(head_in)
+            out = {"state": state, "query": self.query(padded)[:n], "target": nxt_item}
             if self.feedback_head is not None:
-                out["feedback"] = self.feedback_logits(head_in, nxt_item)
+                out["feedback"] = self.feedback_logits(padded, pad_rows(nxt_item))[:n]
         if self.cfg.normalize_embeddings:
             out["target"] = F.normalize(out["target"], dim=-1)
         return out

@@ -12,6 +12,7 @@ from torchrec.streamable import Pipelineable
 
 from argus_models.losses import chunked_full_softmax_loss, feedback_loss, sampled_softmax_loss
 from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
+from argus_models.rows import pad_rows
 
 
 @dataclass
@@ -131,7 +132,7 @@ class ArgusObjective(nn.Module):
         else:
             neg_emb = self.dense.item_vectors(neg_emb, neg_ids)
         pos_logits = (query * pos_emb).sum(-1)  # [N]
-        neg_logits = query @ neg_emb.T  # [N, K]
+        neg_logits = (pad_rows(query) @ neg_emb.T)[: pos_ids.shape[0]]  # [N, K] (rows padded for bf16 kernels)
         hit = neg_ids[None, :] == pos_ids[:, None]
         return sampled_softmax_loss(self.next_item_loss, pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit).mean()
 

@@ -1,5 +1,5 @@
 """`jobs/ablate_argus.py`: train the same data and budget under several loss / negative / token
-variants and tabulate the test metrics (the README's ablation table comes from here).
+variants and tabulate the test metrics (the ablation tables of jobs/README.md come from here).
 
 Each variant is a full training run (`trainer.train`) in `<out_dir>/<variant>`; data is prepared
 once and linked into every run. A variant whose `metrics.json` exists is not run again, so an

@@ -13,7 +13,7 @@ from argus_models.config import ModelConfig
 from argus_platform.configlib import ConfigError, documented as _help
 from argus_platform.data.spec import DatasetSpec
 
-FULL_SOFTMAX_MAX_ITEMS = 6_000  # loss.next_item=auto: full softmax up to here (README: next-item losses by catalogue size)
+FULL_SOFTMAX_MAX_ITEMS = 6_000  # loss.next_item=auto: full softmax up to here (jobs/README.md: next-item losses by catalogue size)
 
 
 @dataclass
@@ -139,7 +139,8 @@ class OptimConfig:
         "step looks up, before the Adagrad scaling; 0 = off)", 0.0
     )
     precision: Literal["auto", "fp32", "bf16"] = _help(
-        "dense forward/backward precision: auto (bf16 on CUDA and on CPUs with AMX / AVX512-BF16, fp32 elsewhere; "
+        "dense forward/backward precision: auto (bf16 on CUDA and on CPUs with AMX, fp32 elsewhere, AVX512-BF16 alone "
+        "included: slower there for the default model; "
         "printed at start and saved in metrics.json), fp32, or bf16 autocast (tables, losses and optimizer states "
         "stay fp32)", "auto"
     )

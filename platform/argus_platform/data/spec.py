@@ -1,4 +1,4 @@
-"""Dataset spec: which columns of an event log are ids, time, context and actions (README: Data sources)."""
+"""Dataset spec: which columns of an event log are ids, time, context and actions (platform/README.md: Data flow)."""
 
 from __future__ import annotations
 
