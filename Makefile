@@ -7,15 +7,18 @@ TOOLS   ?= .venv-tools
 TSTAMP  := $(TOOLS)/.installed
 ARGS    ?=
 
-.PHONY: setup run test test-slow serve clean
+.PHONY: setup run test test-fast test-slow lint serve clean
 
 setup: $(STAMP)
 
 # CPU stack of requirements-cpu.txt (README.md: Install). torchrec goes in with --no-deps because its metadata pulls
 # the CUDA fbgemm-gpu wheel, which fails to load without an NVIDIA driver.
+# On Linux torch comes from PyTorch's CPU index: PyPI's Linux wheel is the CUDA build (several GB).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
+	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q "torch==2.13.0+cpu" --extra-index-url $(TORCH_INDEX); fi
 	$(VPY) -m pip install -q -r requirements-cpu.txt
 	$(VPY) -m pip install -q --no-deps torchrec==1.8.0
 	$(VPY) -m pip install -q --no-deps -e .
@@ -30,8 +33,17 @@ $(TSTAMP): k8s/requirements-tools.txt
 run: $(STAMP)
 	$(VPY) jobs/train_argus.py $(ARGS)
 
+# ruff (pyproject.toml [tool.ruff]): lint, then the format check; `ruff format .` fixes the latter.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test: $(STAMP) $(TSTAMP)
 	$(VPY) -m pytest -m "not slow" -q $(ARGS)
+
+# Unit tests only: no Ray cluster, Serve, extra processes or subprocesses (under 3 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(VPY) -m pytest -m "not slow and not integration" -q $(ARGS)
 
 # pytest exits 5 when nothing is marked slow; that is not a failure.
 test-slow: $(STAMP) $(TSTAMP)

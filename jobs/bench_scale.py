@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Benchmark the whole training job (generate, prepare, one epoch, full-catalogue evaluation) as the log and the catalogue grow.
+"""Benchmark the whole training job (generate, prepare, one epoch, full-catalogue evaluation) as data grows.
 
-    python jobs/bench_scale.py                                       # events 1M/3M/10M x 1M items, items 10k/100k/1M x 3M events
-    python jobs/bench_scale.py --set 'events=[1000000]' --set 'items=[]' --set out_dir=runs/bench-scale-1m
-    python jobs/bench_scale.py --set 'train_overrides=[eval.max_users=25000]'   # validation on a user sample
+python jobs/bench_scale.py            # events 1M/3M/10M x 1M items, items 10k/100k/1M x 3M events
+python jobs/bench_scale.py --set 'events=[1000000]' --set 'items=[]' --set out_dir=runs/bench-scale-1m
+python jobs/bench_scale.py --set 'train_overrides=[eval.max_users=25000]'   # validation on a user sample
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from _cli import parse_config
-
+from argus_platform.cli import parse_config
 from argus_platform.configlib import ConfigError
 from argus_platform.scale import ScaleBenchConfig, bench, format_tables
 

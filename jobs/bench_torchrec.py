@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Benchmark TorchRec's overhead: the same model and batches with plain nn.Embedding tables and with DMP + FBGEMM on one worker.
+"""Benchmark TorchRec's overhead: one model and its batches with nn.Embedding tables, then DMP + FBGEMM, one worker.
 
-    python jobs/bench_torchrec.py --out bench_torchrec.json
-    python jobs/bench_torchrec.py --set data.synthetic.num_items=1000000 --set data.synthetic.num_users=20000
+python jobs/bench_torchrec.py --out bench_torchrec.json
+python jobs/bench_torchrec.py --set data.synthetic.num_items=1000000 --set data.synthetic.num_users=20000
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from _cli import parse_config_and_args
 
+from argus_platform.cli import parse_config_and_args
 from argus_platform.config import TrainJobConfig
 from argus_platform.data.prepare import prepare_data
 from argus_platform.torchrec_overhead import measure, prepared_batches
@@ -38,11 +38,20 @@ def main(argv: list[str] | None = None) -> int:
         collate, _ = make_collators(cfg, schema, prepared.spec, rank=0)
         batches = prepared_batches(Path(tmp), collate, cfg.optim.batch_size, args.steps)
         r = measure(cfg, schema, torch.from_numpy(prepared.item_counts), batches)
-    result = {**asdict(r), "ratio_plain_over_torchrec": r.ratio, "items": schema.num_items,
-              "batch_size": cfg.optim.batch_size, "threads": torch.get_num_threads()}
-    print(f"plain nn.Embedding + Adagrad: {r.plain_ms:.1f} ms/step; TorchRec DMP + FBGEMM fused Adagrad: "
-          f"{r.torchrec_ms:.1f} ms/step; plain / TorchRec = {r.ratio:.2f} ({r.steps} timed steps, {schema.num_items:,} items; "
-          f"first loss {r.first_loss_plain:.4f} vs {r.first_loss_torchrec:.4f}, last {r.loss_plain:.4f} vs {r.loss_torchrec:.4f})", flush=True)
+    result = {
+        **asdict(r),
+        "ratio_plain_over_torchrec": r.ratio,
+        "items": schema.num_items,
+        "batch_size": cfg.optim.batch_size,
+        "threads": torch.get_num_threads(),
+    }
+    print(
+        f"plain nn.Embedding + Adagrad: {r.plain_ms:.1f} ms/step; TorchRec DMP + FBGEMM fused Adagrad: "
+        f"{r.torchrec_ms:.1f} ms/step; plain / TorchRec = {r.ratio:.2f} ({r.steps} timed steps, "
+        f"{schema.num_items:,} items; first loss {r.first_loss_plain:.4f} vs {r.first_loss_torchrec:.4f}, "
+        f"last {r.loss_plain:.4f} vs {r.loss_torchrec:.4f})",
+        flush=True,
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0

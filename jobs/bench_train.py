@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Benchmark one training step of a config on one device: tokens/s, achieved TFLOP/s, MFU, peak memory.
 
-    python jobs/bench_train.py --config jobs/configs/argus-300m.yaml --num-items 1000000     # on a GPU
-    python jobs/bench_train.py --config jobs/configs/argus-3m.yaml --set model.max_seq_len=8192 --set optim.batch_size=2
-    python jobs/bench_train.py --config jobs/configs/ml1m.yaml --device cpu --set optim.precision=bf16   # vs =fp32
+python jobs/bench_train.py --config jobs/configs/argus-300m.yaml --num-items 1000000     # on a GPU
+python jobs/bench_train.py --config jobs/configs/argus-3m.yaml --set model.max_seq_len=8192 --set optim.batch_size=2
+python jobs/bench_train.py --config jobs/configs/ml1m.yaml --device cpu --set optim.precision=bf16   # vs =fp32
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sys
 from dataclasses import asdict, replace
 
 import torch
-from _cli import parse_config_and_args
 
+from argus_platform.cli import parse_config_and_args
 from argus_platform.config import TrainJobConfig
 from argus_platform.planning import planning_schema
 from argus_platform.precision import resolve_precision
@@ -39,13 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     schema = planning_schema(cfg, args.num_items or cfg.data.synthetic.num_items)
     r = measure(cfg, schema, device, steps=args.steps)
     m = cfg.model
-    print(f"{r.device}: width {m.embedding_dim} x {m.num_layers} layers, {m.tokenization}, history {m.max_seq_len}, "
-          f"batch {cfg.optim.batch_size}, {cfg.optim.precision}, checkpointing {m.activation_checkpointing}, "
-          f"compiled blocks {m.compile_blocks}")
+    print(
+        f"{r.device}: width {m.embedding_dim} x {m.num_layers} layers, {m.tokenization}, history {m.max_seq_len}, "
+        f"batch {cfg.optim.batch_size}, {cfg.optim.precision}, checkpointing {m.activation_checkpointing}, "
+        f"compiled blocks {m.compile_blocks}"
+    )
     mfu = f"{r.mfu:.1%} (HFU {r.hfu:.1%})" if r.mfu is not None else "n/a (no known peak for this device)"
     mem = f", peak memory {r.peak_memory_gib:.2f} GiB" if r.peak_memory_gib is not None else ""
-    print(f"{r.tokens_per_second:,.0f} tokens/s ({r.step_seconds * 1000:.1f} ms/step, {r.tokens_per_step:,} tokens), "
-          f"{r.achieved_tflops:.2f} TFLOP/s, MFU {mfu}{mem}", flush=True)
+    print(
+        f"{r.tokens_per_second:,.0f} tokens/s ({r.step_seconds * 1000:.1f} ms/step, {r.tokens_per_step:,} tokens), "
+        f"{r.achieved_tflops:.2f} TFLOP/s, MFU {mfu}{mem}",
+        flush=True,
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(asdict(r), f, indent=2)

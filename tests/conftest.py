@@ -12,6 +12,15 @@ SHARED = Path(os.environ.get("ARGUS_SHARED", ROOT.parent / "shared"))
 RAW = SHARED / "data" / "raw"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests on the shared local Ray (directly or through a trained run) are `integration` tests,
+    as are those marked so by hand (several processes, a job or a validator in a subprocess):
+    `make test-fast` leaves them out."""
+    for item in items:
+        if "ray_local" in item.fixturenames:
+            item.add_marker(pytest.mark.integration)
+
+
 def shared_file(relative: str) -> Path:
     path = RAW / relative
     if not path.exists():
@@ -34,27 +43,39 @@ def ray_local():
         # module's serve.shutdown() would outlast its own 30 s wait and leave a dying controller.
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
         # 4 logical CPUs on any machine: 2 train workers + budget for Ray Data.
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
 
 
 TINY_TRAIN = [
-    "data.synthetic.num_users=120", "data.synthetic.num_items=60", "data.synthetic.events_per_user=12",
-    "data.synthetic.min_events=6", "model.embedding_dim=16", "model.num_layers=1", "model.max_seq_len=10",
-    "optim.batch_size=16", "optim.eval_every_epochs=1", "optim.log_every_steps=0",
-    "loss.in_batch_negatives=16", "loss.uniform_negatives=16", "scaling.local_num_cpus=4",
+    "data.synthetic.num_users=120",
+    "data.synthetic.num_items=60",
+    "data.synthetic.events_per_user=12",
+    "data.synthetic.min_events=6",
+    "model.embedding_dim=16",
+    "model.num_layers=1",
+    "model.max_seq_len=10",
+    "optim.batch_size=16",
+    "optim.eval_every_epochs=1",
+    "optim.log_every_steps=0",
+    "loss.in_batch_negatives=16",
+    "loss.uniform_negatives=16",
+    "scaling.local_num_cpus=4",
 ]
 
 
 def run_train_job(args: list[str]) -> int:
     """`jobs/train_argus.py` main, loaded by path (tests never import jobs/ as a package)."""
     import importlib.util
-    import sys
 
-    sys.path.insert(0, str(ROOT / "jobs"))
     spec = importlib.util.spec_from_file_location("train_argus", ROOT / "jobs" / "train_argus.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -73,7 +94,19 @@ def tiny_run(ray_local, tmp_path_factory):
 def hashed_run(ray_local, tmp_path_factory):
     """A tiny three-token run with multi-hash item embeddings (13 buckets × 2 tables): 2 epochs."""
     run_dir = tmp_path_factory.mktemp("hashed") / "run"
-    assert run_train_job([f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2",
-                                                                  "model.tokenization=three_token",
-                                                                  "model.multi_hash_buckets=13"]]) == 0
+    assert (
+        run_train_job(
+            [
+                f"--set={kv}"
+                for kv in TINY_TRAIN
+                + [
+                    f"run.dir={run_dir}",
+                    "optim.epochs=2",
+                    "model.tokenization=three_token",
+                    "model.multi_hash_buckets=13",
+                ]
+            ]
+        )
+        == 0
+    )
     return run_dir

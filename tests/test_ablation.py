@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from conftest import TINY_TRAIN
 
 from argus_platform.ablation import AblationConfig, ablate, variant_overrides
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError
-
-from conftest import TINY_TRAIN
 
 
 def test_unknown_variant_is_named():
@@ -30,17 +31,25 @@ def test_multi_hash_variant_takes_the_base_tables_or_the_default():
 
 
 def test_two_variants_train_and_tabulate(ray_local, tmp_path):
-    cfg = AblationConfig(train_overrides=[*TINY_TRAIN, "optim.epochs=1"], variants=["full_softmax_multi_hash", "corrected_logq_mixed_three_token"],
-                         out_dir=str(tmp_path / "abl"))
+    cfg = AblationConfig(
+        train_overrides=[*TINY_TRAIN, "optim.epochs=1"],
+        variants=["full_softmax_multi_hash", "corrected_logq_mixed_three_token"],
+        out_dir=str(tmp_path / "abl"),
+    )
     rows = ablate(cfg)
     assert [r["variant"] for r in rows] == ["full_softmax_multi_hash", "corrected_logq_mixed_three_token"]
-    for r in rows:
-        assert 0 < r["ndcg@10"] <= 1 and r["epochs"] == 1
+    for r in rows:  # each row is its own run's test result
+        run = json.loads((tmp_path / "abl" / r["variant"] / "metrics.json").read_text())
+        assert r["ndcg@10"] == run["test"]["ndcg@10"] and r["hr@10"] == run["test"]["hr@10"] and r["epochs"] == 1
+    assert rows[0]["ndcg@10"] != rows[1]["ndcg@10"]  # two different models
     config = (tmp_path / "abl" / "corrected_logq_mixed_three_token" / "config.yaml").read_text()
     assert "tokenization: three_token" in config and "next_item: corrected_logq" in config
     table = (tmp_path / "abl" / "ablation.md").read_text()
     assert "| full_softmax_multi_hash |" in table and "| corrected_logq_mixed_three_token |" in table
     assert "multi_hash_buckets: 4096" in (tmp_path / "abl" / "full_softmax_multi_hash" / "config.yaml").read_text()
-    assert '"item_hash_buckets": [\n    4096,\n    4096\n  ]' in (tmp_path / "abl" / "full_softmax_multi_hash" / "schema.json").read_text()
+    assert (
+        '"item_hash_buckets": [\n    4096,\n    4096\n  ]'
+        in (tmp_path / "abl" / "full_softmax_multi_hash" / "schema.json").read_text()
+    )
     again = ablate(cfg)  # both variants have metrics.json: nothing is retrained
     assert [r["ndcg@10"] for r in again] == [r["ndcg@10"] for r in rows]

@@ -5,10 +5,13 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration  # a subprocess (make test-fast skips)
+
 # A training-like loop in a thread other than the main one (as Ray Train runs it): every
 # iteration allocates and frees the same activations, gradients and a 12 MB product.
 LOOP = """
 import resource, sys, threading, torch
+
 torch.set_num_threads(1)
 if sys.argv[1] == "hold":
     from argus_models.allocator import hold_freed_memory

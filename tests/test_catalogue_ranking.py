@@ -22,16 +22,20 @@ def _rows(seed: int, n: int, num_items: int) -> pa.Table:
     """Histories of 3..12 events with repeats, so the seen filter has work to do."""
     rng = np.random.default_rng(seed)
     items = [list(rng.integers(1, num_items + 1, size=rng.integers(3, 13))) for _ in range(n)]
-    return pa.table({
-        "user_idx": np.arange(seed * 1000, seed * 1000 + n),
-        "item_id": pa.array(items, pa.list_(pa.int32())),
-        "ctx_source": pa.array([[1 + i % 3 for i in row] for row in items], pa.list_(pa.int32())),
-        "act_like": pa.array([[float(i % 2) for i in row] for row in items], pa.list_(pa.float32())),
-    })
+    return pa.table(
+        {
+            "user_idx": np.arange(seed * 1000, seed * 1000 + n),
+            "item_id": pa.array(items, pa.list_(pa.int32())),
+            "ctx_source": pa.array([[1 + i % 3 for i in row] for row in items], pa.list_(pa.int32())),
+            "act_like": pa.array([[float(i % 2) for i in row] for row in items], pa.list_(pa.float32())),
+        }
+    )
 
 
 def _schema(num_items: int, hashed: bool) -> ModelSchema:
-    extra = dict(item_features=[ItemFeature("genre", num_values=4, slots=2)], item_hash_buckets=[11, 13]) if hashed else {}
+    extra = (
+        dict(item_features=[ItemFeature("genre", num_values=4, slots=2)], item_hash_buckets=[11, 13]) if hashed else {}
+    )
     return ModelSchema(num_items=num_items, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2)], **extra)
 
 
@@ -47,7 +51,9 @@ def _dense(schema: ModelSchema, seed: int):
     from argus_models.model import ArgusDenseArch
 
     torch.manual_seed(seed)
-    dense = ArgusDenseArch(ModelConfig(embedding_dim=16, num_layers=1, num_heads=2, max_seq_len=12, dropout=0.0), schema)
+    dense = ArgusDenseArch(
+        ModelConfig(embedding_dim=16, num_layers=1, num_heads=2, max_seq_len=12, dropout=0.0), schema
+    )
     if schema.item_features:
         ids = np.arange(schema.num_items + 1)
         codes = np.stack([ids % 3 + 1, np.where(ids % 2 == 0, ids // 2 % 3 + 1, 0)], axis=1)
@@ -62,7 +68,9 @@ def _tables(schema: ModelSchema, seed: int) -> dict[str, torch.Tensor]:
     from argus_models.model import embedding_configs
 
     g = torch.Generator().manual_seed(seed)
-    return {t.name: torch.randn(t.num_embeddings, t.embedding_dim, generator=g) * 0.3 for t in embedding_configs(schema, 16)}
+    return {
+        t.name: torch.randn(t.num_embeddings, t.embedding_dim, generator=g) * 0.3 for t in embedding_configs(schema, 16)
+    }
 
 
 def _counts(num_items: int) -> torch.Tensor:
@@ -105,7 +113,9 @@ def test_bounded_ranking_on_a_catalogue_of_many_blocks_equals_the_reference(monk
 
     full_topk = []
     plain = catalogue_ranking.RunningTop._add_topk
-    monkeypatch.setattr(catalogue_ranking.RunningTop, "_add_topk", lambda self, s, o: (full_topk.append(o), plain(self, s, o)))
+    monkeypatch.setattr(
+        catalogue_ranking.RunningTop, "_add_topk", lambda self, s, o: (full_topk.append(o), plain(self, s, o))
+    )
     monkeypatch.setattr(catalogue_ranking.RunningTop, "merge_share", 1.0)
     C = 3000
     schema = _schema(C, False)
@@ -146,7 +156,7 @@ def test_running_top_keeps_each_rows_ten_best_over_the_blocks():
     scores[3, : width * 2] = float("-inf")  # a row whose first blocks are all filtered
     top = RunningTop(rows, torch.device("cpu"))
     for c0 in range(0, scores.shape[1], width):
-        top.add(scores[:, c0:c0 + width].contiguous(), c0 + 1)
+        top.add(scores[:, c0 : c0 + width].contiguous(), c0 + 1)
     want_v, want_i = scores.topk(10, dim=1)
     assert torch.equal(top.values, want_v)
     assert torch.equal(top.ids, want_i + 1)
@@ -203,10 +213,21 @@ def _sharded_worker(rank, world, init_file, out_dir):
     for sharding_type, hashed in (("row_wise", False), ("table_wise", False), ("row_wise", True)):
         schema = _schema(C, hashed)
         hashes = _hashes(schema)
-        cfg = load_config(TrainJobConfig, overrides=[
-            "model.embedding_dim=16", "model.num_layers=1", "model.max_seq_len=12", "model.dropout=0.0",
-            "optim.batch_size=8", "optim.warmup_steps=1", "loss.next_item=corrected_logq", "loss.in_batch_negatives=8", "loss.uniform_negatives=8",
-            f"sharding.sharding_type={sharding_type}"])
+        cfg = load_config(
+            TrainJobConfig,
+            overrides=[
+                "model.embedding_dim=16",
+                "model.num_layers=1",
+                "model.max_seq_len=12",
+                "model.dropout=0.0",
+                "optim.batch_size=8",
+                "optim.warmup_steps=1",
+                "loss.next_item=corrected_logq",
+                "loss.in_batch_negatives=8",
+                "loss.uniform_negatives=8",
+                f"sharding.sharding_type={sharding_type}",
+            ],
+        )
         ids = np.arange(C + 1)
         codes = np.stack([ids % 3 + 1, np.where(ids % 2 == 0, ids // 2 % 3 + 1, 0)], axis=1) if hashed else None
         if hashed:
@@ -234,7 +255,9 @@ def _sharded_worker(rank, world, init_file, out_dir):
         results[key] = {"got": {r: {k: got[r][k] for k in RANKING} for r in ("model", "popularity")}}
         if rank == 0:  # the reference sees every rank's users in one process
             with torch.no_grad():
-                ref = evaluate_reference(sharded.dense, tables, [_rows(s, 9, C) for s in range(4)], collator, counts, cfg_eval)
+                ref = evaluate_reference(
+                    sharded.dense, tables, [_rows(s, 9, C) for s in range(4)], collator, counts, cfg_eval
+                )
             results[key]["ref"] = {r: {k: ref[r][k] for k in RANKING} for r in ("model", "popularity")}
         del sharded, pipeline
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
@@ -245,6 +268,7 @@ def _sharded_worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_sharded_catalogue_ranking_on_two_ranks_equals_the_reference(tmp_path):
     mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
@@ -253,4 +277,8 @@ def test_sharded_catalogue_ranking_on_two_ranks_equals_the_reference(tmp_path):
         for ranker in ("model", "popularity"):
             assert r0[key]["got"][ranker]["users"] == 36
             for k in RANKING:
-                assert r0[key]["got"][ranker][k] == pytest.approx(r0[key]["ref"][ranker][k], abs=1e-12), (key, ranker, k)
+                assert r0[key]["got"][ranker][k] == pytest.approx(r0[key]["ref"][ranker][k], abs=1e-12), (
+                    key,
+                    ranker,
+                    k,
+                )

@@ -52,10 +52,18 @@ def test_cross_field_validation():
         load_config(TrainJobConfig, overrides=["data.source=sasrec"])
     with pytest.raises(ConfigError, match="sparse_optimizer=adam runs on GPUs only"):
         load_config(TrainJobConfig, overrides=["optim.sparse_optimizer=adam"])
-    assert load_config(TrainJobConfig, overrides=["optim.sparse_optimizer=adam", "scaling.use_gpu=true"]).optim.sparse_optimizer == "adam"
+    assert (
+        load_config(
+            TrainJobConfig, overrides=["optim.sparse_optimizer=adam", "scaling.use_gpu=true"]
+        ).optim.sparse_optimizer
+        == "adam"
+    )
     with pytest.raises(ConfigError, match="optim.sparse_weight_decay must be >= 0"):
         load_config(TrainJobConfig, overrides=["optim.sparse_weight_decay=-0.1"])
-    with pytest.raises(ConfigError, match="sparse_weight_decay is implemented for sparse_optimizer rowwise_adagrad and adagrad, not sgd"):
+    with pytest.raises(
+        ConfigError,
+        match="sparse_weight_decay is implemented for sparse_optimizer rowwise_adagrad and adagrad, not sgd",
+    ):
         load_config(TrainJobConfig, overrides=["optim.sparse_weight_decay=0.01", "optim.sparse_optimizer=sgd"])
 
 

@@ -15,14 +15,27 @@ from argus_platform.data.sources import DataSourceError, read_events, read_movie
 from argus_platform.data.spec import ActionSpec, DatasetSpec
 from argus_platform.data.synthetic import generate
 
-SPEC = DatasetSpec(context_columns=["source"], actions=[ActionSpec("like", "binary"), ActionSpec("ratio", "ratio"),
-                                                         ActionSpec("stars", "graded", levels=[1, 2, 3])])
+SPEC = DatasetSpec(
+    context_columns=["source"],
+    actions=[
+        ActionSpec("like", "binary"),
+        ActionSpec("ratio", "ratio"),
+        ActionSpec("stars", "graded", levels=[1, 2, 3]),
+    ],
+)
 
 
 def _frame(**overrides):
-    base = {"user_id": ["u1", "u1", "u2", "u2"], "item_id": ["a", "b", "a", "c"], "timestamp": [1, 2, 3, 4],
-            "source": ["x", None, "y", "x"], "like": [0, 1, 1, 0], "ratio": [0.1, 0.5, 1.0, 0.0], "stars": [1, 2, 3, 3],
-            "_row": [0, 1, 2, 3]}
+    base = {
+        "user_id": ["u1", "u1", "u2", "u2"],
+        "item_id": ["a", "b", "a", "c"],
+        "timestamp": [1, 2, 3, 4],
+        "source": ["x", None, "y", "x"],
+        "like": [0, 1, 1, 0],
+        "ratio": [0.1, 0.5, 1.0, 0.0],
+        "stars": [1, 2, 3, 3],
+        "_row": [0, 1, 2, 3],
+    }
     base.update(overrides)
     return pd.DataFrame(base)
 
@@ -33,17 +46,20 @@ def test_clean_chunk_passes_and_null_context_is_kept():
     assert good["source"].tolist()[1] == "__missing__"
 
 
-@pytest.mark.parametrize("column, value, reason", [
-    ("user_id", None, "null user_id"),
-    ("timestamp", None, "bad timestamp: null"),
-    ("like", None, "action like out of range (binary): null"),
-    ("item_id", "", "null item_id"),
-    ("timestamp", "yesterday-ish", "bad timestamp"),
-    ("timestamp", -5, "bad timestamp"),
-    ("like", 2, "action like out of range"),
-    ("ratio", 1.5, "action ratio out of range"),
-    ("stars", 2.5, "action stars out of range"),
-])
+@pytest.mark.parametrize(
+    "column, value, reason",
+    [
+        ("user_id", None, "null user_id"),
+        ("timestamp", None, "bad timestamp: null"),
+        ("like", None, "action like out of range (binary): null"),
+        ("item_id", "", "null item_id"),
+        ("timestamp", "yesterday-ish", "bad timestamp"),
+        ("timestamp", -5, "bad timestamp"),
+        ("like", 2, "action like out of range"),
+        ("ratio", 1.5, "action ratio out of range"),
+        ("stars", 2.5, "action stars out of range"),
+    ],
+)
 def test_unusable_rows_are_quarantined_with_reason(column, value, reason):
     df = _frame()
     df[column] = df[column].astype(object)
@@ -60,18 +76,24 @@ def test_missing_column_names_file_and_column():
 
 def test_quarantine_file_and_failure_threshold(tmp_path):
     df = _frame(like=[0, 7, 1, 9])
-    summary = write_canonical(SPEC, iter([df]), "src", tmp_path / "e.parquet", tmp_path / "q.parquet", max_bad_fraction=0.5)
+    summary = write_canonical(
+        SPEC, iter([df]), "src", tmp_path / "e.parquet", tmp_path / "q.parquet", max_bad_fraction=0.5
+    )
     assert summary["quarantined_rows"] == 2 and summary["clean_rows"] == 2
     q = pq.read_table(tmp_path / "q.parquet").to_pandas()
     assert q["_row"].tolist() == ["1", "3"] and all(q["_reason"].str.startswith("action like"))
     with pytest.raises(TooManyBadRows, match="2 of 4 rows"):
-        write_canonical(SPEC, iter([df]), "src", tmp_path / "e2.parquet", tmp_path / "q2.parquet", max_bad_fraction=0.25)
+        write_canonical(
+            SPEC, iter([df]), "src", tmp_path / "e2.parquet", tmp_path / "q2.parquet", max_bad_fraction=0.25
+        )
 
 
 def test_events_reader_checks_mapping(tmp_path):
     path = tmp_path / "log.csv"
     pd.DataFrame({"uid": [1], "iid": [2], "ts": [3]}).to_csv(path, index=False)
-    spec = DatasetSpec(user_column="uid", item_column="iid", timestamp_column="ts", actions=[ActionSpec("like", "binary")])
+    spec = DatasetSpec(
+        user_column="uid", item_column="iid", timestamp_column="ts", actions=[ActionSpec("like", "binary")]
+    )
     with pytest.raises(DataSourceError, match=r"log.csv: missing column\(s\) \['like'\]"):
         read_events(path, spec)
     with pytest.raises(DataSourceError, match="does not exist"):
@@ -212,8 +234,13 @@ def test_collate_windows_and_kjt():
     from argus_platform.collate import Collator, history_items
 
     schema = ModelSchema(num_items=9, contexts={}, actions=[ActionHead("like", "binary", 2)])
-    table = pa.table({"user_idx": [0, 1], "item_id": pa.array([[1, 2, 3, 4, 5], [7, 8]], pa.list_(pa.int32())),
-                      "act_like": pa.array([[0, 1, 0, 1, 1], [1, 0]], pa.list_(pa.float32()))})
+    table = pa.table(
+        {
+            "user_idx": [0, 1],
+            "item_id": pa.array([[1, 2, 3, 4, 5], [7, 8]], pa.list_(pa.int32())),
+            "act_like": pa.array([[0, 1, 0, 1, 1], [1, 0]], pa.list_(pa.float32())),
+        }
+    )
     batch = Collator(schema, {"like": ("binary", 2)}, window=3, negatives="uniform", num_uniform=4)(table)
     assert batch.items.tolist() == [[3, 4, 5], [7, 8, 0]] and batch.lengths.tolist() == [3, 2]
     assert batch.actions[..., 0].tolist() == [[0, 1, 1], [1, 0, 0]]
@@ -258,32 +285,46 @@ def test_item_features_are_encoded_and_bad_rows_quarantined(tmp_path):
     from argus_platform.data.item_features import build_item_features
 
     vocab = Vocabulary(items=np.array(["a", "b", "c", "d"]), users=np.array(["u"]))  # indices 1..4
-    pd.DataFrame({
-        "sku": ["a", "b", None, "b", "zzz", "c", "12.0"],
-        "genre": ["rock|pop", "pop", "jazz", "jazz", "pop", "pop|rock|jazz|folk", "x"],
-        "label": ["L1", None, "L2", "L2", "L1", "L2", "L1"],
-    }).to_csv(tmp_path / "items.csv", index=False)
-    cfg = ItemFeaturesConfig(path=str(tmp_path / "items.csv"), item_column="sku", columns=["genre", "label"], max_values=3)
+    pd.DataFrame(
+        {
+            "sku": ["a", "b", None, "b", "zzz", "c", "12.0"],
+            "genre": ["rock|pop", "pop", "jazz", "jazz", "pop", "pop|rock|jazz|folk", "x"],
+            "label": ["L1", None, "L2", "L2", "L1", "L2", "L1"],
+        }
+    ).to_csv(tmp_path / "items.csv", index=False)
+    cfg = ItemFeaturesConfig(
+        path=str(tmp_path / "items.csv"), item_column="sku", columns=["genre", "label"], max_values=3
+    )
     table = build_item_features(cfg, vocab, tmp_path / "q" / "item_features.parquet")
     assert [(f.name, f.num_values, f.slots) for f in table.features] == [("genre", 5, 3), ("label", 3, 1)]
     assert table.values == {"genre": ["pop", "rock", "folk", "jazz"], "label": ["L1", "L2"]}  # by frequency, then name
     # columns: genre slots 1-3, label slot; item d has no row; c keeps 3 of its 4 genres
     assert table.codes.tolist() == [[0, 0, 0, 0], [2, 1, 0, 1], [1, 0, 0, 0], [1, 2, 4, 2], [0, 0, 0, 0]]
     st = table.stats
-    assert st["quarantined_rows"] == 2 and st["quarantine_reasons"] == {"null item id": 1, "repeated item id (first row kept)": 1}
+    assert st["quarantined_rows"] == 2 and st["quarantine_reasons"] == {
+        "null item id": 1,
+        "repeated item id (first row kept)": 1,
+    }
     assert st["rows_outside_catalogue"] == 2 and st["catalogue_items_without_features"] == 1  # zzz, 12; d
     assert st["values_cut_by_max_values"] == {"genre": 1, "label": 0}
     bad = pd.read_parquet(tmp_path / "q" / "item_features.parquet")
     assert sorted(bad["_row"]) == [2, 3] and set(bad["reason"]) == {"null item id", "repeated item id (first row kept)"}
     with pytest.raises(DataSourceError, match=r"missing column\(s\) \['genres'\]"):
-        build_item_features(ItemFeaturesConfig(path=str(tmp_path / "items.csv"), item_column="sku", columns=["genres"]),
-                            vocab, tmp_path / "q2.parquet")
+        build_item_features(
+            ItemFeaturesConfig(path=str(tmp_path / "items.csv"), item_column="sku", columns=["genres"]),
+            vocab,
+            tmp_path / "q2.parquet",
+        )
 
 
 def _users(rng, n, first_user=0):
     lengths = np.clip(rng.lognormal(4.3, 0.9, n), 2, 600).astype(int)  # ML-1M-like: median ~75, long tail
-    return pa.table({"user_idx": np.arange(first_user, first_user + n),
-                     "item_id": pa.array([rng.integers(1, 50, k).tolist() for k in lengths], pa.list_(pa.int32()))})
+    return pa.table(
+        {
+            "user_idx": np.arange(first_user, first_user + n),
+            "item_id": pa.array([rng.integers(1, 50, k).tolist() for k in lengths], pa.list_(pa.int32())),
+        }
+    )
 
 
 def test_length_buckets_regroup_rows_by_length_without_losing_any():
@@ -303,11 +344,17 @@ def test_length_buckets_regroup_rows_by_length_without_losing_any():
     assert sorted(np.concatenate([t.column("user_idx").to_numpy() for t in out])) == list(range(1000))
     assert sum(64 * w for w in widths(out)) < 0.8 * sum(64 * w for w in widths(batches))  # fewer padded positions
     for g in range(0, 16, 4):  # each group of 4 holds the same users as before, cut by length
-        group = out[g:g + 4]
-        assert set(np.concatenate([t.column("user_idx").to_numpy() for t in group])) == \
-            set(np.concatenate([t.column("user_idx").to_numpy() for t in batches[g:g + 4]]))
-        spans = sorted((min(np.minimum(np.diff(list_values(t.column("item_id"))[1]), window)),
-                        max(np.minimum(np.diff(list_values(t.column("item_id"))[1]), window))) for t in group)
+        group = out[g : g + 4]
+        assert set(np.concatenate([t.column("user_idx").to_numpy() for t in group])) == set(
+            np.concatenate([t.column("user_idx").to_numpy() for t in batches[g : g + 4]])
+        )
+        spans = sorted(
+            (
+                min(np.minimum(np.diff(list_values(t.column("item_id"))[1]), window)),
+                max(np.minimum(np.diff(list_values(t.column("item_id"))[1]), window)),
+            )
+            for t in group
+        )
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # disjoint length ranges
     assert [t.num_rows for t in length_buckets(iter(batches), 0, window)] == [t.num_rows for t in batches]
     assert list(length_buckets(iter(batches), 1, window))[3].equals(batches[3])  # off: as read

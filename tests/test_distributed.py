@@ -6,12 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from argus_models.config import ActionHead, ItemFeature, ModelSchema
 from argus_models.model import lookup_local
+
+pytestmark = pytest.mark.integration  # several processes or subprocesses (make test-fast skips)
 
 SCHEMA = ModelSchema(num_items=40, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2)])
 
@@ -20,11 +23,23 @@ def _cfg(sharding_type):
     from argus_platform.config import TrainJobConfig
     from argus_platform.configlib import load_config
 
-    return load_config(TrainJobConfig, overrides=[
-        "model.embedding_dim=16", "model.num_layers=1", "model.max_seq_len=8", "model.dropout=0.0",
-        "optim.batch_size=8", "optim.dense_lr=0.01", "optim.sparse_lr=0.1", "optim.warmup_steps=1",
-        "loss.next_item=corrected_logq", "loss.in_batch_negatives=8", "loss.uniform_negatives=8", f"sharding.sharding_type={sharding_type}",
-    ])
+    return load_config(
+        TrainJobConfig,
+        overrides=[
+            "model.embedding_dim=16",
+            "model.num_layers=1",
+            "model.max_seq_len=8",
+            "model.dropout=0.0",
+            "optim.batch_size=8",
+            "optim.dense_lr=0.01",
+            "optim.sparse_lr=0.1",
+            "optim.warmup_steps=1",
+            "loss.next_item=corrected_logq",
+            "loss.in_batch_negatives=8",
+            "loss.uniform_negatives=8",
+            f"sharding.sharding_type={sharding_type}",
+        ],
+    )
 
 
 def _table(rank: int, n: int = 8) -> pa.Table:
@@ -32,12 +47,14 @@ def _table(rank: int, n: int = 8) -> pa.Table:
     rng = np.random.default_rng(rank)
     starts = rng.integers(1, 41, size=n)
     items = [[(s + k - 1) % 40 + 1 for k in range(9)] for s in starts]
-    return pa.table({
-        "user_idx": np.arange(n),
-        "item_id": pa.array(items, pa.list_(pa.int32())),
-        "ctx_source": pa.array([[1 + (i % 3) for i in row] for row in items], pa.list_(pa.int32())),
-        "act_like": pa.array([[float(i % 2) for i in row] for row in items], pa.list_(pa.float32())),
-    })
+    return pa.table(
+        {
+            "user_idx": np.arange(n),
+            "item_id": pa.array(items, pa.list_(pa.int32())),
+            "ctx_source": pa.array([[1 + (i % 3) for i in row] for row in items], pa.list_(pa.int32())),
+            "act_like": pa.array([[float(i % 2) for i in row] for row in items], pa.list_(pa.float32())),
+        }
+    )
 
 
 def _train(sharded, collate, rank: int) -> tuple[float, float]:
@@ -165,22 +182,39 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     from torch.distributed.tensor import DTensor
 
     from argus_platform.collate import Collator
-    from argus_platform.configlib import load_config
     from argus_platform.config import TrainJobConfig
+    from argus_platform.configlib import load_config
     from argus_platform.sharding import gather_tables, shard
 
-    cfg = load_config(TrainJobConfig, overrides=[
-        "model.embedding_dim=16", "model.num_layers=2", "model.max_seq_len=8", "model.dropout=0.0",
-        "optim.dense_lr=0.01", "optim.sparse_lr=0.1", "optim.warmup_steps=1", "optim.grad_clip=1.0",
-        "loss.next_item=corrected_logq", "loss.in_batch_negatives=8", "loss.uniform_negatives=8", "sharding.dense=fsdp2",
-        "model.length_groups=2",  # each FSDP2 block unit runs once per group of rows in a step
-    ])
+    cfg = load_config(
+        TrainJobConfig,
+        overrides=[
+            "model.embedding_dim=16",
+            "model.num_layers=2",
+            "model.max_seq_len=8",
+            "model.dropout=0.0",
+            "optim.dense_lr=0.01",
+            "optim.sparse_lr=0.1",
+            "optim.warmup_steps=1",
+            "optim.grad_clip=1.0",
+            "loss.next_item=corrected_logq",
+            "loss.in_batch_negatives=8",
+            "loss.uniform_negatives=8",
+            "sharding.dense=fsdp2",
+            "model.length_groups=2",  # each FSDP2 block unit runs once per group of rows in a step
+        ],
+    )
     # with item-side features and multi-hash tables: the tower and the hash projection are their own
     # FSDP2 units (called outside dense.forward); the hash tables are sharded like the item table
     from argus_models.hashing import catalogue_hash_codes
 
-    schema = ModelSchema(num_items=40, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2)],
-                         item_features=[ItemFeature("genre", num_values=4, slots=2)], item_hash_buckets=[16, 16])
+    schema = ModelSchema(
+        num_items=40,
+        contexts={"source": 4},
+        actions=[ActionHead("like", "binary", 2)],
+        item_features=[ItemFeature("genre", num_values=4, slots=2)],
+        item_hash_buckets=[16, 16],
+    )
     hashes = catalogue_hash_codes([str(i) for i in range(1, 41)], [16, 16])
     ids = np.arange(41)
     codes = np.stack([ids % 3 + 1, np.where(ids % 2 == 0, ids // 2 % 3 + 1, 0)], axis=1)
@@ -189,15 +223,20 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     counts[0] = 0
     torch.manual_seed(0)
     sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes, item_hashes=hashes)
-    results = {"types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
-               "dtensor": all(isinstance(p, DTensor) for p in sharded.dense.parameters())}
-    batch = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=5, item_hashes=hashes)(_table(7))
+    results = {
+        "types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
+        "dtensor": all(isinstance(p, DTensor) for p in sharded.dense.parameters()),
+    }
+    batch = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=5, item_hashes=hashes)(
+        _table(7)
+    )
     # hashed features through the sharded tables (before the pipeline takes over the sparse forward)
     via_shards = sharded.task.sparse(batch.sparse_features)
     via_local = lookup_local(sharded.dense.local_tables(gather_tables(sharded.model)), batch.sparse_features)
     results["hash_lookup_equal"] = all(torch.allclose(via_shards[k], via_local[k]) for k in via_shards)
-    collate = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank,
-                       item_hashes=hashes)
+    collate = Collator(
+        schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank, item_hashes=hashes
+    )
     results["loss_first"], results["loss_last"] = _train(sharded, collate, rank)
     copy = sharded.eval_dense(cfg)
     tables = copy.local_tables(gather_tables(sharded.model))
@@ -208,7 +247,9 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
         table = tables["t_item"]
         cat_a, cat_b = sharded.dense.item_vectors(table), copy.item_vectors(table)  # the tower outside dense.forward
     results["copy_equal"] = bool(torch.allclose(a, b, atol=1e-5)) and bool(torch.allclose(cat_a, cat_b, atol=1e-6))
-    results["copy_codes"] = torch.equal(copy.item_tower.codes, torch.from_numpy(codes).long())  # one feature: codes as given
+    results["copy_codes"] = torch.equal(
+        copy.item_tower.codes, torch.from_numpy(codes).long()
+    )  # one feature: codes as given
     results["copy_hashes"] = torch.equal(copy.item_hash_codes, torch.from_numpy(hashes))
     _report(out_dir, rank, results)
     del sharded, copy
@@ -239,11 +280,18 @@ def _decay_worker(rank, world, init_file, out_dir):
         torch.manual_seed(0)
         sharded = shard(cfg, SCHEMA, counts, torch.device("cpu"))
         before = gather_tables(sharded.model)["t_item"]
-        _train_steps(sharded, Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank), rank, passes=1)
+        _train_steps(
+            sharded,
+            Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank),
+            rank,
+            passes=1,
+        )
         after = gather_tables(sharded.model)["t_item"]
         moved = (after != before).any(dim=1)
-        results[str(decay)] = {"rows_moved": int(moved.sum()),
-                               "norm_ratio": float((after[moved].norm(dim=1) / before[moved].norm(dim=1)).mean())}
+        results[str(decay)] = {
+            "rows_moved": int(moved.sum()),
+            "norm_ratio": float((after[moved].norm(dim=1) / before[moved].norm(dim=1)).mean()),
+        }
         del sharded
     _report(out_dir, rank, results)
     _teardown()
@@ -274,10 +322,16 @@ def _compiled_worker(rank, world, init_file, out_dir):
         torch._dynamo.utils.counters.clear()
         torch.manual_seed(0)
         sharded = shard(cfg, SCHEMA, counts, torch.device("cpu"))
-        first, last = _train(sharded, Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform",
-                                                num_uniform=8, seed=rank), rank)
-        results[dense] = {"loss_first": first, "loss_last": last,
-                          "graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"])}
+        first, last = _train(
+            sharded,
+            Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank),
+            rank,
+        )
+        results[dense] = {
+            "loss_first": first,
+            "loss_last": last,
+            "graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]),
+        }
         del sharded
     _report(out_dir, rank, results)
     _teardown()

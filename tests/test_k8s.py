@@ -13,15 +13,15 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
-
 from conftest import ROOT, SHARED
+
+pytestmark = pytest.mark.integration  # several processes or subprocesses (make test-fast skips)
 
 K8S = ROOT / "k8s"
 CRDS = SHARED / "k8s-crds"
@@ -61,8 +61,11 @@ def _closed(schema):
     misspelt key. Close every object that lists its properties (unless it keeps unknown fields)."""
     if isinstance(schema, dict):
         schema = {k: _closed(v) for k, v in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -87,7 +90,9 @@ def crd_errors(doc: dict) -> list[str]:
 def pod_specs(doc: dict) -> list[tuple[str, dict]]:
     """(where, pod spec) of every pod template in a Ray resource, the job submitter's included."""
     spec = doc["spec"]
-    cluster = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}[doc["kind"]]
+    cluster = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}[
+        doc["kind"]
+    ]
     found = [("head", cluster["headGroupSpec"]["template"]["spec"])]
     found += [(f"worker {g['groupName']}", g["template"]["spec"]) for g in cluster.get("workerGroupSpecs", [])]
     if "submitterPodTemplate" in spec:
@@ -101,12 +106,18 @@ def ray_docs() -> list[tuple[str, dict]]:
 
 # -- rendering --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", ["overlays/cpu-dev", "overlays/gpu"])
 def test_overlays_render_storage_training_tuning_and_serving(overlay):
     docs = render(overlay)
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
-    assert kinds == ["Namespace/" + docs[0]["metadata"]["name"], "PersistentVolumeClaim/argus-data",
-                     "RayJob/argus-train", "RayJob/argus-tune-weights", "RayService/argus-serve"], kinds
+    assert kinds == [
+        "Namespace/" + docs[0]["metadata"]["name"],
+        "PersistentVolumeClaim/argus-data",
+        "RayJob/argus-train",
+        "RayJob/argus-tune-weights",
+        "RayService/argus-serve",
+    ], kinds
     namespace = next(d for d in docs if d["kind"] == "Namespace")["metadata"]["name"]
     assert all(d["metadata"].get("namespace") == namespace for d in docs if d["kind"] != "Namespace")
     images = {c["image"] for d in docs if d["kind"] in RAY_KINDS for _, pod in pod_specs(d) for c in pod["containers"]}
@@ -119,12 +130,15 @@ def test_gpu_overlay_puts_one_gpu_on_each_training_worker_and_trains_with_cuda()
     group = train["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1" and group["replicas"] == 4
-    assert "scaling.use_gpu=true" in train["spec"]["entrypoint"] and "scaling.num_workers=4" in train["spec"]["entrypoint"]
+    assert (
+        "scaling.use_gpu=true" in train["spec"]["entrypoint"] and "scaling.num_workers=4" in train["spec"]["entrypoint"]
+    )
     cpu = next(d for d in render("overlays/cpu-dev") if d["metadata"]["name"] == "argus-train")
     assert "nvidia.com/gpu" not in json.dumps(cpu) and "use_gpu=true" not in cpu["spec"]["entrypoint"]
 
 
 # -- schemas ----------------------------------------------------------------------------------------
+
 
 def test_ray_resources_validate_against_the_kuberay_crds():
     docs = ray_docs()
@@ -136,7 +150,9 @@ def test_ray_resources_validate_against_the_kuberay_crds():
 def test_the_crd_check_rejects_a_misspelt_field_and_a_wrong_type():
     train = next(d for d in render("base") if d["metadata"]["name"] == "argus-train")
     typo = copy.deepcopy(train)
-    typo["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = typo["spec"]["rayClusterSpec"]["headGroupSpec"].pop("rayStartParams")
+    typo["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = typo["spec"]["rayClusterSpec"][
+        "headGroupSpec"
+    ].pop("rayStartParams")
     assert any("rayStartParam" in e for e in crd_errors(typo))
     wrong = copy.deepcopy(train)
     wrong["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
@@ -148,15 +164,26 @@ def _kubernetes_validate(docs: list[dict], tmp_path: Path) -> subprocess.Complet
     for i, doc in enumerate(docs):
         files.append(tmp_path / f"{i}-{doc['kind']}.yaml")
         files[-1].write_text(yaml.safe_dump(doc))
-    return subprocess.run([_tool("kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION, *map(str, files)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION, *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_core_kinds_and_every_ray_pod_template_validate_against_kubernetes_schemas(tmp_path):
     core = [d for _, d in all_docs() if d["kind"] not in RAY_KINDS]
     assert {d["kind"] for d in core} == {"Namespace", "PersistentVolumeClaim"}
-    pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": re.sub(r"[^a-z0-9-]+", "-", where.lower()).strip("-")},
-             "spec": pod} for _, d in ray_docs() for where, pod in pod_specs(d)]
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": re.sub(r"[^a-z0-9-]+", "-", where.lower()).strip("-")},
+            "spec": pod,
+        }
+        for _, d in ray_docs()
+        for where, pod in pod_specs(d)
+    ]
     result = _kubernetes_validate(core + pods, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     broken = copy.deepcopy(pods[0])  # a misspelt field fails the strict check
@@ -167,9 +194,23 @@ def test_core_kinds_and_every_ray_pod_template_validate_against_kubernetes_schem
 
 
 def _checkov(directory: Path, *frameworks: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_tool("checkov"), "-d", str(directory), "--framework", *frameworks, "--config-file",
-                           str(K8S / "checkov.yaml"), "--compact", "--quiet", "--skip-download"],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [
+            _tool("checkov"),
+            "-d",
+            str(directory),
+            "--framework",
+            *frameworks,
+            "--config-file",
+            str(K8S / "checkov.yaml"),
+            "--compact",
+            "--quiet",
+            "--skip-download",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def test_checkov_passes_on_k8s_and_on_every_rendered_ray_pod(tmp_path):
@@ -181,52 +222,83 @@ def test_checkov_passes_on_k8s_and_on_every_rendered_ray_pod(tmp_path):
             continue
         for j, (where, pod) in enumerate(pod_specs(doc)):
             name = re.sub(r"[^a-z0-9-]+", "-", f"{kustomization} {where}".lower()).strip("-")
-            (tmp_path / f"{i}-{j}.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "spec": pod,
-                "metadata": {"name": name, "namespace": doc["metadata"].get("namespace", "argus")}}))
+            (tmp_path / f"{i}-{j}.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "spec": pod,
+                        "metadata": {"name": name, "namespace": doc["metadata"].get("namespace", "argus")},
+                    }
+                )
+            )
     pods = _checkov(tmp_path, "kubernetes")
     assert pods.returncode == 0, pods.stdout[-4000:] + pods.stderr[-2000:]
-    (tmp_path / "root.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root", "namespace": "x"},
-        "spec": {"containers": [{"name": "c", "image": "x:1", "securityContext": {"privileged": True}}]}}))
+    (tmp_path / "root.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "root", "namespace": "x"},
+                "spec": {"containers": [{"name": "c", "image": "x:1", "securityContext": {"privileged": True}}]},
+            }
+        )
+    )
     assert _checkov(tmp_path, "kubernetes").returncode != 0, "checkov must fail a privileged pod"
 
 
 # -- security defaults ------------------------------------------------------------------------------
+
 
 def test_every_ray_container_is_non_root_unprivileged_read_only_and_bounded():
     for _, doc in ray_docs():
         cluster = doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
         if cluster.get("enableInTreeAutoscaling"):
             auto = cluster["autoscalerOptions"]
-            assert auto["securityContext"]["allowPrivilegeEscalation"] is False and auto["securityContext"]["runAsNonRoot"]
-            assert {"cpu", "memory"} <= set(auto["resources"]["requests"]) and {"cpu", "memory"} <= set(auto["resources"]["limits"])
+            assert (
+                auto["securityContext"]["allowPrivilegeEscalation"] is False and auto["securityContext"]["runAsNonRoot"]
+            )
+            assert {"cpu", "memory"} <= set(auto["resources"]["requests"]) and {"cpu", "memory"} <= set(
+                auto["resources"]["limits"]
+            )
         for where, pod in pod_specs(doc):
             assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, where
             assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
             assert not [v for v in pod.get("volumes", []) if "hostPath" in v], f"{where}: hostPath volume"
             for c in pod["containers"] + pod.get("initContainers", []):
                 sc, res = c["securityContext"], c["resources"]
-                assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, (where, c["name"])
+                assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, (
+                    where,
+                    c["name"],
+                )
                 assert sc["capabilities"]["drop"] == ["ALL"] and not sc.get("privileged"), (where, c["name"])
-                assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"]), (where, c["name"])
+                assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"]), (
+                    where,
+                    c["name"],
+                )
                 mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
                 assert "/tmp" in mounts, f"{where}: Ray needs a writable /tmp beside a read-only root"
 
 
 # -- what the manifests name exists -----------------------------------------------------------------
 
+
 def _repo_path(image_path: str) -> Path:
     assert image_path.startswith(IMAGE_HOME + "/"), image_path
-    return ROOT / image_path[len(IMAGE_HOME) + 1:]
+    return ROOT / image_path[len(IMAGE_HOME) + 1 :]
 
 
 def _job_configs():
-    sys.path.insert(0, str(ROOT / "jobs"))
-    from _cli import parse_config
-
+    from argus_platform.cli import parse_config
     from argus_platform.config import TrainJobConfig
     from argus_platform.tuning.config import TuneWeightsConfig
     from argus_platform.tuning.train_search import TuneTrainConfig
-    return parse_config, {"train_argus.py": TrainJobConfig, "tune_weights.py": TuneWeightsConfig, "tune_train.py": TuneTrainConfig}
+
+    return parse_config, {
+        "train_argus.py": TrainJobConfig,
+        "tune_weights.py": TuneWeightsConfig,
+        "tune_train.py": TuneTrainConfig,
+    }
 
 
 def test_entrypoints_name_scripts_configs_and_keys_that_exist():
@@ -297,10 +369,16 @@ def test_rayservice_runs_the_local_serve_app_with_autoscaled_retriever_and_ranke
     ServeDeploySchema.model_validate(config)
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {d["name"] for d in local["deployments"]}
-    overload = ("max_ongoing_requests", "max_queued_requests", "backpressure_config")  # 503 + Retry-After above the bound
+    overload = (
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "backpressure_config",
+    )  # 503 + Retry-After above the bound
     local_ingress = next(d for d in local["deployments"] if d["name"] == "Ingress")
     assert {k: deployments["Ingress"][k] for k in overload} == {k: local_ingress[k] for k in overload}
-    assert deployments["Ingress"]["autoscaling_config"]["target_ongoing_requests"] <= local_ingress["max_ongoing_requests"]
+    assert (
+        deployments["Ingress"]["autoscaling_config"]["target_ongoing_requests"] <= local_ingress["max_ongoing_requests"]
+    )
     for name in ("Retriever", "Ranker"):
         auto = deployments[name]["autoscaling_config"]
         assert "num_replicas" not in deployments[name] and 1 <= auto["min_replicas"] < auto["max_replicas"]

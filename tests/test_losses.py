@@ -7,8 +7,14 @@ import torch
 
 from argus_models.config import ActionHead
 from argus_models.losses import (
-    chunked_full_softmax_loss, corrected_logq_loss, feedback_loss, feedback_probability, full_softmax_loss, logq_loss,
-    mixed_log_q, sampled_softmax_loss,
+    chunked_full_softmax_loss,
+    corrected_logq_loss,
+    feedback_loss,
+    feedback_probability,
+    full_softmax_loss,
+    logq_loss,
+    mixed_log_q,
+    sampled_softmax_loss,
 )
 
 
@@ -29,8 +35,11 @@ def test_corrected_logq_matches_direct_formula():
     got = corrected_logq_loss(pos, neg, q[pos_ids].log(), q[neg_ids].log(), hit)
     for r in range(len(pos)):
         qi = q[pos_ids[r]].item()
-        terms = [neg[r, j].item() - math.log(q[neg_ids[j]].item() / (1 - qi))
-                 for j in range(len(neg_ids)) if neg_ids[j] != pos_ids[r]]
+        terms = [
+            neg[r, j].item() - math.log(q[neg_ids[j]].item() / (1 - qi))
+            for j in range(len(neg_ids))
+            if neg_ids[j] != pos_ids[r]
+        ]
         lse = math.log(sum(math.exp(t) for t in terms))
         ell = -pos[r].item() + lse
         k = len(terms)
@@ -42,7 +51,10 @@ def _sampled_case(seed: int, n: int, k: int, items: int, scale: float, log_q_spa
     """Positive and negative logits (float64, ~N(0, scale²)), log Q over `items` in [−1 − span, −1],
     ids and the hit mask of a sampled-softmax batch."""
     g = torch.Generator().manual_seed(seed)
-    pos, neg = torch.randn(n, generator=g, dtype=torch.float64) * scale, torch.randn(n, k, generator=g, dtype=torch.float64) * scale
+    pos, neg = (
+        torch.randn(n, generator=g, dtype=torch.float64) * scale,
+        torch.randn(n, k, generator=g, dtype=torch.float64) * scale,
+    )
     log_q = -torch.rand(items, generator=g, dtype=torch.float64) * log_q_span - 1
     pos_ids, neg_ids = torch.randint(0, items, (n,), generator=g), torch.randint(0, items, (k,), generator=g)
     return g, pos, neg, log_q, pos_ids, neg_ids, neg_ids[None, :] == pos_ids[:, None]
@@ -79,8 +91,9 @@ def test_standard_logq_matches_direct_formula():
     got = logq_loss(pos, neg, q[pos_ids].log(), q[neg_ids].log(), hit)
     for r in range(len(pos)):
         s_pos = pos[r].item() - math.log(q[pos_ids[r]].item())
-        logits = [s_pos] + [neg[r, j].item() - math.log(q[neg_ids[j]].item())
-                            for j in range(len(neg_ids)) if neg_ids[j] != pos_ids[r]]
+        logits = [s_pos] + [
+            neg[r, j].item() - math.log(q[neg_ids[j]].item()) for j in range(len(neg_ids)) if neg_ids[j] != pos_ids[r]
+        ]
         expected = -s_pos + math.log(sum(math.exp(x) for x in logits))
         assert math.isclose(got[r].item(), expected, rel_tol=1e-9)
 
@@ -106,7 +119,9 @@ def test_feedback_losses_and_probabilities():
     binary = ActionHead("like", "binary", 2)
     graded = ActionHead("rating", "graded", 5)
     logit = torch.tensor([0.3])
-    assert math.isclose(feedback_loss(binary, logit, torch.tensor([1.0])).item(), -math.log(1 / (1 + math.exp(-0.3))), rel_tol=1e-6)
+    assert math.isclose(
+        feedback_loss(binary, logit, torch.tensor([1.0])).item(), -math.log(1 / (1 + math.exp(-0.3))), rel_tol=1e-6
+    )
     levels = torch.tensor([[0.0, 0.0, 0.0, 0.0, 10.0]])
     assert feedback_loss(graded, levels, torch.tensor([4])).item() < 1e-3
     assert feedback_probability(graded, levels).item() > 0.99
@@ -222,7 +237,14 @@ def test_fused_sampled_softmax_equals_its_reference_in_value_and_gradient(kind, 
 
 def test_fused_sampled_softmax_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown sampled softmax 'softmax'"):
-        sampled_softmax_loss("softmax", torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), torch.zeros(1), torch.zeros(1, 1, dtype=torch.bool))
+        sampled_softmax_loss(
+            "softmax",
+            torch.zeros(1),
+            torch.zeros(1, 1),
+            torch.zeros(1),
+            torch.zeros(1),
+            torch.zeros(1, 1, dtype=torch.bool),
+        )
 
 
 def test_pad_rows_pads_only_for_cpu_bf16_matmuls():

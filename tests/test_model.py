@@ -7,18 +7,22 @@ from argus_models.config import ActionHead, ModelConfig, ModelSchema
 from argus_models.encoder import causal_padding_mask
 from argus_models.model import ArgusDenseArch, ArgusSparseArch, lookup_local
 
-SCHEMA = ModelSchema(num_items=30, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)])
+SCHEMA = ModelSchema(
+    num_items=30, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)]
+)
 
 
 def test_causal_padding_mask_picture():
     mask = causal_padding_mask(torch.tensor([3]), 5)[0, 0].int()
-    expected = torch.tensor([
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 0, 0],  # padded query rows: valid prefix only (never an empty row; output ignored)
-        [1, 1, 1, 0, 0],
-    ])
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 0, 0],  # padded query rows: valid prefix only (never an empty row; output ignored)
+            [1, 1, 1, 0, 0],
+        ]
+    )
     assert torch.equal(mask, expected)
 
 
@@ -32,7 +36,9 @@ def _features(sparse_keys, lengths, num_items=30):
         n = int(lengths.sum()) if key != "neg_item" else 3
         values.append(torch.randint(1 if key in ("item", "neg_item") else 0, sizes[key], (n,), generator=g))
         all_lengths.append(lengths if key != "neg_item" else torch.tensor([3] + [0] * (len(lengths) - 1)))
-    return KeyedJaggedTensor.from_lengths_sync(keys=sparse_keys, values=torch.cat(values), lengths=torch.cat(all_lengths).int())
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=sparse_keys, values=torch.cat(values), lengths=torch.cat(all_lengths).int()
+    )
 
 
 def test_local_lookup_equals_embedding_collection():
@@ -119,7 +125,10 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 
     torch.manual_seed(0)
     cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.1)
-    plain, recomputed = CausalEncoder(cfg).train(), CausalEncoder(ModelConfig(**{**vars(cfg), "activation_checkpointing": True})).train()
+    plain, recomputed = (
+        CausalEncoder(cfg).train(),
+        CausalEncoder(ModelConfig(**{**vars(cfg), "activation_checkpointing": True})).train(),
+    )
     recomputed.load_state_dict(plain.state_dict())
     x, lengths = torch.randn(2, 8, 16), torch.tensor([8, 6])
     results = []
@@ -202,7 +211,11 @@ def test_length_groups_give_the_same_states_and_gradients(positions):
     whole, grouped = CausalEncoder(cfg).train(), CausalEncoder(ModelConfig(**{**vars(cfg), "length_groups": 3})).train()
     grouped.load_state_dict(whole.state_dict())
     lengths = torch.tensor([8, 2, 5, 1, 7, 3, 8])
-    assert [(rows.tolist(), width) for rows, width in length_groups(lengths, 3, 8)] == [([3, 1, 5], 3), ([2, 4], 7), ([0, 6], 8)]
+    assert [(rows.tolist(), width) for rows, width in length_groups(lengths, 3, 8)] == [
+        ([3, 1, 5], 3),
+        ([2, 4], 7),
+        ([0, 6], 8),
+    ]
     valid = torch.arange(8)[None, :] < lengths[:, None]
     x = torch.randn(7, 8, 16)
     states, grads = [], []
@@ -223,8 +236,9 @@ def test_compiled_blocks_give_the_same_states_and_gradients(checkpointing):
     from argus_models.encoder import CausalEncoder
 
     torch.manual_seed(0)
-    cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.0,
-                      activation_checkpointing=checkpointing)
+    cfg = ModelConfig(
+        embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.0, activation_checkpointing=checkpointing
+    )
     eager, compiled = CausalEncoder(cfg).train(), CausalEncoder(cfg).train()
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_blocks()
@@ -252,16 +266,27 @@ def test_bf16_autocast_keeps_the_loss_float32():
 
     schema = ModelSchema(num_items=30)
     cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=1, max_seq_len=8, dropout=0.0)
-    items, lengths = torch.randint(1, 31, (4, 9), generator=torch.Generator().manual_seed(0)), torch.tensor([9, 9, 5, 3])
+    items, lengths = (
+        torch.randint(1, 31, (4, 9), generator=torch.Generator().manual_seed(0)),
+        torch.tensor([9, 9, 5, 3]),
+    )
     flat = torch.cat([items[b, : lengths[b]] for b in range(4)])
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["item", "neg_item"], values=torch.cat([flat, torch.arange(31)]),
-                                              lengths=torch.cat([lengths, torch.tensor([31, 0, 0, 0])]).int())
-    batch = SequenceBatch(kjt, items * (torch.arange(9)[None] < lengths[:, None]), lengths, torch.zeros(4, 9, 0), torch.arange(31))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["item", "neg_item"],
+        values=torch.cat([flat, torch.arange(31)]),
+        lengths=torch.cat([lengths, torch.tensor([31, 0, 0, 0])]).int(),
+    )
+    batch = SequenceBatch(
+        kjt, items * (torch.arange(9)[None] < lengths[:, None]), lengths, torch.zeros(4, 9, 0), torch.arange(31)
+    )
     losses = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(2)
-        task = ArgusTrainTask(ArgusSparseArch(schema, 16, device="cpu"),
-                              ArgusObjective(ArgusDenseArch(cfg, schema), torch.zeros(31), "full_softmax", 0), precision)
+        task = ArgusTrainTask(
+            ArgusSparseArch(schema, 16, device="cpu"),
+            ArgusObjective(ArgusDenseArch(cfg, schema), torch.zeros(31), "full_softmax", 0),
+            precision,
+        )
         loss, _ = task(batch)
         assert loss.dtype == torch.float32
         loss.backward()
@@ -276,16 +301,18 @@ def test_candidate_isolation_mask_picture():
 
     # 5 history slots of which 3 are real, then 2 candidates of a request after the whole history
     mask = candidate_isolation_mask(torch.tensor([3]), torch.tensor([[3, 3]]), 5)[0, 0].int()
-    expected = torch.tensor([
-        #h0 h1 h2 p3 p4 c0 c1
-        [1, 0, 0, 0, 0, 0, 0],  # h0
-        [1, 1, 0, 0, 0, 0, 0],  # h1
-        [1, 1, 1, 0, 0, 0, 0],  # h2
-        [1, 1, 1, 1, 0, 0, 0],  # p3: padding (output unused) sees the real prefix and itself
-        [1, 1, 1, 0, 1, 0, 0],  # p4
-        [1, 1, 1, 0, 0, 1, 0],  # c0: the real history and itself
-        [1, 1, 1, 0, 0, 0, 1],  # c1: never c0
-    ])
+    expected = torch.tensor(
+        [
+            # h0 h1 h2 p3 p4 c0 c1
+            [1, 0, 0, 0, 0, 0, 0],  # h0
+            [1, 1, 0, 0, 0, 0, 0],  # h1
+            [1, 1, 1, 0, 0, 0, 0],  # h2
+            [1, 1, 1, 1, 0, 0, 0],  # p3: padding (output unused) sees the real prefix and itself
+            [1, 1, 1, 0, 1, 0, 0],  # p4
+            [1, 1, 1, 0, 0, 1, 0],  # c0: the real history and itself
+            [1, 1, 1, 0, 0, 0, 1],  # c1: never c0
+        ]
+    )
     assert torch.equal(mask, expected)
 
 
@@ -294,21 +321,25 @@ def test_candidate_isolation_mask_with_two_requests_picture():
 
     # one user, 4 real history positions; a slate shown after position 1 and one after position 2
     mask = candidate_isolation_mask(torch.tensor([4]), torch.tensor([[2, 2, 3]]), 4)[0, 0].int()
-    expected = torch.tensor([
-        #h0 h1 h2 h3 a0 a1 b0
-        [1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 0, 0, 1, 0, 0],  # request a: history before position 2, itself
-        [1, 1, 0, 0, 0, 1, 0],
-        [1, 1, 1, 0, 0, 0, 1],  # request b: one more history position
-    ])
+    expected = torch.tensor(
+        [
+            # h0 h1 h2 h3 a0 a1 b0
+            [1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 1, 0, 0],  # request a: history before position 2, itself
+            [1, 1, 0, 0, 0, 1, 0],
+            [1, 1, 1, 0, 0, 0, 1],  # request b: one more history position
+        ]
+    )
     assert torch.equal(mask, expected)
 
 
 def _three_token(dropout=0.0):
-    cfg = ModelConfig(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=6, dropout=dropout, tokenization="three_token")
+    cfg = ModelConfig(
+        embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=6, dropout=dropout, tokenization="three_token"
+    )
     torch.manual_seed(0)
     return ArgusDenseArch(cfg, SCHEMA).eval()
 
@@ -325,7 +356,10 @@ def test_three_token_heads_read_the_right_positions():
         e[feature][:, event] += 1.0
         out = dense(e, torch.tensor([5]))
         # output index t predicts event t+1
-        return {k: [not torch.allclose(out[k][0, t], base[k][0, t], atol=1e-6) for t in range(4)] for k in ("query", "feedback")}
+        return {
+            k: [not torch.allclose(out[k][0, t], base[k][0, t], atol=1e-6) for t in range(4)]
+            for k in ("query", "feedback")
+        }
 
     # Reads of the heads, drawn per predicted event 1..4 (True = the output moved).
     assert changed("ctx_source", 2) == {"query": [False, True, True, True], "feedback": [False, True, True, True]}
@@ -353,10 +387,21 @@ def _tower_model(normalize=False):
 
     features = [ItemFeature("genre", num_values=5, slots=3), ItemFeature("year", num_values=3, slots=1)]
     schema = ModelSchema(num_items=6, item_features=features)
-    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=6, dropout=0.0, normalize_embeddings=normalize)
+    cfg = ModelConfig(
+        embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=6, dropout=0.0, normalize_embeddings=normalize
+    )
     dense = ArgusDenseArch(cfg, schema)
-    codes = torch.tensor([[0, 0, 0, 0],  # padding item
-                          [1, 0, 0, 2], [1, 2, 3, 1], [4, 0, 0, 0], [0, 0, 0, 0], [2, 2, 0, 1], [3, 1, 4, 2]])
+    codes = torch.tensor(
+        [
+            [0, 0, 0, 0],  # padding item
+            [1, 0, 0, 2],
+            [1, 2, 3, 1],
+            [4, 0, 0, 0],
+            [0, 0, 0, 0],
+            [2, 2, 0, 1],
+            [3, 1, 4, 2],
+        ]
+    )
     dense.item_tower.set_codes(codes)
     return dense, codes
 
@@ -392,7 +437,9 @@ def test_item_features_reach_inputs_targets_and_the_catalogue():
     out = dense(emb, torch.tensor([4, 2]))
     catalogue = dense.item_vectors(table)  # [7, 8], the evaluation / Serve side
     torch.testing.assert_close(out["target"][0], catalogue[ids[0, 1:]])
-    torch.testing.assert_close(catalogue, torch.nn.functional.normalize(table + dense.item_tower(torch.arange(7)), dim=-1))
+    torch.testing.assert_close(
+        catalogue, torch.nn.functional.normalize(table + dense.item_tower(torch.arange(7)), dim=-1)
+    )
     # an item's side features change the states that read it as input
     before = out["query"][0, 2].clone()
     codes = dense.item_tower.codes.clone()
@@ -409,7 +456,10 @@ def test_local_lookup_carries_padded_item_ids():
     from argus_models.model import ITEM_IDS
 
     kjt = _features(["item", "ctx_source", "fb_like", "fb_rating", "neg_item"], torch.tensor([3, 1]))
-    tables = {name: torch.randn(n, 4) for name, n in (("t_item", 31), ("t_ctx_source", 4), ("t_fb_like", 2), ("t_fb_rating", 5))}
+    tables = {
+        name: torch.randn(n, 4)
+        for name, n in (("t_item", 31), ("t_ctx_source", 4), ("t_fb_like", 2), ("t_fb_rating", 5))
+    }
     ids = lookup_local(tables, kjt)[ITEM_IDS]
     item = kjt["item"].values()
     assert ids.tolist() == [item[:3].tolist(), [int(item[3]), 0, 0]]
@@ -418,8 +468,12 @@ def test_local_lookup_carries_padded_item_ids():
 def _hashed_model():
     from argus_models.hashing import catalogue_hash_codes
 
-    schema = ModelSchema(num_items=30, contexts={"source": 4}, actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)],
-                         item_hash_buckets=[7, 5])
+    schema = ModelSchema(
+        num_items=30,
+        contexts={"source": 4},
+        actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)],
+        item_hash_buckets=[7, 5],
+    )
     cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=6, dropout=0.0)
     dense = ArgusDenseArch(cfg, schema).eval()
     codes = catalogue_hash_codes([f"m{i}" for i in range(1, 31)], [7, 5])
@@ -461,9 +515,15 @@ def test_multi_hash_sharded_lookup_equals_the_local_tables():
     tables = dense.local_tables({k.split(".")[-2]: v for k, v in sparse.state_dict().items()})
     rng = np.random.default_rng(0)
     n = [5, 3]
-    table = pa.table({"user_idx": [0, 1], "item_id": [rng.integers(1, 31, k).tolist() for k in n],
-                      "ctx_source": [rng.integers(1, 4, k).tolist() for k in n], "act_like": [rng.integers(0, 2, k).tolist() for k in n],
-                      "act_rating": [rng.integers(0, 5, k).tolist() for k in n]})
+    table = pa.table(
+        {
+            "user_idx": [0, 1],
+            "item_id": [rng.integers(1, 31, k).tolist() for k in n],
+            "ctx_source": [rng.integers(1, 4, k).tolist() for k in n],
+            "act_like": [rng.integers(0, 2, k).tolist() for k in n],
+            "act_rating": [rng.integers(0, 5, k).tolist() for k in n],
+        }
+    )
     kinds = {"like": ("binary", 2), "rating": ("graded", 5)}
     with pytest.raises(ValueError, match="item_hashes"):
         Collator(schema, kinds, window=7)

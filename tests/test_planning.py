@@ -4,35 +4,47 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchema
 from argus_models.model import ArgusDenseArch, count_parameters, embedding_configs
 from argus_models.sizing import dense_parameter_count
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
-from argus_platform.planning import GiB, Cluster, plan_cluster, planning_schema
-
-from conftest import ROOT
+from argus_platform.planning import Cluster, GiB, plan_cluster, planning_schema
 
 PRESETS = {"argus-3m": 3e6, "argus-30m": 30e6, "argus-300m": 300e6, "argus-1b": 1e9}
 
 
-@pytest.mark.parametrize("schema", [
-    ModelSchema(num_items=50),
-    ModelSchema(num_items=50, contexts={"source": 5, "hour": 25}, actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)]),
-    ModelSchema(num_items=50, item_features=[ItemFeature("genre", 19, 6), ItemFeature("year", 82, 1)]),
-    ModelSchema(num_items=50, item_features=[ItemFeature("genre", 19, 6)], item_hash_buckets=[101, 101]),
-])
-@pytest.mark.parametrize("cfg", [
-    ModelConfig(embedding_dim=32, num_layers=2, num_heads=2),
-    ModelConfig(embedding_dim=48, num_layers=3, num_heads=4, ffn_multiplier=3.0, positions="learned", max_seq_len=77),
-    ModelConfig(embedding_dim=32, num_layers=2, num_heads=2, tokenization="three_token"),
-    ModelConfig(embedding_dim=32, num_layers=1, num_heads=2, tokenization="three_token", positions="learned", max_seq_len=9),
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        ModelSchema(num_items=50),
+        ModelSchema(
+            num_items=50,
+            contexts={"source": 5, "hour": 25},
+            actions=[ActionHead("like", "binary", 2), ActionHead("rating", "graded", 5)],
+        ),
+        ModelSchema(num_items=50, item_features=[ItemFeature("genre", 19, 6), ItemFeature("year", 82, 1)]),
+        ModelSchema(num_items=50, item_features=[ItemFeature("genre", 19, 6)], item_hash_buckets=[101, 101]),
+    ],
+)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(embedding_dim=32, num_layers=2, num_heads=2),
+        ModelConfig(
+            embedding_dim=48, num_layers=3, num_heads=4, ffn_multiplier=3.0, positions="learned", max_seq_len=77
+        ),
+        ModelConfig(embedding_dim=32, num_layers=2, num_heads=2, tokenization="three_token"),
+        ModelConfig(
+            embedding_dim=32, num_layers=1, num_heads=2, tokenization="three_token", positions="learned", max_seq_len=9
+        ),
+    ],
+)
 def test_dense_parameter_count_matches_the_module(cfg, schema):
     counted = dense_parameter_count(cfg, schema)
     dense = ArgusDenseArch(cfg, schema)
@@ -60,7 +72,9 @@ def test_presets_have_the_advertised_size(name):
 def test_planner_shards_a_100m_item_table_over_64_gpus():
     cfg = TrainJobConfig()
     cfg.model.embedding_dim = 256
-    plan = plan_cluster(cfg, planning_schema(cfg, 100_000_000), Cluster(world_size=64, gpus_per_node=8, gpu_memory_gb=80))
+    plan = plan_cluster(
+        cfg, planning_schema(cfg, 100_000_000), Cluster(world_size=64, gpus_per_node=8, gpu_memory_gb=80)
+    )
     assert plan.fits, plan.reasons
     item = plan.plan.plan["sparse.ec"]["t_item"]
     assert item.sharding_type in ("row_wise", "table_row_wise", "column_wise", "table_column_wise")
@@ -96,14 +110,20 @@ def test_planner_places_the_multi_hash_tables():
 def test_plan_reports_what_does_not_fit():
     cfg = TrainJobConfig()
     cfg.model.embedding_dim = 256
-    plan = plan_cluster(cfg, planning_schema(cfg, 100_000_000), Cluster(world_size=2, gpus_per_node=2, gpu_memory_gb=16, host_memory_gb=64))
+    plan = plan_cluster(
+        cfg,
+        planning_schema(cfg, 100_000_000),
+        Cluster(world_size=2, gpus_per_node=2, gpu_memory_gb=16, host_memory_gb=64),
+    )
     assert not plan.fits
     assert any("planner found no placement" in r or "exceeds" in r for r in plan.reasons), plan.reasons
 
 
 def test_large_dense_arch_is_sharded_with_fsdp2():
     cfg = load_config(TrainJobConfig, str(ROOT / "jobs" / "configs" / "argus-1b.yaml"), [])
-    plan = plan_cluster(cfg, planning_schema(cfg, 100_000_000), Cluster(world_size=64, gpus_per_node=8, gpu_memory_gb=80))
+    plan = plan_cluster(
+        cfg, planning_schema(cfg, 100_000_000), Cluster(world_size=64, gpus_per_node=8, gpu_memory_gb=80)
+    )
     assert plan.dense_strategy == "fsdp2"
     assert plan.memory.dense_optimizer < 8 * plan.dense_params["total"] / 32
     assert "data_parallel" not in {ps.sharding_type for ps in plan.plan.plan["sparse.ec"].values()}
@@ -119,15 +139,33 @@ def test_plan_switches_to_fsdp2_when_a_replica_does_not_fit():
 
 
 def test_plan_job_prints_plan_and_memory(capsys):
-    sys.path.insert(0, str(ROOT / "jobs"))
     spec = importlib.util.spec_from_file_location("plan_argus", ROOT / "jobs" / "plan_argus.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rc = module.main(["--config", str(ROOT / "jobs" / "configs" / "argus-300m.yaml"), "--world-size", "64",
-                      "--gpus-per-node", "8", "--gpu-memory-gb", "80", "--num-items", "100000000"])
+    rc = module.main(
+        [
+            "--config",
+            str(ROOT / "jobs" / "configs" / "argus-300m.yaml"),
+            "--world-size",
+            "64",
+            "--gpus-per-node",
+            "8",
+            "--gpu-memory-gb",
+            "80",
+            "--num-items",
+            "100000000",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
-    for needle in ("dense parameters: 292,568,068", "t_item", "row_wise", "activations", "dense optimizer state", "fits: yes"):
+    for needle in (
+        "dense parameters: 292,568,068",
+        "t_item",
+        "row_wise",
+        "activations",
+        "dense optimizer state",
+        "fits: yes",
+    ):
         assert needle in out
 
 

@@ -6,11 +6,14 @@ import torch
 from argus_platform.precision import resolve_precision
 
 
-@pytest.mark.parametrize("caps, want", [
-    ({"amx_bf16": True, "avx512_bf16": True}, "bf16"),
-    ({"avx512_bf16": True}, "fp32"),  # measured slower than fp32 for the default model
-    ({}, "fp32"),  # emulated bf16
-])
+@pytest.mark.parametrize(
+    "caps, want",
+    [
+        ({"amx_bf16": True, "avx512_bf16": True}, "bf16"),
+        ({"avx512_bf16": True}, "fp32"),  # measured slower than fp32 for the default model
+        ({}, "fp32"),  # emulated bf16
+    ],
+)
 def test_auto_precision_on_cpu_follows_the_bf16_hardware(monkeypatch, caps, want):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     precision, why = resolve_precision("auto", torch.device("cpu"), collective=False)

@@ -40,8 +40,12 @@ def _cfg(*overrides):
 
 
 def test_auto_window_groups_and_history_exclusion():
-    cfg, said = resolve_data_choices(_cfg("model.max_seq_len=0", "model.length_groups=0", "loss.next_item=full_softmax",
-                                          "loss.exclude_history=auto"), _stats(np.arange(2, 101)))
+    cfg, said = resolve_data_choices(
+        _cfg(
+            "model.max_seq_len=0", "model.length_groups=0", "loss.next_item=full_softmax", "loss.exclude_history=auto"
+        ),
+        _stats(np.arange(2, 101)),
+    )
     assert cfg.model.max_seq_len == 96  # p95 = 96 events = 95 predictions, rounded up to a multiple of 8
     assert cfg.model.length_groups == 4  # lengths spread evenly up to the window: ~half of a batch padding
     assert cfg.loss.exclude_history is True and len(said) == 3 and "p95 of the training histories is 96" in said[0]
@@ -50,10 +54,18 @@ def test_auto_window_groups_and_history_exclusion():
     cfg, _ = resolve_data_choices(_cfg("model.max_seq_len=0"), _stats([2, 3]))
     assert cfg.model.max_seq_len == 8
     # repeats, or a sampled loss: the history stays in
-    assert resolve_data_choices(_cfg("loss.next_item=full_softmax", "loss.exclude_history=auto"),
-                                _stats([5], 0.2))[0].loss.exclude_history is False
-    assert resolve_data_choices(_cfg("loss.next_item=corrected_logq", "loss.exclude_history=auto"),
-                                _stats([5]))[0].loss.exclude_history is False
+    assert (
+        resolve_data_choices(_cfg("loss.next_item=full_softmax", "loss.exclude_history=auto"), _stats([5], 0.2))[
+            0
+        ].loss.exclude_history
+        is False
+    )
+    assert (
+        resolve_data_choices(_cfg("loss.next_item=corrected_logq", "loss.exclude_history=auto"), _stats([5]))[
+            0
+        ].loss.exclude_history
+        is False
+    )
     # numbers given: nothing chosen
     fixed = _cfg("model.max_seq_len=30", "model.length_groups=2")
     assert resolve_data_choices(fixed, _stats([5])) == (fixed, [])

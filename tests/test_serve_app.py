@@ -35,11 +35,22 @@ class Service:
     def deploy(self, user_configs=None, deployment_options=None):
         from argus_serve.launch import deploy
 
-        deploy(serve_config(args={"checkpoint": str(self.run_dir)}, user_configs=user_configs, port=self.port,
-                            deployment_options=deployment_options))
+        deploy(
+            serve_config(
+                args={"checkpoint": str(self.run_dir)},
+                user_configs=user_configs,
+                port=self.port,
+                deployment_options=deployment_options,
+            )
+        )
 
     def recommend(self, body, **kw):
-        return requests.post(f"{self.url}/v1/recommend", data=body if isinstance(body, (str, bytes)) else json.dumps(body), timeout=30, **kw)
+        return requests.post(
+            f"{self.url}/v1/recommend",
+            data=body if isinstance(body, (str, bytes)) else json.dumps(body),
+            timeout=30,
+            **kw,
+        )
 
     def health(self):
         return requests.get(f"{self.url}/healthz", timeout=30).json()
@@ -93,7 +104,9 @@ def test_known_user_round_trip_gives_the_checkpoints_scores(service):
     body = r.json()
     assert body["history_source"] == "store" and body["history_events"] == len(rows[user][ITEM_COL])
     assert len(body["items"]) == 5 and body["model_version"]["retriever"] == body["model_version"]["ranker"]
-    assert {"retrieve_ms", "rank_ms", "total_ms", "retriever_compute_ms", "ranker_compute_ms"} <= set(body["timings_ms"])
+    assert {"retrieve_ms", "rank_ms", "total_ms", "retriever_compute_ms", "ranker_compute_ms"} <= set(
+        body["timings_ms"]
+    )
     index = vocab.item_index()
     got = {index[it["item_id"]]: it for it in body["items"]}
     seen = set(rows[user][ITEM_COL])
@@ -128,9 +141,15 @@ def test_concurrent_requests_batch_without_changing_anyones_scores(service):
 
 def test_request_history_for_a_user_outside_the_store(service):
     _, vocab = _user_rows(service.run_dir)
-    history = [{"item_id": vocab.items[0], "actions": {"like": 1, "played_ratio": 0.9}, "context": {"source": vocab.contexts["source"][0]}},
-               {"item_id": "no-such-item", "actions": {"like": 0}},
-               {"item_id": vocab.items[5], "actions": {"skip": 1}}]
+    history = [
+        {
+            "item_id": vocab.items[0],
+            "actions": {"like": 1, "played_ratio": 0.9},
+            "context": {"source": vocab.contexts["source"][0]},
+        },
+        {"item_id": "no-such-item", "actions": {"like": 0}},
+        {"item_id": vocab.items[5], "actions": {"skip": 1}},
+    ]
     r = service.recommend({"user_id": "brand-new", "history": history, "exclude": [vocab.items[1], "ghost"], "k": 7})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -140,19 +159,22 @@ def test_request_history_for_a_user_outside_the_store(service):
     assert len(returned) == 7 and not returned & {vocab.items[0], vocab.items[1], vocab.items[5]}
 
 
-@pytest.mark.parametrize("body, status, reason", [
-    ('{"user_id": "1", ', 422, "JSON decode error"),
-    ({"user_id": "1", "kk": 3}, 422, "Extra inputs are not permitted"),
-    ({"user_id": "1", "k": 0}, 422, "greater than or equal to 1"),
-    ({"user_id": "1", "k": 101}, 422, "k=101 is out of range: 1..100"),
-    ({"user_id": "nobody"}, 404, "unknown user_id 'nobody' and no history"),
-    ({"history": [{"item_id": "nope"}]}, 422, "none of the 1 history items is known"),
-    ({"history": [{"item_id": "1", "actions": {"like": 2}}]}, 422, "history[0].actions.like: 2.0 is not 0 or 1"),
-    ({"history": [{"item_id": "1", "actions": {"clicked": 1}}]}, 422, "unknown action(s) ['clicked']"),
-    ({"user_id": "1", "context": {"weather": "rain"}}, 422, "unknown context column(s) ['weather']"),
-    ({"user_id": "1", "history": [{"item_id": "1"}] * 2001}, 422, "at most 2000 are accepted"),
-    ("x" * 1_000_001, 413, "exceeds 1000000"),
-])
+@pytest.mark.parametrize(
+    "body, status, reason",
+    [
+        ('{"user_id": "1", ', 422, "JSON decode error"),
+        ({"user_id": "1", "kk": 3}, 422, "Extra inputs are not permitted"),
+        ({"user_id": "1", "k": 0}, 422, "greater than or equal to 1"),
+        ({"user_id": "1", "k": 101}, 422, "k=101 is out of range: 1..100"),
+        ({"user_id": "nobody"}, 404, "unknown user_id 'nobody' and no history"),
+        ({"history": [{"item_id": "nope"}]}, 422, "none of the 1 history items is known"),
+        ({"history": [{"item_id": "1", "actions": {"like": 2}}]}, 422, "history[0].actions.like: 2.0 is not 0 or 1"),
+        ({"history": [{"item_id": "1", "actions": {"clicked": 1}}]}, 422, "unknown action(s) ['clicked']"),
+        ({"user_id": "1", "context": {"weather": "rain"}}, 422, "unknown context column(s) ['weather']"),
+        ({"user_id": "1", "history": [{"item_id": "1"}] * 2001}, 422, "at most 2000 are accepted"),
+        ("x" * 1_000_001, 413, "exceeds 1000000"),
+    ],
+)
 def test_bad_input_gets_a_4xx_with_the_reason_and_the_service_stays_up(service, body, status, reason):
     rows, _ = _user_rows(service.run_dir)
     if isinstance(body, dict) and body.get("user_id") == "1":
@@ -167,7 +189,9 @@ def test_health_docs_and_openapi(service):
     h = service.health()
     assert h["status"] == "ok" and h["ranker"]["weights"] == YAML_WEIGHTS and h["retriever"]["index"] == "sq8-rescored"
     store = h["ingress"]["user_store"]
-    assert store["users"] == h["users"] and store["file"].endswith("serving/user_store.arrow") and store["file_bytes"] > 0
+    assert (
+        store["users"] == h["users"] and store["file"].endswith("serving/user_store.arrow") and store["file_bytes"] > 0
+    )
     assert min(h["ingress"]["rss_bytes"], h["retriever"]["rss_bytes"], h["ranker"]["rss_bytes"]) > 0
     assert requests.get(f"{service.url}/docs", timeout=10).status_code == 200
     spec = requests.get(f"{service.url}/openapi.json", timeout=10).json()
@@ -195,9 +219,13 @@ def test_weights_and_model_reload_in_place_and_a_failed_reload_keeps_the_old(ser
     assert service.recommend({"user_id": user, "k": 5}).json()["weights_version"] == after["weights_version"]
 
     older = sorted(service.run_dir.glob("checkpoint_*"))[0]  # the run's epoch-1 checkpoint
-    service.deploy({"Retriever": {"checkpoint": str(older)}, "Ranker": {"checkpoint": str(older), "weights": YAML_WEIGHTS}})
+    service.deploy(
+        {"Retriever": {"checkpoint": str(older)}, "Ranker": {"checkpoint": str(older), "weights": YAML_WEIGHTS}}
+    )
     body = service.recommend({"user_id": user, "k": 5}).json()
-    assert body["model_version"]["retriever"].endswith("@epoch1") and body["model_version"]["ranker"].endswith("@epoch1")
+    assert body["model_version"]["retriever"].endswith("@epoch1") and body["model_version"]["ranker"].endswith(
+        "@epoch1"
+    )
     service.deploy({"Retriever": {"checkpoint": str(service.run_dir / "missing")}})
     h = service.health()
     assert "does not exist" in h["retriever"]["reload_error"] and h["retriever"]["model_version"].endswith("@epoch1")
@@ -226,8 +254,14 @@ def test_load_generator_reports_rates_and_percentiles(service):
 
     rows, _ = _user_rows(service.run_dir)
     users = sorted(rows)
-    result = summarize(run_load(f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)], "debug": True},
-                                rps=20, seconds=1.5))
+    result = summarize(
+        run_load(
+            f"{service.url}/v1/recommend",
+            lambda i: {"user_id": users[i % len(users)], "debug": True},
+            rps=20,
+            seconds=1.5,
+        )
+    )
     e = result["end_to_end"]
     assert e["requests"] == e["sent"] == 30 and not e["errors"] and e["dropped"] == 0
     assert 0 < e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"] and 10 < e["rps"] <= 21
@@ -243,8 +277,9 @@ def test_overload_is_refused_at_once_with_503_and_retry_after_and_the_service_st
     users = sorted(rows)
     service.deploy(deployment_options={"Ingress": {"max_ongoing_requests": 1, "max_queued_requests": 1}})
     try:
-        e = summarize(run_load(f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)]},
-                               rps=400, seconds=0.5))["end_to_end"]
+        e = summarize(
+            run_load(f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)]}, rps=400, seconds=0.5)
+        )["end_to_end"]
         assert e["sent"] == 200 and not e["errors"] and e["dropped"] == 0, e
         assert e["refused"] > 0 and e["refused_with_retry_after"] == e["refused"] and e["requests"] > 0, e
         assert e["requests"] + e["refused"] == 200, e

@@ -34,7 +34,10 @@ def _recommend(url, body):
 
 def test_a_new_item_in_the_history_is_read_through_its_hash_rows(url, hashed_run):
     vocab = Vocabulary.load(hashed_run / "vocab")
-    known = [{"item_id": str(vocab.items[3]), "actions": {"like": 1}}, {"item_id": str(vocab.items[8]), "actions": {"skip": 1}}]
+    known = [
+        {"item_id": str(vocab.items[3]), "actions": {"like": 1}},
+        {"item_id": str(vocab.items[8]), "actions": {"skip": 1}},
+    ]
     new = {"item_id": "film-released-yesterday", "actions": {"like": 1, "played_ratio": 0.8}}
     without = _recommend(url, {"history": known, "k": 8, "debug": True})
     r = _recommend(url, {"history": known[:1] + [new] + known[1:], "k": 8, "debug": True})

@@ -15,10 +15,18 @@ import torch.nn.functional as F
 from argus_models.checkpoint import InferenceModel, wait_for_run
 from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchema
 from argus_models.hashing import catalogue_hash_codes, hash_buckets
+from argus_models.inference import (
+    Events,
+    ExactIndex,
+    FaissIndex,
+    RescoredIndex,
+    action_probabilities,
+    combine,
+    encode_next,
+    hashed_item_rows,
+)
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ITEM_IDS, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
-from argus_models.inference import (Events, ExactIndex, FaissIndex, RescoredIndex, action_probabilities, combine, encode_next,
-                                    hashed_item_rows)
 from argus_serve.artifacts import ArtifactError, resolve_checkpoint
 from argus_serve.scoring import diversify, item_groups
 from argus_serve.weights import WeightsError, load_weights_file, resolve_weights, write_weights_file
@@ -29,19 +37,37 @@ ACTIONS = [ActionHead("like", "binary", 2), ActionHead("watched", "ratio", 10), 
 ITEM_FEATURES = [ItemFeature("genre", num_values=6, slots=3), ItemFeature("year", num_values=4, slots=1)]
 
 
-@pytest.fixture(scope="module", params=["one_token", "three_token", "one_token+item_features", "three_token+item_features",
-                                        "one_token+item_features+multi_hash", "three_token+multi_hash"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "one_token",
+        "three_token",
+        "one_token+item_features",
+        "three_token+item_features",
+        "one_token+item_features+multi_hash",
+        "three_token+multi_hash",
+    ],
+)
 def sm(request) -> InferenceModel:
     torch.manual_seed(0)
     tokenization, *extras = request.param.split("+")
     side, hashed = "item_features" in extras, "multi_hash" in extras
-    cfg = ModelConfig(embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=tokenization)
-    schema = ModelSchema(num_items=50, contexts={"source": 4}, actions=ACTIONS, item_features=ITEM_FEATURES if side else [],
-                         item_hash_buckets=[13, 11] if hashed else [])
+    cfg = ModelConfig(
+        embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=tokenization
+    )
+    schema = ModelSchema(
+        num_items=50,
+        contexts={"source": 4},
+        actions=ACTIONS,
+        item_features=ITEM_FEATURES if side else [],
+        item_hash_buckets=[13, 11] if hashed else [],
+    )
     dense = ArgusDenseArch(cfg, schema).eval()
     if side:  # random genres (0 = none) and years per item
         g = torch.Generator().manual_seed(3)
-        dense.item_tower.set_codes(torch.cat([torch.randint(0, 6, (51, 3), generator=g), torch.randint(0, 4, (51, 1), generator=g)], 1))
+        dense.item_tower.set_codes(
+            torch.cat([torch.randint(0, 6, (51, 3), generator=g), torch.randint(0, 4, (51, 1), generator=g)], 1)
+        )
     if hashed:
         dense.set_item_hashes(torch.from_numpy(catalogue_hash_codes([str(i) for i in range(1, 51)], [13, 11])))
     tables = {t.name: torch.randn(t.num_embeddings, t.embedding_dim) * 0.5 for t in embedding_configs(schema, 16)}
@@ -49,8 +75,11 @@ def sm(request) -> InferenceModel:
 
 
 def _events(rng: np.random.Generator, n: int) -> Events:
-    return Events(rng.integers(1, 51, n), {"source": rng.integers(1, 4, n)},
-                  {"like": rng.integers(0, 2, n), "watched": rng.integers(0, 10, n), "stars": rng.integers(0, 5, n)})
+    return Events(
+        rng.integers(1, 51, n),
+        {"source": rng.integers(1, 4, n)},
+        {"like": rng.integers(0, 2, n), "watched": rng.integers(0, 10, n), "stars": rng.integers(0, 5, n)},
+    )
 
 
 def _reference(sm: InferenceModel, h: Events, next_ctx: int, candidate: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +119,9 @@ def test_a_candidates_score_does_not_depend_on_the_other_candidates(sm):
     head_in, _ = encode_next(sm, hist, ctx)
     full = action_probabilities(sm, head_in[:1], torch.tensor([[4, 8, 15, 16, 23, 42]]), hist[:1], ctx[:1])
     alone = action_probabilities(sm, head_in[:1], torch.tensor([[15]]), hist[:1], ctx[:1])
-    shuffled = action_probabilities(sm, head_in[:1], torch.tensor([[42, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9]]), hist[:1], ctx[:1])
+    shuffled = action_probabilities(
+        sm, head_in[:1], torch.tensor([[42, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9]]), hist[:1], ctx[:1]
+    )
     head_in_b, _ = encode_next(sm, hist[:1], ctx[:1])  # without the other request in the batch
     solo = action_probabilities(sm, head_in_b, torch.tensor([[15, 42]]), hist[:1], ctx[:1])
     for a in ("like", "watched", "stars"):
@@ -132,12 +163,18 @@ def test_items_outside_the_vocabulary_are_embedded_from_their_hash_rows(sm):
     ref_h, ref_q = encode_next(ref, [h], ctx)
     torch.testing.assert_close(got_h, ref_h, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_q, ref_q, atol=1e-5, rtol=1e-5)
-    got_p, ref_p = action_probabilities(sm, got_h, cands, [cold], ctx), action_probabilities(ref, ref_h, cands, [h], ctx)
+    got_p, ref_p = (
+        action_probabilities(sm, got_h, cands, [cold], ctx),
+        action_probabilities(ref, ref_h, cands, [h], ctx),
+    )
     for a in ACTIONS:
         torch.testing.assert_close(got_p[a.name], ref_p[a.name], atol=1e-5, rtol=1e-5)
     # and the event counts: leaving it out gives another query
-    dropped = Events(np.delete(h.items, 2), {"source": np.delete(h.contexts["source"], 2)},
-                     {k: np.delete(v, 2) for k, v in h.feedback.items()})
+    dropped = Events(
+        np.delete(h.items, 2),
+        {"source": np.delete(h.contexts["source"], 2)},
+        {k: np.delete(v, 2) for k, v in h.feedback.items()},
+    )
     assert not torch.allclose(encode_next(sm, [dropped], ctx)[1], got_q, atol=1e-3)
 
 
@@ -215,14 +252,20 @@ def test_diversity_pushes_repeated_groups_down():
     # after item 0, group 1 scores halve: 0.85 → 0.425 < 0.5, so group 2 comes second
     assert diversify(scores, groups, 0.5, 3).tolist() == [0, 3, 1]
     neg = np.array([-0.1, -0.2, -0.3])
-    assert diversify(neg, np.array([1, 1, 2]), 0.25, 3).tolist() == [0, 2, 1]  # a negative score is pushed down too: −0.2 → −0.35
+    assert diversify(neg, np.array([1, 1, 2]), 0.25, 3).tolist() == [
+        0,
+        2,
+        1,
+    ]  # a negative score is pushed down too: −0.2 → −0.35
     groups_all = item_groups(torch.randn(41, 8), num_groups=4)
     assert groups_all[0] == -1 and set(groups_all[1:].tolist()) <= {0, 1, 2, 3}
 
 
 def test_weights_are_checked_against_the_models_actions(tmp_path):
     actions = ["like", "skip"]
-    assert combine({"like": torch.tensor([0.5]), "skip": torch.tensor([0.2])}, {"like": 2.0, "skip": -1.0}).item() == pytest.approx(0.8)
+    assert combine(
+        {"like": torch.tensor([0.5]), "skip": torch.tensor([0.2])}, {"like": 2.0, "skip": -1.0}
+    ).item() == pytest.approx(0.8)
     with pytest.raises(WeightsError, match=r"unknown action\(s\) \['lik'\]"):
         resolve_weights({"lik": 1.0}, "", actions, tmp_path)
     w = resolve_weights({"like": 1.0}, "", actions, tmp_path)

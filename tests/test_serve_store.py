@@ -15,20 +15,29 @@ ACTIONS = [ActionInfo("like", "binary", 2), ActionInfo("played_ratio", "ratio", 
 def _write_run(run_dir, num_users=50, without=(3, 17), seed=0):
     """Sequences per split in the prepared-data layout; users in `without` have none."""
     rng = np.random.default_rng(seed)
-    vocab = Vocabulary(items=np.array([f"i{j}" for j in range(40)]), users=np.array([f"user-{u:03d}" for u in range(num_users)]),
-                       contexts={"device": np.array(["web", "app"])})
+    vocab = Vocabulary(
+        items=np.array([f"i{j}" for j in range(40)]),
+        users=np.array([f"user-{u:03d}" for u in range(num_users)]),
+        contexts={"device": np.array(["web", "app"])},
+    )
     vocab.save(run_dir / "vocab")
     full = {}
     for u in range(num_users):
         if u in without:
             continue
         n = int(rng.integers(3, 12))
-        full[u] = {ITEM_COL: rng.integers(1, 41, n), ctx_col("device"): rng.integers(0, 3, n),
-                   act_col("like"): rng.integers(0, 2, n).astype(np.float32), act_col("played_ratio"): rng.random(n).astype(np.float32)}
+        full[u] = {
+            ITEM_COL: rng.integers(1, 41, n),
+            ctx_col("device"): rng.integers(0, 3, n),
+            act_col("like"): rng.integers(0, 2, n).astype(np.float32),
+            act_col("played_ratio"): rng.random(n).astype(np.float32),
+        }
     for split, cut in (("train", 2), ("validation", 1), ("test", 0)):
         rows = [{USER_IDX: u} | {k: v[: len(v) - cut].tolist() for k, v in seq.items()} for u, seq in full.items()]
         (run_dir / "data" / split).mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(rows[::-1]), run_dir / "data" / split / "part-0.parquet")  # order does not matter
+        pq.write_table(
+            pa.Table.from_pylist(rows[::-1]), run_dir / "data" / split / "part-0.parquet"
+        )  # order does not matter
     return vocab, full
 
 
@@ -41,7 +50,9 @@ def test_store_returns_each_users_longest_row_and_nothing_for_others(tmp_path):
         np.testing.assert_array_equal(ev.items, seq[ITEM_COL])
         np.testing.assert_array_equal(ev.contexts["device"], seq[ctx_col("device")])
         np.testing.assert_array_equal(ev.feedback["like"], target_code("binary", 2, seq[act_col("like")]))
-        np.testing.assert_array_equal(ev.feedback["played_ratio"], target_code("ratio", 10, seq[act_col("played_ratio")]))
+        np.testing.assert_array_equal(
+            ev.feedback["played_ratio"], target_code("ratio", 10, seq[act_col("played_ratio")])
+        )
     assert store.get("user-003") is None and "user-017" not in store  # in the vocabulary, no sequences
     assert store.get("nobody") is None and store.get("user-0000000000000001") is None and store.get("") is None
     assert store.stats()["events"] == sum(len(s[ITEM_COL]) for s in full.values())

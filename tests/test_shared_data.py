@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-
 from conftest import shared_file
 
 from argus_platform.data.quarantine import validate_chunk
@@ -43,11 +42,14 @@ def test_kuairand_multi_action_slice():
     assert abs(good["like"].mean() - 0.807) < 0.01 and abs(good["click"].mean() - 0.657) < 0.01
 
 
-@pytest.mark.parametrize("path, rows, first_genres", [
-    ("ml-1m/movies.dat", 3883, "Animation|Children's|Comedy"),
-    ("ml-100k/u.item", 1682, "Animation|Children's|Comedy"),
-    ("ml-latest-small/movies.csv", 9742, "Adventure|Animation|Children|Comedy|Fantasy"),
-])
+@pytest.mark.parametrize(
+    "path, rows, first_genres",
+    [
+        ("ml-1m/movies.dat", 3883, "Animation|Children's|Comedy"),
+        ("ml-100k/u.item", 1682, "Animation|Children's|Comedy"),
+        ("ml-latest-small/movies.csv", 9742, "Adventure|Animation|Children|Comedy|Fantasy"),
+    ],
+)
 def test_movielens_item_files_give_genre_and_year(path, rows, first_genres):
     from argus_platform.config import ItemFeaturesConfig
     from argus_platform.data.item_features import read_item_metadata
@@ -68,8 +70,9 @@ def test_ml1m_catalogue_is_covered_by_movies_dat(tmp_path):
     _, chunks = read_sasrec(shared_file("ml-1m/derived_ml-1m_chrono_userid_movieid.txt.gz"))
     items = pd.concat(chunks)["item_id"].unique()
     vocab = Vocabulary(items=np.array(items, dtype=str), users=np.array(["0"]))
-    table = build_item_features(ItemFeaturesConfig(path=str(shared_file("ml-1m/movies.dat")), format="movielens"),
-                                vocab, tmp_path / "q.parquet")
+    table = build_item_features(
+        ItemFeaturesConfig(path=str(shared_file("ml-1m/movies.dat")), format="movielens"), vocab, tmp_path / "q.parquet"
+    )
     st = table.stats
     assert st["catalogue_items_without_features"] == 0 and st["quarantined_rows"] == 0
     assert st["rows_outside_catalogue"] == 3883 - 3706 and st["values"]["genre"] == 18

@@ -3,7 +3,6 @@ batches, plain nn.Embedding tables with Adagrad and TorchRec's DMP with FBGEMM's
 take the same steps (equal losses), so its step-time ratio measures only the machinery."""
 
 import torch
-
 from conftest import TINY_TRAIN
 
 
@@ -15,7 +14,9 @@ def test_plain_tables_and_torchrec_train_identically(tmp_path):
     from argus_platform.train_loop import make_collators
     from argus_platform.trainer import model_schema
 
-    cfg = load_config(TrainJobConfig, overrides=[o for o in TINY_TRAIN if not o.startswith("scaling")] + ["model.dropout=0.0"])
+    cfg = load_config(
+        TrainJobConfig, overrides=[o for o in TINY_TRAIN if not o.startswith("scaling")] + ["model.dropout=0.0"]
+    )
     prepared = prepare_data(cfg.data, tmp_path)
     schema = model_schema(prepared, cfg.model)
     collate, _ = make_collators(cfg, schema, prepared.spec, rank=0)

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from conftest import TINY_TRAIN as TINY
+from conftest import run_train_job as _main
 
 from argus_platform.checkpoint import TrainState
-
-from conftest import TINY_TRAIN as TINY, run_train_job as _main
 
 
 def _checkpoints(run_dir):
@@ -15,7 +15,7 @@ def _checkpoints(run_dir):
 
 def test_train_then_resume(ray_local, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}"]]
+    args = [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}", "optim.log_every_steps=5"]]
     assert _main(args + ["--set=optim.epochs=2"]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) >= {"validation", "test", "baselines"}
@@ -35,7 +35,21 @@ def test_train_then_resume(ray_local, tmp_path, capsys):
     assert [h["epoch"] for h in state.history] == [1, 2, 3]
     assert all(0 <= h["input_wait_seconds"] <= h["epoch_seconds"] for h in state.history)
     assert all(h["cpu_stolen_fraction"] is None or 0 <= h["cpu_stolen_fraction"] <= 1 for h in state.history)
+    # curves: the loss of every epoch (the resumed one included), TensorBoard scalars, curves.png
+    assert [e for e, _ in state.train_losses] == [1, 2, 3]
+    _assert_curves(run_dir, epochs=3)
     _assert_checkpoint_reproduces_validation(_checkpoints(run_dir)[-1], run_dir, state.history[-1]["validation"])
+
+
+def _assert_curves(run_dir, epochs):
+    from tensorboard_events import scalar_series
+
+    series = scalar_series(run_dir / "tensorboard")
+    assert [step for step, _ in series["epoch/train_loss"]] == list(range(1, epochs + 1))
+    assert {"validation/ndcg_at_10", "epoch/train_events_per_second"} <= set(series)
+    assert any(tag.startswith("train/loss") for tag in series) and "lr/dense" in series
+    png = (run_dir / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
@@ -59,7 +73,15 @@ def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
     table = pq.ParquetDataset(str(run_dir / "data" / "validation")).read()
     batches = [table.slice(i, 50) for i in range(0, table.num_rows, 50)]
     counts = torch.from_numpy(np.load(ckpt / "train_item_counts.npy"))
-    got = evaluate(model.dense, local_lookup(model.dense, model.tables), batches, collator, counts, EvalConfig(), torch.device("cpu"))["model"]
+    got = evaluate(
+        model.dense,
+        local_lookup(model.dense, model.tables),
+        batches,
+        collator,
+        counts,
+        EvalConfig(),
+        torch.device("cpu"),
+    )["model"]
     assert got["users"] == recorded["users"]
     for key in ("ndcg@10", "hr@10", "mrr", "like/auc"):
         assert abs(got[key] - recorded[key]) < 1e-3, (key, got[key], recorded[key])
@@ -68,15 +90,22 @@ def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
 def test_bad_input_fails_with_named_file(ray_local, tmp_path, capsys):
     log = tmp_path / "events.csv"
     log.write_text("uid,iid,ts,like\n1,2,3,1\n1,3,4,5\n1,4,x,1\n2,2,1,0\n")
-    args = ["--set=data.source=events", f"--set=data.path={log}", "--set=data.spec.user_column=uid",
-            "--set=data.spec.item_column=iid", "--set=data.spec.timestamp_column=ts",
-            "--set=data.spec.actions=[{name: like, kind: binary}]", f"--set=run.dir={tmp_path / 'run'}"]
+    args = [
+        "--set=data.source=events",
+        f"--set=data.path={log}",
+        "--set=data.spec.user_column=uid",
+        "--set=data.spec.item_column=iid",
+        "--set=data.spec.timestamp_column=ts",
+        "--set=data.spec.actions=[{name: like, kind: binary}]",
+        f"--set=run.dir={tmp_path / 'run'}",
+    ]
     assert _main(args) == 2
     err = capsys.readouterr().err
     assert "events.csv: 2 of 4 rows (50.0%) are unusable" in err and "quarantine" in err
     assert (tmp_path / "run" / "quarantine" / "events.parquet").is_file()
 
 
+@pytest.mark.integration
 def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget_and_resumes(tmp_path):
     """The loop also runs under torchrun (no Ray Train). optim.epochs=0: epoch 1 and its evaluation
     are timed, the epochs and the validation cadence fitted into the rest of the budget, the cosine
@@ -87,11 +116,20 @@ def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget_and_resumes(tmp_
 
     root = Path(__file__).resolve().parents[1]
     run_dir = tmp_path / "tr"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29571",
-           str(root / "jobs" / "train_argus.py")] + [f"--set={kv}" for kv in TINY + [
-               f"run.dir={run_dir}", "optim.lr_schedule=cosine", "optim.warmup_steps=2"]]
-    proc = subprocess.run(cmd + ["--set=optim.epochs=0", "--set=optim.time_budget_minutes=0.15"],
-                          capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-port=29571",
+        str(root / "jobs" / "train_argus.py"),
+    ] + [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}", "optim.lr_schedule=cosine", "optim.warmup_steps=2"]]
+    proc = subprocess.run(
+        cmd + ["--set=optim.epochs=0", "--set=optim.time_budget_minutes=0.15"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epochs: fitted into the time budget of 0.15 min" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -118,17 +156,29 @@ def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
     tables: the job reports the features, the checkpoint carries the item → feature codes and the
     item → hash buckets, and the one-process model reproduces validation."""
     import numpy as np
+    from conftest import shared_file
 
     from argus_models.checkpoint import load_inference_model
     from argus_models.contract import Vocabulary
     from argus_models.hashing import catalogue_hash_codes
-    from conftest import shared_file
 
     run_dir = tmp_path / "ml100k"
-    args = ["data.source=movielens", f"data.path={shared_file('ml-100k/u.data')}", "data.item_features.format=movielens",
-            f"data.item_features.path={shared_file('ml-100k/u.item')}", "model.embedding_dim=16", "model.num_layers=1",
-            "model.max_seq_len=20", "model.multi_hash_buckets=97", "optim.batch_size=64", "optim.epochs=1", "optim.log_every_steps=0",
-            "optim.lr_schedule=cosine", "scaling.local_num_cpus=4", f"run.dir={run_dir}"]
+    args = [
+        "data.source=movielens",
+        f"data.path={shared_file('ml-100k/u.data')}",
+        "data.item_features.format=movielens",
+        f"data.item_features.path={shared_file('ml-100k/u.item')}",
+        "model.embedding_dim=16",
+        "model.num_layers=1",
+        "model.max_seq_len=20",
+        "model.multi_hash_buckets=97",
+        "optim.batch_size=64",
+        "optim.epochs=1",
+        "optim.log_every_steps=0",
+        "optim.lr_schedule=cosine",
+        "scaling.local_num_cpus=4",
+        f"run.dir={run_dir}",
+    ]
     assert _main([f"--set={kv}" for kv in args]) == 0
     out = capsys.readouterr().out
     assert "item features {'genre': 19, 'year': 71}" in out and "0 catalogue items without a row" in out

@@ -16,16 +16,26 @@ def cand():
     # 2 rows × 3 candidates; row 0's engaged item is candidate 1, row 1's is candidate 0
     items = np.array([[5, 6, 7], [8, 9, 0]])  # row 1 has only two candidates
     target = np.array([[False, True, False], [True, False, False]])
-    probs = {"like": np.array([[0.9, 0.5, 0.1], [0.2, 0.8, 0.0]]), "dislike": np.array([[0.0, 0.1, 0.6], [0.3, 0.0, 0.0]])}
+    probs = {
+        "like": np.array([[0.9, 0.5, 0.1], [0.2, 0.8, 0.0]]),
+        "dislike": np.array([[0.0, 0.1, 0.6], [0.3, 0.0, 0.0]]),
+    }
     observed = {"like": np.array([[0, 1, 0], [0, 0, 0]], float), "dislike": np.array([[0, 0, 0], [1, 0, 0]], float)}
-    oracle = {"like": np.array([[0.5, 0.7, 0.2], [0.1, 0.9, 0.0]]), "dislike": np.array([[0.1, 0.0, 0.5], [0.4, 0.0, 0.0]])}
+    oracle = {
+        "like": np.array([[0.5, 0.7, 0.2], [0.1, 0.9, 0.0]]),
+        "dislike": np.array([[0.1, 0.0, 0.5], [0.4, 0.0, 0.0]]),
+    }
     return CandidateSet(items, target, probs, observed, oracle)
 
 
 def test_replay_metrics_match_hand_computed_values(cand):
     gains = {"like": 2.0, "dislike": -3.0}
-    specs = [MetricSpec(name="u1", kind="utility", gains=gains, k=1), MetricSpec(name="u2", kind="utility", gains=gains, k=2),
-             MetricSpec(name="d2", kind="rate", action="dislike", k=2), MetricSpec(name="n3", kind="ndcg", gains=gains, k=3)]
+    specs = [
+        MetricSpec(name="u1", kind="utility", gains=gains, k=1),
+        MetricSpec(name="u2", kind="utility", gains=gains, k=2),
+        MetricSpec(name="d2", kind="rate", action="dislike", k=2),
+        MetricSpec(name="n3", kind="ndcg", gains=gains, k=3),
+    ]
     # weights like=1: row 0 order [0, 1, 2] (engaged at position 2), row 1 order [1, 0] (engaged at 2)
     got = evaluate(cand, {"like": 1.0, "dislike": 0.0}, specs)
     assert got["u1"] == pytest.approx(0.0)
@@ -65,9 +75,13 @@ def test_expected_actions_match_the_generators_sampling():
 
 
 def test_weight_signs_follow_the_objectives_gains_and_selection_respects_constraints():
-    cfg = TuneWeightsConfig(objectives=[MetricSpec(name="a", kind="utility", gains={"like": 5, "skip": -1}),
-                                        MetricSpec(name="b", kind="rate", action="dislike", goal="min")],
-                            search=SearchConfig(weight_low=-2, weight_high=3))
+    cfg = TuneWeightsConfig(
+        objectives=[
+            MetricSpec(name="a", kind="utility", gains={"like": 5, "skip": -1}),
+            MetricSpec(name="b", kind="rate", action="dislike", goal="min"),
+        ],
+        search=SearchConfig(weight_low=-2, weight_high=3),
+    )
     assert weight_range(cfg, "like") == (0.0, 3) and weight_range(cfg, "skip") == (-2, 0.0)
     assert weight_range(cfg, "dislike") == (-2, 3)  # no gain names it
     df = pd.DataFrame({"a": [1.0, 2.0, 3.0, 2.5], "b": [0.1, 0.2, 0.5, 0.1], "violation": [0, 0, 0, 0.3]})

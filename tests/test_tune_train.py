@@ -6,18 +6,29 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, TINY_TRAIN
 
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config
 
-from conftest import ROOT, TINY_TRAIN
+pytestmark = pytest.mark.integration  # several processes or subprocesses (make test-fast skips)
+
 
 @pytest.mark.slow  # four Ray Train trials under Tune in their own Ray: ~3 minutes on 2 cores
 def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path):
     out = tmp_path / "tt"
-    overrides = [kv for kv in TINY_TRAIN if not kv.startswith("scaling.")] + ["optim.epochs=2", "optim.log_every_steps=0"]
-    args = [sys.executable, str(ROOT / "jobs" / "tune_train.py"), f"--set=out_dir={out}", "--set=num_samples=4",
-            "--set=grace_period=1", f"--set=train_overrides={json.dumps(overrides)}"]
+    overrides = [kv for kv in TINY_TRAIN if not kv.startswith("scaling.")] + [
+        "optim.epochs=2",
+        "optim.log_every_steps=0",
+    ]
+    args = [
+        sys.executable,
+        str(ROOT / "jobs" / "tune_train.py"),
+        f"--set=out_dir={out}",
+        "--set=num_samples=4",
+        "--set=grace_period=1",
+        f"--set=train_overrides={json.dumps(overrides)}",
+    ]
     # its own Ray, without the dashboard: stopped trials' workers are released without the state API
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -30,5 +41,8 @@ def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path)
     assert len(list((out / "trials").glob("*/checkpoint_*"))) >= 4, "every trial is a Ray Train run leaving checkpoints"
     best = load_config(TrainJobConfig, out / "best_config.yaml", [])
     sampled = report["best"]["config"]
-    assert best.optim.dense_lr == sampled["optim.dense_lr"] and best.loss.action_weights["like"] == sampled["loss.action_weights.like"]
+    assert (
+        best.optim.dense_lr == sampled["optim.dense_lr"]
+        and best.loss.action_weights["like"] == sampled["loss.action_weights.like"]
+    )
     assert best.optim.epochs == 2 and best.run.dir == ""

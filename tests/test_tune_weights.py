@@ -10,20 +10,23 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from argus_models.weights import load_weights_file
 from argus_platform.tuning.config import CandidateConfig, SearchConfig, TuneWeightsConfig
 from argus_platform.tuning.weights_job import tune_weights
 from argus_serve.weights import resolve_weights
 
-from conftest import ROOT
-
 ACTIONS = ["skip", "like", "dislike", "played_ratio"]
 
 
 def _cfg(run_dir, out_dir, **search):
-    return TuneWeightsConfig(run=str(run_dir), out_dir=str(out_dir), candidates=CandidateConfig(retrieve_n=10, concurrency=1),
-                             search=SearchConfig(num_samples=search.pop("num_samples", 8), **search))
+    return TuneWeightsConfig(
+        run=str(run_dir),
+        out_dir=str(out_dir),
+        candidates=CandidateConfig(retrieve_n=10, concurrency=1),
+        search=SearchConfig(num_samples=search.pop("num_samples", 8), **search),
+    )
 
 
 def test_search_writes_weights_serve_reads_and_a_report_with_oracle_regret(tiny_run, tmp_path):
@@ -50,7 +53,10 @@ def test_search_writes_weights_serve_reads_and_a_report_with_oracle_regret(tiny_
     assert set(report["test_improvement"]["engagement"]) == {"vs_default", "vs_uniform"}
     # the hand-set weights are the first trial and the choice is the front's best engagement, so the
     # chosen weights are never below the hand-set ones on validation engagement
-    assert ev["validation"]["tuned"]["observed"]["engagement"] >= ev["validation"]["default"]["observed"]["engagement"] - 1e-12
+    assert (
+        ev["validation"]["tuned"]["observed"]["engagement"]
+        >= ev["validation"]["default"]["observed"]["engagement"] - 1e-12
+    )
 
     # same seed, same trials (the candidate cache is reused)
     again = tmp_path / "again"
@@ -79,8 +85,15 @@ def test_single_objective_uses_tpe_and_bad_objectives_are_refused(tiny_run, tmp_
 @pytest.mark.slow  # two searches of the weights, ~140 s on 2 cores; the one-search tests above stay in CI
 def test_an_interrupted_search_resumes(tiny_run, tmp_path):
     out = tmp_path / "tune"
-    args = [sys.executable, str(ROOT / "jobs" / "tune_weights.py"), f"--set=run={tiny_run}", f"--set=out_dir={out}",
-            "--set=candidates.retrieve_n=10", "--set=search.num_samples=120", "--set=local_num_cpus=2"]
+    args = [
+        sys.executable,
+        str(ROOT / "jobs" / "tune_weights.py"),
+        f"--set=run={tiny_run}",
+        f"--set=out_dir={out}",
+        "--set=candidates.retrieve_n=10",
+        "--set=search.num_samples=120",
+        "--set=local_num_cpus=2",
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:  # interrupt once the search has started
         if line.startswith("[tune] searching"):

@@ -16,24 +16,34 @@ DAY = 86_400
 def _write(path, rows):
     """rows: (uid, item, t, is_organic, played_ratio_pct, event_type); the schema as published."""
     uid, item, t, org, pct, kind = zip(*rows)
-    table = pa.table({
-        "uid": pa.array(uid, pa.uint32()), "item_id": pa.array(item, pa.uint32()), "timestamp": pa.array(t, pa.uint32()),
-        "is_organic": pa.array(org, pa.uint8()), "played_ratio_pct": pa.array(pct, pa.uint16()),
-        "track_length_seconds": pa.array([180 if k == "listen" else None for k in kind], pa.uint32()),
-        "event_type": pa.array(kind).dictionary_encode(),  # an enum column, as the published files have
-    })
+    table = pa.table(
+        {
+            "uid": pa.array(uid, pa.uint32()),
+            "item_id": pa.array(item, pa.uint32()),
+            "timestamp": pa.array(t, pa.uint32()),
+            "is_organic": pa.array(org, pa.uint8()),
+            "played_ratio_pct": pa.array(pct, pa.uint16()),
+            "track_length_seconds": pa.array([180 if k == "listen" else None for k in kind], pa.uint32()),
+            "event_type": pa.array(kind).dictionary_encode(),  # an enum column, as the published files have
+        }
+    )
     pq.write_table(table, path, row_group_size=3)
     return path
 
 
 ROWS = [
-    (1, 10, 100, 1, 80, "listen"), (1, 10, 105, 1, None, "like"),        # the like marks that listen
-    (1, 11, 200, 0, 30, "listen"), (1, 11, 210, 0, None, "like"), (1, 11, 220, 0, None, "unlike"),  # cancelled
-    (1, 12, 230, 0, None, "dislike"),                                    # no listen of item 12: quarantined
-    (1, 10, 300, 1, 120, "listen"),                                      # ratio above 100 %
-    (2, 10, 50, 0, 10, "listen"), (2, 10, 60, 0, None, "dislike"), (2, 10, 70, 0, None, "undislike"),
-    (2, 10, 80, 0, None, "dislike"),                                     # disliked again: stands, marks the t=50 listen
-    (2, 13, 90, 0, None, "listen"),                                      # a listen without its ratio: quarantined
+    (1, 10, 100, 1, 80, "listen"),
+    (1, 10, 105, 1, None, "like"),  # the like marks that listen
+    (1, 11, 200, 0, 30, "listen"),
+    (1, 11, 210, 0, None, "like"),
+    (1, 11, 220, 0, None, "unlike"),  # cancelled
+    (1, 12, 230, 0, None, "dislike"),  # no listen of item 12: quarantined
+    (1, 10, 300, 1, 120, "listen"),  # ratio above 100 %
+    (2, 10, 50, 0, 10, "listen"),
+    (2, 10, 60, 0, None, "dislike"),
+    (2, 10, 70, 0, None, "undislike"),
+    (2, 10, 80, 0, None, "dislike"),  # disliked again: stands, marks the t=50 listen
+    (2, 13, 90, 0, None, "listen"),  # a listen without its ratio: quarantined
     (3, 14, 40, 1, 50, "listen"),
 ]
 
@@ -46,8 +56,12 @@ def test_listens_become_events_with_their_marks(tmp_path, monkeypatch, batch_row
     spec, chunks = yambda.read_yambda(_write(tmp_path / "multi_event.parquet", ROWS))
     summary = write_canonical(spec, chunks, "yambda", tmp_path / "events.parquet", tmp_path / "q.parquet", 0.5)
     events = pq.read_table(tmp_path / "events.parquet").to_pandas().sort_values(["user_id", "timestamp"])
-    got = [tuple(r) for r in events[["user_id", "item_id", "timestamp", "source", "played_ratio", "listen_plus", "like", "dislike"]]
-           .itertuples(index=False)]
+    got = [
+        tuple(r)
+        for r in events[
+            ["user_id", "item_id", "timestamp", "source", "played_ratio", "listen_plus", "like", "dislike"]
+        ].itertuples(index=False)
+    ]
     assert got == [
         ("1", "10", 100, "organic", pytest.approx(0.8), 1.0, 1.0, 0.0),
         ("1", "11", 200, "recommended", pytest.approx(0.3), 0.0, 0.0, 0.0),
@@ -56,8 +70,10 @@ def test_listens_become_events_with_their_marks(tmp_path, monkeypatch, batch_row
         ("3", "14", 40, "organic", 0.5, 1.0, 0.0, 0.0),
     ]
     assert summary["quarantined_rows"] == 2
-    assert summary["quarantine_reasons"] == {"dislike without an earlier listen of the item": 1,
-                                             "listen without played_ratio_pct": 1}
+    assert summary["quarantine_reasons"] == {
+        "dislike without an earlier listen of the item": 1,
+        "listen without played_ratio_pct": 1,
+    }
     q = pq.read_table(tmp_path / "q.parquet").to_pandas()
     assert sorted(q["_row"].astype(int)) == [5, 11]  # row numbers in the source file
 
@@ -93,8 +109,15 @@ def test_global_temporal_split_has_the_last_day_as_test_and_gaps_before_each_win
     assert train_end == val_start - 1800
     splits = {s: pq.ParquetDataset(p).read().to_pandas() for s, p in prepared.paths.items()}
     assert all(max(ts) < train_end for ts in splits["train"]["timestamp"])
-    assert all(val_start <= ts[-1] < val_end and (len(ts) < 2 or ts[-2] < val_start) for ts in splits["validation"]["timestamp"])
+    assert all(
+        val_start <= ts[-1] < val_end and (len(ts) < 2 or ts[-2] < val_start)
+        for ts in splits["validation"]["timestamp"]
+    )
     assert all(ts[-1] >= test_start and ts[-2] < test_start for ts in splits["test"]["timestamp"])
     assert len(splits["test"]) == len(splits["validation"]) == 5
-    assert prepared.spec.context_columns == ["source"] and [a.name for a in prepared.spec.actions] == \
-        ["played_ratio", "listen_plus", "like", "dislike"]
+    assert prepared.spec.context_columns == ["source"] and [a.name for a in prepared.spec.actions] == [
+        "played_ratio",
+        "listen_plus",
+        "like",
+        "dislike",
+    ]

@@ -65,8 +65,10 @@ def load_inference_model(checkpoint: str | Path, device: str | torch.device = "c
     with warnings.catch_warnings():  # a single-process load is the point here, not an accident
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         dcp.load({"model": state}, checkpoint_id=str(checkpoint), no_dist=True)
-    dense.load_state_dict({k[len(DENSE_PREFIX):]: v for k, v in state.items() if k.startswith(DENSE_PREFIX)})
-    tables = {k[len(TABLE_PREFIX):-len(".weight")]: v.to(device) for k, v in state.items() if k.startswith(TABLE_PREFIX)}
+    dense.load_state_dict({k[len(DENSE_PREFIX) :]: v for k, v in state.items() if k.startswith(DENSE_PREFIX)})
+    tables = {
+        k[len(TABLE_PREFIX) : -len(".weight")]: v.to(device) for k, v in state.items() if k.startswith(TABLE_PREFIX)
+    }
     tables = dense.to(device).local_tables(tables)  # multi-hash: each item's [E_item ; E_h1 ; …] row
     return InferenceModel(config=cfg, schema=schema, dense=dense.to(device).eval(), tables=tables)
 
@@ -106,7 +108,9 @@ def best_checkpoint(run_dir: Path) -> Path:
     for ckpt in reversed(ckpts):
         if checkpoint_epoch(ckpt).get("epoch") == best_epoch:
             return ckpt
-    _log.warning("%s: the best epoch's (%s) checkpoint was not kept; serving the latest, %s", run_dir, best_epoch, ckpts[-1].name)
+    _log.warning(
+        "%s: the best epoch's (%s) checkpoint was not kept; serving the latest, %s", run_dir, best_epoch, ckpts[-1].name
+    )
     return ckpts[-1]
 
 
@@ -143,7 +147,11 @@ def wait_for_run(path: str, timeout_s: float, poll_s: float = 10.0) -> None:
             raise CheckpointError(f"{run_dir}: training did not finish within {timeout_s:g}s (no metrics.json)")
         if now - last_said >= 60:
             kept = len(_checkpoints(run_dir)) if run_dir.is_dir() else 0
-            _log.warning("waiting for the training run %s to finish (%d checkpoint(s) so far; %.0fs left)",
-                         run_dir, kept, deadline - now)
+            _log.warning(
+                "waiting for the training run %s to finish (%d checkpoint(s) so far; %.0fs left)",
+                run_dir,
+                kept,
+                deadline - now,
+            )
             last_said = now
         time.sleep(min(poll_s, max(deadline - now, 0.1)))

@@ -19,36 +19,50 @@ class ModelConfig:
     dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, residual branches and FFN"})
     attention_dropout: float = field(
         default=0.0,
-        metadata={"help": "dropout on attention probabilities; above 0 the CPU attention leaves its fused kernel for "
-                          "one that materialises [B, heads, S, S] scores (and masks)"},
+        metadata={
+            "help": "dropout on attention probabilities; above 0 the CPU attention leaves its fused kernel for "
+            "one that materialises [B, heads, S, S] scores (and masks)"
+        },
     )
-    max_seq_len: int = field(default=50, metadata={"help": "history events the encoder reads (training job: 0 = auto, "
-                                                           "from the training histories' lengths)"})
+    max_seq_len: int = field(
+        default=50,
+        metadata={
+            "help": "history events the encoder reads (training job: 0 = auto, from the training histories' lengths)"
+        },
+    )
     positions: Literal["rope", "learned"] = field(default="rope", metadata={"help": "rope or learned positions"})
     tokenization: Literal["one_token", "three_token"] = field(
         default="one_token",
-        metadata={"help": "one_token: Proj([E_ctx; E_item; E_fb]) per event; three_token: context, item and "
-                          "feedback tokens per event (next item read at the context token, feedback at the item token)"},
+        metadata={
+            "help": "one_token: Proj([E_ctx; E_item; E_fb]) per event; three_token: context, item and "
+            "feedback tokens per event (next item read at the context token, feedback at the item token)"
+        },
     )
     activation_checkpointing: bool = field(
         default=False, metadata={"help": "recompute each transformer block in backward (memory for compute)"}
     )
     compile_blocks: bool = field(
         default=False,
-        metadata={"help": "torch.compile each transformer block for training (inductor fuses the norms, RoPE and "
-                          "SwiGLU; the first steps pay for compilation, worth it on GPUs)"},
+        metadata={
+            "help": "torch.compile each transformer block for training (inductor fuses the norms, RoPE and "
+            "SwiGLU; the first steps pay for compilation, worth it on GPUs)"
+        },
     )
     length_groups: int = field(
         default=1,
-        metadata={"help": "run the causal encoder on this many groups of rows sorted by length, each cut to its "
-                          "longest row: the same outputs at every valid position with fewer padded positions "
-                          "computed (ML-1M on 2 CPU workers, 4 groups: an epoch from 44 s to 37 s); 1 = off; "
-                          "training job: 0 = auto, from the padding the histories' lengths would leave"},
+        metadata={
+            "help": "run the causal encoder on this many groups of rows sorted by length, each cut to its "
+            "longest row: the same outputs at every valid position with fewer padded positions "
+            "computed (ML-1M on 2 CPU workers, 4 groups: an epoch from 44 s to 37 s); 1 = off; "
+            "training job: 0 = auto, from the padding the histories' lengths would leave"
+        },
     )
     multi_hash_buckets: int = field(
         default=0,
-        metadata={"help": "multi-hash item embeddings: rows of each hash table (hashes of the raw item id; "
-                          "item vector = Linear([E_item; E_h1; ...])); 0 = off"},
+        metadata={
+            "help": "multi-hash item embeddings: rows of each hash table (hashes of the raw item id; "
+            "item vector = Linear([E_item; E_h1; ...])); 0 = off"
+        },
     )
     multi_hash_tables: int = field(default=2, metadata={"help": "number of hash tables when multi_hash_buckets > 0"})
     normalize_embeddings: bool = field(
@@ -112,9 +126,13 @@ class ModelSchema:
 def multi_hash_buckets(cfg: ModelConfig) -> list[int]:
     """Rows of each multi-hash item table that `cfg` asks for ([] = off)."""
     if cfg.multi_hash_buckets < 0:
-        raise ValueError(f"model.multi_hash_buckets is {cfg.multi_hash_buckets}; use 0 (off) or the rows per hash table")
+        raise ValueError(
+            f"model.multi_hash_buckets is {cfg.multi_hash_buckets}; use 0 (off) or the rows per hash table"
+        )
     if cfg.multi_hash_buckets == 0:
         return []
     if cfg.multi_hash_tables < 1:
-        raise ValueError(f"model.multi_hash_tables is {cfg.multi_hash_tables}; multi-hash embeddings need at least 1 table")
+        raise ValueError(
+            f"model.multi_hash_tables is {cfg.multi_hash_tables}; multi-hash embeddings need at least 1 table"
+        )
     return [cfg.multi_hash_buckets] * cfg.multi_hash_tables

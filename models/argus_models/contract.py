@@ -36,7 +36,7 @@ def list_values(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     offsets = arr.offsets.to_numpy().astype(np.int64)
     values = arr.values.to_numpy(zero_copy_only=False)
-    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
+    return values[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
 def action_valid(kind: str, levels: list[float], values: np.ndarray) -> np.ndarray:
@@ -94,12 +94,21 @@ class Vocabulary:
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"raw_id": self.items, "index": np.arange(1, len(self.items) + 1)}), d / "items.parquet")
+        pq.write_table(
+            pa.table({"raw_id": self.items, "index": np.arange(1, len(self.items) + 1)}), d / "items.parquet"
+        )
         pq.write_table(pa.table({"raw_id": self.users, "index": np.arange(len(self.users))}), d / "users.parquet")
         for c, values in self.contexts.items():
-            pq.write_table(pa.table({"value": values, "index": np.arange(1, len(values) + 1)}), d / f"context_{c}.parquet")
-        meta = {"format_version": FORMAT_VERSION, "version": self.version(), "num_items": self.num_items,
-                "num_users": len(self.users), "contexts": list(self.contexts)}
+            pq.write_table(
+                pa.table({"value": values, "index": np.arange(1, len(values) + 1)}), d / f"context_{c}.parquet"
+            )
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "version": self.version(),
+            "num_items": self.num_items,
+            "num_users": len(self.users),
+            "contexts": list(self.contexts),
+        }
         (d / "vocab.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -110,7 +119,9 @@ class Vocabulary:
             raise FileNotFoundError(f"no vocabulary at {d} (vocab.json missing)")
         meta = json.loads(meta_path.read_text())
         if meta["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: vocabulary format {meta['format_version']}, this code reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"{meta_path}: vocabulary format {meta['format_version']}, this code reads {FORMAT_VERSION}"
+            )
         col = lambda name, f: pq.read_table(d / name).column(f).to_numpy(zero_copy_only=False).astype(str)  # noqa: E731
         vocab = cls(
             items=col("items.parquet", "raw_id"),

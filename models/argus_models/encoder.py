@@ -79,7 +79,9 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.embedding_dim % cfg.num_heads:
-            raise ValueError(f"model.embedding_dim={cfg.embedding_dim} is not divisible by model.num_heads={cfg.num_heads}")
+            raise ValueError(
+                f"model.embedding_dim={cfg.embedding_dim} is not divisible by model.num_heads={cfg.num_heads}"
+            )
         self.num_heads = cfg.num_heads
         self.use_rope = cfg.positions == "rope"
         self.qkv = nn.Linear(cfg.embedding_dim, 3 * cfg.embedding_dim, bias=False)
@@ -175,14 +177,21 @@ class CausalEncoder(nn.Module):
         return cache[key]
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, S, D] right-padded; lengths: [B]; mask: optional bool [B or 1, 1, S, S] replacing
         the causal one; positions: optional [B, S] position ids (default 0..S-1). Returns [B, S, D]."""
         B, S, D = x.shape
         last = S - 1 if positions is None else int(positions.max())
         if last >= self.max_tokens:
-            raise ValueError(f"position {last} is past the encoder's {self.max_tokens} tokens (model.max_seq_len={self.cfg.max_seq_len})")
+            raise ValueError(
+                f"position {last} is past the encoder's {self.max_tokens} tokens "
+                f"(model.max_seq_len={self.cfg.max_seq_len})"
+            )
         pos = torch.arange(S, device=x.device) if positions is None else positions
         rope = None
         if self.pos is not None:

@@ -62,7 +62,9 @@ class SlateBatch(Pipelineable):
         return self._map(lambda t: t.pin_memory())
 
 
-def pairwise_loss(scores: torch.Tensor, clicked: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pairwise_loss(
+    scores: torch.Tensor, clicked: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BPR over every (clicked, not clicked) pair of a slate. scores/clicked/valid: [R, K].
 
     Returns (mean loss over pairs, number of pairs)."""
@@ -107,7 +109,9 @@ class SlateObjective(nn.Module):
             return torch.einsum("rd,rkd->rk", self.dense.query(h), slate_vec)
         return self.dense.feedback_logits(h[:, None, :].expand(-1, K, -1), slate_vec)
 
-    def _isolated_slates(self, emb: dict[str, torch.Tensor], batch: SlateBatch, slate_vec: torch.Tensor) -> torch.Tensor:
+    def _isolated_slates(
+        self, emb: dict[str, torch.Tensor], batch: SlateBatch, slate_vec: torch.Tensor
+    ) -> torch.Tensor:
         """One pass per user: every slate item of every request of the row goes after the row's
         window, attending to the history before its request (and to itself). Returns [R, K, Σ]."""
         R, K, D = slate_vec.shape
@@ -150,7 +154,9 @@ class SlateObjective(nn.Module):
 class SlateTask(nn.Module):
     """Sparse arch + slate objective; `forward(batch) -> (loss, logs)` for TrainPipelineSparseDist."""
 
-    def __init__(self, sparse: ArgusSparseArch, objective: SlateObjective, precision: str = "fp32", device_type: str = "cpu") -> None:
+    def __init__(
+        self, sparse: ArgusSparseArch, objective: SlateObjective, precision: str = "fp32", device_type: str = "cpu"
+    ) -> None:
         super().__init__()
         self.sparse, self.objective = sparse, objective
         self.precision, self.device_type = precision, device_type

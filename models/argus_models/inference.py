@@ -49,15 +49,20 @@ class Events:
         return len(self.items)
 
     def tail(self, n: int) -> "Events":
-        return Events(self.items[-n:], {k: v[-n:] for k, v in self.contexts.items()}, {k: v[-n:] for k, v in self.feedback.items()},
-                      None if self.hashes is None else self.hashes[-n:])
+        return Events(
+            self.items[-n:],
+            {k: v[-n:] for k, v in self.contexts.items()},
+            {k: v[-n:] for k, v in self.feedback.items()},
+            None if self.hashes is None else self.hashes[-n:],
+        )
 
     def concat(self, other: "Events") -> "Events":
         hashes = None
         if self.hashes is not None or other.hashes is not None:
             k = (self.hashes if self.hashes is not None else other.hashes).shape[1]
-            hashes = np.concatenate([e.hashes if e.hashes is not None else np.zeros((len(e), k), dtype=np.int64)
-                                     for e in (self, other)])
+            hashes = np.concatenate(
+                [e.hashes if e.hashes is not None else np.zeros((len(e), k), dtype=np.int64) for e in (self, other)]
+            )
         return Events(
             np.concatenate([self.items, other.items]),
             {k: np.concatenate([v, other.contexts[k]]) for k, v in self.contexts.items()},
@@ -79,7 +84,9 @@ def hashed_item_rows(model: InferenceModel, codes: np.ndarray) -> torch.Tensor:
     return torch.cat([torch.zeros_like(hashed[0]), *hashed], dim=-1)
 
 
-def next_event_inputs(model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]) -> tuple[dict, torch.Tensor]:
+def next_event_inputs(
+    model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]
+) -> tuple[dict, torch.Tensor]:
     """Padded windows: each row's (last max_seq_len) history plus one next event whose item is
     unknown (padding id 0) and whose context is the request's. Returns ({feature: [B, W, D]}, lengths [B])."""
     schema, tables = model.schema, model.tables
@@ -107,7 +114,9 @@ def next_event_inputs(model: InferenceModel, histories: list[Events], next_conte
 
 
 @torch.no_grad()
-def encode_next(model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_next(
+    model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Heads' input [B, H] and next-item query [B, D] for the event after each history."""
     emb, lengths = next_event_inputs(model, histories, next_contexts)
     _, head_in = model.dense.encode(emb, lengths)  # [B, W-1, H]
@@ -175,7 +184,9 @@ class RescoredIndex(_Searcher):
     def __init__(self, vectors: torch.Tensor, margin: int = 64) -> None:
         faiss, data = _faiss(vectors)
         self.vectors, self.num_items, self.margin = data, data.shape[0], margin
-        self.index = faiss.IndexScalarQuantizer(data.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        self.index = faiss.IndexScalarQuantizer(
+            data.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
         self.index.train(data)
         self.index.add(data)
 
@@ -186,8 +197,12 @@ class RescoredIndex(_Searcher):
         return scores.astype(np.float32), rows
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "items": self.num_items, "margin": self.margin,
-                "bytes": int(self.index.sa_code_size()) * self.num_items}
+        return {
+            "kind": self.kind,
+            "items": self.num_items,
+            "margin": self.margin,
+            "bytes": int(self.index.sa_code_size()) * self.num_items,
+        }
 
 
 class FaissIndex(_Searcher):
@@ -203,7 +218,9 @@ class FaissIndex(_Searcher):
 
     kind = "faiss-ivf"
 
-    def __init__(self, vectors: torch.Tensor, lists: int = 0, probe: int = 32, cache_dir: Path | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, vectors: torch.Tensor, lists: int = 0, probe: int = 32, cache_dir: Path | None = None, seed: int = 0
+    ) -> None:
         t0 = time.perf_counter()
         faiss, data = _faiss(vectors)
         n, d = data.shape
@@ -221,18 +238,34 @@ class FaissIndex(_Searcher):
             if path is not None:
                 write_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
         if self.index.ntotal != n or self.index.d != d:
-            raise ValueError(f"{path} holds {self.index.ntotal} × {self.index.d} vectors, the model has {data.shape}; delete it")
+            raise ValueError(
+                f"{path} holds {self.index.ntotal} × {self.index.d} vectors, the model has {data.shape}; delete it"
+            )
         self.index.nprobe = min(probe, lists)
         self.num_items, self.lists, self.path = n, lists, path
         self.build_seconds = time.perf_counter() - t0
         self.bytes = path.stat().st_size if path is not None else int(faiss.serialize_index(self.index).size)
-        log.info("FAISS IVF-Flat over %d items (%d lists, %d probed): %s in %.1fs, %.0f MiB", n, lists, self.index.nprobe,
-                 f"read from {path}" if self.cached else "trained", self.build_seconds, self.bytes / 2**20)
+        log.info(
+            "FAISS IVF-Flat over %d items (%d lists, %d probed): %s in %.1fs, %.0f MiB",
+            n,
+            lists,
+            self.index.nprobe,
+            f"read from {path}" if self.cached else "trained",
+            self.build_seconds,
+            self.bytes / 2**20,
+        )
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "items": self.num_items, "build_seconds": round(self.build_seconds, 2),
-                "from_cache": self.cached, "bytes": self.bytes, "file": str(self.path) if self.path else None,
-                "lists": self.lists, "probe": self.index.nprobe}
+        return {
+            "kind": self.kind,
+            "items": self.num_items,
+            "build_seconds": round(self.build_seconds, 2),
+            "from_cache": self.cached,
+            "bytes": self.bytes,
+            "file": str(self.path) if self.path else None,
+            "lists": self.lists,
+            "probe": self.index.nprobe,
+        }
 
 
 def ivf_lists(num_items: int) -> int:
@@ -257,8 +290,14 @@ def _drop_excluded(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
 SCANS = ("sq8", "float32")
 
 
-def build_index(vectors: torch.Tensor, ann_min_items: int, ann_lists: int = 0, ann_probe: int = 32,
-                cache_dir: Path | None = None, scan: str = "sq8") -> ExactIndex | RescoredIndex | FaissIndex:
+def build_index(
+    vectors: torch.Tensor,
+    ann_min_items: int,
+    ann_lists: int = 0,
+    ann_probe: int = 32,
+    cache_dir: Path | None = None,
+    scan: str = "sq8",
+) -> ExactIndex | RescoredIndex | FaissIndex:
     """FAISS IVF from `ann_min_items` items (0 = never); below it every item is scanned, from 8-bit
     codes with the shortlist re-scored exactly (`scan="sq8"`) or in float32 (`scan="float32"`)."""
     if scan not in SCANS:

@@ -42,17 +42,19 @@ class ItemFeatureTower(nn.Module):
     def set_codes(self, local: torch.Tensor) -> None:
         """local: [C+1, S] per-feature codes (1..V_f-1, 0 = none) as the data preparation wrote them."""
         if tuple(local.shape) != tuple(self.codes.shape):
-            raise ValueError(f"item feature codes have shape {tuple(local.shape)}; the model expects {tuple(self.codes.shape)}")
+            raise ValueError(
+                f"item feature codes have shape {tuple(local.shape)}; the model expects {tuple(self.codes.shape)}"
+            )
         local = local.to(torch.int64)
         col, base = 0, 0
         for f in self.features:
-            block = local[:, col:col + f.slots]
+            block = local[:, col : col + f.slots]
             if int(block.max()) >= f.num_values or int(block.min()) < 0:
                 raise ValueError(f"item feature {f.name!r}: codes outside 0..{f.num_values - 1}")
             present = block > 0
-            self.codes[:, col:col + f.slots] = torch.where(present, block + base, 0)
+            self.codes[:, col : col + f.slots] = torch.where(present, block + base, 0)
             count = present.sum(dim=1, keepdim=True).clamp_min(1)
-            self.weights[:, col:col + f.slots] = present.float() / count
+            self.weights[:, col : col + f.slots] = present.float() / count
             col, base = col + f.slots, base + f.num_values - 1
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -195,13 +195,13 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         grad_e = torch.zeros(e.shape, dtype=torch.float32, device=e.device) if need_grad else None
         bf16 = dtype == torch.bfloat16
         for i, s in enumerate(range(0, n, chunk)):
-            qc = q[s:s + chunk]
+            qc = q[s : s + chunk]
             m = qc.shape[0]
             qc = pad_rows(qc, bf16)  # the last chunk's rows padded for bf16 kernels (argus_models.rows)
             z = (qc @ e.T)[:m].float()
-            z[ex_rows[bounds[i]:bounds[i + 1]] - s, ex_items[bounds[i]:bounds[i + 1]] - 1] = float("-inf")
+            z[ex_rows[bounds[i] : bounds[i + 1]] - s, ex_items[bounds[i] : bounds[i + 1]] - 1] = float("-inf")
             rows = torch.arange(z.shape[0], device=z.device)
-            cols = targets[s:s + chunk] - 1
+            cols = targets[s : s + chunk] - 1
             top = z.amax(dim=1)
             target_logit = z[rows, cols]
             p = z.sub_(top[:, None]).exp_()  # unnormalised softmax, in place of the logits
@@ -211,7 +211,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
                 g = p.mul_((1.0 / n) / denom[:, None])  # softmax / N
                 g[rows, cols] -= 1.0 / n
                 g = pad_rows(g.to(dtype), bf16)  # zero rows where qc has them
-                grad_q[s:s + chunk] = (g @ e)[:m]
+                grad_q[s : s + chunk] = (g @ e)[:m]
                 grad_e += (g.T @ qc).float()
         ctx.save_for_backward(grad_q, grad_e.to(items.dtype) if need_grad else None)
         return total / n
@@ -219,12 +219,24 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_q, grad_e = ctx.saved_tensors
-        return grad_q * grad_loss.to(grad_q.dtype), grad_e * grad_loss.to(grad_e.dtype), None, None, None, None, None, None
+        return (
+            grad_q * grad_loss.to(grad_q.dtype),
+            grad_e * grad_loss.to(grad_e.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def chunked_full_softmax_loss(
-    query: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-    excluded: tuple[torch.Tensor, torch.Tensor] | None = None, chunk_elements: int | None = None,
+    query: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    chunk_elements: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of `query @ items.T` over the catalogue: equal to
     `full_softmax_loss(query @ items.T, targets, excluded).mean()`, made chunk by chunk (see

@@ -81,14 +81,33 @@ def embedding_configs(schema: ModelSchema, dim: int) -> list[EmbeddingConfig]:
         )
     ]
     for k, buckets in enumerate(schema.item_hash_buckets):
-        tables.append(EmbeddingConfig(name=table_name(hash_feature(k)), embedding_dim=dim, num_embeddings=buckets + 1,
-                                      feature_names=[hash_feature(k), neg_hash_feature(k)], init_fn=init))
+        tables.append(
+            EmbeddingConfig(
+                name=table_name(hash_feature(k)),
+                embedding_dim=dim,
+                num_embeddings=buckets + 1,
+                feature_names=[hash_feature(k), neg_hash_feature(k)],
+                init_fn=init,
+            )
+        )
     for name, size in schema.contexts.items():
         feat = ctx_feature(name)
-        tables.append(EmbeddingConfig(name=table_name(feat), embedding_dim=dim, num_embeddings=size, feature_names=[feat], init_fn=init))
+        tables.append(
+            EmbeddingConfig(
+                name=table_name(feat), embedding_dim=dim, num_embeddings=size, feature_names=[feat], init_fn=init
+            )
+        )
     for head in schema.actions:
         feat = fb_feature(head.name)
-        tables.append(EmbeddingConfig(name=table_name(feat), embedding_dim=dim, num_embeddings=head.num_codes, feature_names=[feat], init_fn=init))
+        tables.append(
+            EmbeddingConfig(
+                name=table_name(feat),
+                embedding_dim=dim,
+                num_embeddings=head.num_codes,
+                feature_names=[feat],
+                init_fn=init,
+            )
+        )
     return tables
 
 
@@ -275,7 +294,9 @@ class ArgusDenseArch(nn.Module):
             parts.append(self.fb_proj(fb) + self.token_type[2])
         return torch.stack(parts, dim=2)
 
-    def event_states(self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def event_states(
+        self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """three_token: encoder states [B, W, k, D], token j of event t at position k·t + j."""
         tokens = self.event_tokens(emb, items)
         B, W, k, D = tokens.shape
@@ -315,7 +336,11 @@ class ArgusDenseArch(nn.Module):
         return self.feedback_head(torch.cat([head_in, item], dim=-1))
 
     def candidate_feedback(
-        self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, candidates: torch.Tensor, events: torch.Tensor | None = None
+        self,
+        emb: dict[str, torch.Tensor],
+        lengths: torch.Tensor,
+        candidates: torch.Tensor,
+        events: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """three_token, candidate isolation: action logits [B, M, Σ outputs] for M candidate items.
 
@@ -345,7 +370,9 @@ class ArgusDenseArch(nn.Module):
 
     def action_logits(self, feedback: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""
-        return {name: feedback[..., a] if b - a == 1 else feedback[..., a:b] for name, (a, b) in self.action_slices.items()}
+        return {
+            name: feedback[..., a] if b - a == 1 else feedback[..., a:b] for name, (a, b) in self.action_slices.items()
+        }
 
     @torch.no_grad()
     def set_item_hashes(self, codes: torch.Tensor) -> None:
@@ -353,7 +380,10 @@ class ArgusDenseArch(nn.Module):
         if self.item_proj is None:
             raise ValueError("the schema has no multi-hash tables")
         if tuple(codes.shape) != tuple(self.item_hash_codes.shape):
-            raise ValueError(f"item hash codes have shape {tuple(codes.shape)}; the model expects {tuple(self.item_hash_codes.shape)}")
+            raise ValueError(
+                f"item hash codes have shape {tuple(codes.shape)}; "
+                f"the model expects {tuple(self.item_hash_codes.shape)}"
+            )
         limits = torch.tensor(self.schema.item_hash_buckets)
         if bool((codes < 0).any()) or bool((codes > limits).any()):
             raise ValueError(f"item hash codes outside 0..{self.schema.item_hash_buckets}")
@@ -377,8 +407,10 @@ class ArgusDenseArch(nn.Module):
         any). `ids` may be omitted only when `rows` is the whole table (row j = item j)."""
         if self.item_proj is not None:
             if rows.shape[-1] != self.item_proj.in_features:
-                raise ValueError(f"item rows have width {rows.shape[-1]}; with {len(self.schema.item_hash_buckets)} hash "
-                                 f"tables the model expects {self.item_proj.in_features} (use local_tables for full tables)")
+                raise ValueError(
+                    f"item rows have width {rows.shape[-1]}; with {len(self.schema.item_hash_buckets)} hash "
+                    f"tables the model expects {self.item_proj.in_features} (use local_tables for full tables)"
+                )
             rows = self.item_proj(rows)
         if self.item_tower is None:
             return rows
@@ -397,7 +429,9 @@ class ArgusDenseArch(nn.Module):
     def _items(self, emb: dict[str, torch.Tensor]) -> torch.Tensor:
         """The window's item vectors [B, W, D] (tower over emb[ITEM] and emb[ITEM_IDS])."""
         if self.item_tower is not None and ITEM_IDS not in emb:
-            raise ValueError(f"the model has item-side features: the inputs need {ITEM_IDS!r} beside the looked-up rows")
+            raise ValueError(
+                f"the model has item-side features: the inputs need {ITEM_IDS!r} beside the looked-up rows"
+            )
         return self.item_repr(emb[ITEM], emb.get(ITEM_IDS))
 
 

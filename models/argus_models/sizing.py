@@ -40,7 +40,9 @@ def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, in
         head_width, fb_width = D * (1 + has_ctx), D * (2 + has_ctx)
     parts = {
         "token_proj": tokens,
-        "encoder": cfg.num_layers * block_parameter_count(cfg) + D + (max_tokens * D if cfg.positions == "learned" else 0),
+        "encoder": cfg.num_layers * block_parameter_count(cfg)
+        + D
+        + (max_tokens * D if cfg.positions == "learned" else 0),
         "item_head": _mlp(head_width, 2 * D, D),
         "feedback_head": _mlp(fb_width, 2 * D, outputs) if has_fb else 0,
         # item tower's side-feature table: one row per feature value plus the shared "none" row

@@ -84,14 +84,18 @@ class ArgusObjective(nn.Module):
         heads = {h.name for h in dense.schema.actions}
         unknown = set(action_weights or {}) - heads
         if unknown:
-            raise ValueError(f"loss.action_weights names unknown action(s) {sorted(unknown)}; the data has {sorted(heads)}")
+            raise ValueError(
+                f"loss.action_weights names unknown action(s) {sorted(unknown)}; the data has {sorted(heads)}"
+            )
         self.action_weights = {h: float((action_weights or {}).get(h, 1.0)) for h in sorted(heads)}
         self.temperature = temperature
         if exclude_history and next_item_loss != "full_softmax":
             raise ValueError("exclude_history applies to the full softmax only (loss.next_item=full_softmax)")
         self.exclude_history = exclude_history
 
-    def forward(self, emb: dict[str, torch.Tensor], batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, emb: dict[str, torch.Tensor], batch: SequenceBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Set here, not in the task: TrainPipelineSparseDist FX-traces the task, whose `emb` is a Proxy.
         emb = {**emb, ITEM_IDS: batch.items}  # the item tower adds side features by id
         W = batch.items.shape[1]
@@ -114,7 +118,12 @@ class ArgusObjective(nn.Module):
         return loss, logs
 
     def _next_item(
-        self, query: torch.Tensor, pos_emb: torch.Tensor, pos_ids: torch.Tensor, neg_emb: torch.Tensor, neg_ids: torch.Tensor,
+        self,
+        query: torch.Tensor,
+        pos_emb: torch.Tensor,
+        pos_ids: torch.Tensor,
+        neg_emb: torch.Tensor,
+        neg_ids: torch.Tensor,
         history: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         t = self.temperature
@@ -134,7 +143,9 @@ class ArgusObjective(nn.Module):
         pos_logits = (query * pos_emb).sum(-1)  # [N]
         neg_logits = (pad_rows(query) @ neg_emb.T)[: pos_ids.shape[0]]  # [N, K] (rows padded for bf16 kernels)
         hit = neg_ids[None, :] == pos_ids[:, None]
-        return sampled_softmax_loss(self.next_item_loss, pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit).mean()
+        return sampled_softmax_loss(
+            self.next_item_loss, pos_logits, neg_logits, self.log_q[pos_ids], self.log_q[neg_ids], hit
+        ).mean()
 
 
 def history_pairs(items: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +172,9 @@ class ArgusTrainTask(nn.Module):
     embeddings, losses (float32/float64 logits) and all optimizer states stay float32.
     """
 
-    def __init__(self, sparse: ArgusSparseArch, objective: ArgusObjective, precision: str = "fp32", device_type: str = "cpu") -> None:
+    def __init__(
+        self, sparse: ArgusSparseArch, objective: ArgusObjective, precision: str = "fp32", device_type: str = "cpu"
+    ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {precision!r}; use fp32 or bf16")

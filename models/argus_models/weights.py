@@ -1,9 +1,9 @@
 """Scoring weights: score = Σ_a w_a · P(a). The YAML format the Tune job writes and Serve reads:
 
-    weights:            # one entry per action head of the run; missing actions weigh 0
-      like: 1.0
-      skip: -0.5
-    metadata: {...}     # optional, free-form (who wrote it, the metric it optimised)
+weights:            # one entry per action head of the run; missing actions weigh 0
+  like: 1.0
+  skip: -0.5
+metadata: {...}     # optional, free-form (who wrote it, the metric it optimised)
 """
 
 from __future__ import annotations

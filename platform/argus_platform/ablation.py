@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 
 from argus_models.checkpoint import absolute
-
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help
@@ -37,8 +36,17 @@ def _variant(name: str, base: TrainJobConfig) -> list[str]:
         "full_softmax_with_history": ["loss.next_item=full_softmax", "loss.exclude_history=false"],
         "logq_mixed": ["loss.next_item=logq", *sampled],
         "corrected_logq_mixed": ["loss.next_item=corrected_logq", *sampled],
-        "corrected_logq_in_batch": ["loss.next_item=corrected_logq", f"loss.in_batch_negatives={total}", "loss.uniform_negatives=0", *sampled],
-        "corrected_logq_mixed_three_token": ["loss.next_item=corrected_logq", "model.tokenization=three_token", *sampled],
+        "corrected_logq_in_batch": [
+            "loss.next_item=corrected_logq",
+            f"loss.in_batch_negatives={total}",
+            "loss.uniform_negatives=0",
+            *sampled,
+        ],
+        "corrected_logq_mixed_three_token": [
+            "loss.next_item=corrected_logq",
+            "model.tokenization=three_token",
+            *sampled,
+        ],
         "full_softmax_ids_only": ["loss.next_item=full_softmax", "model.multi_hash_buckets=0"],
         "full_softmax_multi_hash": ["loss.next_item=full_softmax", f"model.multi_hash_buckets={buckets}"],
     }
@@ -47,17 +55,29 @@ def _variant(name: str, base: TrainJobConfig) -> list[str]:
     return table[name]
 
 
-VARIANTS = ["full_softmax", "logq_mixed", "corrected_logq_mixed", "corrected_logq_in_batch", "corrected_logq_mixed_three_token"]
+VARIANTS = [
+    "full_softmax",
+    "logq_mixed",
+    "corrected_logq_mixed",
+    "corrected_logq_in_batch",
+    "corrected_logq_mixed_three_token",
+]
 OPTIONAL_VARIANTS = ["full_softmax_with_history", "full_softmax_ids_only", "full_softmax_multi_hash"]
-MULTI_HASH_BUCKETS = 4096  # rows per hash table in full_softmax_multi_hash unless the base config sets model.multi_hash_buckets
+MULTI_HASH_BUCKETS = (
+    4096  # rows per hash table in full_softmax_multi_hash unless the base config sets model.multi_hash_buckets
+)
 
 
 @dataclass
 class AblationConfig:
     train_config: str = _help("training YAML every variant starts from ('' = the embedded default)", "")
-    train_overrides: list[str] = _help("overrides for every variant, e.g. [data.path=..., optim.epochs=10]", factory=list)
+    train_overrides: list[str] = _help(
+        "overrides for every variant, e.g. [data.path=..., optim.epochs=10]", factory=list
+    )
     variants: list[str] = _help(
-        "variants to run: " + ", ".join(VARIANTS) + " (also: full_softmax_with_history, when the base leaves the history "
+        "variants to run: "
+        + ", ".join(VARIANTS)
+        + " (also: full_softmax_with_history, when the base leaves the history "
         "out; full_softmax_ids_only and full_softmax_multi_hash, the latter with two hash tables of "
         f"model.multi_hash_buckets rows, {MULTI_HASH_BUCKETS} when the base has none)",
         factory=lambda: list(VARIANTS),
@@ -87,13 +107,23 @@ def ablate(cfg: AblationConfig) -> list[dict]:
         if not metrics_path.exists():
             print(f"[ablate] {i}/{len(variants)} {name}: {' '.join(overrides)}", flush=True)
             link_prepared(shared, run_dir)
-            run_cfg = load_config(TrainJobConfig, cfg.train_config or None, [*cfg.train_overrides, *overrides, f"run.dir={run_dir}"])
+            run_cfg = load_config(
+                TrainJobConfig, cfg.train_config or None, [*cfg.train_overrides, *overrides, f"run.dir={run_dir}"]
+            )
             train(run_cfg)
         else:
             print(f"[ablate] {i}/{len(variants)} {name}: done before ({metrics_path})", flush=True)
         final = json.loads(metrics_path.read_text())
-        rows.append({"variant": name, "overrides": overrides, **{k: final["test"].get(k) for k in COLUMNS},
-                     "best_epoch": final["best_epoch"], "epochs": final["epochs_trained"], "seconds": final.get("seconds")})
+        rows.append(
+            {
+                "variant": name,
+                "overrides": overrides,
+                **{k: final["test"].get(k) for k in COLUMNS},
+                "best_epoch": final["best_epoch"],
+                "epochs": final["epochs_trained"],
+                "seconds": final.get("seconds"),
+            }
+        )
         (out / "ablation.json").write_text(json.dumps(rows, indent=2))
     (out / "ablation.md").write_text(format_table(rows))
     return rows

@@ -70,8 +70,13 @@ class CatalogueShard:
 
 
 @torch.no_grad()
-def catalogue_shard(dense: ArgusDenseArch, lookup: Lookup, id_features: Callable[[np.ndarray], KeyedJaggedTensor],
-                    device: torch.device, block: int) -> CatalogueShard:
+def catalogue_shard(
+    dense: ArgusDenseArch,
+    lookup: Lookup,
+    id_features: Callable[[np.ndarray], KeyedJaggedTensor],
+    device: torch.device,
+    block: int,
+) -> CatalogueShard:
     """This rank's item vectors, looked up `block` ids at a time. Every rank makes the same number
     of lookups (a rank whose items are done looks up the padding id), as sharded lookups are collective."""
     rank, world = rank_world()
@@ -143,7 +148,7 @@ def model_ranks(q: Queries, shard: CatalogueShard, block: int, filter_seen: bool
     for k, c0 in enumerate(starts):
         c1 = min(c0 + block, hi)
         scores = buf[: N * (c1 - c0)].view(N, c1 - c0)
-        torch.mm(queries, V[c0 - lo:c1 - lo].float().T, out=scores)  # [N, c]
+        torch.mm(queries, V[c0 - lo : c1 - lo].float().T, out=scores)  # [N, c]
         a, b = cuts[k], cuts[k + 1]
         if b > a:
             scores[rows[a:b], items[a:b] - c0] = values[a:b]
@@ -151,7 +156,9 @@ def model_ranks(q: Queries, shard: CatalogueShard, block: int, filter_seen: bool
         top.add(scores, c0)
     top_v, top_i = top.values, top.ids
     all_reduce_(count)
-    top_v, top_i = _merge_top(torch.cat(gather_rows(top_v.T.contiguous())).T, torch.cat(gather_rows(top_i.T.contiguous())).T)
+    top_v, top_i = _merge_top(
+        torch.cat(gather_rows(top_v.T.contiguous())).T, torch.cat(gather_rows(top_i.T.contiguous())).T
+    )
     return count.double(), top_i
 
 
@@ -171,7 +178,7 @@ def count_above(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     words = above.view(np.uint64)  # [N, c / 8], each byte 0 or 1
     count = np.zeros(N, dtype=np.int64)
     for j in range(0, words.shape[1], 255):
-        lanes = words[:, j:j + 255].sum(axis=1, dtype=np.uint64)  # 8 byte-wide counters per row
+        lanes = words[:, j : j + 255].sum(axis=1, dtype=np.uint64)  # 8 byte-wide counters per row
         count += lanes.view(np.uint8).reshape(N, 8).sum(axis=1, dtype=np.int64)
     return torch.from_numpy(count)
 
@@ -243,8 +250,9 @@ class PopularityRanker:
         self.position[order] = np.arange(len(order))
         self.position[0] = len(counts)  # never ahead of anything
 
-    def ranks(self, targets: np.ndarray, seen_rows: np.ndarray, seen_items: np.ndarray,
-              filter_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    def ranks(
+        self, targets: np.ndarray, seen_rows: np.ndarray, seen_items: np.ndarray, filter_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         """0-based ranks [B] of the targets and the top-10 ids [B, 10] of each user."""
         B = len(targets)
         pos_t = self.position[targets]
@@ -260,7 +268,7 @@ class PopularityRanker:
         blocked = np.zeros((B, width), dtype=bool)
         near = p < width
         blocked[r[near], p[near]] = True
-        first = np.argsort(blocked, axis=1, kind="stable")[:, :min(TOP, width)]
+        first = np.argsort(blocked, axis=1, kind="stable")[:, : min(TOP, width)]
         return (pos_t - above).astype(np.float64), self.order[first]
 
 

@@ -36,6 +36,7 @@ class TrainState:
     train_seconds: float = 0.0  # seconds of training steps so far (optim.time_budget_minutes)
     eval_seconds: float = 0.0  # seconds of evaluations so far (the budget of optim.epochs=0 counts them)
     plan: dict = field(default_factory=dict)  # optim.epochs=0: the fitted EpochPlan, once made
+    train_losses: list = field(default_factory=list)  # [epoch, mean training loss] of every epoch (curves.png)
 
     @classmethod
     def load(cls, directory: Path) -> "TrainState":
@@ -45,7 +46,9 @@ class TrainState:
 def save_checkpoint(directory: Path, sharded, state: TrainState, cfg, run_dir: Path, rank: int) -> None:
     """Collective: every rank writes its shards; rank 0 adds the metadata files."""
     directory.mkdir(parents=True, exist_ok=True)
-    dcp.save({"model": sharded.model.state_dict(), "optim": sharded.optimizer.state_dict()}, checkpoint_id=str(directory))
+    dcp.save(
+        {"model": sharded.model.state_dict(), "optim": sharded.optimizer.state_dict()}, checkpoint_id=str(directory)
+    )
     if rank == 0:
         (directory / TRAIN_STATE).write_text(json.dumps(asdict(state), indent=2))
         (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -15,7 +15,9 @@ from argus_models.model import ITEM, ctx_feature, fb_feature, hash_feature, nega
 from argus_models.task import SequenceBatch
 
 
-def window_index(offsets: np.ndarray, window: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+def window_index(
+    offsets: np.ndarray, window: int, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the flat values of each row's window of `window` events, and the new lengths.
 
     Without `rng` the window is the row's last events; with it, rows longer than the window get a
@@ -30,8 +32,9 @@ def window_index(offsets: np.ndarray, window: int, rng: np.random.Generator | No
     return idx, new_len
 
 
-def length_buckets(batches: Iterable[pa.Table], group: int, window: int,
-                   rng: np.random.Generator | None = None) -> Iterator[pa.Table]:
+def length_buckets(
+    batches: Iterable[pa.Table], group: int, window: int, rng: np.random.Generator | None = None
+) -> Iterator[pa.Table]:
     """Regroups every `group` consecutive batches so that each new batch holds rows of similar length.
 
     A batch is padded to its longest (windowed) row, so mixing a 20-event user with a 200-event one
@@ -62,7 +65,7 @@ def _by_length(tables: list[pa.Table], window: int, rng: np.random.Generator) ->
     order = np.lexsort((rng.random(len(lengths)), lengths))
     bounds = np.cumsum([0] + [t.num_rows for t in tables])
     for i in rng.permutation(len(tables)):
-        yield merged.take(order[bounds[i]:bounds[i + 1]])
+        yield merged.take(order[bounds[i] : bounds[i + 1]])
 
 
 class Collator:
@@ -75,14 +78,24 @@ class Collator:
       has multi-hash tables: the KJT then carries each item id's bucket in every hash table.
     """
 
-    def __init__(self, schema: ModelSchema, action_kinds: dict[str, tuple[str, int]], window: int,
-                 negatives: str = "none", num_uniform: int = 0, seed: int = 0, random_windows: bool = False,
-                 item_hashes: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        schema: ModelSchema,
+        action_kinds: dict[str, tuple[str, int]],
+        window: int,
+        negatives: str = "none",
+        num_uniform: int = 0,
+        seed: int = 0,
+        random_windows: bool = False,
+        item_hashes: np.ndarray | None = None,
+    ) -> None:
         n_hash = len(schema.item_hash_buckets)
         if n_hash and (item_hashes is None or item_hashes.shape != (schema.num_items + 1, n_hash)):
             got = None if item_hashes is None else item_hashes.shape
-            raise ValueError(f"the schema has {n_hash} multi-hash tables: the collator needs item_hashes of shape "
-                             f"{(schema.num_items + 1, n_hash)}, got {got}")
+            raise ValueError(
+                f"the schema has {n_hash} multi-hash tables: the collator needs item_hashes of shape "
+                f"{(schema.num_items + 1, n_hash)}, got {got}"
+            )
         self.item_hashes = np.asarray(item_hashes, dtype=np.int64) if n_hash else None
         self.schema, self.window, self.random_windows = schema, window, random_windows
         self.action_kinds = action_kinds  # name -> (kind, codes)
@@ -149,8 +162,9 @@ class Collator:
         neg_values = [ids] + [self.item_hashes[ids, k] for k in range(len(neg_keys) - 1)]
         values = np.concatenate([np.array([pad.get(k, 0) for k in seq_keys], dtype=np.int64)] + neg_values)
         lengths = np.array([1] * len(seq_keys) + [len(ids)] * len(neg_keys), dtype=np.int32)
-        return KeyedJaggedTensor.from_lengths_sync(keys=seq_keys + neg_keys, values=torch.from_numpy(values),
-                                                   lengths=torch.from_numpy(lengths))
+        return KeyedJaggedTensor.from_lengths_sync(
+            keys=seq_keys + neg_keys, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths)
+        )
 
 
 def history_items(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:

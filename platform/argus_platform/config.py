@@ -9,11 +9,13 @@ import torch
 
 from argus_models.allocator import hold_freed_memory
 from argus_models.config import ModelConfig
-
-from argus_platform.configlib import ConfigError, documented as _help
+from argus_platform.configlib import ConfigError
+from argus_platform.configlib import documented as _help
 from argus_platform.data.spec import DatasetSpec
 
-FULL_SOFTMAX_MAX_ITEMS = 6_000  # loss.next_item=auto: full softmax up to here (jobs/README.md: next-item losses by catalogue size)
+FULL_SOFTMAX_MAX_ITEMS = (
+    6_000  # loss.next_item=auto: full softmax up to here (jobs/README.md: next-item losses by catalogue size)
+)
 
 
 @dataclass
@@ -68,7 +70,9 @@ class DataConfig:
     split: Literal["leave_last_out", "temporal", "temporal_windows"] = _help(
         "evaluation split protocol: leave_last_out | temporal (global cuts at time quantiles) | temporal_windows "
         "(test = the log's last test_window_seconds, validation the val_window_seconds before it, gap_seconds "
-        "between windows: Yambda's global temporal split)", "leave_last_out")
+        "between windows: Yambda's global temporal split)",
+        "leave_last_out",
+    )
     temporal_val_quantile: float = _help("temporal split: validation starts at this time quantile", 0.8)
     temporal_test_quantile: float = _help("temporal split: test starts at this time quantile", 0.9)
     test_window_seconds: int = _help("temporal_windows: length of the test window at the end of the log", 86_400)
@@ -87,11 +91,14 @@ class DataConfig:
 class LossConfig:
     next_item: Literal["auto", "corrected_logq", "logq", "full_softmax"] = _help(
         "next-item loss: auto (full_softmax up to loss.full_softmax_max_items items, corrected_logq above), "
-        "corrected_logq, logq (Yi et al.), full_softmax", "auto"
+        "corrected_logq, logq (Yi et al.), full_softmax",
+        "auto",
     )
     full_softmax_max_items: int = _help(
-        "largest catalogue for which next_item=auto trains the full softmax (measured at equal wall time on 2 CPU cores, "
-        "jobs/README.md: next-item losses by catalogue size)", FULL_SOFTMAX_MAX_ITEMS
+        "largest catalogue for which next_item=auto trains the full softmax (measured at equal wall time "
+        "on 2 CPU cores, "
+        "jobs/README.md: next-item losses by catalogue size)",
+        FULL_SOFTMAX_MAX_ITEMS,
     )
     in_batch_negatives: int = _help("in-batch negatives per step (sampled from the batch's positives)", 128)
     uniform_negatives: int = _help("uniform negatives per step from the catalogue", 128)
@@ -113,10 +120,14 @@ def resolve_next_item_loss(loss: LossConfig, num_items: int) -> tuple[LossConfig
         return loss, "set in the config"
     full = num_items <= loss.full_softmax_max_items
     chosen = "full_softmax" if full else "corrected_logq"
-    why = f"auto: {num_items:,} items {'<=' if full else '>'} loss.full_softmax_max_items={loss.full_softmax_max_items:,}"
+    why = (
+        f"auto: {num_items:,} items {'<=' if full else '>'} loss.full_softmax_max_items={loss.full_softmax_max_items:,}"
+    )
     if loss.exclude_history is True and not full:
-        raise ConfigError(f"loss.exclude_history needs the full softmax, and loss.next_item=auto chose corrected_logq ({why}); "
-                          "set loss.next_item=full_softmax or loss.exclude_history=false")
+        raise ConfigError(
+            f"loss.exclude_history needs the full softmax, and loss.next_item=auto chose corrected_logq ({why}); "
+            "set loss.next_item=full_softmax or loss.exclude_history=false"
+        )
     return replace(loss, next_item=chosen), why
 
 
@@ -124,7 +135,8 @@ def resolve_next_item_loss(loss: LossConfig, num_items: int) -> tuple[LossConfig
 class OptimConfig:
     epochs: int = _help(
         "passes over the training sequences; 0 = as many as fit in optim.time_budget_minutes (fitted after the "
-        "first epoch and its evaluation)", 30
+        "first epoch and its evaluation)",
+        30,
     )
     batch_size: int = _help("sequences per worker per step", 64)
     dense_lr: float = _help("AdamW learning rate for the transformer", 2e-3)
@@ -136,18 +148,21 @@ class OptimConfig:
     )
     sparse_weight_decay: float = _help(
         "L2 weight decay of the tables in the fused row-wise Adagrad / Adagrad (added to the gradient of every row a "
-        "step looks up, before the Adagrad scaling; 0 = off)", 0.0
+        "step looks up, before the Adagrad scaling; 0 = off)",
+        0.0,
     )
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "dense forward/backward precision: auto (bf16 on CUDA and on CPUs with AMX, fp32 elsewhere, AVX512-BF16 alone "
         "included: slower there for the default model; "
         "printed at start and saved in metrics.json), fp32, or bf16 autocast (tables, losses and optimizer states "
-        "stay fp32)", "auto"
+        "stay fp32)",
+        "auto",
     )
     weight_decay: float = _help("AdamW weight decay", 0.01)
     warmup_steps: int = _help("linear warm-up steps of the learning rates", 50)
     lr_schedule: Literal["constant", "cosine"] = _help(
-        "after warm-up: constant, or cosine decay of both learning rates (dense and sparse) over optim.epochs", "constant"
+        "after warm-up: constant, or cosine decay of both learning rates (dense and sparse) over optim.epochs",
+        "constant",
     )
     min_lr_ratio: float = _help("cosine: the learning rates end at this fraction of their configured values", 0.1)
     grad_clip: float = _help("max grad norm of the dense parameters (0 = off)", 1.0)
@@ -158,7 +173,8 @@ class OptimConfig:
         "counted; the run then validates, tests and stops as after its last epoch), for comparisons at equal "
         "training time. With optim.epochs = 0: the minutes of the whole training phase (steps and evaluations): "
         "the first epoch and its evaluation are timed, then the epochs, the cosine schedule and the validation "
-        "cadence are fitted into the rest (printed, saved in metrics.json). 0 = off", 0.0
+        "cadence are fitted into the rest (printed, saved in metrics.json). 0 = off",
+        0.0,
     )
     early_stopping_patience: int = _help("stop after this many evaluations without validation gain (0 = off)", 0)
     log_every_steps: int = _help("progress line every N steps", 20)
@@ -168,7 +184,8 @@ class OptimConfig:
     length_buckets: int = _help(
         "sort the rows of this many consecutive training batches by length and re-batch them, so a batch pads to "
         "rows of similar length (fewer padded positions computed; a batch's loss stays the mean over its positions, "
-        "so positions of short-history batches weigh more than in mixed batches; 0 = batches as read)", 0
+        "so positions of short-history batches weigh more than in mixed batches; 0 = batches as read)",
+        0,
     )
 
 
@@ -179,7 +196,9 @@ class ShardingConfig:
         "null lets the planner choose",
         None,
     )
-    compute_kernel: Optional[str] = _help("force a kernel (fused, dense: GPUs only, ...); null lets the planner choose", None)
+    compute_kernel: Optional[str] = _help(
+        "force a kernel (fused, dense: GPUs only, ...); null lets the planner choose", None
+    )
     dense: Literal["ddp", "fsdp2"] = _help(
         "dense arch: ddp (replicated) or fsdp2 (weights, gradients and AdamW state sharded; per-block units); "
         "jobs/plan_argus.py says which one fits",
@@ -195,7 +214,8 @@ class ScalingCfg:
     torch_threads: int = _help("intra-op threads per worker (0 = torch default)", 1)
     hold_freed_memory: bool = _help(
         "glibc: tensors below 32 MiB from the heap and freed memory kept (up to 1 GiB) instead of mapped, unmapped "
-        "and page-faulted in again every step (~20% less CPU per training step on CPU); false = glibc's defaults", True
+        "and page-faulted in again every step (~20% less CPU per training step on CPU); false = glibc's defaults",
+        True,
     )
     local_num_cpus: int = _help(
         "logical CPUs for a local Ray started by the job; keep above the workers' total so Ray Data gets budget", 4
@@ -217,15 +237,19 @@ class EvalConfig:
     filter_seen: bool = _help("drop items already in the user's history from the ranking", True)
     ks: list[int] = _help("cut-offs for NDCG/HR", factory=lambda: [10, 100])
     batch_size: int = _help("users per evaluation batch", 256)
-    length_buckets: int = _help("evaluation batches regrouped by history length (metrics do not depend on it; 0 = off)", 8)
+    length_buckets: int = _help(
+        "evaluation batches regrouped by history length (metrics do not depend on it; 0 = off)", 8
+    )
     catalogue_block: int = _help(
         "items scored per block: each rank scores its share of the catalogue [users × block] at a time "
         "(bounds evaluation memory; metrics do not depend on it; a multiple of 128 lets the top-10 skip "
-        "most of each block)", 8192
+        "most of each block)",
+        8192,
     )
     max_users: int = _help(
         "validation during training on about this many users (a fixed hash sample of user ids, recorded in "
-        "metrics.json; 0 = every user); the test split is always evaluated on every user", 0
+        "metrics.json; 0 = every user); the test split is always evaluated on every user",
+        0,
     )
 
     def validate(self) -> None:
@@ -237,9 +261,18 @@ class EvalConfig:
 
 @dataclass
 class RunCfg:
-    dir: str = _help("run directory (config, data, checkpoints, metrics.json); empty = runs/argus-<time>; relative to $ARGUS_HOME if set", "")
+    dir: str = _help(
+        "run directory (config, data, checkpoints, metrics.json); empty = runs/argus-<time>; "
+        "relative to $ARGUS_HOME if set",
+        "",
+    )
     checkpoints_to_keep: int = _help("checkpoints kept in the run directory", 2)
     max_failures: int = _help("worker-group restarts Ray Train attempts after a failure", 0)
+    verbose: bool = _help(
+        "print Ray's, Ray Data's, TorchRec's and FBGEMM's own output to the terminal too (by default it stays in "
+        "Ray's log files, linked as <run dir>/logs/ray; the job's own lines are printed either way)",
+        False,
+    )
 
 
 @dataclass
@@ -259,7 +292,9 @@ class TrainJobConfig:
         if self.data.source != "synthetic" and not self.data.path:
             raise ConfigError(f"data.path is required for data.source={self.data.source!r}")
         if min(self.data.test_window_seconds, self.data.val_window_seconds) <= 0 or self.data.gap_seconds < 0:
-            raise ConfigError("data.test_window_seconds and data.val_window_seconds must be positive, data.gap_seconds >= 0")
+            raise ConfigError(
+                "data.test_window_seconds and data.val_window_seconds must be positive, data.gap_seconds >= 0"
+            )
         if not 0 <= self.data.max_bad_fraction <= 1:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.data.max_bad_fraction}")
         if self.loss.exclude_history is True and self.loss.next_item not in ("full_softmax", "auto"):
@@ -271,18 +306,26 @@ class TrainJobConfig:
         if self.scaling.num_workers < 1:
             raise ConfigError("scaling.num_workers must be at least 1")
         if self.optim.sparse_optimizer == "adam" and not self.scaling.use_gpu:
-            raise ConfigError("optim.sparse_optimizer=adam runs on GPUs only (FBGEMM's CPU kernels support rowwise_adagrad, "
-                              "adagrad and sgd); on CPU raise optim.sparse_lr instead (Adagrad's steps shrink over time)")
+            raise ConfigError(
+                "optim.sparse_optimizer=adam runs on GPUs only (FBGEMM's CPU kernels support rowwise_adagrad, "
+                "adagrad and sgd); on CPU raise optim.sparse_lr instead (Adagrad's steps shrink over time)"
+            )
         if self.optim.sparse_weight_decay < 0:
             raise ConfigError(f"optim.sparse_weight_decay must be >= 0, got {self.optim.sparse_weight_decay}")
         if self.optim.sparse_weight_decay and self.optim.sparse_optimizer not in ("rowwise_adagrad", "adagrad"):
-            raise ConfigError(f"optim.sparse_weight_decay is implemented for sparse_optimizer rowwise_adagrad and adagrad, "
-                              f"not {self.optim.sparse_optimizer}")
+            raise ConfigError(
+                f"optim.sparse_weight_decay is implemented for sparse_optimizer rowwise_adagrad and adagrad, "
+                f"not {self.optim.sparse_optimizer}"
+            )
         if self.optim.eval_every_epochs < 1:
             raise ConfigError("optim.eval_every_epochs must be at least 1")
         if self.optim.epochs < 0 or self.optim.time_budget_minutes < 0:
-            raise ConfigError(f"optim.epochs ({self.optim.epochs}) and optim.time_budget_minutes "
-                              f"({self.optim.time_budget_minutes}) must be >= 0")
+            raise ConfigError(
+                f"optim.epochs ({self.optim.epochs}) and optim.time_budget_minutes "
+                f"({self.optim.time_budget_minutes}) must be >= 0"
+            )
         if self.optim.epochs == 0 and not self.optim.time_budget_minutes:
-            raise ConfigError("optim.epochs=0 fits the epochs into optim.time_budget_minutes, which is 0; "
-                              "set a budget (e.g. optim.time_budget_minutes=60) or a number of epochs")
+            raise ConfigError(
+                "optim.epochs=0 fits the epochs into optim.time_budget_minutes, which is 0; "
+                "set a budget (e.g. optim.time_budget_minutes=60) or a number of epochs"
+            )

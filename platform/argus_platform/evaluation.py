@@ -23,10 +23,18 @@ import torch.distributed as dist
 
 from argus_models.contract import USER_IDX
 from argus_models.losses import feedback_probability
-from argus_models.model import ArgusDenseArch, lookup_local, table_name, ITEM
-
-from argus_platform.catalogue_ranking import (CatalogueShard, Lookup, PopularityRanker, Queries, all_reduce_,
-                                              catalogue_shard, gather_queries, model_ranks, query_inputs)
+from argus_models.model import ITEM, ArgusDenseArch, lookup_local, table_name
+from argus_platform.catalogue_ranking import (
+    CatalogueShard,
+    Lookup,
+    PopularityRanker,
+    Queries,
+    all_reduce_,
+    catalogue_shard,
+    gather_queries,
+    model_ranks,
+    query_inputs,
+)
 from argus_platform.collate import Collator, history_items
 from argus_platform.config import EvalConfig
 from argus_platform.progress import Progress
@@ -130,7 +138,9 @@ def evaluate(
     preds: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
     labels: dict[str, list[np.ndarray]] = {h.name: [] for h in schema.actions}
     D = catalogue.vectors.shape[1]
-    empty = Queries(torch.zeros(0, D, device=device), *(torch.zeros(0, dtype=torch.int64, device=device) for _ in range(3)))
+    empty = Queries(
+        torch.zeros(0, D, device=device), *(torch.zeros(0, dtype=torch.int64, device=device) for _ in range(3))
+    )
     tables = iter(batches)
     while True:
         table = next(tables, None)
@@ -153,15 +163,24 @@ def evaluate(
                 raise ValueError("an evaluation row ends in the padding item 0; prepared splits hold real items only")
             seen_vals, seen_offsets = history_items(table)
             seen_rows = np.repeat(np.arange(B), np.diff(seen_offsets))
-            local = Queries(out["query"].float(), targets, torch.from_numpy(seen_rows).to(device),
-                            torch.from_numpy(seen_vals.astype(np.int64)).to(device))
-            pop_rank, pop_top = popularity.ranks(targets.cpu().numpy(), seen_rows, seen_vals.astype(np.int64), cfg.filter_seen)
+            local = Queries(
+                out["query"].float(),
+                targets,
+                torch.from_numpy(seen_rows).to(device),
+                torch.from_numpy(seen_vals.astype(np.int64)).to(device),
+            )
+            pop_rank, pop_top = popularity.ranks(
+                targets.cpu().numpy(), seen_rows, seen_vals.astype(np.int64), cfg.filter_seen
+            )
             accs["popularity"].add_ranks(torch.from_numpy(pop_rank), torch.from_numpy(pop_top))
             if "feedback" in out:
                 logits = dense.action_logits(out["feedback"])
                 for a_i, head in enumerate(schema.actions):
-                    preds[head.name].append(feedback_probability(head, logits[head.name]).float().cpu().numpy()
-                                            if head.kind != "graded" else logits[head.name].float().cpu().numpy())
+                    preds[head.name].append(
+                        feedback_probability(head, logits[head.name]).float().cpu().numpy()
+                        if head.kind != "graded"
+                        else logits[head.name].float().cpu().numpy()
+                    )
                     labels[head.name].append(batch.actions[rows, batch.lengths - 1, a_i].cpu().numpy())
         gathered, mine = gather_queries(local)
         ranks, top = model_ranks(gathered, catalogue, cfg.catalogue_block, cfg.filter_seen)
@@ -196,8 +215,14 @@ def local_lookup(dense: ArgusDenseArch, tables: dict[str, torch.Tensor]) -> Look
 
 
 @torch.no_grad()
-def evaluate_reference(dense: ArgusDenseArch, tables: dict[str, torch.Tensor], batches: Iterable[pa.Table],
-                       collator: Collator, item_counts: torch.Tensor, cfg: EvalConfig) -> dict[str, dict[str, float]]:
+def evaluate_reference(
+    dense: ArgusDenseArch,
+    tables: dict[str, torch.Tensor],
+    batches: Iterable[pa.Table],
+    collator: Collator,
+    item_counts: torch.Tensor,
+    cfg: EvalConfig,
+) -> dict[str, dict[str, float]]:
     """The plain ranking the bounded path must reproduce: full tables in one process, dense
     [users × catalogue] score blocks (the popularity baseline too). Ranking metrics only; never
     collective (it sees only the batches it is given)."""

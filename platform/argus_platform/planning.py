@@ -25,7 +25,6 @@ from argus_models.sizing import (
     dense_parameter_count,
     embedding_parameter_count,
 )
-
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.data.synthetic import synthetic_spec
 from argus_platform.recipe import require_numbers
@@ -125,7 +124,9 @@ def activation_bytes(cfg: TrainJobConfig, schema: ModelSchema) -> tuple[int, int
     return encoder + lookups + logits, tokens
 
 
-def _table_bytes(plan: ShardingPlan, shapes: dict[str, tuple[int, int]], optimizer: str, world: int) -> tuple[list[int], list[int]]:
+def _table_bytes(
+    plan: ShardingPlan, shapes: dict[str, tuple[int, int]], optimizer: str, world: int
+) -> tuple[list[int], list[int]]:
     """Per-rank (HBM, host) bytes of the table shards and their optimizer state."""
     hbm, host = [0] * world, [0] * world
     for module_plan in plan.plan.values():
@@ -143,7 +144,11 @@ def _table_bytes(plan: ShardingPlan, shapes: dict[str, tuple[int, int]], optimiz
                 if ps.compute_kernel == "fused":
                     hbm[r] += weights + state
                 elif ps.compute_kernel == "fused_uvm_caching":
-                    load = ps.cache_params.load_factor if ps.cache_params and ps.cache_params.load_factor else UVM_CACHE_LOAD_FACTOR
+                    load = (
+                        ps.cache_params.load_factor
+                        if ps.cache_params and ps.cache_params.load_factor
+                        else UVM_CACHE_LOAD_FACTOR
+                    )
                     hbm[r] += int(weights * load)
                     host[r] += weights + state
                 else:  # fused_uvm, key_value, ...: weights and state in host memory
@@ -162,7 +167,9 @@ def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> 
     acts, tokens = activation_bytes(cfg, schema)
     strategy = cfg.sharding.dense
     dense = _dense_memory(cfg, schema, world, strategy)
-    if strategy == "ddp" and sum(dense) + acts > usable // 2:  # leave half of each GPU to the tables, else shard the dense side
+    if (
+        strategy == "ddp" and sum(dense) + acts > usable // 2
+    ):  # leave half of each GPU to the tables, else shard the dense side
         strategy = "fsdp2"
         dense = _dense_memory(cfg, schema, world, "fsdp2")
     # plan the tables as the run would shard them (FSDP2 owns the dense arch: no data-parallel tables)
@@ -171,9 +178,11 @@ def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> 
     reasons = []
     plan = None
     if reserved >= 1:
-        reasons.append(f"the dense side alone needs {(sum(dense) + acts) / GiB:.1f} GiB per device "
-                       f"(activations {acts / GiB:.1f} GiB for {tokens:,} tokens): lower optim.batch_size or "
-                       f"model.max_seq_len, or set model.activation_checkpointing=true")
+        reasons.append(
+            f"the dense side alone needs {(sum(dense) + acts) / GiB:.1f} GiB per device "
+            f"(activations {acts / GiB:.1f} GiB for {tokens:,} tokens): lower optim.batch_size or "
+            f"model.max_seq_len, or set model.activation_checkpointing=true"
+        )
     else:
         topology = Topology(
             world_size=world,
@@ -189,7 +198,10 @@ def plan_cluster(cfg: TrainJobConfig, schema: ModelSchema, cluster: Cluster) -> 
             constraints=constraints_for(cfg, schema),
             debug=False,
         )
-        task = build_task(cfg, schema, torch.ones(schema.num_items + 1), cluster.compute_device)
+        # Everything on `meta`: the planner reads the tables' shapes, while a [catalogue] float buffer
+        # (with the logQ terms made from it) and a 1B-parameter dense arch took GBs of host memory.
+        counts = torch.ones(schema.num_items + 1, device="meta")
+        task = build_task(cfg, schema, counts, cluster.compute_device, dense_on_meta=True)
         try:
             with quiet_planner():
                 plan = planner.plan(task, [make_sharder(cfg)])
@@ -225,16 +237,26 @@ def _gib(n: int) -> str:
 def format_cluster_plan(p: ClusterPlan) -> str:
     c = p.cluster
     lines = [
-        f"cluster: {c.world_size} x {c.compute_device} ({c.world_size // max(1, min(c.gpus_per_node, c.world_size))} nodes x "
+        f"cluster: {c.world_size} x {c.compute_device} "
+        f"({c.world_size // max(1, min(c.gpus_per_node, c.world_size))} nodes x "
         f"{min(c.gpus_per_node, c.world_size)}), {c.gpu_memory_gb:g} GB per GPU, {c.host_memory_gb:g} GB host per node",
         f"dense parameters: {p.dense_params['total']:,} ("
-        + ", ".join(f"{k} {v:,}" for k, v in p.dense_params.items() if k != "total" and v) + ")",
+        + ", ".join(f"{k} {v:,}" for k, v in p.dense_params.items() if k != "total" and v)
+        + ")",
         f"embedding parameters: {p.embedding_params['total']:,} ("
-        + ", ".join(f"{k} {v:,}" for k, v in p.embedding_params.items() if k != "total") + ")",
+        + ", ".join(f"{k} {v:,}" for k, v in p.embedding_params.items() if k != "total")
+        + ")",
         f"dense strategy: {p.dense_strategy}"
-        + (" (replicated; gradients all-reduced)" if p.dense_strategy == "ddp" else " (dense weights, gradients and AdamW state sharded over the world)")
-        + (f"; the config says {p.configured_strategy}: train with --set sharding.dense={p.dense_strategy}"
-           if p.configured_strategy != p.dense_strategy else ""),
+        + (
+            " (replicated; gradients all-reduced)"
+            if p.dense_strategy == "ddp"
+            else " (dense weights, gradients and AdamW state sharded over the world)"
+        )
+        + (
+            f"; the config says {p.configured_strategy}: train with --set sharding.dense={p.dense_strategy}"
+            if p.configured_strategy != p.dense_strategy
+            else ""
+        ),
         "sharding plan:",
     ]
     if p.plan is None:
@@ -245,11 +267,14 @@ def format_cluster_plan(p: ClusterPlan) -> str:
                 shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []
                 ranks = sorted({s.placement.rank() for s in shards}) or sorted(ps.ranks or [])
                 size = f"{len(shards)} shards of {list(shards[0].shard_sizes)}" if shards else "replicated"
-                lines.append(f"  {table:<24} {ps.sharding_type:<14} {ps.compute_kernel:<18} {size} on {len(ranks)} rank(s)")
+                lines.append(
+                    f"  {table:<24} {ps.sharding_type:<14} {ps.compute_kernel:<18} {size} on {len(ranks)} rank(s)"
+                )
     m = p.memory
     lines += [
         f"memory per device (most loaded rank, {p.tokens_per_device:,} tokens per step):",
-        f"  embeddings + optimizer state {_gib(m.embeddings)}" + (f"   (+{m.embeddings_host / GiB:.2f} GiB in host memory)" if m.embeddings_host else ""),
+        f"  embeddings + optimizer state {_gib(m.embeddings)}"
+        + (f"   (+{m.embeddings_host / GiB:.2f} GiB in host memory)" if m.embeddings_host else ""),
         f"  dense weights                {_gib(m.dense_weights)}",
         f"  dense gradients              {_gib(m.dense_grads)}",
         f"  dense optimizer state        {_gib(m.dense_optimizer)}",

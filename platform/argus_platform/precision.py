@@ -32,8 +32,10 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     if caps.get("amx_bf16"):
         return True, "this CPU has AMX (amx_bf16)"
     if caps.get("avx512_bf16"):
-        return False, ("this CPU has AVX512-BF16 but no AMX, where bf16 was slower than fp32 for the default model "
-                       "(set optim.precision=bf16 to use it)")
+        return False, (
+            "this CPU has AVX512-BF16 but no AMX, where bf16 was slower than fp32 for the default model "
+            "(set optim.precision=bf16 to use it)"
+        )
     return False, f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has neither AMX nor AVX512-BF16"
 
 
@@ -44,7 +46,11 @@ def resolve_precision(requested: str, device: torch.device, collective: bool = T
         raise ValueError(f"unknown precision {requested!r}; use one of {PRECISIONS}")
     ok, why = native_bf16(device)
     if requested != "auto":
-        note = "" if ok or requested == "fp32" else f"; slow here: {why}, so bf16 is emulated (optim.precision=auto picks fp32)"
+        note = (
+            ""
+            if ok or requested == "fp32"
+            else f"; slow here: {why}, so bf16 is emulated (optim.precision=auto picks fp32)"
+        )
         return requested, f"set in the config{note}"
     if collective and dist.is_initialized() and dist.get_world_size() > 1:
         flag = torch.tensor([int(ok)], device=device if dist.get_backend() == "nccl" else "cpu")
@@ -52,4 +58,3 @@ def resolve_precision(requested: str, device: torch.device, collective: bool = T
         if bool(flag.item()) != ok:
             ok, why = False, why + "; another rank's device does not"
     return ("bf16" if ok else "fp32"), f"auto: {why}"
-

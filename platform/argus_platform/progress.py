@@ -25,11 +25,20 @@ def duration(seconds: float) -> str:
 class Progress:
     """Counts `unit`s of `label` towards `total` (None = unknown: no ETA) and prints as it goes.
 
-    enabled=False counts silently (e.g. every rank but 0)."""
+    enabled=False counts silently (e.g. every rank but 0); `close_below_s`: no closing line for work
+    that took less (a line a second on a small run's every evaluation is noise)."""
 
-    def __init__(self, label: str, total: int | None, unit: str, enabled: bool = True, every_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        unit: str,
+        enabled: bool = True,
+        every_s: float = 10.0,
+        close_below_s: float = 0.0,
+    ) -> None:
         self.label, self.total, self.unit = label, total, unit
-        self.enabled, self.every_s = enabled, every_s
+        self.enabled, self.every_s, self.close_below_s = enabled, every_s, close_below_s
         self.done = 0
         self.started = self.last = time.monotonic()
 
@@ -43,10 +52,13 @@ class Progress:
     def close(self, extra: str = "") -> float:
         """Prints the closing line (when enabled) and returns the seconds taken."""
         seconds = time.monotonic() - self.started
-        if self.enabled:
+        if self.enabled and seconds >= self.close_below_s:
             tail = f"; {extra}" if extra else ""
-            print(f"[argus] {self.label}: {self.done:,} {self.unit} in {duration(seconds)} "
-                  f"({self._rate(time.monotonic())}){tail}", flush=True)
+            print(
+                f"[argus] {self.label}: {self.done:,} {self.unit} in {duration(seconds)} "
+                f"({self._rate(time.monotonic())}){tail}",
+                flush=True,
+            )
         return seconds
 
     def _count(self) -> str:

@@ -23,7 +23,6 @@ from pathlib import Path
 import psutil
 
 from argus_models.checkpoint import absolute
-
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help
@@ -42,7 +41,9 @@ class ScaleBenchConfig:
     train_overrides: list[str] = _help(
         "overrides for every point (after the bench's own: synthetic sizes, one epoch, no impressions)", factory=list
     )
-    out_dir: str = _help("runs in <out_dir>/<events>x<items>, figures in <out_dir>/scale.json and scale.md", "runs/bench-scale")
+    out_dir: str = _help(
+        "runs in <out_dir>/<events>x<items>, figures in <out_dir>/scale.json and scale.md", "runs/bench-scale"
+    )
 
     def validate(self) -> None:
         if not self.events and not self.items:
@@ -96,18 +97,26 @@ class MemorySampler:
 
     def summary(self) -> dict:
         top = sorted(self.peak_by_pid.values(), reverse=True)[:5]
-        return {"peak_total_gib": round(self.peak_total / 2**30, 2),
-                "peak_machine_used_gib": round(self.peak_machine / 2**30, 2),
-                "machine_used_before_gib": round(self.machine_before / 2**30, 2),
-                "peak_process_gib": round(top[0][0] / 2**30, 2) if top else 0.0,
-                "largest_processes": [{"name": n, "peak_rss_gib": round(r / 2**30, 2)} for r, n in top]}
+        return {
+            "peak_total_gib": round(self.peak_total / 2**30, 2),
+            "peak_machine_used_gib": round(self.peak_machine / 2**30, 2),
+            "machine_used_before_gib": round(self.machine_before / 2**30, 2),
+            "peak_process_gib": round(top[0][0] / 2**30, 2) if top else 0.0,
+            "largest_processes": [{"name": n, "peak_rss_gib": round(r / 2**30, 2)} for r, n in top],
+        }
 
 
 def point_config(cfg: ScaleBenchConfig, events: int, items: int, run_dir: Path) -> TrainJobConfig:
     users = max(1, events // cfg.events_per_user)
-    own = [f"data.synthetic.num_users={users}", f"data.synthetic.num_items={items}",
-           f"data.synthetic.events_per_user={cfg.events_per_user}", "data.synthetic.impressions_per_event=0",
-           "optim.epochs=1", "optim.eval_every_epochs=1", f"run.dir={run_dir}"]
+    own = [
+        f"data.synthetic.num_users={users}",
+        f"data.synthetic.num_items={items}",
+        f"data.synthetic.events_per_user={cfg.events_per_user}",
+        "data.synthetic.impressions_per_event=0",
+        "optim.epochs=1",
+        "optim.eval_every_epochs=1",
+        f"run.dir={run_dir}",
+    ]
     return load_config(TrainJobConfig, cfg.train_config or None, own + list(cfg.train_overrides))
 
 
@@ -127,8 +136,11 @@ def run_point(cfg: ScaleBenchConfig, events: int, items: int, root: Path) -> dic
     epoch = final["history"][-1]
     stages = summary["stage_seconds"]
     row = {
-        "events": summary["validation"]["clean_rows"], "target_events": events, "items": items,
-        "catalogue": summary["num_items"], "users": summary["num_users"],
+        "events": summary["validation"]["clean_rows"],
+        "target_events": events,
+        "items": items,
+        "catalogue": summary["num_items"],
+        "users": summary["num_users"],
         "generate_s": stages.get("generate", 0.0),
         "prepare_s": round(sum(v for k, v in stages.items() if k != "generate"), 1),
         "epoch_s": round(epoch["epoch_seconds"], 1),
@@ -136,9 +148,11 @@ def run_point(cfg: ScaleBenchConfig, events: int, items: int, root: Path) -> dic
         "test_s": round(epoch.get("test_seconds", 0.0), 1),
         "train_events_per_s": round(epoch["train_events_per_second"]),
         # the share of the machine's CPU the hypervisor gave to other guests (None: not reported)
-        "epoch_cpu_stolen_pct": _pct(epoch.get("cpu_stolen_fraction")), "job_cpu_stolen_pct": _pct(job_steal),
+        "epoch_cpu_stolen_pct": _pct(epoch.get("cpu_stolen_fraction")),
+        "job_cpu_stolen_pct": _pct(job_steal),
         "job_s": round(time.time() - started, 1),
-        "test_ndcg@10": final["test"]["ndcg@10"], "popularity_ndcg@10": final["baselines"]["popularity"]["test"]["ndcg@10"],
+        "test_ndcg@10": final["test"]["ndcg@10"],
+        "popularity_ndcg@10": final["baselines"]["popularity"]["test"]["ndcg@10"],
         "precision": final["protocol"]["precision"],
         **memory.summary(),
     }
@@ -160,9 +174,18 @@ def growth(rows: list[dict], key: str, by: str, work=None) -> list[dict]:
     size = work or (lambda r: r[by])
     ideal = size(hi) / size(lo)
     got = hi[key] / max(lo[key], 1e-9)
-    return [{"metric": key, "sweep": by, "from": lo[by], "to": hi[by], "ratio": round(got, 2), "linear": round(ideal, 2),
-             "work": by if work is None else ("users × items" if ideal != 1.0 else "constant"),
-             "vs_linear": round(got / ideal, 2)}]
+    return [
+        {
+            "metric": key,
+            "sweep": by,
+            "from": lo[by],
+            "to": hi[by],
+            "ratio": round(got, 2),
+            "linear": round(ideal, 2),
+            "work": by if work is None else ("users × items" if ideal != 1.0 else "constant"),
+            "vs_linear": round(got / ideal, 2),
+        }
+    ]
 
 
 def bench(cfg: ScaleBenchConfig) -> dict:
@@ -186,22 +209,36 @@ def bench(cfg: ScaleBenchConfig) -> dict:
     return result
 
 
-COLUMNS = [("events", "events", "{:,}"), ("catalogue", "items", "{:,}"), ("generate_s", "generate s", "{:.0f}"),
-           ("prepare_s", "prepare s", "{:.0f}"), ("epoch_s", "epoch s", "{:.0f}"), ("validation_s", "validation s", "{:.0f}"),
-           ("test_s", "test s", "{:.0f}"), ("job_s", "job s", "{:.0f}"), ("train_events_per_s", "train events/s", "{:,}"),
-           ("epoch_cpu_stolen_pct", "CPU stolen in epoch %", "{:.1f}"),
-           ("prepare_events_per_s", "prepare events/s", "{:,}"), ("peak_process_gib", "peak RSS/process GiB", "{:.2f}"),
-           ("peak_total_gib", "peak RSS sum GiB", "{:.2f}"), ("peak_machine_used_gib", "machine used GiB", "{:.2f}")]
+COLUMNS = [
+    ("events", "events", "{:,}"),
+    ("catalogue", "items", "{:,}"),
+    ("generate_s", "generate s", "{:.0f}"),
+    ("prepare_s", "prepare s", "{:.0f}"),
+    ("epoch_s", "epoch s", "{:.0f}"),
+    ("validation_s", "validation s", "{:.0f}"),
+    ("test_s", "test s", "{:.0f}"),
+    ("job_s", "job s", "{:.0f}"),
+    ("train_events_per_s", "train events/s", "{:,}"),
+    ("epoch_cpu_stolen_pct", "CPU stolen in epoch %", "{:.1f}"),
+    ("prepare_events_per_s", "prepare events/s", "{:,}"),
+    ("peak_process_gib", "peak RSS/process GiB", "{:.2f}"),
+    ("peak_total_gib", "peak RSS sum GiB", "{:.2f}"),
+    ("peak_machine_used_gib", "machine used GiB", "{:.2f}"),
+]
 
 
 def format_tables(result: dict) -> str:
     head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * len(COLUMNS)]
     for r in result["points"]:
-        lines.append("| " + " | ".join("n/a" if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in COLUMNS) + " |")
+        lines.append(
+            "| " + " | ".join("n/a" if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in COLUMNS) + " |"
+        )
     if result["growth"]:
         lines += ["", "| growth | sweep | ratio | linear in | linear | ÷ linear |", "|---|---|---|---|---|---|"]
         for g in result["growth"]:
-            lines.append(f"| {g['metric']} | {g['sweep']} {g['from']:,} → {g['to']:,} | {g['ratio']} | {g['work']} | "
-                         f"{g['linear']} | {g['vs_linear']} |")
+            lines.append(
+                f"| {g['metric']} | {g['sweep']} {g['from']:,} → {g['to']:,} | {g['ratio']} | {g['work']} | "
+                f"{g['linear']} | {g['vs_linear']} |"
+            )
     return "\n".join(lines)

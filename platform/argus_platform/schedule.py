@@ -39,8 +39,15 @@ def evaluations_between(done: int, end: int, every: int) -> int:
     return end // every - done // every + (1 if end % every else 0)
 
 
-def fit_epochs(budget_s: float, spent_s: float, done: int, epoch_s: float, eval_s: float,
-               eval_share: float = 0.1, max_epochs: int = 10_000) -> EpochPlan:
+def fit_epochs(
+    budget_s: float,
+    spent_s: float,
+    done: int,
+    epoch_s: float,
+    eval_s: float,
+    eval_share: float = 0.1,
+    max_epochs: int = 10_000,
+) -> EpochPlan:
     """The most epochs whose steps and evaluations fit in `budget_s`, after `done` epochs that took
     `spent_s` seconds (their evaluations included). An epoch costs `epoch_s`, an evaluation
     (validation, and test at a new best) `eval_s`; evaluations run every k epochs, k the smallest

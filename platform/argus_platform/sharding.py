@@ -19,8 +19,8 @@ from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
@@ -35,11 +35,9 @@ from argus_models.config import ModelSchema
 from argus_models.losses import mixed_log_q
 from argus_models.model import ITEM, ArgusDenseArch, ArgusSparseArch, embedding_configs, table_name
 from argus_models.task import ArgusObjective, ArgusTrainTask
-
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import ConfigError
 from argus_platform.precision import resolve_precision
-
 
 
 @dataclass
@@ -85,7 +83,9 @@ class FullyShardDense(DataParallelWrapper):
         dense = dmp._dmp_wrapped_module.objective.dense
         mesh = init_device_mesh(device.type, (env.world_size,))
         # Gradients are reduced in float32; with bf16, parameters are all-gathered in bf16.
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if self.precision == "bf16" else None, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if self.precision == "bf16" else None, reduce_dtype=torch.float32
+        )
         for block in dense.encoder.blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
         if dense.item_tower is not None:
@@ -97,17 +97,26 @@ class FullyShardDense(DataParallelWrapper):
         fully_shard(dense, mesh=mesh, mp_policy=policy)
 
 
-def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device_type: str = "cpu",
-               item_codes: np.ndarray | None = None, item_hashes: np.ndarray | None = None) -> ArgusTrainTask:
+def build_task(
+    cfg: TrainJobConfig,
+    schema: ModelSchema,
+    item_counts: torch.Tensor,
+    device_type: str = "cpu",
+    item_codes: np.ndarray | None = None,
+    item_hashes: np.ndarray | None = None,
+    dense_on_meta: bool = False,
+) -> ArgusTrainTask:
     """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast);
     `item_codes`: the catalogue's item-side feature codes when the schema has item features;
-    `item_hashes`: its multi-hash bucket rows when the schema has hash tables."""
+    `item_hashes`: its multi-hash bucket rows when the schema has hash tables; `dense_on_meta`: the
+    dense arch on `meta` too (planning: a 1B-parameter arch would take 4 GiB of host memory)."""
     cfg = replace(cfg, loss=resolve_next_item_loss(cfg.loss, schema.num_items)[0])  # auto → the catalogue's loss
     probs = item_counts.double() / item_counts.sum().clamp_min(1)
     n_ib = cfg.loss.in_batch_negatives if cfg.loss.next_item != "full_softmax" else 0
     n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
     log_q = mixed_log_q(probs, n_ib, n_u) if n_ib + n_u > 0 else torch.zeros_like(probs)
-    dense = ArgusDenseArch(cfg.model, schema)
+    with torch.device("meta") if dense_on_meta else contextlib.nullcontext():
+        dense = ArgusDenseArch(cfg.model, schema)
     if cfg.model.compile_blocks:
         dense.encoder.compile_blocks()
     if dense.item_tower is not None:
@@ -126,7 +135,11 @@ def build_task(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tens
         exclude_history=cfg.loss.exclude_history,
     )
     sparse = ArgusSparseArch(schema, cfg.model.embedding_dim, device="meta")
-    precision = cfg.optim.precision if cfg.optim.precision != "auto" else resolve_precision("auto", torch.device(device_type), collective=False)[0]
+    precision = (
+        cfg.optim.precision
+        if cfg.optim.precision != "auto"
+        else resolve_precision("auto", torch.device(device_type), collective=False)[0]
+    )
     return ArgusTrainTask(sparse, objective, precision=precision, device_type=device_type)
 
 
@@ -134,7 +147,13 @@ def fused_params(cfg: TrainJobConfig) -> dict:
     """The tables' optimizer, fused into the FBGEMM backward (no gradient is materialised)."""
     kind = cfg.optim.sparse_optimizer
     if kind == "adam":
-        return {"optimizer": EmbOptimType.ADAM, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8, "beta1": 0.9, "beta2": 0.999}
+        return {
+            "optimizer": EmbOptimType.ADAM,
+            "learning_rate": cfg.optim.sparse_lr,
+            "eps": 1e-8,
+            "beta1": 0.9,
+            "beta2": 0.999,
+        }
     if kind == "sgd":
         return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": cfg.optim.sparse_lr}
     optimizer = EmbOptimType.EXACT_ADAGRAD if kind == "adagrad" else EmbOptimType.EXACT_ROWWISE_ADAGRAD
@@ -148,7 +167,9 @@ def make_sharder(cfg: TrainJobConfig) -> EmbeddingCollectionSharder:
     return EmbeddingCollectionSharder(fused_params=fused_params(cfg))
 
 
-def make_topology(world_size: int, local_world_size: int, compute_device: str, hbm_cap_bytes: int | None = None) -> Topology:
+def make_topology(
+    world_size: int, local_world_size: int, compute_device: str, hbm_cap_bytes: int | None = None
+) -> Topology:
     trainer = TrainerConfig(world_size=world_size, local_world_size=local_world_size, hbm_cap_bytes=hbm_cap_bytes)
     return TopologyFactory.create_topology(trainer, kernel_config=KernelConfig(compute_device=compute_device))
 
@@ -202,7 +223,11 @@ def describe_plan(plan: ShardingPlan) -> str:
         for table, ps in module_plan.items():
             ranks = sorted({r for r in (ps.ranks or [])})
             shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []
-            sizes = ", ".join(f"rank{s.placement.rank()}:{list(s.shard_sizes)}" for s in shards) if shards else f"ranks {ranks}"
+            sizes = (
+                ", ".join(f"rank{s.placement.rank()}:{list(s.shard_sizes)}" for s in shards)
+                if shards
+                else f"ranks {ranks}"
+            )
             lines.append(f"  {module_path}.{table}: {ps.sharding_type} / {ps.compute_kernel} ({sizes})")
     return "\n".join(lines)
 
@@ -216,17 +241,28 @@ def check_kernels(cfg: TrainJobConfig, device_type: str) -> None:
     """
     if device_type != "cpu":
         return
-    forced = [f"sharding.{k}={v}" for k, v in (("sharding_type", cfg.sharding.sharding_type),
-                                                ("compute_kernel", cfg.sharding.compute_kernel)) if v in ("data_parallel", "dense")]
+    forced = [
+        f"sharding.{k}={v}"
+        for k, v in (("sharding_type", cfg.sharding.sharding_type), ("compute_kernel", cfg.sharding.compute_kernel))
+        if v in ("data_parallel", "dense")
+    ]
     if forced:
-        raise ConfigError(f"{' and '.join(forced)} needs GPUs (scaling.use_gpu=true): on CPU, FBGEMM's dense kernel "
-                         f"(the one a data-parallel table runs) does not support sequence embedding tables; leave "
-                         f"both unset on CPU (the planner shards the tables with the fused kernel)")
+        raise ConfigError(
+            f"{' and '.join(forced)} needs GPUs (scaling.use_gpu=true): on CPU, FBGEMM's dense kernel "
+            f"(the one a data-parallel table runs) does not support sequence embedding tables; leave "
+            f"both unset on CPU (the planner shards the tables with the fused kernel)"
+        )
 
 
-def shard(cfg: TrainJobConfig, schema: ModelSchema, item_counts: torch.Tensor, device: torch.device,
-          task: torch.nn.Module | None = None, item_codes: np.ndarray | None = None,
-          item_hashes: np.ndarray | None = None) -> ShardedTask:
+def shard(
+    cfg: TrainJobConfig,
+    schema: ModelSchema,
+    item_counts: torch.Tensor,
+    device: torch.device,
+    task: torch.nn.Module | None = None,
+    item_codes: np.ndarray | None = None,
+    item_hashes: np.ndarray | None = None,
+) -> ShardedTask:
     """Plan for the live process group and wrap in DMP (collective: every rank calls it).
     `task`: another module with the same `sparse` / `objective.dense` layout (fine-tuning);
     `item_codes` / `item_hashes`: item-side feature codes and multi-hash bucket rows (see `build_task`)."""
@@ -261,6 +297,7 @@ def _adamw(cfg: TrainJobConfig, params: list[torch.Tensor]) -> torch.optim.AdamW
     fused = not any(isinstance(p, DTensor) for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay, fused=fused or None)
     if cfg.optim.grad_clip > 0:
+
         def clip(optimizer, args, kwargs) -> None:
             grads = [p for p in params if p.grad is not None]
             if grads:

@@ -19,7 +19,6 @@ from argus_models.config import ModelSchema
 from argus_models.model import ITEM, NEG_ITEM, ArgusDenseArch, ctx_feature, fb_feature
 from argus_models.sizing import dense_parameter_count
 from argus_models.task import ArgusObjective, SequenceBatch
-
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.recipe import require_numbers
 
@@ -55,7 +54,9 @@ def flops_per_token(cfg: TrainJobConfig, schema: ModelSchema, negatives: int, re
     parts = dense_parameter_count(m, schema)
     params = parts["total"]
     per_event = tokens_per_event(cfg, schema)
-    attention = 6 * m.num_layers * m.max_seq_len * per_event * m.embedding_dim  # QK^T and AV, fwd+bwd, causal half of 2·S·D each
+    attention = (
+        6 * m.num_layers * m.max_seq_len * per_event * m.embedding_dim
+    )  # QK^T and AV, fwd+bwd, causal half of 2·S·D each
     logits = 6 * negatives * m.embedding_dim / per_event
     model = 6 * params + attention + logits
     if not (recompute and m.activation_checkpointing):
@@ -70,7 +71,9 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def measure(cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, steps: int = 10, warmup: int = 3) -> Throughput:
+def measure(
+    cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, steps: int = 10, warmup: int = 3
+) -> Throughput:
     require_numbers(cfg, "jobs/bench_train.py")
     torch.manual_seed(0)
     m, B = cfg.model, cfg.optim.batch_size
@@ -81,15 +84,20 @@ def measure(cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, step
     dense = ArgusDenseArch(m, schema).to(device).train()
     if m.compile_blocks:
         dense.encoder.compile_blocks()
-    objective = ArgusObjective(dense, torch.zeros(schema.num_items + 1), cfg.loss.next_item,
-                               0 if full else cfg.loss.in_batch_negatives).to(device)
+    objective = ArgusObjective(
+        dense, torch.zeros(schema.num_items + 1), cfg.loss.next_item, 0 if full else cfg.loss.in_batch_negatives
+    ).to(device)
     tables = {ITEM: torch.randn(schema.num_items + 1, m.embedding_dim, device=device, requires_grad=True)}
     tables |= {ctx_feature(c): torch.randn(n, m.embedding_dim, device=device) for c, n in schema.contexts.items()}
     tables |= {fb_feature(a.name): torch.randn(a.num_codes, m.embedding_dim, device=device) for a in schema.actions}
     opt = torch.optim.AdamW(dense.parameters(), lr=1e-4)
     items = torch.randint(1, schema.num_items + 1, (B, W), device=device)
     lengths = torch.full((B,), W, device=device)
-    neg_ids = torch.arange(schema.num_items + 1, device=device) if full else torch.randint(1, schema.num_items + 1, (n_neg,), device=device)
+    neg_ids = (
+        torch.arange(schema.num_items + 1, device=device)
+        if full
+        else torch.randint(1, schema.num_items + 1, (n_neg,), device=device)
+    )
     actions = torch.zeros(B, W, len(schema.actions), device=device)
     batch = SequenceBatch(None, items, lengths, actions, neg_ids)
     codes = {k: torch.randint(0, t.shape[0], (B, W), device=device) for k, t in tables.items() if k != ITEM}
@@ -121,8 +129,14 @@ def measure(cfg: TrainJobConfig, schema: ModelSchema, device: torch.device, step
     peak = peak_tflops(device)
     return Throughput(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        tokens_per_step=tokens, step_seconds=seconds, tokens_per_second=tokens / seconds, flops_per_token=fpt,
-        achieved_tflops=achieved, hardware_tflops=hardware, peak_tflops=peak,
-        mfu=achieved / peak if peak else None, hfu=hardware / peak if peak else None,
+        tokens_per_step=tokens,
+        step_seconds=seconds,
+        tokens_per_second=tokens / seconds,
+        flops_per_token=fpt,
+        achieved_tflops=achieved,
+        hardware_tflops=hardware,
+        peak_tflops=peak,
+        mfu=achieved / peak if peak else None,
+        hfu=hardware / peak if peak else None,
         peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     )

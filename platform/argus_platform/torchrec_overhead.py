@@ -28,7 +28,6 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from argus_models.config import ModelSchema
 from argus_models.model import ITEM, NEG_ITEM, embedding_configs, jagged_to_padded, table_name
-
 from argus_platform.config import TrainJobConfig
 from argus_platform.sharding import build_task, shard
 
@@ -38,10 +37,12 @@ class PlainTables(nn.Module):
 
     def __init__(self, schema: ModelSchema, dim: int, init: dict[str, torch.Tensor]) -> None:
         super().__init__()
-        self.tables = nn.ModuleDict({
-            t.name: nn.Embedding(t.num_embeddings, dim, sparse=True, _weight=init[t.name].clone())
-            for t in embedding_configs(schema, dim)
-        })
+        self.tables = nn.ModuleDict(
+            {
+                t.name: nn.Embedding(t.num_embeddings, dim, sparse=True, _weight=init[t.name].clone())
+                for t in embedding_configs(schema, dim)
+            }
+        )
 
     def forward(self, features: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
         jagged = {}
@@ -67,13 +68,22 @@ class Overhead:
         return self.plain_ms / self.torchrec_ms
 
 
-def _time_plain(cfg: TrainJobConfig, schema: ModelSchema, counts: torch.Tensor, init: dict, dense_init: dict,
-                batches: list, warmup: int) -> tuple[float, float, float]:
+def _time_plain(
+    cfg: TrainJobConfig,
+    schema: ModelSchema,
+    counts: torch.Tensor,
+    init: dict,
+    dense_init: dict,
+    batches: list,
+    warmup: int,
+) -> tuple[float, float, float]:
     task = build_task(cfg, schema, counts)
     task.sparse = PlainTables(schema, cfg.model.embedding_dim, init)
     task.objective.dense.load_state_dict(dense_init)
     sparse_opt = torch.optim.Adagrad(task.sparse.parameters(), lr=cfg.optim.sparse_lr, eps=1e-8)
-    dense_opt = torch.optim.AdamW(task.objective.parameters(), lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay)
+    dense_opt = torch.optim.AdamW(
+        task.objective.parameters(), lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay
+    )
     times, losses = [], []
     torch.manual_seed(1)  # in-batch negatives and dropout draw the same numbers on both sides
     for i, batch in enumerate(batches):
@@ -90,8 +100,15 @@ def _time_plain(cfg: TrainJobConfig, schema: ModelSchema, counts: torch.Tensor, 
     return float(np.mean(times)) * 1000, losses[0], losses[-1]
 
 
-def _time_torchrec(cfg: TrainJobConfig, schema: ModelSchema, counts: torch.Tensor, init: dict, dense_init: dict,
-                   batches: list, warmup: int) -> tuple[float, float, float]:
+def _time_torchrec(
+    cfg: TrainJobConfig,
+    schema: ModelSchema,
+    counts: torch.Tensor,
+    init: dict,
+    dense_init: dict,
+    batches: list,
+    warmup: int,
+) -> tuple[float, float, float]:
     sharded = shard(cfg, schema, counts, torch.device("cpu"))
     state = sharded.model.state_dict()
     for name, weight in init.items():  # the same initial tables as the plain side
@@ -120,11 +137,22 @@ def _time_torchrec(cfg: TrainJobConfig, schema: ModelSchema, counts: torch.Tenso
 
 def measure(cfg: TrainJobConfig, schema: ModelSchema, counts: torch.Tensor, batches: list, warmup: int = 3) -> Overhead:
     """Both sides on the same batches (each side's first `warmup` steps are not timed)."""
-    cfg = replace(cfg, optim=replace(cfg.optim, sparse_optimizer="adagrad", sparse_weight_decay=0.0, grad_clip=0.0,
-                                     precision="fp32", warmup_steps=0))
+    cfg = replace(
+        cfg,
+        optim=replace(
+            cfg.optim,
+            sparse_optimizer="adagrad",
+            sparse_weight_decay=0.0,
+            grad_clip=0.0,
+            precision="fp32",
+            warmup_steps=0,
+        ),
+    )
     torch.manual_seed(0)
-    init = {t.name: torch.empty(t.num_embeddings, t.embedding_dim).normal_(0, t.embedding_dim ** -0.5)
-            for t in embedding_configs(schema, cfg.model.embedding_dim)}
+    init = {
+        t.name: torch.empty(t.num_embeddings, t.embedding_dim).normal_(0, t.embedding_dim**-0.5)
+        for t in embedding_configs(schema, cfg.model.embedding_dim)
+    }
     dense_init = {k: v.clone() for k, v in build_task(cfg, schema, counts).objective.dense.state_dict().items()}
     with tempfile.TemporaryDirectory() as tmp:
         own_group = not dist.is_initialized()
@@ -141,5 +169,7 @@ def prepared_batches(run_dir: Path, collate, batch_size: int, steps: int) -> lis
     """`steps` collated training batches from a prepared run's train split."""
     table = pq.ParquetDataset(str(run_dir / "data" / "train")).read()
     if table.num_rows < batch_size * steps:
-        raise ValueError(f"the train split of {run_dir} has {table.num_rows} rows; {steps} steps of {batch_size} need more")
+        raise ValueError(
+            f"the train split of {run_dir} has {table.num_rows} rows; {steps} steps of {batch_size} need more"
+        )
     return [collate(table.slice(i * batch_size, batch_size)) for i in range(steps)]

@@ -46,15 +46,17 @@ def _rank_iterator(paths: dict[str, str], rank: int, world: int, seed: int):
             rows = rows[: len(rows) // batch_size * batch_size]
             epochs["train"] += 1
         for start in range(0, len(rows), batch_size):
-            yield table.take(pa.array(rows[start:start + batch_size]))
+            yield table.take(pa.array(rows[start : start + batch_size]))
 
     return iterate
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    return sorted((p for p in run_dir.glob(CKPT_PREFIX + "*") if (p / "train_state.json").is_file()),
-                  key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+    return sorted(
+        (p for p in run_dir.glob(CKPT_PREFIX + "*") if (p / "train_state.json").is_file()),
+        key=lambda p: int(p.name[len(CKPT_PREFIX) :]),
+    )
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -97,10 +99,12 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
         target = run_dir / f"{CKPT_PREFIX}{metrics['epoch']}"
         target.mkdir(exist_ok=True)
         for f in ckpt.iterdir():  # each rank contributes its own shard files
-            (shutil.copytree if f.is_dir() else shutil.copy)(f, target / f.name, **({"dirs_exist_ok": True} if f.is_dir() else {}))
+            (shutil.copytree if f.is_dir() else shutil.copy)(
+                f, target / f.name, **({"dirs_exist_ok": True} if f.is_dir() else {})
+            )
         dist.barrier()
         if rank == 0:  # the most recent run.checkpoints_to_keep, as Ray Train keeps them
-            for old in _checkpoints(run_dir)[:-max(cfg.run.checkpoints_to_keep, 1)]:
+            for old in _checkpoints(run_dir)[: -max(cfg.run.checkpoints_to_keep, 1)]:
                 shutil.rmtree(old)
 
     final = run_worker(cfg, run_dir, iterate, _latest_checkpoint(run_dir), report, device)

@@ -21,21 +21,23 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from argus_models.config import ModelSchema
 from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
-
+from argus_platform.catalogue_ranking import catalogue_shard
 from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
+from argus_platform.console import tee_progress
+from argus_platform.curves import CURVES, Curves, plot_curves
 from argus_platform.data.history_stats import history_stats
 from argus_platform.data.prepare import load_prepared
-from argus_platform.catalogue_ranking import catalogue_shard
 from argus_platform.evaluation import evaluate, user_sample
 from argus_platform.precision import resolve_precision
-from argus_platform.progress import Progress, StolenCpu
+from argus_platform.progress import Progress, StolenCpu, duration
 from argus_platform.recipe import resolve_data_choices
 from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
 from argus_platform.sharding import describe_plan, shard
 
+QUIET_BELOW_S = 10.0  # epochs, step lines and evaluations shorter than this print no line of their own
 
 Iterate = Callable[[str, int], Iterable[pa.Table]]  # (split, batch_size) -> Arrow batches
 Report = Callable[[dict, Path | None], None]  # (metrics, checkpoint dir or None)
@@ -46,18 +48,29 @@ def _say(rank: int, msg: str) -> None:
         print(msg, flush=True)
 
 
-def make_collators(cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int,
-                   item_hashes: np.ndarray | None = None) -> tuple[Collator, Collator]:
+def make_collators(
+    cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int, item_hashes: np.ndarray | None = None
+) -> tuple[Collator, Collator]:
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
     window = cfg.model.max_seq_len + 1
     loss = resolve_next_item_loss(cfg.loss, schema.num_items)[0]  # the negatives the task's loss expects
     negatives = "catalogue" if loss.next_item == "full_softmax" else ("uniform" if loss.uniform_negatives else "none")
-    train = Collator(schema, kinds, window, negatives, cfg.loss.uniform_negatives, seed=cfg.optim.seed * 1000 + rank,
-                     random_windows=cfg.optim.train_windows == "random", item_hashes=item_hashes)
+    train = Collator(
+        schema,
+        kinds,
+        window,
+        negatives,
+        cfg.loss.uniform_negatives,
+        seed=cfg.optim.seed * 1000 + rank,
+        random_windows=cfg.optim.train_windows == "random",
+        item_hashes=item_hashes,
+    )
     return train, Collator(schema, kinds, window, item_hashes=item_hashes)
 
 
-def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir: Path | None, report: Report, device: torch.device) -> dict:
+def run_worker(
+    cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir: Path | None, report: Report, device: torch.device
+) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     # TorchRec's pipeline logs every drained batch at INFO; keep worker output to our progress lines.
     for noisy in ("torchrec", "torch.distributed"):
@@ -72,7 +85,9 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     loss, why = resolve_next_item_loss(cfg.loss, schema.num_items)
     cfg = replace(cfg, loss=loss)
     _say(rank, f"[argus] next-item loss: {loss.next_item} ({why})")
-    cfg, chosen = resolve_data_choices(cfg, prepared.summary.get("train_histories") or history_stats(prepared.paths["train"]))
+    cfg, chosen = resolve_data_choices(
+        cfg, prepared.summary.get("train_histories") or history_stats(prepared.paths["train"])
+    )
     for line in chosen:
         _say(rank, f"[argus] {line}")
     counts = torch.from_numpy(prepared.item_counts)
@@ -83,6 +98,7 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     dense_params = count_parameters(sharded.dense)
     _say(rank, f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
     state = TrainState()
+    curves = Curves(run_dir, rank == 0)
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, sharded)
         state.resumed_at_epochs.append(state.epoch)
@@ -95,8 +111,12 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
     steps_per_epoch = max(1, prepared.summary["rows"]["train"] // (o.batch_size * world))
     budget = Budget(o, state)
     if budget.needs_plan:
-        _say(rank, f"[argus] epochs: fitted into the time budget of {o.time_budget_minutes:g} min after epoch 1 "
-                   f"and its evaluation")
+        _say(
+            rank,
+            f"[argus] epochs: fitted into the time budget of {o.time_budget_minutes:g} min after epoch 1 "
+            f"and its evaluation",
+        )
+    started, start_epoch = time.time(), state.epoch  # the run's ETA at each epoch's end
     while state.epoch < budget.epochs:
         epoch = state.epoch
         sharded.model.train()
@@ -112,12 +132,17 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             return batch
 
         waited = [0.0]
-        batches = map(collate, _timed(length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng),
-                                      waited))
+        batches = map(
+            collate,
+            _timed(length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng), waited),
+        )
         t0, n_steps, loss_sum, stolen = time.time(), 0, 0.0, StolenCpu()
+        last_line = [t0]
         out_of_time = False
         while True:
-            factor = lr_factor(state.step, o.warmup_steps, budget.total_steps(steps_per_epoch), o.lr_schedule, o.min_lr_ratio)
+            factor = lr_factor(
+                state.step, o.warmup_steps, budget.total_steps(steps_per_epoch), o.lr_schedule, o.min_lr_ratio
+            )
             for group in sharded.dense_optimizer.param_groups:
                 group["lr"] = o.dense_lr * factor
             for group in sharded.model.fused_optimizer.param_groups:
@@ -133,11 +158,25 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
                 out_of_time = True
                 break
             if o.log_every_steps and state.step % o.log_every_steps == 0:
-                parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
-                _say(rank, f"[argus] epoch {epoch + 1}/{budget.epochs_label} step {state.step} {parts} "
-                           f"({n_steps / (time.time() - t0):.1f} steps/s)")
+                curves.scalars(
+                    state.step,
+                    {f"train/{k}": v for k, v in logs.items()}
+                    | {"lr/dense": o.dense_lr * factor, "lr/sparse": o.sparse_lr * factor},
+                )
+                if time.time() - last_line[0] >= QUIET_BELOW_S:  # short epochs: their end line is enough
+                    last_line[0] = time.time()
+                    parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
+                    rate = n_steps / max(time.time() - t0, 1e-9)
+                    left = max(steps_per_epoch - n_steps, 0) / rate  # steps_per_epoch: estimated, then the last's
+                    _say(
+                        rank,
+                        f"[argus] epoch {epoch + 1}/{budget.epochs_label} step {n_steps}/~{steps_per_epoch} {parts} "
+                        f"({rate:.1f} steps/s, epoch ETA {duration(left)})",
+                    )
         if n_steps == 0:
-            raise RuntimeError("no training batches: the train split is smaller than one batch per worker; lower optim.batch_size")
+            raise RuntimeError(
+                "no training batches: the train split is smaller than one batch per worker; lower optim.batch_size"
+            )
         state.epoch = epoch + 1
         steps_per_epoch = n_steps
         seconds = time.time() - t0
@@ -146,20 +185,53 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         state.train_seconds += seconds
         events = torch.tensor([seen_events[0]], dtype=torch.int64, device=_collective_device(device))
         dist.all_reduce(events)
-        metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum / n_steps, "epoch_seconds": seconds,
-                   "train_events": int(events.item()), "train_events_per_second": events.item() / seconds,
-                   "input_wait_seconds": waited[0], "cpu_stolen_fraction": stolen.fraction(), "lr_factor": factor}
+        metrics = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "train_loss": loss_sum / n_steps,
+            "epoch_seconds": seconds,
+            "train_events": int(events.item()),
+            "train_events_per_second": events.item() / seconds,
+            "input_wait_seconds": waited[0],
+            "cpu_stolen_fraction": stolen.fraction(),
+            "lr_factor": factor,
+        }
+        state.train_losses.append([state.epoch, round(metrics["train_loss"], 6)])
+        curves.scalars(
+            state.epoch,
+            {f"epoch/{k}": metrics[k] for k in ("train_loss", "epoch_seconds", "train_events_per_second")},
+        )
         steal = metrics["cpu_stolen_fraction"]
-        steal = f"; {steal:.0%} of the machine's CPU went to other guests (hypervisor steal)" if steal and steal >= 0.01 else ""
-        _say(rank, f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
-                   f"{metrics['train_events_per_second']:,.0f} events/s, {waited[0]:.1f}s of it waiting for input{steal})")
+        steal = (
+            f"; {steal:.0%} of the machine's CPU went to other guests (hypervisor steal)"
+            if steal and steal >= 0.01
+            else ""
+        )
+        to_go = ""
+        if not budget.needs_plan and state.epoch < budget.epochs:  # the run's ETA from its epochs and evaluations
+            per_epoch = (time.time() - started) / (state.epoch - start_epoch)
+            to_go = f"; about {duration((budget.epochs - state.epoch) * per_epoch)} to go"
+        evaluated = not state.epoch % budget.eval_every or state.epoch >= budget.epochs
+        if evaluated or seconds >= QUIET_BELOW_S or budget.needs_plan:  # short epochs: the evaluated ones
+            _say(
+                rank,
+                f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
+                f"{metrics['train_events_per_second']:,.0f} events/s, {waited[0]:.1f}s of it waiting for input{steal})"
+                f"{to_go}",
+            )
         if out_of_time:
-            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min {budget.counts} reached after "
-                       f"{state.step} steps (epoch {state.epoch}, {n_steps} of its steps)")
+            _say(
+                rank,
+                f"[argus] time budget of {o.time_budget_minutes:g} min {budget.counts} reached after "
+                f"{state.step} steps (epoch {state.epoch}, {n_steps} of its steps)",
+            )
         elif budget.fitted and state.epoch < budget.epochs and _over_budget(budget.no_room_for_another(), device):
             out_of_time = True  # the epochs so far ran slower than planned: this one is the last
-            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min: no room for epoch {state.epoch + 1}; "
-                       f"evaluating epoch {state.epoch} as the last")
+            _say(
+                rank,
+                f"[argus] time budget of {o.time_budget_minutes:g} min: no room for epoch {state.epoch + 1}; "
+                f"evaluating epoch {state.epoch} as the last",
+            )
         last = state.epoch >= budget.epochs or out_of_time
         if state.epoch % budget.eval_every and not last:
             report(metrics, None)
@@ -175,9 +247,16 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         def run_eval(split: str) -> dict:
             sample = cfg.eval.max_users if split == "validation" else 0
             rows = prepared.summary["rows"][split]
-            held_out = length_buckets(user_sample(iterate(split, cfg.eval.batch_size), sample, rows),
-                                      cfg.eval.length_buckets, window)
-            progress = Progress(f"epoch {state.epoch} {split}", min(sample, rows) if sample else rows, "users", rank == 0)
+            held_out = length_buckets(
+                user_sample(iterate(split, cfg.eval.batch_size), sample, rows), cfg.eval.length_buckets, window
+            )
+            progress = Progress(
+                f"epoch {state.epoch} {split}",
+                min(sample, rows) if sample else rows,
+                "users",
+                rank == 0,
+                close_below_s=QUIET_BELOW_S,
+            )
             result = evaluate(dense, lookup, held_out, eval_collate, counts, cfg.eval, device, catalogue, progress)
             metrics[f"{split}_seconds"] = progress.close()
             return result
@@ -185,9 +264,24 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         validation = run_eval("validation")
         val = validation["model"]["ndcg@10"]
         metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
-        state.history.append({"epoch": state.epoch, "validation": validation["model"],
-                              **{k: metrics[k] for k in ("epoch_seconds", "train_events_per_second", "input_wait_seconds",
-                                                         "cpu_stolen_fraction", "validation_seconds", "lr_factor")}})
+        curves.scalars(state.epoch, {f"validation/{k}": v for k, v in validation["model"].items()})
+        state.history.append(
+            {
+                "epoch": state.epoch,
+                "validation": validation["model"],
+                **{
+                    k: metrics[k]
+                    for k in (
+                        "epoch_seconds",
+                        "train_events_per_second",
+                        "input_wait_seconds",
+                        "cpu_stolen_fraction",
+                        "validation_seconds",
+                        "lr_factor",
+                    )
+                },
+            }
+        )
         if val > state.best_validation:
             # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
             # Every rank holds the same reduced `val`, so all of them take this (collective) branch.
@@ -203,19 +297,28 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
             state.evals_without_gain += 1
         state.eval_seconds += time.time() - t_eval
         if budget.needs_plan:  # from the slowest rank's times, so that every rank makes the same plan
-            times = torch.tensor([seconds, time.time() - t_eval, state.train_seconds + state.eval_seconds],
-                                 dtype=torch.float64, device=_collective_device(device))
+            times = torch.tensor(
+                [seconds, time.time() - t_eval, state.train_seconds + state.eval_seconds],
+                dtype=torch.float64,
+                device=_collective_device(device),
+            )
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
             epoch_s, eval_s, spent = times.tolist()
             plan = budget.fit(epoch_s, eval_s, spent)
-            _say(rank, f"[argus] time budget of {o.time_budget_minutes:g} min (steps and evaluations): epoch 1 took "
-                       f"{epoch_s:.0f}s, its evaluation {eval_s:.0f}s -> {plan.epochs} epochs, validation every "
-                       f"{plan.eval_every} (expected {plan.seconds / 60:.1f} min)")
+            _say(
+                rank,
+                f"[argus] time budget of {o.time_budget_minutes:g} min (steps and evaluations): epoch 1 took "
+                f"{epoch_s:.0f}s, its evaluation {eval_s:.0f}s -> {plan.epochs} epochs, validation every "
+                f"{plan.eval_every} (expected {plan.seconds / 60:.1f} min)",
+            )
             last = state.epoch >= budget.epochs
         metrics["final"] = _final(cfg, state)  # the checkpoint's metrics carry the run's result so far
         pop = validation["popularity"]["ndcg@10"]
-        _say(rank, f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} hr@10={validation['model']['hr@10']:.4f} "
-                   f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})")
+        _say(
+            rank,
+            f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} hr@10={validation['model']['hr@10']:.4f} "
+            f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})",
+        )
         t_ckpt = time.time()
         with tempfile.TemporaryDirectory(prefix="argus-ckpt-") as tmp:
             save_checkpoint(Path(tmp), sharded, state, cfg, run_dir, rank)
@@ -228,6 +331,10 @@ def run_worker(cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir:
         if o.early_stopping_patience and state.evals_without_gain >= o.early_stopping_patience:
             _say(rank, f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
             break
+    curves.close()
+    if rank == 0:
+        title = f"{run_dir.name}: best validation NDCG@10 {state.best_validation:.4f} at epoch {state.best_epoch}"
+        plot_curves(state.train_losses, state.history, run_dir / CURVES, title)
     return _final(cfg, state)
 
 
@@ -324,15 +431,28 @@ class Budget:
 
 
 def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
-    return {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "steps": state.step,
-            "history": state.history, "train_seconds": round(state.train_seconds, 1),
-            "eval_seconds": round(state.eval_seconds, 1), **({"epoch_plan": state.plan} if state.plan else {}),
-            "protocol": {"split": cfg.data.split, "filter_seen": cfg.eval.filter_seen, "ranking": "full catalogue",
-                         "selection": "best validation ndcg@10",
-                         "validation_users": (f"a sample of about {cfg.eval.max_users:,} (hash of user_idx)"
-                                              if cfg.eval.max_users else "all"),
-                         "test_users": "all", "precision": cfg.optim.precision,
-                         "next_item_loss": cfg.loss.next_item}}
+    return {
+        **state.best_metrics,
+        "best_epoch": state.best_epoch,
+        "epochs_trained": state.epoch,
+        "steps": state.step,
+        "history": state.history,
+        "train_seconds": round(state.train_seconds, 1),
+        "eval_seconds": round(state.eval_seconds, 1),
+        **({"epoch_plan": state.plan} if state.plan else {}),
+        "protocol": {
+            "split": cfg.data.split,
+            "filter_seen": cfg.eval.filter_seen,
+            "ranking": "full catalogue",
+            "selection": "best validation ndcg@10",
+            "validation_users": (
+                f"a sample of about {cfg.eval.max_users:,} (hash of user_idx)" if cfg.eval.max_users else "all"
+            ),
+            "test_users": "all",
+            "precision": cfg.optim.precision,
+            "next_item_loss": cfg.loss.next_item,
+        },
+    }
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -342,12 +462,19 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg = from_dict(TrainJobConfig, config["job"])
     run_dir = Path(config["run_dir"])
+    if ray.train.get_context().get_world_rank() == 0:
+        tee_progress(run_dir)  # the driver prints these lines when workers' output stays off the terminal
     shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "validation", "test")}
 
     def iterate(split: str, batch_size: int) -> Iterable[pa.Table]:
         shuffle = 4 * batch_size if split == "train" else None
-        return shards[split].iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=split == "train",
-                                          local_shuffle_buffer_size=shuffle, local_shuffle_seed=None)
+        return shards[split].iter_batches(
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            drop_last=split == "train",
+            local_shuffle_buffer_size=shuffle,
+            local_shuffle_seed=None,
+        )
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,18 +14,19 @@ import yaml
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+import argus_models
+import argus_platform
 from argus_models.checkpoint import absolute
 from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
-
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
+from argus_platform.console import PROGRESS_LOG, Follow, link_ray_logs
 from argus_platform.data.prepare import PreparedRun, prepare_data
 from argus_platform.sharding import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
 
-
 # Shipped to every Ray worker, so a cluster without the project installed can import it.
-PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[2] / "models" / "argus_models"]
+PACKAGES = [Path(argus_platform.__file__).resolve().parent, Path(argus_models.__file__).resolve().parent]
 
 
 def resolve_run_dir(cfg: TrainJobConfig) -> Path:
@@ -33,21 +35,35 @@ def resolve_run_dir(cfg: TrainJobConfig) -> Path:
     return absolute(cfg.run.dir or f"runs/{time.strftime('argus-%Y%m%d-%H%M%S')}")
 
 
-def init_ray(local_num_cpus: int) -> None:
+_QUIET = {"ray": False}  # whether the Ray this process started keeps workers' output off the terminal
+
+
+def init_ray(local_num_cpus: int, quiet: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (set by `ray job submit`; `RAY_ADDRESS=auto` for a
     `ray start` cluster on this machine); otherwise start a fresh local Ray with more logical CPUs
-    than the workers take, so Ray Data keeps a budget. Never guesses from leftover session files."""
+    than the workers take, so Ray Data keeps a budget. Never guesses from leftover session files.
+    `quiet`: workers' and actors' output stays in Ray's log files (`argus_platform.console`)."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # per process: Tune trials too
     if ray.is_initialized():
         return
+    _QUIET["ray"] = quiet
     # Train V2 re-routes print() through its logger, which doubles progress lines on the driver.
     runtime_env = {"py_modules": [str(p) for p in PACKAGES], "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env)
+        ray.init(
+            runtime_env=runtime_env, log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO
+        )
         print(f"[argus] joined the Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
     else:
         runtime_env["worker_process_setup_hook"] = "argus_platform.rayhooks.quiet_placement_group_cleaner"
-        ray.init(address="local", num_cpus=local_num_cpus, include_dashboard=False, runtime_env=runtime_env)
+        ray.init(
+            address="local",
+            num_cpus=local_num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=not quiet,
+            logging_level=logging.WARNING if quiet else logging.INFO,
+        )
         print(f"[argus] started a local Ray with {local_num_cpus} logical CPUs", flush=True)
 
 
@@ -87,17 +103,26 @@ class SplitConfig(DataConfig):
 MATERIALIZE_BELOW_BYTES = 128 << 20  # larger splits stream, so the driver never holds a large log
 
 
-def split_dataset(path: str) -> "ray.data.Dataset":
+def split_dataset(path: str, shuffle_seed: int | None = None) -> "ray.data.Dataset":
     """A split as a Ray Dataset. Small splits are read here, one block per Parquet file, and put in
     the object store once, so each epoch streams blocks to the workers without re-reading Parquet
-    (and without the seconds a distributed read costs for a few files); large ones stream from storage."""
+    (and without the seconds a distributed read costs for a few files); large ones stream from storage.
+
+    `shuffle_seed`: the blocks (one per file) in a random order, a new one every epoch. A streamed
+    split shuffles its files before the read: shuffling its blocks instead (`randomize_block_order`)
+    is an all-to-all step that read the whole split before the first batch (~25 s of each epoch of a
+    10M-event log on 2 cores went to that wait)."""
     files = sorted(Path(path).rglob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"prepared split {path} holds no Parquet files; delete the run directory's "
-                                "data/ folder to prepare the data again")
+        raise FileNotFoundError(
+            f"prepared split {path} holds no Parquet files; delete the run directory's "
+            "data/ folder to prepare the data again"
+        )
     if sum(f.stat().st_size for f in files) >= MATERIALIZE_BELOW_BYTES:
-        return ray.data.read_parquet(path)
-    return ray.data.from_arrow([pq.read_table(f) for f in files])
+        shuffle = None if shuffle_seed is None else ray.data.FileShuffleConfig(seed=shuffle_seed)
+        return ray.data.read_parquet(path, shuffle=shuffle)
+    ds = ray.data.from_arrow([pq.read_table(f) for f in files])
+    return ds if shuffle_seed is None else ds.randomize_block_order(seed=shuffle_seed)
 
 
 def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
@@ -112,22 +137,38 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
         print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
     config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     print(f"[argus] run directory: {run_dir}", flush=True)
-    init_ray(cfg.scaling.local_num_cpus)
+    init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
+    if _QUIET["ray"]:
+        where = link_ray_logs(run_dir)
+        print(
+            f"[argus] Ray's, Ray Data's and the workers' own output: {where or 'the cluster (ray logs)'} "
+            "(run.verbose=true prints it here)",
+            flush=True,
+        )
     started = time.time()
     prepared = prepare_data(cfg.data, run_dir)
     v = prepared.summary["validation"]
-    print(f"[argus] data: {prepared.summary['num_users']:,} users, {prepared.summary['num_items']:,} items, "
-          f"{v['clean_rows']:,} events; {v['quarantined_rows']:,} rows quarantined {v['quarantine_reasons'] or ''}; "
-          f"split {cfg.data.split} rows {prepared.summary['rows']} ({time.time() - started:.0f}s)", flush=True)
+    print(
+        f"[argus] data: {prepared.summary['num_users']:,} users, {prepared.summary['num_items']:,} items, "
+        f"{v['clean_rows']:,} events; {v['quarantined_rows']:,} rows quarantined {v['quarantine_reasons'] or ''}; "
+        f"split {cfg.data.split} rows {prepared.summary['rows']} ({time.time() - started:.0f}s)",
+        flush=True,
+    )
     if prepared.item_features:
         st = prepared.item_features.stats
-        print(f"[argus] item features {st['values']} (values per feature) from {st['path']}: "
-              f"{st['quarantined_rows']:,} rows quarantined{' ' + str(st['quarantine_reasons']) if st['quarantine_reasons'] else ''}, "
-              f"{st['rows_outside_catalogue']:,} rows outside the catalogue, "
-              f"{st['catalogue_items_without_features']:,} catalogue items without a row", flush=True)
+        print(
+            f"[argus] item features {st['values']} (values per feature) from {st['path']}: "
+            f"{st['quarantined_rows']:,} rows quarantined"
+            f"{' ' + str(st['quarantine_reasons']) if st['quarantine_reasons'] else ''}, "
+            f"{st['rows_outside_catalogue']:,} rows outside the catalogue, "
+            f"{st['catalogue_items_without_features']:,} catalogue items without a row",
+            flush=True,
+        )
     model_schema(prepared, cfg.model).save(run_dir / "schema.json")
-    datasets = {split: split_dataset(path) for split, path in prepared.paths.items()}
-    datasets["train"] = datasets["train"].randomize_block_order(seed=cfg.optim.seed)
+    datasets = {
+        split: split_dataset(path, cfg.optim.seed if split == "train" else None)
+        for split, path in prepared.paths.items()
+    }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": to_dict(cfg), "run_dir": str(run_dir)},
@@ -146,12 +187,18 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
         datasets=datasets,
         dataset_config=SplitConfig(),
     )
-    result = trainer.fit()
+    if _QUIET["ray"]:  # the workers' output stays in Ray's logs: print rank 0's progress lines from its file
+        with Follow(run_dir / PROGRESS_LOG):
+            result = trainer.fit()
+    else:
+        result = trainer.fit()
     final = (result.metrics or {}).get("final")
     if not final:
         raise RuntimeError(f"training finished without final metrics; see the logs above and {run_dir}")
     final["run_dir"] = str(run_dir)
-    final["data"] = {k: prepared.summary[k] for k in ("num_users", "num_items", "rows", "validation", "users_too_short")}
+    final["data"] = {
+        k: prepared.summary[k] for k in ("num_users", "num_items", "rows", "validation", "users_too_short")
+    }
     final["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     final["seconds"] = round(time.time() - started, 1)
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))

@@ -7,8 +7,12 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # Raw ids are strings in the vocabulary; JSON numbers are accepted and read as their text.
-RawId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v)]
-ContextValue = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v)]
+RawId = Annotated[
+    str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v)
+]
+ContextValue = Annotated[
+    str, BeforeValidator(lambda v: str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v)
+]
 
 HARD_MAX_EVENTS = 100_000  # schema bound; the deployment's own (smaller) limit is checked in the handler
 
@@ -16,20 +20,34 @@ HARD_MAX_EVENTS = 100_000  # schema bound; the deployment's own (smaller) limit 
 class HistoryEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_id: RawId = Field(description="raw item id, as in the training data")
-    actions: dict[str, float] = Field(default_factory=dict, description="feedback of the event; missing actions count as 0")
+    actions: dict[str, float] = Field(
+        default_factory=dict, description="feedback of the event; missing actions count as 0"
+    )
     context: dict[str, ContextValue] = Field(default_factory=dict, description="context values of the event")
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"user_id": "17", "k": 10}, {"history": [{"item_id": "42", "actions": {"like": 1}}], "k": 5, "debug": True}]
-    })
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"user_id": "17", "k": 10},
+                {"history": [{"item_id": "42", "actions": {"like": 1}}], "k": 5, "debug": True},
+            ]
+        },
+    )
     user_id: RawId | None = Field(None, description="a user of the training run; their stored history is used")
-    history: list[HistoryEvent] = Field(default_factory=list, max_length=HARD_MAX_EVENTS,
-                                        description="events oldest first; appended after the stored history of a known user")
-    context: dict[str, ContextValue] = Field(default_factory=dict,
-                                             description="context of the request (default: that of the last event)")
-    exclude: list[RawId] = Field(default_factory=list, max_length=HARD_MAX_EVENTS, description="item ids never to return")
+    history: list[HistoryEvent] = Field(
+        default_factory=list,
+        max_length=HARD_MAX_EVENTS,
+        description="events oldest first; appended after the stored history of a known user",
+    )
+    context: dict[str, ContextValue] = Field(
+        default_factory=dict, description="context of the request (default: that of the last event)"
+    )
+    exclude: list[RawId] = Field(
+        default_factory=list, max_length=HARD_MAX_EVENTS, description="item ids never to return"
+    )
     k: int = Field(10, ge=1, description="items to return (at most the deployment's max_k)")
     debug: bool = Field(False, description="add per-stage timings and item groups")
 
@@ -49,5 +67,9 @@ class RecommendResponse(BaseModel):
     history_source: str = Field(description="store, request or store+request")
     model_version: dict[str, str]
     weights_version: str
-    warnings: dict[str, list[str]] = Field(default_factory=dict, description="ids outside the vocabulary: skipped (unknown_*) or, with multi-hash tables, embedded from their hash rows (hashed_history_items)")
+    warnings: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="ids outside the vocabulary: skipped (unknown_*) or, with multi-hash tables, "
+        "embedded from their hash rows (hashed_history_items)",
+    )
     timings_ms: dict[str, float] | None = None

@@ -26,26 +26,39 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field("", description="run directory (its best kept checkpoint) or checkpoint directory")
     runs_root: str = Field("runs", description="where to look for the newest run when checkpoint is empty")
-    wait_s: float = Field(0.0, ge=0, description="wait up to this long for the run `checkpoint` names to finish training "
-                                                  "(a service started beside its training job); 0 = no wait")
+    wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="wait up to this long for the run `checkpoint` names to finish training "
+        "(a service started beside its training job); 0 = no wait",
+    )
     torch_threads: int = Field(1, ge=0, description="intra-op threads per model replica (0 = torch default)")
     retrieve_k: int = Field(Limits.retrieve_k, ge=1, description="candidates retrieved and ranked per request")
     max_k: int = Field(Limits.max_k, ge=1, description="largest k a request may ask for")
-    max_history_events: int = Field(Limits.max_history_events, ge=1, description="largest `history` a request may carry")
+    max_history_events: int = Field(
+        Limits.max_history_events, ge=1, description="largest `history` a request may carry"
+    )
     max_exclude: int = Field(Limits.max_exclude, ge=0, description="largest `exclude` list")
     max_body_bytes: int = Field(Limits.max_body_bytes, ge=1024, description="larger request bodies get 413")
 
 
 def build_app(args: AppArgs) -> Application:
     if args.max_k > args.retrieve_k:
-        raise ValueError(f"max_k={args.max_k} exceeds retrieve_k={args.retrieve_k}: the ranker cannot return more than it gets")
+        raise ValueError(
+            f"max_k={args.max_k} exceeds retrieve_k={args.retrieve_k}: the ranker cannot return more than it gets"
+        )
     if args.wait_s and not args.checkpoint:
         raise ValueError("wait_s needs `checkpoint`: the training run to wait for")
     wait_for_run(args.checkpoint, args.wait_s)
     checkpoint = str(resolve_checkpoint(args.checkpoint, args.runs_root))
     log.info("serving checkpoint %s", checkpoint)
-    limits = {"retrieve_k": args.retrieve_k, "max_k": args.max_k, "max_history_events": args.max_history_events,
-              "max_exclude": args.max_exclude, "max_body_bytes": args.max_body_bytes}
+    limits = {
+        "retrieve_k": args.retrieve_k,
+        "max_k": args.max_k,
+        "max_history_events": args.max_history_events,
+        "max_exclude": args.max_exclude,
+        "max_body_bytes": args.max_body_bytes,
+    }
     retriever = Retriever.bind(checkpoint, args.torch_threads)
     ranker = Ranker.bind(checkpoint, args.torch_threads)
     return Ingress.bind(checkpoint, retriever, ranker, limits)

@@ -17,16 +17,36 @@ from pathlib import Path
 
 import torch
 
-from argus_models.checkpoint import (CheckpointError, InferenceModel, absolute, best_checkpoint, checkpoint_epoch,
-                                     load_inference_model, resolve_checkpoint, wait_for_run)
+from argus_models.checkpoint import (
+    CheckpointError,
+    InferenceModel,
+    absolute,
+    best_checkpoint,
+    checkpoint_epoch,
+    load_inference_model,
+    resolve_checkpoint,
+    wait_for_run,
+)
 from argus_models.contract import Vocabulary
 from argus_models.inference import item_vectors
 
 log = logging.getLogger(__name__)
 
 # Finding a run's checkpoint is shared with the training side (argus_models.checkpoint).
-__all__ = ["ArtifactError", "ActionInfo", "ServingModel", "absolute", "best_checkpoint", "load_serving_model",
-           "load_vocabulary", "read_actions", "resolve_checkpoint", "run_dir_of", "serving_dir", "wait_for_run"]
+__all__ = [
+    "ArtifactError",
+    "ActionInfo",
+    "ServingModel",
+    "absolute",
+    "best_checkpoint",
+    "load_serving_model",
+    "load_vocabulary",
+    "read_actions",
+    "resolve_checkpoint",
+    "run_dir_of",
+    "serving_dir",
+    "wait_for_run",
+]
 
 ArtifactError = CheckpointError  # the errors of this module name paths the same way
 
@@ -104,8 +124,13 @@ def load_serving_model(checkpoint: str | Path) -> ServingModel:
         model = load_inference_model(ckpt)
     except (FileNotFoundError, ValueError) as exc:
         raise ArtifactError(str(exc)) from exc
-    return ServingModel(checkpoint=ckpt, version=model_version(ckpt), model=model, vocab_version=vocab_version(ckpt),
-                        item_vectors=item_vectors(model))
+    return ServingModel(
+        checkpoint=ckpt,
+        version=model_version(ckpt),
+        model=model,
+        vocab_version=vocab_version(ckpt),
+        item_vectors=item_vectors(model),
+    )
 
 
 def load_vocabulary(checkpoint: Path) -> Vocabulary:

@@ -17,12 +17,18 @@ import psutil
 import requests
 import torch
 
+from argus_models.inference import action_probabilities, build_index, combine, encode_next
 from argus_serve import cpu
-from argus_serve.artifacts import load_serving_model, load_vocabulary, read_actions, resolve_checkpoint, run_dir_of, serving_dir
+from argus_serve.artifacts import (
+    load_serving_model,
+    load_vocabulary,
+    read_actions,
+    resolve_checkpoint,
+    run_dir_of,
+    serving_dir,
+)
 from argus_serve.launch import SERVE_ENV, deploy, serve_config
 from argus_serve.loadgen import percentiles, run_load, summarize
-from argus_models.inference import action_probabilities, build_index, combine, encode_next
-
 from argus_serve.scoring import diversify, item_groups
 from argus_serve.store import UserStore
 
@@ -46,7 +52,9 @@ class ServeBenchConfig:
     sweep: tuple[float, ...] = ()  # offered rates for the capacity sweep after the main window (empty = none)
     sweep_seconds: float = 15.0  # measured window per swept rate
     p99_bar_ms: float = 60.0  # capacity = the highest swept rate with p99 under this and nothing refused
-    profile_dir: str = ""  # py-spy flame graphs of every replica and the load generator over the main window ('' = none)
+    profile_dir: str = (
+        ""  # py-spy flame graphs of every replica and the load generator over the main window ('' = none)
+    )
     deploy_timeout_s: float = 600.0
 
 
@@ -62,7 +70,10 @@ def prepare_serving_files(checkpoint: Path, cfg: ServeBenchConfig) -> dict:
     run_dir = run_dir_of(checkpoint)
     rss0, t0 = _rss(), time.perf_counter()
     store = UserStore.load(run_dir, load_vocabulary(checkpoint), read_actions(checkpoint))
-    out["user_store"] = store.stats() | {"load_seconds": round(time.perf_counter() - t0, 2), "rss_delta_bytes": _rss() - rss0}
+    out["user_store"] = store.stats() | {
+        "load_seconds": round(time.perf_counter() - t0, 2),
+        "rss_delta_bytes": _rss() - rss0,
+    }
     sm = load_serving_model(checkpoint)
     rss0, t0 = _rss(), time.perf_counter()
     index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir), scan=cfg.scan)
@@ -76,8 +87,9 @@ def prepare_serving_files(checkpoint: Path, cfg: ServeBenchConfig) -> dict:
         exclude = [np.unique(e.items) for e in events]
         a, _ = index.search(query, cfg.candidates, exclude)
         b, _ = exact.search(query, cfg.candidates, exclude)
-        out["index"]["recall_at_candidates"] = round(float(np.mean([len(np.intersect1d(x[x > 0], y[y > 0])) / max(1, (y > 0).sum())
-                                                                     for x, y in zip(a, b)])), 4)
+        out["index"]["recall_at_candidates"] = round(
+            float(np.mean([len(np.intersect1d(x[x > 0], y[y > 0])) / max(1, (y > 0).sum()) for x, y in zip(a, b)])), 4
+        )
     return out
 
 
@@ -87,7 +99,9 @@ def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -
     torch.set_num_threads(cfg.torch_threads)
     sm = load_serving_model(checkpoint)
     store = UserStore.load(run_dir_of(sm.checkpoint), load_vocabulary(sm.checkpoint), read_actions(sm.checkpoint))
-    index = build_index(sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir_of(sm.checkpoint)), scan=cfg.scan)
+    index = build_index(
+        sm.item_vectors, cfg.ann_min_items, cache_dir=serving_dir(run_dir_of(sm.checkpoint)), scan=cfg.scan
+    )
     groups = item_groups(sm.item_vectors, 32)
     weights = {a.name: 1.0 for a in sm.model.schema.actions}
     times = []
@@ -112,12 +126,20 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     picks = rng.choice(len(users), size=int(cfg.rps * (cfg.seconds + cfg.warmup_seconds)) + 1)
     print(f"[bench] user store and retrieval index for {vocab.num_items:,} items, {len(users):,} users ...", flush=True)
     files = prepare_serving_files(checkpoint, cfg)
-    print(f"[bench] user store {files['user_store']['file_bytes'] / 2**20:.0f} MiB on disk; index {files['index']}", flush=True)
+    print(
+        f"[bench] user store {files['user_store']['file_bytes'] / 2**20:.0f} MiB on disk; index {files['index']}",
+        flush=True,
+    )
     print(f"[bench] deploying serve/argus.yaml on 127.0.0.1:{cfg.port} for {checkpoint}", flush=True)
     t0 = time.time()
-    deploy(serve_config(args={"checkpoint": str(checkpoint), "retrieve_k": cfg.candidates, "torch_threads": cfg.torch_threads},
-                        user_configs={"Retriever": {"ann_min_items": cfg.ann_min_items, "scan": cfg.scan}}, port=cfg.port),
-           timeout_s=cfg.deploy_timeout_s)
+    deploy(
+        serve_config(
+            args={"checkpoint": str(checkpoint), "retrieve_k": cfg.candidates, "torch_threads": cfg.torch_threads},
+            user_configs={"Retriever": {"ann_min_items": cfg.ann_min_items, "scan": cfg.scan}},
+            port=cfg.port,
+        ),
+        timeout_s=cfg.deploy_timeout_s,
+    )
     deploy_seconds = time.time() - t0
     print(f"[bench] application RUNNING after {time.time() - t0:.0f}s", flush=True)
     url = f"http://127.0.0.1:{cfg.port}/v1/recommend"
@@ -139,13 +161,23 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     print("[bench] bare model forward (one process, batch 1) ...", flush=True)
     result["model_forward_ms"] = bare_forward_ms(checkpoint, [users[p] for p in picks[:200]], cfg)
     health = requests.get(f"http://127.0.0.1:{cfg.port}/healthz", timeout=30).json()  # memory after the load
-    result["memory"] = {"ingress_rss_bytes": health["ingress"]["rss_bytes"], "retriever_rss_bytes": health["retriever"]["rss_bytes"],
-                        "ranker_rss_bytes": health["ranker"]["rss_bytes"], "machine_used_bytes": psutil.virtual_memory().used}
+    result["memory"] = {
+        "ingress_rss_bytes": health["ingress"]["rss_bytes"],
+        "retriever_rss_bytes": health["retriever"]["rss_bytes"],
+        "ranker_rss_bytes": health["ranker"]["rss_bytes"],
+        "machine_used_bytes": psutil.virtual_memory().used,
+    }
     result["serving_files"] = files
-    result["setup"] = asdict(cfg) | {"checkpoint": str(checkpoint), "items": vocab.num_items, "users": len(users),
-                                     "index": health["retriever"]["index"], "deploy_seconds": round(deploy_seconds, 1),
-                                     "machine": cpu.machine(), "torch": torch.__version__,
-                                     "serve_env": {k: os.environ.get(k, "0") for k in SERVE_ENV}}
+    result["setup"] = asdict(cfg) | {
+        "checkpoint": str(checkpoint),
+        "items": vocab.num_items,
+        "users": len(users),
+        "index": health["retriever"]["index"],
+        "deploy_seconds": round(deploy_seconds, 1),
+        "machine": cpu.machine(),
+        "torch": torch.__version__,
+        "serve_env": {k: os.environ.get(k, "0") for k in SERVE_ENV},
+    }
     return result
 
 
@@ -158,14 +190,27 @@ def start_profilers(out_dir: Path, seconds: float) -> list[tuple[str, Path, subp
     service shares, so a profiled run's latency is not a benchmark figure."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
-        raise FileNotFoundError("--profile-dir needs py-spy: pip install py-spy")
+        raise FileNotFoundError("profile_dir needs py-spy: pip install py-spy")
     out_dir.mkdir(parents=True, exist_ok=True)
     running = []
     for role, pids in sorted(cpu.processes_by_role(PROFILED).items()):
         for n, pid in enumerate(pids):
             path = out_dir / f"{role.split()[0]}{'' if n == 0 else f'-{n}'}.svg"
-            cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds) - 1)), "--rate", "50",
-                   "--nonblocking", "--format", "flamegraph", "--output", str(path)]
+            cmd = [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, int(seconds) - 1)),
+                "--rate",
+                "50",
+                "--nonblocking",
+                "--format",
+                "flamegraph",
+                "--output",
+                str(path),
+            ]
             running.append((role, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
     print(f"[bench] profiling {len(running)} processes into {out_dir}", flush=True)
     return running
@@ -193,40 +238,80 @@ def capacity_sweep(url: str, body, cfg: ServeBenchConfig) -> dict:
         load = run_load(url, body, rate, cfg.sweep_seconds, cfg.max_in_flight)
         used = cpu.cpu_by_role(before, cpu.snapshot(), load.seconds, len(load.latencies_ms))["total"]
         e = summarize(load)["end_to_end"]
-        rows.append({"offered_rps": rate} | {k: e[k] for k in ("p50_ms", "p95_ms", "p99_ms", "rps", "refused", "refused_with_retry_after",
-                                                               "refused_p99_ms", "dropped", "errors")}
-                    | {"cores_busy": used["cores"], "stolen_fraction": used["stolen_fraction"]})
-        print(f"[bench] {rate:.0f} req/s offered: admitted {e['rps']:.1f}/s, p50 {e['p50_ms']:.1f} ms, p99 {e['p99_ms']:.1f} ms, "
-              f"refused {e['refused']} (Retry-After on {e['refused_with_retry_after']}), dropped {e['dropped']}; "
-              f"{used['cores']:.2f} cores busy, {100 * used['stolen_fraction']:.1f}% stolen", flush=True)
-    ok = [r["offered_rps"] for r in rows if r["p99_ms"] <= cfg.p99_bar_ms and not r["refused"] and not r["dropped"] and not r["errors"]]
+        rows.append(
+            {"offered_rps": rate}
+            | {
+                k: e[k]
+                for k in (
+                    "p50_ms",
+                    "p95_ms",
+                    "p99_ms",
+                    "rps",
+                    "refused",
+                    "refused_with_retry_after",
+                    "refused_p99_ms",
+                    "dropped",
+                    "errors",
+                )
+            }
+            | {"cores_busy": used["cores"], "stolen_fraction": used["stolen_fraction"]}
+        )
+        print(
+            f"[bench] {rate:.0f} req/s offered: admitted {e['rps']:.1f}/s, p50 {e['p50_ms']:.1f} ms, "
+            f"p99 {e['p99_ms']:.1f} ms, "
+            f"refused {e['refused']} (Retry-After on {e['refused_with_retry_after']}), dropped {e['dropped']}; "
+            f"{used['cores']:.2f} cores busy, {100 * used['stolen_fraction']:.1f}% stolen",
+            flush=True,
+        )
+    ok = [
+        r["offered_rps"]
+        for r in rows
+        if r["p99_ms"] <= cfg.p99_bar_ms and not r["refused"] and not r["dropped"] and not r["errors"]
+    ]
     return {"p99_bar_ms": cfg.p99_bar_ms, "capacity_rps": max(ok) if ok else 0.0, "rates": rows}
 
 
 def format_result(result: dict) -> str:
     e = result["end_to_end"]
-    lines = [f"{'stage':<22}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}",
-             f"{'end to end (client)':<22}{e['p50_ms']:>9.1f}{e['p95_ms']:>9.1f}{e['p99_ms']:>9.1f}"]
+    lines = [
+        f"{'stage':<22}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}",
+        f"{'end to end (client)':<22}{e['p50_ms']:>9.1f}{e['p95_ms']:>9.1f}{e['p99_ms']:>9.1f}",
+    ]
     for name, s in result["stages"].items():
         lines.append(f"{name:<22}{s['p50_ms']:>9.1f}{s['p95_ms']:>9.1f}{s['p99_ms']:>9.1f}")
     m = result["model_forward_ms"]
     lines.append(f"{'bare model forward':<22}{m['p50_ms']:>9.1f}{m['p95_ms']:>9.1f}{m['p99_ms']:>9.1f}")
     mem = result.get("memory", {})
     if mem:
-        lines.append("resident memory: " + ", ".join(f"{k.removesuffix('_rss_bytes')} {v / 2**30:.2f} GiB"
-                                                     for k, v in mem.items() if k.endswith("_rss_bytes"))
-                     + f"; machine {mem['machine_used_bytes'] / 2**30:.2f} GiB in use")
-    lines.append("CPU per request: " + ", ".join(f"{k} {v['ms_per_request']:.1f} ms" for k, v in result["cpu_by_process"].items())
-                 + f" ({result['cpu_by_process']['total']['cores']:.2f} cores busy, "
-                 f"{100 * result['cpu_by_process']['total']['stolen_fraction']:.1f}% stolen by the hypervisor)")
+        lines.append(
+            "resident memory: "
+            + ", ".join(
+                f"{k.removesuffix('_rss_bytes')} {v / 2**30:.2f} GiB"
+                for k, v in mem.items()
+                if k.endswith("_rss_bytes")
+            )
+            + f"; machine {mem['machine_used_bytes'] / 2**30:.2f} GiB in use"
+        )
+    lines.append(
+        "CPU per request: "
+        + ", ".join(f"{k} {v['ms_per_request']:.1f} ms" for k, v in result["cpu_by_process"].items())
+        + f" ({result['cpu_by_process']['total']['cores']:.2f} cores busy, "
+        f"{100 * result['cpu_by_process']['total']['stolen_fraction']:.1f}% stolen by the hypervisor)"
+    )
     if "capacity" in result:
         c = result["capacity"]
-        lines.append(f"capacity (p99 ≤ {c['p99_bar_ms']:.0f} ms, nothing refused): {c['capacity_rps']:.0f} requests/s of "
-                     + ", ".join(f"{r['offered_rps']:.0f}" for r in c["rates"]) + " offered")
+        lines.append(
+            f"capacity (p99 ≤ {c['p99_bar_ms']:.0f} ms, nothing refused): {c['capacity_rps']:.0f} requests/s of "
+            + ", ".join(f"{r['offered_rps']:.0f}" for r in c["rates"])
+            + " offered"
+        )
     if result.get("profiles"):
         lines.append("flame graphs (latency above is with py-spy sampling): " + ", ".join(result["profiles"].values()))
     lines.append(f"machine: {cpu.describe(result['setup']['machine'])}")
-    lines.append(f"achieved {e['rps']:.1f} of {e['offered_rps']:.1f} requests/s offered ({e['requests']} ok, {e['refused']} refused, "
-                 f"{e['dropped']} dropped, errors {e['errors'] or 0}); "
-                 f"mean batch {result['mean_batch_size']}")
+    lines.append(
+        f"achieved {e['rps']:.1f} of {e['offered_rps']:.1f} requests/s offered "
+        f"({e['requests']} ok, {e['refused']} refused, "
+        f"{e['dropped']} dropped, errors {e['errors'] or 0}); "
+        f"mean batch {result['mean_batch_size']}"
+    )
     return "\n".join(lines)

@@ -64,8 +64,9 @@ def snapshot() -> dict[int, tuple[str, float]]:
     return out
 
 
-def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float,
-                requests: int) -> dict[str, dict[str, float]]:
+def cpu_by_role(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float, requests: int
+) -> dict[str, dict[str, float]]:
     """CPU used between two snapshots, by role: cores busy on average and ms of CPU per request;
     the total also has the fraction of the machine's CPU time stolen by the hypervisor."""
     used: dict[str, float] = {}
@@ -76,11 +77,17 @@ def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str
         t0 = before.get(pid, (role, 0.0))[1]
         used[role] = used.get(role, 0.0) + max(0.0, t1 - t0)
     total = sum(used.values())
-    rows = {role: {"cores": sec / seconds, "ms_per_request": 1000 * sec / max(1, requests)}
-            for role, sec in sorted(used.items(), key=lambda kv: -kv[1]) if sec > 0}
-    rows["total"] = {"cores": total / seconds, "ms_per_request": 1000 * total / max(1, requests),
-                     # time the hypervisor gave this VM's CPUs to others: high values make any latency figure suspect
-                     "stolen_fraction": (st1 - st0) / max(1, all1 - all0)}
+    rows = {
+        role: {"cores": sec / seconds, "ms_per_request": 1000 * sec / max(1, requests)}
+        for role, sec in sorted(used.items(), key=lambda kv: -kv[1])
+        if sec > 0
+    }
+    rows["total"] = {
+        "cores": total / seconds,
+        "ms_per_request": 1000 * total / max(1, requests),
+        # time the hypervisor gave this VM's CPUs to others: high values make any latency figure suspect
+        "stolen_fraction": (st1 - st0) / max(1, all1 - all0),
+    }
     return {k: {m: round(v, 3) for m, v in r.items()} for k, r in rows.items()}
 
 
@@ -101,8 +108,12 @@ def machine() -> dict:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-    return {"cpu": model or "unknown", "flags": [f for f in _FLAGS if f in flags], "cores": cores,
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
+    return {
+        "cpu": model or "unknown",
+        "flags": [f for f in _FLAGS if f in flags],
+        "cores": cores,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
 
 
 def describe(m: dict) -> str:

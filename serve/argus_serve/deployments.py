@@ -25,9 +25,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from argus_serve.artifacts import ServingModel, absolute, load_serving_model, resolve_checkpoint, run_dir_of, serving_dir
 from argus_models.inference import Events, action_probabilities, build_index, combine, encode_next
-
+from argus_serve.artifacts import (
+    ServingModel,
+    absolute,
+    load_serving_model,
+    resolve_checkpoint,
+    run_dir_of,
+    serving_dir,
+)
 from argus_serve.scoring import Ranked, diversify, item_groups
 from argus_serve.weights import ScoringWeights, resolve_weights
 
@@ -83,8 +89,11 @@ class _Options(BaseModel):
 class RetrieverOptions(_Options):
     # a full scan reads every item per request (float32: 2.9 ms at 100k items × 64, one thread; 8-bit codes: 1.4 ms)
     ann_min_items: int = Field(200_000, ge=0, description="use a FAISS IVF index from this catalogue size (0 = never)")
-    scan: Literal["sq8", "float32"] = Field("sq8", description="below ann_min_items: scan 8-bit codes and re-score the "
-                                                                "shortlist exactly (sq8), or scan float32 vectors")
+    scan: Literal["sq8", "float32"] = Field(
+        "sq8",
+        description="below ann_min_items: scan 8-bit codes and re-score the "
+        "shortlist exactly (sq8), or scan float32 vectors",
+    )
     ann_lists: int = Field(0, ge=0, description="IVF lists (k-means cells); 0 = about 4·sqrt(items)")
     ann_probe: int = Field(32, ge=1, description="lists scanned per query: more finds more of the exact top-k, slower")
 
@@ -92,7 +101,9 @@ class RetrieverOptions(_Options):
 class RankerOptions(_Options):
     weights_file: str = Field("", description="weights YAML (the Tune job's format)")
     weights: dict[str, float] = Field(default_factory=dict, description="inline weights; win over weights_file")
-    diversity_decay: float = Field(0.85, gt=0, le=1, description="score decay per earlier pick of the same group; 1 = off")
+    diversity_decay: float = Field(
+        0.85, gt=0, le=1, description="score decay per earlier pick of the same group; 1 = off"
+    )
     diversity_groups: int = Field(32, ge=1, description="k-means groups over item vectors")
     revision: str = Field("", description="change it to re-read an edited weights file")
 
@@ -149,8 +160,15 @@ class _ModelReplica:
         log.info("%s: serving %s with %s", type(self).__name__, model.version, options.model_dump())
 
     def base_status(self) -> dict:
-        return {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss, "model_version": self.model.version, "checkpoint": str(self.model.checkpoint),
-                "vocab_version": self.vocab_version, "reload_error": self.reload_error, "reloaded_at": self.reloaded_at}
+        return {
+            "pid": os.getpid(),
+            "rss_bytes": psutil.Process().memory_info().rss,
+            "model_version": self.model.version,
+            "checkpoint": str(self.model.checkpoint),
+            "vocab_version": self.vocab_version,
+            "reload_error": self.reload_error,
+            "reloaded_at": self.reloaded_at,
+        }
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
@@ -163,8 +181,14 @@ class Retriever(_ModelReplica):
 
     def _apply(self, options: RetrieverOptions, model: ServingModel) -> None:
         if self.index is None or model is not self.model or options != self.options:
-            self.index = build_index(model.item_vectors, options.ann_min_items, options.ann_lists, options.ann_probe,
-                                     cache_dir=serving_dir(run_dir_of(model.checkpoint)), scan=options.scan)
+            self.index = build_index(
+                model.item_vectors,
+                options.ann_min_items,
+                options.ann_lists,
+                options.ann_probe,
+                cache_dir=serving_dir(run_dir_of(model.checkpoint)),
+                scan=options.scan,
+            )
         self._set_batching(self.retrieve, options)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
@@ -179,12 +203,20 @@ class Retriever(_ModelReplica):
         out = []
         for b, q in enumerate(queries):
             keep = ids[b, : q.n] > 0
-            out.append(Candidates(ids[b, : q.n][keep], scores[b, : q.n][keep], head_in[b], model.version, index.kind, ms, len(queries)))
+            out.append(
+                Candidates(
+                    ids[b, : q.n][keep], scores[b, : q.n][keep], head_in[b], model.version, index.kind, ms, len(queries)
+                )
+            )
         return out
 
     def status(self) -> dict:
-        return self.base_status() | {"index": self.index.kind, "index_info": self.index.describe(), "items": self.model.num_items,
-                                     "options": self.options.model_dump()}
+        return self.base_status() | {
+            "index": self.index.kind,
+            "index_info": self.index.describe(),
+            "items": self.model.num_items,
+            "options": self.options.model_dump(),
+        }
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
@@ -227,12 +259,21 @@ class Ranker(_ModelReplica):
             n = len(q.candidates)
             s = scores[b, :n] if scores is not None else q.retrieval_scores.astype(np.float32)
             order = diversify(s, groups[q.candidates], decay, q.k)
-            ranked = Ranked(items=q.candidates[order], scores=s[order], retrieval_scores=q.retrieval_scores[order],
-                            probabilities={a: p[b, :n].numpy()[order] for a, p in probs.items()}, groups=groups[q.candidates[order]])
+            ranked = Ranked(
+                items=q.candidates[order],
+                scores=s[order],
+                retrieval_scores=q.retrieval_scores[order],
+                probabilities={a: p[b, :n].numpy()[order] for a, p in probs.items()},
+                groups=groups[q.candidates[order]],
+            )
             results.append(ranked)
         ms = (time.perf_counter() - t0) * 1000
         return [RankResult(r, model.version, weights.version, ms, len(queries)) for r in results]
 
     def status(self) -> dict:
-        return self.base_status() | {"weights": self.weights.weights, "weights_source": self.weights.source,
-                                     "weights_version": self.weights.version, "options": self.options.model_dump()}
+        return self.base_status() | {
+            "weights": self.weights.weights,
+            "weights_source": self.weights.source,
+            "weights_version": self.weights.version,
+            "options": self.options.model_dump(),
+        }

@@ -23,10 +23,10 @@ from ray.serve.metrics import Counter, Histogram
 from argus_models.config import ModelSchema
 from argus_models.contract import action_target, action_valid, target_code
 from argus_models.hashing import hash_buckets
+from argus_models.inference import Events
 from argus_serve.api import RecommendedItem, RecommendRequest, RecommendResponse
 from argus_serve.artifacts import absolute, load_vocabulary, read_actions, run_dir_of
 from argus_serve.deployments import RankQuery, RetrievalQuery
-from argus_models.inference import Events
 from argus_serve.store import SortedIds, UserStore
 
 log = logging.getLogger("ray.serve")
@@ -44,7 +44,8 @@ class Limits:
 api = FastAPI(
     title="Argus recommender",
     version="1",
-    description="Retrieval (ARGUS encoder + top-K) and multi-action ranking (score = Σ_a w_a·P(a)) of one training run.",
+    description="Retrieval (ARGUS encoder + top-K) and multi-action ranking (score = Σ_a w_a·P(a)) "
+    "of one training run.",
 )
 api.state.max_body_bytes = Limits.max_body_bytes
 
@@ -63,11 +64,18 @@ class JsonBodies:
             headers = scope["headers"]
             declared = next((v for k, v in headers if k == b"content-length"), b"")
             if declared.isdigit() and int(declared) > api.state.max_body_bytes:
-                reply = JSONResponse(status_code=413, content={"detail": f"request body of {int(declared)} bytes exceeds {api.state.max_body_bytes}"})
+                reply = JSONResponse(
+                    status_code=413,
+                    content={"detail": f"request body of {int(declared)} bytes exceeds {api.state.max_body_bytes}"},
+                )
                 await reply(scope, receive, send)
                 return
             if scope["method"] == "POST" and not any(k == b"content-type" and b"json" in v for k, v in headers):
-                scope = dict(scope, headers=[(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", b"application/json")])
+                scope = dict(
+                    scope,
+                    headers=[(k, v) for k, v in headers if k != b"content-type"]
+                    + [(b"content-type", b"application/json")],
+                )
         await self.app(scope, receive, send)
 
 
@@ -81,7 +89,9 @@ class BadRequest(ValueError):
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, checkpoint: str, retriever: DeploymentHandle, ranker: DeploymentHandle, limits: dict | None = None) -> None:
+    def __init__(
+        self, checkpoint: str, retriever: DeploymentHandle, ranker: DeploymentHandle, limits: dict | None = None
+    ) -> None:
         self.limits = Limits(**(limits or {}))
         api.state.max_body_bytes = self.limits.max_body_bytes
         ckpt = absolute(checkpoint)
@@ -90,12 +100,18 @@ class Ingress:
         self.item_ids = SortedIds(self.vocab.items)  # raw item id -> position; the item index is position + 1
         # multi-hash models embed history items outside the vocabulary from their hash rows
         self.hash_buckets = list(ModelSchema.load(ckpt / "schema.json").item_hash_buckets)
-        self.context_index = {c: {v: i + 1 for i, v in enumerate(vals.tolist())} for c, vals in self.vocab.contexts.items()}
+        self.context_index = {
+            c: {v: i + 1 for i, v in enumerate(vals.tolist())} for c, vals in self.vocab.contexts.items()
+        }
         self.store = UserStore.load(run_dir_of(ckpt), self.vocab, self.actions)
         self.retriever, self.ranker = retriever, ranker
         self.requests = Counter("argus_requests", description="recommend requests by HTTP status", tag_keys=("status",))
-        self.latency = Histogram("argus_stage_latency_ms", description="latency per stage (ms)",
-                                 boundaries=[1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000], tag_keys=("stage",))
+        self.latency = Histogram(
+            "argus_stage_latency_ms",
+            description="latency per stage (ms)",
+            boundaries=[1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000],
+            tag_keys=("stage",),
+        )
         log.info("Ingress: %d known users, %d items, limits %s", len(self.store), self.vocab.num_items, self.limits)
 
     # -- translation -------------------------------------------------------------------------
@@ -106,7 +122,9 @@ class Ingress:
     def _context(self, raw: dict[str, str], where: str, warnings: dict[str, list[str]]) -> dict[str, int]:
         unknown_cols = sorted(set(raw) - set(self.context_index))
         if unknown_cols:
-            raise BadRequest(f"{where}: unknown context column(s) {unknown_cols}; the model knows {sorted(self.context_index)}")
+            raise BadRequest(
+                f"{where}: unknown context column(s) {unknown_cols}; the model knows {sorted(self.context_index)}"
+            )
         out = {}
         for c, v in raw.items():
             idx = self.context_index[c].get(v)
@@ -125,7 +143,9 @@ class Ingress:
             for a, value in ev.actions.items():
                 info = names[a]
                 if not action_valid(info.kind, info.levels, np.array([value]))[0]:
-                    expected = {"binary": "0 or 1", "ratio": "a number in [0, 1]"}.get(info.kind, f"one of {info.levels}")
+                    expected = {"binary": "0 or 1", "ratio": "a number in [0, 1]"}.get(
+                        info.kind, f"one of {info.levels}"
+                    )
                     raise BadRequest(f"history[{i}].actions.{a}: {value!r} is not {expected}")
             item = self._item(ev.item_id)
             if item is None and not self.hash_buckets:
@@ -149,7 +169,9 @@ class Ingress:
         if cold:
             hashes = np.zeros((len(keep), len(self.hash_buckets)), dtype=np.int64)
             hashes[list(cold)] = hash_buckets(list(cold.values()), self.hash_buckets)
-        return Events(as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()}, hashes)
+        return Events(
+            as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()}, hashes
+        )
 
     def _prepare(self, req: RecommendRequest) -> tuple[Events, str, dict[str, int], np.ndarray, dict[str, list[str]]]:
         lim = self.limits
@@ -163,7 +185,9 @@ class Ingress:
         stored = self.store.get(req.user_id) if req.user_id is not None else None
         if stored is None and not req.history:
             who = f"unknown user_id {req.user_id!r}" if req.user_id is not None else "no user_id"
-            raise LookupError(f"{who} and no history: send `history` (raw item ids, oldest first) for users outside the training run")
+            raise LookupError(
+                f"{who} and no history: send `history` (raw item ids, oldest first) for users outside the training run"
+            )
         supplied = self._request_events(req, warnings)
         if stored is not None and len(supplied):
             events, source = stored.concat(supplied), "store+request"
@@ -172,13 +196,18 @@ class Ingress:
         else:
             events, source = supplied, "request"
         if not len(events):
-            raise BadRequest(f"none of the {len(req.history)} history items is known to the model: {warnings.get('unknown_history_items')}")
+            raise BadRequest(
+                f"none of the {len(req.history)} history items is known to the model: "
+                f"{warnings.get('unknown_history_items')}"
+            )
         next_ctx = {c: int(v[-1]) for c, v in events.contexts.items()}  # default: the last event's context
         next_ctx |= self._context(req.context, "context", warnings)
         excluded = [self._item(x) for x in req.exclude]
         if any(x is None for x in excluded):
             warnings["unknown_exclude_items"] = [x for x, i in zip(req.exclude, excluded) if i is None]
-        exclude = np.unique(np.concatenate([events.items[events.items > 0], np.asarray([i for i in excluded if i], dtype=np.int64)]))
+        exclude = np.unique(
+            np.concatenate([events.items[events.items > 0], np.asarray([i for i in excluded if i], dtype=np.int64)])
+        )
         return events, source, next_ctx, exclude, warnings
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -196,13 +225,16 @@ class Ingress:
         t1 = time.perf_counter()
         cands = await self.retriever.retrieve.remote(RetrievalQuery(events, next_ctx, exclude, self.limits.retrieve_k))
         t2 = time.perf_counter()
-        result = await self.ranker.rank.remote(RankQuery(events, next_ctx, cands.items, cands.scores, req.k,
-                                                            cands.head_in, cands.model_version))
+        result = await self.ranker.rank.remote(
+            RankQuery(events, next_ctx, cands.items, cands.scores, req.k, cands.head_in, cands.model_version)
+        )
         t3 = time.perf_counter()
         r = result.ranked
         items = [
             RecommendedItem(
-                item_id=str(self.vocab.items[r.items[i] - 1]), score=float(r.scores[i]), retrieval_score=float(r.retrieval_scores[i]),
+                item_id=str(self.vocab.items[r.items[i] - 1]),
+                score=float(r.scores[i]),
+                retrieval_score=float(r.retrieval_scores[i]),
                 probabilities={a: float(p[i]) for a, p in r.probabilities.items()},
                 group=int(r.groups[i]) if req.debug else None,
             )
@@ -210,19 +242,32 @@ class Ingress:
         ]
         t4 = time.perf_counter()
         stages = {"prepare": t1 - t0, "retrieve": t2 - t1, "rank": t3 - t2, "respond": t4 - t3, "total": t4 - t0}
-        for stage in ("retrieve", "rank", "total"):  # each observation costs ~0.1 ms; prepare and respond stay under 1 ms
+        for stage in (
+            "retrieve",
+            "rank",
+            "total",
+        ):  # each observation costs ~0.1 ms; prepare and respond stay under 1 ms
             self.latency.observe(stages[stage] * 1000, tags={"stage": stage})
         self.requests.inc(tags={"status": "200"})
         timings = None
         if req.debug:
             timings = {f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()}
-            timings |= {"retriever_compute_ms": round(cands.compute_ms, 3), "retriever_batch": float(cands.batch_size),
-                        "ranker_compute_ms": round(result.compute_ms, 3), "ranker_batch": float(result.batch_size),
-                        "candidates": float(len(cands.items))}
+            timings |= {
+                "retriever_compute_ms": round(cands.compute_ms, 3),
+                "retriever_batch": float(cands.batch_size),
+                "ranker_compute_ms": round(result.compute_ms, 3),
+                "ranker_batch": float(result.batch_size),
+                "candidates": float(len(cands.items)),
+            }
         return RecommendResponse(
-            user_id=req.user_id, items=items, history_events=len(events), history_source=source,
+            user_id=req.user_id,
+            items=items,
+            history_events=len(events),
+            history_source=source,
             model_version={"retriever": cands.model_version, "ranker": result.model_version, "index": cands.index},
-            weights_version=result.weights_version, warnings=warnings, timings_ms=timings,
+            weights_version=result.weights_version,
+            warnings=warnings,
+            timings_ms=timings,
         )
 
     @api.get("/healthz")
@@ -233,6 +278,15 @@ class Ingress:
         except Exception as exc:  # a deployment that cannot answer makes the service unhealthy, not the ingress
             raise HTTPException(status_code=503, detail=f"a model deployment did not answer: {exc}") from None
         degraded = bool(retriever["reload_error"] or ranker["reload_error"])
-        return {"status": "degraded" if degraded else "ok", "users": len(self.store), "items": self.vocab.num_items,
-                "ingress": {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss, "user_store": self.store.stats()},
-                "retriever": retriever, "ranker": ranker}
+        return {
+            "status": "degraded" if degraded else "ok",
+            "users": len(self.store),
+            "items": self.vocab.num_items,
+            "ingress": {
+                "pid": os.getpid(),
+                "rss_bytes": psutil.Process().memory_info().rss,
+                "user_store": self.store.stats(),
+            },
+            "retriever": retriever,
+            "ranker": ranker,
+        }

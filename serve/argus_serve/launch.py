@@ -24,8 +24,14 @@ CONFIG = Path(__file__).resolve().parents[1] / "argus.yaml"
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
-def serve_config(path: str | Path = CONFIG, args: dict | None = None, user_configs: dict[str, dict] | None = None,
-                 host: str = "127.0.0.1", port: int = 8000, deployment_options: dict[str, dict] | None = None) -> dict:
+def serve_config(
+    path: str | Path = CONFIG,
+    args: dict | None = None,
+    user_configs: dict[str, dict] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    deployment_options: dict[str, dict] | None = None,
+) -> dict:
     """The YAML as a dict, with builder args, per-deployment user_config keys and per-deployment
     options (num_replicas, max_queued_requests, ...) overridden."""
     cfg = yaml.safe_load(Path(path).read_text())
@@ -57,4 +63,6 @@ def deploy(config: dict, timeout_s: float = 180.0) -> None:
         if len(states) == len(names) and all(s.status == ApplicationStatus.RUNNING for s in states.values()):
             return
         time.sleep(0.5)
-    raise TimeoutError(f"applications {sorted(names)} not RUNNING after {timeout_s:.0f}s: {serve.status().applications}")
+    raise TimeoutError(
+        f"applications {sorted(names)} not RUNNING after {timeout_s:.0f}s: {serve.status().applications}"
+    )

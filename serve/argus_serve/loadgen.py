@@ -36,12 +36,17 @@ def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
     v = np.asarray(values)
-    return {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95)),
-            "p99_ms": float(np.percentile(v, 99)), "mean_ms": float(v.mean())}
+    return {
+        "p50_ms": float(np.percentile(v, 50)),
+        "p95_ms": float(np.percentile(v, 95)),
+        "p99_ms": float(np.percentile(v, 99)),
+        "mean_ms": float(v.mean()),
+    }
 
 
-async def _run(url: str, body: Callable[[int], dict], rps: float, seconds: float, max_in_flight: int,
-               result: LoadResult) -> None:
+async def _run(
+    url: str, body: Callable[[int], dict], rps: float, seconds: float, max_in_flight: int, result: LoadResult
+) -> None:
     n = int(rps * seconds)
     limit = asyncio.Semaphore(max_in_flight)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight)) as session:
@@ -49,7 +54,9 @@ async def _run(url: str, body: Callable[[int], dict], rps: float, seconds: float
         async def one(i: int) -> None:
             t0 = time.perf_counter()
             try:
-                async with session.post(url, data=json.dumps(body(i)), headers={"content-type": "application/json"}) as r:
+                async with session.post(
+                    url, data=json.dumps(body(i)), headers={"content-type": "application/json"}
+                ) as r:
                     text = await r.text()
                     if r.status == 503:
                         result.refused += 1
@@ -96,11 +103,19 @@ def summarize(result: LoadResult) -> dict:
     batches = {k: float(np.mean(v)) for k, v in result.stages_ms.items() if k.endswith("_batch")}
     per_s = (lambda n: n / result.seconds) if result.seconds else (lambda n: 0.0)
     return {
-        "end_to_end": percentiles(result.latencies_ms) | {
-            "rps": per_s(ok), "offered_rps": per_s(result.sent + result.dropped), "requests": ok, "sent": result.sent,
-            "refused": result.refused, "refused_with_retry_after": result.refused_with_retry_after,
+        "end_to_end": percentiles(result.latencies_ms)
+        | {
+            "rps": per_s(ok),
+            "offered_rps": per_s(result.sent + result.dropped),
+            "requests": ok,
+            "sent": result.sent,
+            "refused": result.refused,
+            "refused_with_retry_after": result.refused_with_retry_after,
             "refused_p99_ms": percentiles(result.refused_latencies_ms)["p99_ms"],
-            "dropped": result.dropped, "errors": result.errors, "seconds": result.seconds},
+            "dropped": result.dropped,
+            "errors": result.errors,
+            "seconds": result.seconds,
+        },
         "stages": stages,
         "mean_batch_size": batches,
     }

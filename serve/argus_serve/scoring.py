@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 def item_groups(vectors: torch.Tensor, num_groups: int, iterations: int = 15, seed: int = 0) -> np.ndarray:
     """Item-side groups for the diversity rule: k-means (cosine) over the item vectors.
     Returns [C+1] group ids (row 0, padding, gets group -1)."""

@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 
 from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
 from argus_models.inference import Events, write_atomically
-
 from argus_serve.artifacts import ActionInfo, ArtifactError, serving_dir
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,9 @@ def build_store_file(run_dir: Path, vocab: Vocabulary, path: Path) -> dict:
     first[1:] = users[order][1:] != users[order][:-1]
     chosen = order[first]
     if users[chosen].max(initial=-1) >= len(vocab.users):
-        raise ArtifactError(f"{run_dir}/data has user_idx {int(users[chosen].max())}, beyond the vocabulary's {len(vocab.users)} users")
+        raise ArtifactError(
+            f"{run_dir}/data has user_idx {int(users[chosen].max())}, beyond the vocabulary's {len(vocab.users)} users"
+        )
     row_of = np.full(len(vocab.users), -1, dtype=np.int64)  # user_idx -> row of `table`; -1: no sequences
     row_of[users[chosen]] = chosen
     taken = table.drop_columns([USER_IDX]).take(pa.array(row_of, mask=row_of < 0))
@@ -100,12 +101,24 @@ def build_store_file(run_dir: Path, vocab: Vocabulary, path: Path) -> dict:
             writer.write_batch(batch)
 
     write_atomically(path, write_batch)
-    meta = {"format": STORE_FORMAT, "vocab_version": vocab.version(), "users": int(len(chosen)),
-            "events": int(lengths[chosen].sum()), "bytes": path.stat().st_size, "build_seconds": round(time.time() - t0, 2)}
+    meta = {
+        "format": STORE_FORMAT,
+        "vocab_version": vocab.version(),
+        "users": int(len(chosen)),
+        "events": int(lengths[chosen].sum()),
+        "bytes": path.stat().st_size,
+        "build_seconds": round(time.time() - t0, 2),
+    }
     # the metadata last: it names the data file's size, so a file it does not match is built again
     write_atomically(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-    log.info("user store: wrote %s (%d users, %d events, %.1f MiB) in %.1fs",
-             path, meta["users"], meta["events"], meta["bytes"] / 2**20, meta["build_seconds"])
+    log.info(
+        "user store: wrote %s (%d users, %d events, %.1f MiB) in %.1fs",
+        path,
+        meta["users"],
+        meta["events"],
+        meta["bytes"] / 2**20,
+        meta["build_seconds"],
+    )
     return meta
 
 
@@ -114,8 +127,11 @@ def _store_meta(path: Path, vocab_version: str) -> dict | None:
     if not (path.is_file() and meta_path.is_file()):
         return None
     meta = json.loads(meta_path.read_text())
-    if (meta.get("format") != STORE_FORMAT or meta.get("vocab_version") != vocab_version
-            or meta.get("bytes") != path.stat().st_size):
+    if (
+        meta.get("format") != STORE_FORMAT
+        or meta.get("vocab_version") != vocab_version
+        or meta.get("bytes") != path.stat().st_size
+    ):
         return None
     return meta
 
@@ -135,7 +151,7 @@ class UserStore:
         self._cols = {}
         for name in wanted:
             arr = table.column(name).chunk(0)
-            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
             values = arr.values.to_numpy(zero_copy_only=True)
             self._cols[name] = (values, offsets)
         self._offsets = self._cols[ITEM_COL][1]
@@ -154,7 +170,7 @@ class UserStore:
 
     def _get(self, name: str, row: int) -> np.ndarray:
         values, offsets = self._cols[name]
-        return values[offsets[row]:offsets[row + 1]]
+        return values[offsets[row] : offsets[row + 1]]
 
     def get(self, user_id: str) -> Events | None:
         row = self._row(user_id)
@@ -167,8 +183,13 @@ class UserStore:
         )
 
     def stats(self) -> dict:
-        return {"users": len(self), "events": int(self.meta["events"]), "file": str(self.path),
-                "file_bytes": int(self.meta["bytes"]), "build_seconds": self.meta.get("build_seconds")}
+        return {
+            "users": len(self),
+            "events": int(self.meta["events"]),
+            "file": str(self.path),
+            "file_bytes": int(self.meta["bytes"]),
+            "build_seconds": self.meta.get("build_seconds"),
+        }
 
     @classmethod
     def load(cls, run_dir: Path, vocab: Vocabulary, actions: list[ActionInfo]) -> "UserStore":

@@ -5,15 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from argus_models.weights import ScoringWeights, WeightsError, load_weights_file, validate_weights, write_weights_file
-
 from argus_serve.artifacts import absolute
 
-__all__ = ["RUN_WEIGHTS", "ScoringWeights", "WeightsError", "load_weights_file", "resolve_weights", "write_weights_file"]
+__all__ = [
+    "RUN_WEIGHTS",
+    "ScoringWeights",
+    "WeightsError",
+    "load_weights_file",
+    "resolve_weights",
+    "write_weights_file",
+]
 
 RUN_WEIGHTS = "tune/weights.yaml"  # where the Tune job leaves its chosen weights, inside the run directory
 
 
-def resolve_weights(weights: dict[str, float] | None, weights_file: str, actions: list[str], run_dir: Path) -> ScoringWeights:
+def resolve_weights(
+    weights: dict[str, float] | None, weights_file: str, actions: list[str], run_dir: Path
+) -> ScoringWeights:
     """Inline weights, else the named file, else <run dir>/tune/weights.yaml, else 1/|A| for every action."""
     if weights:
         return ScoringWeights(validate_weights(weights, actions, "user_config.weights"), source="user_config")

@@ -33,12 +33,25 @@ def history_stats(train_split: str | Path) -> dict:
         seen += len(pairs)
     n = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     if len(n) == 0:
-        return {"rows": 0, "events": 0, "mean": 0.0, **{f"p{q}": 0 for q in QUANTILES}, "max": 0, "repeat_share": 0.0,
-                "percentiles": [0] * 101}
+        return {
+            "rows": 0,
+            "events": 0,
+            "mean": 0.0,
+            **{f"p{q}": 0 for q in QUANTILES},
+            "max": 0,
+            "repeat_share": 0.0,
+            "percentiles": [0] * 101,
+        }
     percentiles = [round(float(v), 1) for v in np.percentile(n, np.arange(101))]  # 0..100, interpolated
-    return {"rows": int(len(n)), "events": int(n.sum()), "mean": round(float(n.mean()), 2),
-            **{f"p{q}": int(np.percentile(n, q, method="higher")) for q in QUANTILES}, "max": int(n.max()),
-            "repeat_share": round(repeats / max(seen, 1), 4), "percentiles": percentiles}
+    return {
+        "rows": int(len(n)),
+        "events": int(n.sum()),
+        "mean": round(float(n.mean()), 2),
+        **{f"p{q}": int(np.percentile(n, q, method="higher")) for q in QUANTILES},
+        "max": int(n.max()),
+        "repeat_share": round(repeats / max(seen, 1), 4),
+        "percentiles": percentiles,
+    }
 
 
 def mean_windowed(stats: dict, window: int) -> float:
@@ -48,6 +61,8 @@ def mean_windowed(stats: dict, window: int) -> float:
 
 
 def describe(stats: dict) -> str:
-    return (f"training histories: {stats['rows']:,} users, median {stats['p50']} events (p90 {stats['p90']}, "
-            f"p99 {stats['p99']}, max {stats['max']}); {stats['repeat_share']:.1%} of events repeat an item "
-            f"the user had before")
+    return (
+        f"training histories: {stats['rows']:,} users, median {stats['p50']} events (p90 {stats['p90']}, "
+        f"p99 {stats['p99']}, max {stats['max']}); {stats['repeat_share']:.1%} of events repeat an item "
+        f"the user had before"
+    )

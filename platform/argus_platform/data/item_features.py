@@ -27,7 +27,6 @@ import pandas as pd
 
 from argus_models.config import ItemFeature
 from argus_models.contract import Vocabulary
-
 from argus_platform.config import ItemFeaturesConfig
 from argus_platform.data.quarantine import _ids
 from argus_platform.data.sources import DataSourceError, _open_text, _require_file, require_columns
@@ -79,8 +78,27 @@ def read_item_metadata(cfg: ItemFeaturesConfig) -> tuple[pd.DataFrame, list[str]
 
 
 # u.item's 19 genre flags, in u.genre's order
-ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-                 "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+ML100K_GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 
 def _read_movielens_items(p: Path) -> pd.DataFrame:
@@ -94,9 +112,13 @@ def _read_movielens_items(p: Path) -> pd.DataFrame:
         elif first.lower().startswith("movieid,"):
             df = pd.read_csv(fh, dtype=str).rename(columns={"movieId": ITEM_ID, "genres": "genre"})
         elif first.count("|") == 4 + len(ML100K_GENRES):
-            raw = pd.read_csv(fh, sep="|", header=None, dtype=str, names=[ITEM_ID, "title", "date", "video", "url", *ML100K_GENRES])
+            raw = pd.read_csv(
+                fh, sep="|", header=None, dtype=str, names=[ITEM_ID, "title", "date", "video", "url", *ML100K_GENRES]
+            )
             flags = raw[ML100K_GENRES].eq("1")
-            df = raw[[ITEM_ID, "title"]].assign(genre=flags.apply(lambda r: "|".join(g for g, on in zip(ML100K_GENRES, r) if on), axis=1))
+            df = raw[[ITEM_ID, "title"]].assign(
+                genre=flags.apply(lambda r: "|".join(g for g, on in zip(ML100K_GENRES, r) if on), axis=1)
+            )
         else:
             raise DataSourceError(
                 f"{p}: not a MovieLens item file (expected movies.dat `MovieID::Title::Genres`, movies.csv with a "
@@ -113,7 +135,9 @@ def build_item_features(cfg: ItemFeaturesConfig, vocab: Vocabulary, quarantine_p
     ids, null_id = _ids(df[ITEM_ID])
     df[ITEM_ID] = ids
     dup = ~null_id & df.duplicated(ITEM_ID, keep="first")
-    bad = pd.concat([df[null_id].assign(reason="null item id"), df[dup].assign(reason="repeated item id (first row kept)")])
+    bad = pd.concat(
+        [df[null_id].assign(reason="null item id"), df[dup].assign(reason="repeated item id (first row kept)")]
+    )
     quarantine_path.parent.mkdir(parents=True, exist_ok=True)
     if len(bad):
         bad.astype({c: str for c in bad.columns if c not in ("_row",)}).to_parquet(quarantine_path, index=False)
@@ -129,8 +153,12 @@ def build_item_features(cfg: ItemFeaturesConfig, vocab: Vocabulary, quarantine_p
     features, blocks, values_out, cut = [], [], {}, {}
     for name in names:
         cells = df[name].astype("string").fillna("")
-        lists = [[v.strip() for v in cell.split(cfg.separator) if v.strip()] if cfg.separator else ([cell.strip()] if cell.strip() else [])
-                 for cell in cells]
+        lists = [
+            [v.strip() for v in cell.split(cfg.separator) if v.strip()]
+            if cfg.separator
+            else ([cell.strip()] if cell.strip() else [])
+            for cell in cells
+        ]
         counts = Counter(v for row in lists for v in row)
         ranked = sorted(counts, key=lambda v: (-counts[v], v))
         code = {v: i + 1 for i, v in enumerate(ranked)}

@@ -109,8 +109,11 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     total = pq.ParquetFile(source).metadata.num_rows if str(source).endswith(".parquet") else None
     validation = write_canonical(spec, chunks, source, p["events"], p["quarantine"], cfg.max_bad_fraction, total)
     stages.done("validate")
-    print(f"[argus] prepare: {validation['rows']:,} rows of {source} checked, {validation['quarantined_rows']:,} "
-          f"quarantined ({stages.seconds['validate']:.0f}s)", flush=True)
+    print(
+        f"[argus] prepare: {validation['rows']:,} rows of {source} checked, {validation['quarantined_rows']:,} "
+        f"quarantined ({stages.seconds['validate']:.0f}s)",
+        flush=True,
+    )
     vocab = build_vocabulary(p["events"], spec)
     vocab.save(p["vocab"])
     stages.done("vocabulary")
@@ -143,7 +146,17 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     p["summary"].write_text(json.dumps(summary, indent=2))
     log.info(
         "prepared %d users, %d items; split rows %s; %d users below data.min_events_per_user (%.1fs)",
-        len(vocab.users), vocab.num_items, seqs.rows, seqs.users_too_short, time.time() - started,
+        len(vocab.users),
+        vocab.num_items,
+        seqs.rows,
+        seqs.users_too_short,
+        time.time() - started,
     )
-    return PreparedRun(spec=spec, vocab=vocab, item_counts=seqs.item_counts, paths=seqs.paths, summary=summary,
-                       item_features=item_features)
+    return PreparedRun(
+        spec=spec,
+        vocab=vocab,
+        item_counts=seqs.item_counts,
+        paths=seqs.paths,
+        summary=summary,
+        item_features=item_features,
+    )

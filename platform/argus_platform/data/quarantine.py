@@ -89,7 +89,10 @@ def validate_chunk(df: pd.DataFrame, spec: DatasetSpec, source: str) -> tuple[pd
         clean[c] = df[c].astype(object).where(df[c].notna(), MISSING).astype(str)
     for a in spec.actions:
         v = pd.to_numeric(df[a.name], errors="coerce")
-        flag(~pd.Series(a.valid(v.to_numpy()), index=df.index), f"action {a.name} out of range ({a.kind}): " + _shown(df[a.name]))
+        flag(
+            ~pd.Series(a.valid(v.to_numpy()), index=df.index),
+            f"action {a.name} out of range ({a.kind}): " + _shown(df[a.name]),
+        )
         clean[a.name] = v
     ok = reason.eq("")
     good = pd.DataFrame({k: v[ok] for k, v in clean.items()})

@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 import ray
 
 from argus_models.contract import USER_IDX, Vocabulary
-
 from argus_platform.config import DataConfig
 from argus_platform.data.sorted_sequences import build_sorted, encode, grouped_by_user
 from argus_platform.data.spec import ITEM, TIME, DatasetSpec
@@ -66,7 +65,9 @@ def _to_sequence(group: dict[str, np.ndarray]) -> pa.Table:
     return _lists(cols, group[USER_IDX][:1])
 
 
-def _cut(batch: pa.Table, split: str, protocol: str, cuts: tuple[float, float, float, float], min_events: int) -> pa.Table:
+def _cut(
+    batch: pa.Table, split: str, protocol: str, cuts: tuple[float, float, float, float], min_events: int
+) -> pa.Table:
     """Rows of one split from full per-user sequences (list columns sliced per user)."""
     list_cols = [c for c in batch.column_names if c != USER_IDX]
     times = batch.column(TIME).to_pylist()
@@ -116,7 +117,10 @@ def temporal_cuts(events_path: Path, cfg: DataConfig) -> tuple[float, float, flo
         return None
     ts = pq.read_table(events_path, columns=[TIME]).column(TIME).to_numpy()
     if cfg.split == "temporal":
-        t_val, t_test = float(np.quantile(ts, cfg.temporal_val_quantile)), float(np.quantile(ts, cfg.temporal_test_quantile))
+        t_val, t_test = (
+            float(np.quantile(ts, cfg.temporal_val_quantile)),
+            float(np.quantile(ts, cfg.temporal_test_quantile)),
+        )
         return t_val, t_val, t_test, t_test
     test = float(ts.max()) - cfg.test_window_seconds + 1  # the last test_window_seconds, inclusive of the last event
     val_end = test - cfg.gap_seconds
@@ -124,15 +128,20 @@ def temporal_cuts(events_path: Path, cfg: DataConfig) -> tuple[float, float, flo
     return val - cfg.gap_seconds, val, val_end, test
 
 
-def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path) -> PreparedData:
+def build_sequences(
+    events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path
+) -> PreparedData:
     """Encode, group and split the canonical log; write Parquet per split. A log grouped by user
     takes one streaming pass (`sorted_sequences`); any other goes through a Ray Data group-by."""
     cuts = temporal_cuts(events_path, cfg)
     if grouped_by_user(events_path, vocab):
         return build_sorted(events_path, vocab, spec, cfg, out_dir, cuts)
     events = pq.ParquetFile(events_path).metadata.num_rows
-    print(f"[argus] prepare: the log is not grouped by user: grouping {events:,} events with a Ray Data "
-          "shuffle (Ray Data's progress below)", flush=True)
+    print(
+        f"[argus] prepare: the log is not grouped by user: grouping {events:,} events with a Ray Data "
+        "shuffle (Ray Data's progress below)",
+        flush=True,
+    )
     context = ray.data.DataContext.get_current()
     shown, context.enable_progress_bars = context.enable_progress_bars, True
     try:
@@ -141,15 +150,27 @@ def build_sequences(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
         context.enable_progress_bars = shown
 
 
-def _build_shuffled(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path,
-                    cuts: tuple[float, float] | None) -> PreparedData:
-    vocab_ref = ray.put((pa.array(vocab.items), pa.array(vocab.users), {c: pa.array(v) for c, v in vocab.contexts.items()}))
+def _build_shuffled(
+    events_path: Path,
+    vocab: Vocabulary,
+    spec: DatasetSpec,
+    cfg: DataConfig,
+    out_dir: Path,
+    cuts: tuple[float, float] | None,
+) -> PreparedData:
+    vocab_ref = ray.put(
+        (pa.array(vocab.items), pa.array(vocab.users), {c: pa.array(v) for c, v in vocab.contexts.items()})
+    )
     encoded = ray.data.read_parquet(str(events_path)).map_batches(
         _encode, batch_format="pyarrow", fn_kwargs={"vocab_ref": vocab_ref, "spec": spec}
     )
     # ~100k events per shuffle partition: the default 200 partitions cost more than they save on small logs.
     partitions = int(np.clip(pq.ParquetFile(events_path).metadata.num_rows // 100_000, 2, 200))
-    sequences = encoded.groupby(USER_IDX, num_partitions=partitions).map_groups(_to_sequence, batch_format="numpy").materialize()
+    sequences = (
+        encoded.groupby(USER_IDX, num_partitions=partitions)
+        .map_groups(_to_sequence, batch_format="numpy")
+        .materialize()
+    )
     paths, rows = {}, {}
     for split in SPLITS:
         path = out_dir / split
@@ -157,7 +178,9 @@ def _build_shuffled(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg
         ds = sequences.map_batches(
             _cut,
             batch_format="pyarrow",
-            fn_kwargs=dict(split=split, protocol=cfg.split, cuts=cuts or (0.0,) * 4, min_events=cfg.min_events_per_user),
+            fn_kwargs=dict(
+                split=split, protocol=cfg.split, cuts=cuts or (0.0,) * 4, min_events=cfg.min_events_per_user
+            ),
         )
         ds.write_parquet(str(path))
         paths[split], rows[split] = str(path), pq.ParquetDataset(str(path)).read(columns=[USER_IDX]).num_rows

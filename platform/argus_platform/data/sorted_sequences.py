@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from argus_models.contract import USER_IDX, Vocabulary, act_col, ctx_col
-
 from argus_platform.config import DataConfig
 from argus_platform.data.spec import ITEM, TIME, USER, DatasetSpec
 from argus_platform.progress import Progress
@@ -65,8 +64,14 @@ def encode(batch: pa.Table, vocab: tuple[pa.Array, pa.Array, dict[str, pa.Array]
     return pa.table(cols)
 
 
-def split_ends(lengths: np.ndarray, starts: np.ndarray, times: np.ndarray, split: str, protocol: str,
-               cuts: tuple[float, float, float, float]) -> np.ndarray:
+def split_ends(
+    lengths: np.ndarray,
+    starts: np.ndarray,
+    times: np.ndarray,
+    split: str,
+    protocol: str,
+    cuts: tuple[float, float, float, float],
+) -> np.ndarray:
     """Per user, how many of its (time-ordered) events the split's row holds; the last is the target.
 
     leave_last_out: n − 2 / n − 1 / n. Temporal splits, cuts = (train end, validation start,
@@ -110,8 +115,15 @@ def _complete_users(table: pa.Table, final: bool) -> tuple[pa.Table, pa.Table]:
     return table.slice(0, last_start), table.slice(last_start)
 
 
-def build_sorted(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: DataConfig, out_dir: Path,
-                 cuts: tuple[float, float, float, float] | None, seed: int = 0):
+def build_sorted(
+    events_path: Path,
+    vocab: Vocabulary,
+    spec: DatasetSpec,
+    cfg: DataConfig,
+    out_dir: Path,
+    cuts: tuple[float, float, float, float] | None,
+    seed: int = 0,
+):
     """Write {train,validation,test}/part-*.parquet from a log grouped by user; returns PreparedData."""
     from argus_platform.data.sequences import PreparedData  # (the two builders return the same thing)
 
@@ -124,7 +136,9 @@ def build_sorted(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: D
     rows = {s: 0 for s in SPLITS}
     counts = np.zeros(vocab.num_items + 1, dtype=np.int64)
     pf = pq.ParquetFile(events_path)
-    progress = Progress("prepare: per-user sequences (log grouped by user: one streaming pass)", pf.metadata.num_rows, "events")
+    progress = Progress(
+        "prepare: per-user sequences (log grouped by user: one streaming pass)", pf.metadata.num_rows, "events"
+    )
     carry, part, users_seen, schema = None, 0, 0, None
     batches = pf.iter_batches(batch_size=CHUNK_EVENTS)
     batch = next(batches, None)
@@ -141,8 +155,10 @@ def build_sorted(events_path: Path, vocab: Vocabulary, spec: DatasetSpec, cfg: D
     progress.close(f"{users_seen:,} users; rows {rows}")
     for split, path in paths.items():
         if not any(path.iterdir()):  # an empty split still has a schema for its readers
-            pq.write_table(_rows(_empty(schema), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)),
-                           path / "part-00000.parquet")
+            pq.write_table(
+                _rows(_empty(schema), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)),
+                path / "part-00000.parquet",
+            )
     return PreparedData(
         paths={s: str(p) for s, p in paths.items()},
         rows=rows,
@@ -156,8 +172,16 @@ def _empty(schema: pa.Schema | None) -> pa.Table:
     return schema.empty_table() if schema is not None else pa.table({USER_IDX: pa.array([], pa.int64())})
 
 
-def _write_chunk(chunk: pa.Table, cfg: DataConfig, cuts: tuple[float, float, float, float], paths: dict[str, Path], part: int,
-                 rows: dict[str, int], counts: np.ndarray, seed: int) -> int:
+def _write_chunk(
+    chunk: pa.Table,
+    cfg: DataConfig,
+    cuts: tuple[float, float, float, float],
+    paths: dict[str, Path],
+    part: int,
+    rows: dict[str, int],
+    counts: np.ndarray,
+    seed: int,
+) -> int:
     """Cut one chunk of complete users into the splits; returns its number of users."""
     if chunk.num_rows == 0:
         return 0

@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 from argus_platform.config import DataConfig
 from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
 
-
 CHUNK_ROWS = 500_000
 
 
@@ -61,12 +60,16 @@ def read_sasrec(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
 
     def chunks() -> Iterator[pd.DataFrame]:
         with _open_text(p) as fh:
-            reader = pd.read_csv(fh, sep=r"\s+", header=None, names=[USER, ITEM, "_extra"], dtype=str, chunksize=CHUNK_ROWS, engine="c")
+            reader = pd.read_csv(
+                fh, sep=r"\s+", header=None, names=[USER, ITEM, "_extra"], dtype=str, chunksize=CHUNK_ROWS, engine="c"
+            )
             offset = 0
             for df in reader:
                 if df["_extra"].notna().any():
                     bad = df.index[df["_extra"].notna()][0]
-                    raise DataSourceError(f"{p}: line {offset + bad + 1} has more than two fields; expected `user item`")
+                    raise DataSourceError(
+                        f"{p}: line {offset + bad + 1} has more than two fields; expected `user item`"
+                    )
                 df = df.drop(columns="_extra")
                 df[TIME] = np.arange(offset, offset + len(df), dtype=np.int64)
                 offset += len(df)

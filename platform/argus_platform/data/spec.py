@@ -9,7 +9,6 @@ import numpy as np
 
 from argus_models.config import ActionHead
 from argus_models.contract import ITEM_COL, TIME_COL, action_target, action_valid, target_code
-
 from argus_platform.configlib import ConfigError
 
 # Column names of the canonical event log every source is converted to.
@@ -77,5 +76,7 @@ class DatasetSpec:
         """The spec of the canonical log: fixed id/time names, actions under their own names."""
         return DatasetSpec(
             context_columns=list(self.context_columns),
-            actions=[ActionSpec(name=a.name, kind=a.kind, levels=list(a.levels), buckets=a.buckets) for a in self.actions],
+            actions=[
+                ActionSpec(name=a.name, kind=a.kind, levels=list(a.levels), buckets=a.buckets) for a in self.actions
+            ],
         )

@@ -85,7 +85,9 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
     user_init, user_final = [], []
     total = 0
     progress = Progress("synthetic log", cfg.num_users, "users")
-    imp_writer = pq.ParquetWriter(out_dir / IMPRESSIONS_FILE, impressions_schema()) if cfg.impressions_per_event > 0 else None
+    imp_writer = (
+        pq.ParquetWriter(out_dir / IMPRESSIONS_FILE, impressions_schema()) if cfg.impressions_per_event > 0 else None
+    )
     with pq.ParquetWriter(path, schema) as writer:
         for first in range(0, cfg.num_users, cfg.chunk_users):
             n = min(cfg.chunk_users, cfg.num_users - first)
@@ -162,7 +164,12 @@ def _impressions(rng, cfg, raw_items, users, times, cands, choice, feedback: dic
     keep = np.concatenate([np.ones((m, 1), bool), others_ok], axis=1)
     clicked = np.zeros((m, S), np.int8)
     clicked[:, 0] = 1
-    cols = {USER: np.repeat(users, S), TIME: np.repeat(times, S), ITEM: raw_items[shown].ravel(), CLICKED: clicked.ravel()}
+    cols = {
+        USER: np.repeat(users, S),
+        TIME: np.repeat(times, S),
+        ITEM: raw_items[shown].ravel(),
+        CLICKED: clicked.ravel(),
+    }
     for name, values in feedback.items():
         v = np.zeros((m, S), values.dtype)
         v[:, 0] = values
@@ -200,7 +207,9 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
     u = rng.normal(size=(n, k)) / np.sqrt(k) * 1.5
     u0 = u.copy()
     t_now = T0 + rng.integers(0, 30 * 86400, size=n)
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in (USER, ITEM, TIME, "source", "skip", "like", "dislike", "played_ratio")}
+    cols: dict[str, list[np.ndarray]] = {
+        c: [] for c in (USER, ITEM, TIME, "source", "skip", "like", "dislike", "played_ratio")
+    }
     impressions: list[pa.Table] = []
     user_ids = np.arange(first, first + n, dtype=np.int64)
     for step in range(int(lengths.max())):
@@ -227,13 +236,24 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
         cols["dislike"].append(dislike.astype(np.int8))
         cols["played_ratio"].append(ratio.astype(np.float32))
         if cfg.impressions_per_event > 0:
-            feedback = {"skip": cols["skip"][-1], "like": cols["like"][-1], "dislike": cols["dislike"][-1],
-                        "played_ratio": cols["played_ratio"][-1]}
-            impressions.append(_impressions(rng_imp, cfg, raw_items, user_ids[act], t_now[act], cands, choice, feedback))
+            feedback = {
+                "skip": cols["skip"][-1],
+                "like": cols["like"][-1],
+                "dislike": cols["dislike"][-1],
+                "played_ratio": cols["played_ratio"][-1],
+            }
+            impressions.append(
+                _impressions(rng_imp, cfg, raw_items, user_ids[act], t_now[act], cands, choice, feedback)
+            )
         u[act] = np.sqrt(1.0 - d * d) * u[act] + d * rng.normal(size=(m, k)) / np.sqrt(k) * 1.5
     table = pa.table({c: np.concatenate(v) for c, v in cols.items()})
     imp = pa.concat_tables(impressions) if impressions else impressions_schema().empty_table()
-    return table.sort_by([(USER, "ascending"), (TIME, "ascending")]), imp.sort_by([(USER, "ascending"), (TIME, "ascending")]), u0, u.copy()
+    return (
+        table.sort_by([(USER, "ascending"), (TIME, "ascending")]),
+        imp.sort_by([(USER, "ascending"), (TIME, "ascending")]),
+        u0,
+        u.copy(),
+    )
 
 
 def expected_actions(affinity: np.ndarray) -> dict[str, np.ndarray]:

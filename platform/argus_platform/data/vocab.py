@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from argus_models.contract import Vocabulary
-
 from argus_platform.data.spec import ITEM, USER, DatasetSpec
 
 __all__ = ["Vocabulary", "build_vocabulary"]

@@ -68,9 +68,11 @@ def read_yambda(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
             uid = pd.to_numeric(df["uid"], errors="coerce")
             if len(df) and uid.notna().any() and uid.min() <= done_users:
                 bad = int(df["_row"][uid <= done_users].iloc[0])
-                raise DataSourceError(f"{p}: row {bad} has uid {uid[uid <= done_users].iloc[0]:.0f} after uid "
-                                      f"{done_users} was complete: the reader needs the file grouped by uid (as published; "
-                                      "sort it by uid and timestamp first)")
+                raise DataSourceError(
+                    f"{p}: row {bad} has uid {uid[uid <= done_users].iloc[0]:.0f} after uid "
+                    f"{done_users} was complete: the reader needs the file grouped by uid (as published; "
+                    "sort it by uid and timestamp first)"
+                )
             if nxt is not None and len(df):
                 last = uid.iloc[-1]
                 carry, df = df[uid == last], df[uid != last]
@@ -100,13 +102,21 @@ def to_events(df: pd.DataFrame) -> pd.DataFrame:
     unknown = ~kind.isin(EVENT_TYPES)
     listens = df[kind.eq("listen") | unknown].copy()  # unknown types fail validation below, with the value
     pct = pd.to_numeric(listens["played_ratio_pct"], errors="coerce")
-    out = pd.DataFrame({
-        USER: listens["uid"], ITEM: listens["item_id"], TIME: listens["timestamp"],
-        "source": np.where(pd.to_numeric(listens["is_organic"], errors="coerce") == 1, "organic", "recommended"),
-        "played_ratio": pct.clip(upper=100) / 100.0,
-        "listen_plus": (pct >= LISTEN_PLUS_PCT).astype(float).where(pct.notna()),
-        "like": 0.0, "dislike": 0.0, "_row": listens["_row"], REJECT: "",
-    }, index=listens.index)
+    out = pd.DataFrame(
+        {
+            USER: listens["uid"],
+            ITEM: listens["item_id"],
+            TIME: listens["timestamp"],
+            "source": np.where(pd.to_numeric(listens["is_organic"], errors="coerce") == 1, "organic", "recommended"),
+            "played_ratio": pct.clip(upper=100) / 100.0,
+            "listen_plus": (pct >= LISTEN_PLUS_PCT).astype(float).where(pct.notna()),
+            "like": 0.0,
+            "dislike": 0.0,
+            "_row": listens["_row"],
+            REJECT: "",
+        },
+        index=listens.index,
+    )
     out.loc[unknown[unknown].index, REJECT] = "unknown event_type: " + kind[unknown]
     out.loc[pct.isna() & ~unknown.loc[listens.index], REJECT] = "listen without played_ratio_pct"
     rejected = []
@@ -120,11 +130,22 @@ def to_events(df: pd.DataFrame) -> pd.DataFrame:
         out.loc[hit[found].astype(np.int64).to_numpy(), mark] = 1.0
         orphan = stand[~found]
         if len(orphan):
-            rejected.append(pd.DataFrame({
-                USER: orphan["uid"], ITEM: orphan["item_id"], TIME: orphan["timestamp"], "source": "recommended",
-                "played_ratio": 0.0, "listen_plus": 0.0, "like": 0.0, "dislike": 0.0, "_row": orphan["_row"],
-                REJECT: f"{mark} without an earlier listen of the item",
-            }))
+            rejected.append(
+                pd.DataFrame(
+                    {
+                        USER: orphan["uid"],
+                        ITEM: orphan["item_id"],
+                        TIME: orphan["timestamp"],
+                        "source": "recommended",
+                        "played_ratio": 0.0,
+                        "listen_plus": 0.0,
+                        "like": 0.0,
+                        "dislike": 0.0,
+                        "_row": orphan["_row"],
+                        REJECT: f"{mark} without an earlier listen of the item",
+                    }
+                )
+            )
     return pd.concat([out, *rejected], ignore_index=True) if rejected else out.reset_index(drop=True)
 
 
@@ -133,7 +154,11 @@ def _latest_listen(marks: pd.DataFrame, listens: pd.DataFrame) -> pd.Series:
     if marks.empty or listens.empty:
         return pd.Series(np.nan, index=marks.index)
     left = marks[["uid", "item_id", "timestamp"]].assign(_mark=marks.index).sort_values("timestamp", kind="stable")
-    right = listens[["uid", "item_id", "timestamp"]].assign(_listen=listens.index.astype(float)).sort_values("timestamp", kind="stable")
+    right = (
+        listens[["uid", "item_id", "timestamp"]]
+        .assign(_listen=listens.index.astype(float))
+        .sort_values("timestamp", kind="stable")
+    )
     for frame in (left, right):
         frame["timestamp"] = pd.to_numeric(frame["timestamp"], errors="coerce").astype("float64")
     left, right = left.dropna(subset=["timestamp"]), right.dropna(subset=["timestamp"])

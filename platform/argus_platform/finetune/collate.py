@@ -9,7 +9,6 @@ import torch
 from argus_models.config import ModelSchema
 from argus_models.contract import ITEM_COL, list_values
 from argus_models.finetune import SlateBatch
-
 from argus_platform.collate import Collator
 from argus_platform.finetune.requests import REQ_CLICKED, REQ_ITEMS, REQ_POS, req_act
 
@@ -21,8 +20,14 @@ class SlateCollator:
     is counted in `outside_window` (the window is the model's max_seq_len + 1 events).
     """
 
-    def __init__(self, schema: ModelSchema, action_kinds: dict[str, tuple[str, int]], window: int, slate_size: int,
-                 item_hashes: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        schema: ModelSchema,
+        action_kinds: dict[str, tuple[str, int]],
+        window: int,
+        slate_size: int,
+        item_hashes: np.ndarray | None = None,
+    ) -> None:
         self.schema, self.window, self.slate_size = schema, window, slate_size
         self.sequences = Collator(schema, action_kinds, window, item_hashes=item_hashes)
         self.outside_window = 0
@@ -33,8 +38,10 @@ class SlateCollator:
         start = lens - np.minimum(lens, self.window)  # first event of each row's window
         pos_vals, pos_off = list_values(table.column(REQ_POS))
         # nested list<list<…>> columns → (values, offsets) per request, requests in row order
-        nested = {name: _per_request(table.column(name)) for name in
-                  [REQ_ITEMS, REQ_CLICKED] + [req_act(a.name) for a in self.schema.actions]}
+        nested = {
+            name: _per_request(table.column(name))
+            for name in [REQ_ITEMS, REQ_CLICKED] + [req_act(a.name) for a in self.schema.actions]
+        }
         rows, rel, picked = [], [], []
         for b in range(len(lens)):
             for r in range(pos_off[b], pos_off[b + 1]):
@@ -52,15 +59,20 @@ class SlateCollator:
         for i, r in enumerate(picked):
             values, offs = nested[REQ_ITEMS]
             a, n = offs[r], min(offs[r + 1] - offs[r], K)
-            slate[i, :n] = values[a:a + n]
-            clicked[i, :n] = nested[REQ_CLICKED][0][a:a + n]
+            slate[i, :n] = values[a : a + n]
+            clicked[i, :n] = nested[REQ_CLICKED][0][a : a + n]
             for j, head in enumerate(self.schema.actions):
-                labels[i, :n, j] = nested[req_act(head.name)][0][a:a + n]
+                labels[i, :n, j] = nested[req_act(head.name)][0][a : a + n]
         seq = self.sequences(table, item_ids=slate.ravel())
         return SlateBatch(
-            sparse_features=seq.sparse_features, items=seq.items, lengths=seq.lengths,
-            req_row=torch.tensor(rows, dtype=torch.int64), req_pos=torch.tensor(rel, dtype=torch.int64),
-            slate=torch.from_numpy(slate), clicked=torch.from_numpy(clicked), labels=torch.from_numpy(labels),
+            sparse_features=seq.sparse_features,
+            items=seq.items,
+            lengths=seq.lengths,
+            req_row=torch.tensor(rows, dtype=torch.int64),
+            req_pos=torch.tensor(rel, dtype=torch.int64),
+            slate=torch.from_numpy(slate),
+            clicked=torch.from_numpy(clicked),
+            labels=torch.from_numpy(labels),
         )
 
 

@@ -17,9 +17,12 @@ class FinetuneConfig:
     pretrained: str = _help("pre-trained run directory or checkpoint ('' = newest run under runs/)", "")
     mode: Literal["pairwise", "ranker"] = _help(
         "pairwise: two-tower BPR on clicked vs shown-not-clicked items; ranker: per-action heads on slates "
-        "(candidate isolation for three_token models)", "pairwise")
+        "(candidate isolation for three_token models)",
+        "pairwise",
+    )
     impressions: str = _help(
-        "impressions Parquet/CSV (user_id, timestamp, item_id, clicked, <actions>); '' = the synthetic log's", "")
+        "impressions Parquet/CSV (user_id, timestamp, item_id, clicked, <actions>); '' = the synthetic log's", ""
+    )
     slate_size: int = _help("shown items kept per request (the clicked ones first)", 8)
     epochs: int = _help("passes over the training requests", 4)
     batch_size: int = _help("users per worker per step (each brings all of its requests)", 16)

@@ -11,7 +11,6 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from argus_models.checkpoint import absolute, resolve_checkpoint
-
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config, to_dict
 from argus_platform.data.prepare import link_prepared, load_prepared
@@ -33,19 +32,31 @@ def finetune(cfg: FinetuneConfig) -> dict:
     prepared = load_prepared(pretrained_run)
     impressions = absolute(cfg.impressions) if cfg.impressions else default_impressions(pretrained_run)
     summary = build_requests(prepared, pretrained_run, impressions, cfg.slate_size, out / "requests")
-    print(f"[finetune] requests {summary['requests']} from {summary['rows']:,} impressions; skipped {summary['skipped'] or 'none'}",
-          flush=True)
+    print(
+        f"[finetune] requests {summary['requests']} from {summary['rows']:,} impressions; "
+        f"skipped {summary['skipped'] or 'none'}",
+        flush=True,
+    )
     if not summary["requests"]["train"]:
         raise ValueError(f"no training requests in {impressions}: nothing to fine-tune on")
     init_ray(cfg.scaling.local_num_cpus)
     datasets = {s: ray.data.read_parquet(p).materialize() for s, p in summary["paths"].items()}
     trainer = TorchTrainer(
         slate_loop_per_worker,
-        train_loop_config={"finetune": to_dict(cfg), "train": to_dict(train_cfg), "checkpoint": str(checkpoint),
-                           "pretrained_run": str(pretrained_run)},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
-        run_config=RunConfig(name=out.name, storage_path=str(out.parent), checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        train_loop_config={
+            "finetune": to_dict(cfg),
+            "train": to_dict(train_cfg),
+            "checkpoint": str(checkpoint),
+            "pretrained_run": str(pretrained_run),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=out.name, storage_path=str(out.parent), checkpoint_config=CheckpointConfig(num_to_keep=2)
+        ),
         datasets=datasets,
         dataset_config=SplitConfig(),
     )
@@ -53,8 +64,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
     final = (result.metrics or {}).get("final")
     if not final:
         raise RuntimeError(f"fine-tuning finished without metrics; see the logs above and {out}")
-    final.update(run_dir=str(out), pretrained=str(checkpoint), requests=summary["requests"], skipped=summary["skipped"],
-                 checkpoint=result.checkpoint.path if result.checkpoint else None, seconds=round(time.time() - started, 1))
+    final.update(
+        run_dir=str(out),
+        pretrained=str(checkpoint),
+        requests=summary["requests"],
+        skipped=summary["skipped"],
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        seconds=round(time.time() - started, 1),
+    )
     (out / "metrics.json").write_text(json.dumps(final, indent=2))
     return final
 

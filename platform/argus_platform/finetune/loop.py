@@ -21,7 +21,6 @@ from argus_models.config import ModelSchema
 from argus_models.finetune import SlateObjective, SlateTask, pairwise_correct
 from argus_models.losses import feedback_probability
 from argus_models.model import ArgusDenseArch, ArgusSparseArch, lookup_local
-
 from argus_platform.checkpoint import TrainState, save_checkpoint
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import from_dict
@@ -49,8 +48,14 @@ def load_weights(checkpoint: Path, sharded: ShardedTask) -> None:
 
 
 @torch.no_grad()
-def evaluate_slates(sharded: ShardedTask, train_cfg: TrainJobConfig, mode: str, batches: Iterable[pa.Table],
-                    collate: SlateCollator, device: torch.device) -> dict[str, float]:
+def evaluate_slates(
+    sharded: ShardedTask,
+    train_cfg: TrainJobConfig,
+    mode: str,
+    batches: Iterable[pa.Table],
+    collate: SlateCollator,
+    device: torch.device,
+) -> dict[str, float]:
     """Pairwise accuracy of the model's slate scores (pairwise mode: <q, v>), or per-action AUC and
     normalised entropy on impressions (ranker); collective over the workers."""
     dense = sharded.eval_dense(train_cfg)
@@ -80,7 +85,10 @@ def evaluate_slates(sharded: ShardedTask, train_cfg: TrainJobConfig, mode: str, 
         totals = torch.tensor([correct, pairs], dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(totals)
-        return {"pairwise_accuracy": float(totals[0] / totals[1]) if totals[1] else float("nan"), "pairs": int(totals[1])}
+        return {
+            "pairwise_accuracy": float(totals[0] / totals[1]) if totals[1] else float("nan"),
+            "pairs": int(totals[1]),
+        }
     metrics = {}
     for head in dense.schema.actions:
         p, y = _gather_arrays(preds[head.name]), _gather_arrays(labels[head.name])
@@ -92,8 +100,15 @@ def evaluate_slates(sharded: ShardedTask, train_cfg: TrainJobConfig, mode: str, 
     return metrics
 
 
-def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint: Path, pretrained_run: Path,
-                     iterate: Iterate, report: Report, device: torch.device) -> dict:
+def run_slate_worker(
+    cfg: FinetuneConfig,
+    train_cfg: TrainJobConfig,
+    checkpoint: Path,
+    pretrained_run: Path,
+    iterate: Iterate,
+    report: Report,
+    device: torch.device,
+) -> dict:
     for noisy in ("torchrec", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     rank = dist.get_rank()
@@ -104,11 +119,16 @@ def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint:
     precision, why = resolve_precision(train_cfg.optim.precision, device)
     if rank == 0:
         print(f"[argus] precision: {precision} ({why})", flush=True)
-    tcfg = replace(train_cfg, optim=replace(train_cfg.optim, dense_lr=cfg.dense_lr, sparse_lr=cfg.sparse_lr,
-                                            precision=precision))
+    tcfg = replace(
+        train_cfg, optim=replace(train_cfg.optim, dense_lr=cfg.dense_lr, sparse_lr=cfg.sparse_lr, precision=precision)
+    )
     dense = ArgusDenseArch(tcfg.model, schema)
-    task = SlateTask(ArgusSparseArch(schema, tcfg.model.embedding_dim, "meta"), SlateObjective(dense, cfg.mode, cfg.action_weights),
-                     tcfg.optim.precision, device.type)
+    task = SlateTask(
+        ArgusSparseArch(schema, tcfg.model.embedding_dim, "meta"),
+        SlateObjective(dense, cfg.mode, cfg.action_weights),
+        tcfg.optim.precision,
+        device.type,
+    )
     sharded = shard(tcfg, schema, counts, device, task=task)
     load_weights(checkpoint, sharded)
     spec = load_prepared(pretrained_run).spec
@@ -118,7 +138,10 @@ def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint:
     key = "pairwise_accuracy" if cfg.mode == "pairwise" else "mean_auc"
 
     def held_out() -> dict:
-        return {s: evaluate_slates(sharded, tcfg, cfg.mode, iterate(s, 256), collate, device) for s in ("validation", "test")}
+        return {
+            s: evaluate_slates(sharded, tcfg, cfg.mode, iterate(s, 256), collate, device)
+            for s in ("validation", "test")
+        }
 
     before = held_out()
     _say(f"[finetune] pre-trained: validation {before['validation']}")
@@ -138,14 +161,22 @@ def run_slate_worker(cfg: FinetuneConfig, train_cfg: TrainJobConfig, checkpoint:
         state.epoch, state.step = epoch + 1, state.step + steps
         after = held_out()
         val = after["validation"].get(key, float("nan"))
-        _say(f"[finetune] epoch {epoch + 1}/{cfg.epochs}: train loss {loss_sum / max(steps, 1):.4f} ({steps} steps, "
-             f"{time.time() - t0:.1f}s); validation {after['validation']}")
+        _say(
+            f"[finetune] epoch {epoch + 1}/{cfg.epochs}: train loss {loss_sum / max(steps, 1):.4f} ({steps} steps, "
+            f"{time.time() - t0:.1f}s); validation {after['validation']}"
+        )
         state.history.append({"epoch": state.epoch, "validation": after["validation"]})
         if val > state.best_validation:
             state.best_validation, state.best_epoch = val, state.epoch
             state.best_metrics = {"before": before, "after": after}
-        final = {**state.best_metrics, "best_epoch": state.best_epoch, "epochs_trained": state.epoch, "mode": cfg.mode,
-                 "selection": f"best validation {key}", "requests_outside_window": collate.outside_window}
+        final = {
+            **state.best_metrics,
+            "best_epoch": state.best_epoch,
+            "epochs_trained": state.epoch,
+            "mode": cfg.mode,
+            "selection": f"best validation {key}",
+            "requests_outside_window": collate.outside_window,
+        }
         with tempfile.TemporaryDirectory(prefix="argus-ft-") as tmp:
             save_checkpoint(Path(tmp), sharded, state, tcfg, pretrained_run, rank)
             report({"epoch": state.epoch, f"validation/{key}": val, "final": final}, Path(tmp))
@@ -163,7 +194,9 @@ def slate_loop_per_worker(config: dict) -> None:
 
     def iterate(split: str, batch_size: int) -> Iterable[pa.Table]:
         shuffle = 4 * batch_size if split == "train" else None
-        return shards[split].iter_batches(batch_size=batch_size, batch_format="pyarrow", local_shuffle_buffer_size=shuffle)
+        return shards[split].iter_batches(
+            batch_size=batch_size, batch_format="pyarrow", local_shuffle_buffer_size=shuffle
+        )
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         from argus_platform.train_loop import _json_safe
@@ -171,5 +204,12 @@ def slate_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
         ray.train.report(_json_safe(metrics), checkpoint=checkpoint)
 
-    run_slate_worker(cfg, train_cfg, Path(config["checkpoint"]), Path(config["pretrained_run"]), iterate, report,
-                     ray.train.torch.get_device())
+    run_slate_worker(
+        cfg,
+        train_cfg,
+        Path(config["checkpoint"]),
+        Path(config["pretrained_run"]),
+        iterate,
+        report,
+        ray.train.torch.get_device(),
+    )

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from argus_models.contract import TIME_COL, USER_IDX
 from argus_platform.data.prepare import PreparedRun
-from argus_platform.data.synthetic import CLICKED, IMPRESSIONS_FILE
 from argus_platform.data.spec import DatasetSpec
+from argus_platform.data.synthetic import CLICKED, IMPRESSIONS_FILE
 
 REQ_POS, REQ_ITEMS, REQ_CLICKED = "req_pos", "req_items", "req_clicked"
 
@@ -39,7 +39,8 @@ def read_impressions(path: Path, spec: DatasetSpec) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(
             f"no impressions at {path}: synthetic runs write them (data.synthetic.impressions_per_event > 0); "
-            "for other data pass impressions=<file> with columns user_id, timestamp, item_id, clicked and the actions")
+            "for other data pass impressions=<file> with columns user_id, timestamp, item_id, clicked and the actions"
+        )
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     need = ["user_id", "timestamp", "item_id", CLICKED] + [a.name for a in spec.actions]
     missing = [c for c in need if c not in df.columns]
@@ -98,8 +99,14 @@ def build_requests(prepared: PreparedRun, run_dir: Path, impressions: Path, slat
         path = out_dir / f"{split}.parquet"
         pq.write_table(table, path)
         paths[split], rows[split] = str(path), table.num_rows
-    summary = {"impressions": str(impressions), "rows": len(user_idx), "skipped": dict(reasons), "users": rows, "paths": paths,
-               "requests": {s: int(sum(len(r[REQ_POS]) for r in out[s])) for s in out}}
+    summary = {
+        "impressions": str(impressions),
+        "rows": len(user_idx),
+        "skipped": dict(reasons),
+        "users": rows,
+        "paths": paths,
+        "requests": {s: int(sum(len(r[REQ_POS]) for r in out[s])) for s in out},
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -125,11 +132,13 @@ def _user_row(u: int, row: pd.Series, end: int, reqs: list, spec: DatasetSpec) -
 
 def _table(records: list[dict], prepared: PreparedRun, spec: DatasetSpec) -> pa.Table:
     seq_schema = pq.ParquetDataset(prepared.paths["test"]).schema
-    fields = list(seq_schema) + [pa.field(REQ_POS, pa.list_(pa.int32())), pa.field(REQ_ITEMS, pa.list_(pa.list_(pa.int32()))),
-                                 pa.field(REQ_CLICKED, pa.list_(pa.list_(pa.float32())))]
+    fields = list(seq_schema) + [
+        pa.field(REQ_POS, pa.list_(pa.int32())),
+        pa.field(REQ_ITEMS, pa.list_(pa.list_(pa.int32()))),
+        pa.field(REQ_CLICKED, pa.list_(pa.list_(pa.float32()))),
+    ]
     fields += [pa.field(req_act(a.name), pa.list_(pa.list_(pa.float32()))) for a in spec.actions]
     schema = pa.schema(fields)
     if not records:
         return schema.empty_table()
     return pa.Table.from_pylist(records, schema=schema)
-

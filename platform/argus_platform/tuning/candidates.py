@@ -22,7 +22,6 @@ import torch
 from argus_models.checkpoint import load_inference_model
 from argus_models.contract import ITEM_COL, USER_IDX, act_col, ctx_col, target_code
 from argus_models.inference import Events, ExactIndex, action_probabilities, encode_next, item_vectors
-
 from argus_platform.data.prepare import PreparedRun
 from argus_platform.data.synthetic import expected_actions, load_ground_truth
 from argus_platform.tuning.config import CandidateConfig
@@ -63,8 +62,15 @@ class CandidateSet:
 class _Scorer:
     """Ray Data actor: histories → retrieval top-N (+ the actual next item) → P(a), observed, oracle."""
 
-    def __init__(self, checkpoint: str, retrieve_n: int, actions: list[dict], contexts: list[str],
-                 user_factors: np.ndarray | None, item_factors: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        retrieve_n: int,
+        actions: list[dict],
+        contexts: list[str],
+        user_factors: np.ndarray | None,
+        item_factors: np.ndarray | None,
+    ) -> None:
         torch.set_num_threads(1)
         self.model = load_inference_model(checkpoint)
         self.index = ExactIndex(item_vectors(self.model))
@@ -98,7 +104,9 @@ class _Scorer:
         for a in self.actions:
             name = a["name"]
             out[f"prob/{name}"] = probs[name].numpy().astype(np.float32)
-            out[f"obs/{name}"] = np.where(target, np.asarray(target_values[name], dtype=np.float32)[:, None], 0.0).astype(np.float32)
+            out[f"obs/{name}"] = np.where(
+                target, np.asarray(target_values[name], dtype=np.float32)[:, None], 0.0
+            ).astype(np.float32)
         if self.user_factors is not None:
             users = np.asarray([r[USER_IDX] for r in rows])
             affinity = np.einsum("rk,rck->rc", self.user_factors[users], self.item_factors[ids])
@@ -120,12 +128,18 @@ def _factors(prepared: PreparedRun, run_dir: Path) -> tuple[np.ndarray | None, n
     return truth["user_final_factors"][users], item_factors
 
 
-def build_candidates(checkpoint: Path, run_dir: Path, prepared: PreparedRun, split: str, cfg: CandidateConfig,
-                     cache_dir: Path) -> CandidateSet:
+def build_candidates(
+    checkpoint: Path, run_dir: Path, prepared: PreparedRun, split: str, cfg: CandidateConfig, cache_dir: Path
+) -> CandidateSet:
     """Score (or reuse the cached) candidates of one split."""
     cache = cache_dir / f"{split}.npz"
-    meta = {"version": CACHE_VERSION, "checkpoint": str(checkpoint), "split": split, "retrieve_n": cfg.retrieve_n,
-            "max_rows": cfg.max_rows}
+    meta = {
+        "version": CACHE_VERSION,
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "retrieve_n": cfg.retrieve_n,
+        "max_rows": cfg.max_rows,
+    }
     if cache.is_file():
         cached, cached_meta = CandidateSet.load(cache)
         if cached_meta == meta:
@@ -133,7 +147,10 @@ def build_candidates(checkpoint: Path, run_dir: Path, prepared: PreparedRun, spl
             return cached
     started = time.time()
     user_factors, item_factors = _factors(prepared, run_dir)
-    actions = [{"name": a.name, "kind": a.kind, "num_codes": a.num_codes(), "levels": list(a.levels)} for a in prepared.spec.actions]
+    actions = [
+        {"name": a.name, "kind": a.kind, "num_codes": a.num_codes(), "levels": list(a.levels)}
+        for a in prepared.spec.actions
+    ]
     # each scorer actor holds a CPU; leave one for the read tasks that feed them, or the pool waits forever
     actors = max(1, min(cfg.concurrency, int(ray.cluster_resources().get("CPU", 1)) - 1))
     ds = ray.data.read_parquet(prepared.paths[split])
@@ -141,11 +158,19 @@ def build_candidates(checkpoint: Path, run_dir: Path, prepared: PreparedRun, spl
         ds = ds.limit(cfg.max_rows)
     ds = ds.repartition(4 * actors)  # a small split is one file: give every scorer blocks to work on
     ds = ds.map_batches(
-        _Scorer, batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1,
+        _Scorer,
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"checkpoint": str(checkpoint), "retrieve_n": cfg.retrieve_n, "actions": actions,
-                               "contexts": list(prepared.vocab.contexts), "user_factors": user_factors,
-                               "item_factors": item_factors},
+        fn_constructor_kwargs={
+            "checkpoint": str(checkpoint),
+            "retrieve_n": cfg.retrieve_n,
+            "actions": actions,
+            "contexts": list(prepared.vocab.contexts),
+            "user_factors": user_factors,
+            "item_factors": item_factors,
+        },
     )
     parts: dict[str, list[np.ndarray]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -158,6 +183,9 @@ def build_candidates(checkpoint: Path, run_dir: Path, prepared: PreparedRun, spl
     result = CandidateSet(arr["items"], arr["target"].astype(bool), pick("prob"), pick("obs"), pick("oracle") or None)
     cache_dir.mkdir(parents=True, exist_ok=True)
     result.save(cache, meta)
-    print(f"[tune] {split}: {result.items.shape[0]:,} rows × {result.items.shape[1]} candidates scored "
-          f"({time.time() - started:.0f}s){'; oracle from the simulator' if result.oracle else ''}", flush=True)
+    print(
+        f"[tune] {split}: {result.items.shape[0]:,} rows × {result.items.shape[1]} candidates scored "
+        f"({time.time() - started:.0f}s){'; oracle from the simulator' if result.oracle else ''}",
+        flush=True,
+    )
     return result

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from argus_platform.configlib import ConfigError, documented as _help
+from argus_platform.configlib import ConfigError
+from argus_platform.configlib import documented as _help
 
 
 @dataclass
@@ -53,8 +54,10 @@ ENGAGEMENT_GAINS = {"played_ratio": 1.0, "like": 5.0, "skip": -1.0}
 
 
 def _default_objectives() -> list[MetricSpec]:
-    return [MetricSpec(name="engagement", kind="value_corr", gains=dict(ENGAGEMENT_GAINS), k=10),
-            MetricSpec(name="no_dislike", kind="value_corr", gains={"dislike": -1.0}, k=10)]
+    return [
+        MetricSpec(name="engagement", kind="value_corr", gains=dict(ENGAGEMENT_GAINS), k=10),
+        MetricSpec(name="no_dislike", kind="value_corr", gains={"dislike": -1.0}, k=10),
+    ]
 
 
 @dataclass
@@ -68,7 +71,8 @@ class CandidateConfig:
 @dataclass
 class SearchConfig:
     algorithm: Literal["auto", "tpe", "nsga2", "random"] = _help(
-        "auto = TPE for one objective, NSGA-II for several (both Optuna through Tune's OptunaSearch)", "auto")
+        "auto = TPE for one objective, NSGA-II for several (both Optuna through Tune's OptunaSearch)", "auto"
+    )
     num_samples: int = _help("trials", 48)
     seed: int = _help("sampler seed (same seed, same trials)", 0)
     weight_low: float = _help("lower bound of every weight", -1.0)
@@ -76,7 +80,9 @@ class SearchConfig:
     max_concurrent: int = _help("trials evaluated at once (1 = the same seed gives the same trials)", 1)
     signs_from_gains: bool = _help(
         "keep each weight's sign that of the objectives' gain for its action (w ∈ [0, high] or [low, 0]); "
-        "false searches every weight over [low, high]", True)
+        "false searches every weight over [low, high]",
+        True,
+    )
     select: str = _help("objective whose best feasible Pareto point is written out ('' = the first)", "")
 
 
@@ -86,14 +92,19 @@ class TuneWeightsConfig:
 
     run: str = _help("training run dir or checkpoint dir ('' = the newest run under runs_root)", "")
     runs_root: str = _help("where to look for the newest run", "runs")
-    wait_s: float = _help("wait up to this long for `run` to finish training (its metrics.json) first; 0 = no wait", 0.0)
+    wait_s: float = _help(
+        "wait up to this long for `run` to finish training (its metrics.json) first; 0 = no wait", 0.0
+    )
     out_dir: str = _help("output directory ('' = <run>/tune)", "")
     candidates: CandidateConfig = _help("which candidates are ranked", factory=CandidateConfig)
-    objectives: list[MetricSpec] = _help("what the search optimises (several = multi-objective)", factory=_default_objectives)
+    objectives: list[MetricSpec] = _help(
+        "what the search optimises (several = multi-objective)", factory=_default_objectives
+    )
     constraints: list[MetricSpec] = _help("metrics that must stay within max/min on validation", factory=list)
     default_weights: dict[str, float] = _help(
         "the hand-set baseline (serve/argus.yaml's); {} = uniform",
-        factory=lambda: {"like": 1.0, "played_ratio": 0.5, "skip": -0.5, "dislike": -1.0})
+        factory=lambda: {"like": 1.0, "played_ratio": 0.5, "skip": -0.5, "dislike": -1.0},
+    )
     search: SearchConfig = _help("the Tune search", factory=SearchConfig)
     local_num_cpus: int = _help("logical CPUs of the local Ray started when RAY_ADDRESS is unset", 4)
 
@@ -109,6 +120,8 @@ class TuneWeightsConfig:
             if c.max is None and c.min is None:
                 raise ConfigError(f"constraint {c.name} needs `max` or `min`")
         if self.search.select and self.search.select not in {o.name for o in self.objectives}:
-            raise ConfigError(f"search.select={self.search.select!r} is not an objective: {[o.name for o in self.objectives]}")
+            raise ConfigError(
+                f"search.select={self.search.select!r} is not an objective: {[o.name for o in self.objectives]}"
+            )
         if self.search.weight_low >= self.search.weight_high:
             raise ConfigError("search.weight_low must be below search.weight_high")

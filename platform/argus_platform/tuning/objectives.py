@@ -66,7 +66,9 @@ def metric(spec: MetricSpec, values: dict[str, np.ndarray], order: np.ndarray, v
     return float((dcg[has] / ideal[has]).mean()) if has.any() else 0.0
 
 
-def evaluate(cand: CandidateSet, weights: dict[str, float], specs: list[MetricSpec], source: str = "observed") -> dict[str, float]:
+def evaluate(
+    cand: CandidateSet, weights: dict[str, float], specs: list[MetricSpec], source: str = "observed"
+) -> dict[str, float]:
     """{metric name: value} of the ranking the weights produce, judged by what users did
     (observed) or by the simulator's truth (oracle: the true utility/rate of the top-k)."""
     s = scores(cand, weights)
@@ -75,8 +77,10 @@ def evaluate(cand: CandidateSet, weights: dict[str, float], specs: list[MetricSp
         if cand.oracle is None:
             raise ValueError("no oracle values: the run's data is not synthetic")
         return {m.name: metric(truth(m), cand.oracle, order, cand.valid) for m in specs}
-    return {m.name: value_corr(m, cand, s) if m.kind == "value_corr" else metric(m, cand.observed, order, cand.valid)
-            for m in specs}
+    return {
+        m.name: value_corr(m, cand, s) if m.kind == "value_corr" else metric(m, cand.observed, order, cand.valid)
+        for m in specs
+    }
 
 
 def oracle_best(cand: CandidateSet, specs: list[MetricSpec]) -> dict[str, float]:

@@ -10,15 +10,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from argus_models.weights import write_weights_file  # noqa: E402
-
-from argus_platform.tuning.candidates import CandidateSet  # noqa: E402
-from argus_platform.tuning.config import MetricSpec, TuneWeightsConfig  # noqa: E402
-from argus_platform.tuning.objectives import evaluate, oracle_best  # noqa: E402
+from argus_models.weights import write_weights_file
+from argus_platform.tuning.candidates import CandidateSet
+from argus_platform.tuning.config import MetricSpec, TuneWeightsConfig
+from argus_platform.tuning.objectives import evaluate, oracle_best
 
 
 def baselines(cfg: TuneWeightsConfig, actions: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
@@ -31,8 +30,12 @@ def baselines(cfg: TuneWeightsConfig, actions: list[str]) -> tuple[dict[str, dic
     return {"default": default, "uniform": {a: 1.0 / len(actions) for a in actions}}, notes
 
 
-def evaluate_sets(sets: dict[str, dict[str, float]], splits: dict[str, CandidateSet], specs: list[MetricSpec],
-                  objectives: list[MetricSpec]) -> dict:
+def evaluate_sets(
+    sets: dict[str, dict[str, float]],
+    splits: dict[str, CandidateSet],
+    specs: list[MetricSpec],
+    objectives: list[MetricSpec],
+) -> dict:
     out: dict = {}
     for split, cand in splits.items():
         out[split] = {}
@@ -42,8 +45,10 @@ def evaluate_sets(sets: dict[str, dict[str, float]], splits: dict[str, Candidate
             if best is not None:
                 true = evaluate(cand, w, specs, source="oracle")
                 row["oracle"] = true
-                row["regret"] = {o.name: (best[o.name] - true[o.name]) if o.goal == "max" else (true[o.name] - best[o.name])
-                                 for o in objectives}
+                row["regret"] = {
+                    o.name: (best[o.name] - true[o.name]) if o.goal == "max" else (true[o.name] - best[o.name])
+                    for o in objectives
+                }
             out[split][name] = row
         if best is not None:
             out[split]["oracle_best"] = best
@@ -60,20 +65,34 @@ def _table(evals: dict, cfg: TuneWeightsConfig) -> str:
     head = "| split | weights | " + " | ".join(s.name for s in specs)
     has_oracle = "oracle_best" in evals.get("test", {})
     if has_oracle:
-        head += " | " + " | ".join(f"true {o.name}" for o in cfg.objectives) + " | " + " | ".join(f"regret {o.name}" for o in cfg.objectives)
+        head += (
+            " | "
+            + " | ".join(f"true {o.name}" for o in cfg.objectives)
+            + " | "
+            + " | ".join(f"regret {o.name}" for o in cfg.objectives)
+        )
     lines = [head + " |", "|" + "---|" * (head.count("|"))]
     for split, rows in evals.items():
         for name in ("tuned", "default", "uniform"):
             r = rows[name]
             cells = [f"{r['observed'][s.name]:.4f}" for s in specs]
             if has_oracle:
-                cells += [f"{r['oracle'][o.name]:.4f}" for o in cfg.objectives] + [f"{r['regret'][o.name]:.4f}" for o in cfg.objectives]
+                cells += [f"{r['oracle'][o.name]:.4f}" for o in cfg.objectives] + [
+                    f"{r['regret'][o.name]:.4f}" for o in cfg.objectives
+                ]
             lines.append(f"| {split} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _plots(out_dir: Path, df: pd.DataFrame, feasible: pd.DataFrame, front: np.ndarray, chosen: int, evals: dict,
-           cfg: TuneWeightsConfig) -> list[str]:
+def _plots(
+    out_dir: Path,
+    df: pd.DataFrame,
+    feasible: pd.DataFrame,
+    front: np.ndarray,
+    chosen: int,
+    evals: dict,
+    cfg: TuneWeightsConfig,
+) -> list[str]:
     files = []
     objectives = cfg.objectives
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -84,7 +103,9 @@ def _plots(out_dir: Path, df: pd.DataFrame, feasible: pd.DataFrame, front: np.nd
         ax.plot(pf[x], pf[y], "o-", color="tab:blue", label="Pareto front (feasible)")
         for name, marker in (("default", "s"), ("uniform", "^")):
             v = evals["validation"][name]["observed"]
-            ax.scatter([v[x]], [v[y]], marker=marker, s=60, color="tab:red" if name == "default" else "tab:orange", label=name)
+            ax.scatter(
+                [v[x]], [v[y]], marker=marker, s=60, color="tab:red" if name == "default" else "tab:orange", label=name
+            )
         ax.scatter([df.loc[chosen, x]], [df.loc[chosen, y]], marker="*", s=180, color="tab:green", label="chosen")
         ax.set_xlabel(f"{x} ({objectives[0].goal})")
         ax.set_ylabel(f"{y} ({objectives[1].goal})")
@@ -109,20 +130,40 @@ def _plots(out_dir: Path, df: pd.DataFrame, feasible: pd.DataFrame, front: np.nd
     return files
 
 
-def write_outputs(out_dir: Path, cfg: TuneWeightsConfig, df: pd.DataFrame, chosen: int, feasible: pd.DataFrame,
-                  front: np.ndarray, sets: dict[str, dict[str, float]], evals: dict, algorithm: str, checkpoint: Path,
-                  notes: list[str]) -> dict:
+def write_outputs(
+    out_dir: Path,
+    cfg: TuneWeightsConfig,
+    df: pd.DataFrame,
+    chosen: int,
+    feasible: pd.DataFrame,
+    front: np.ndarray,
+    sets: dict[str, dict[str, float]],
+    evals: dict,
+    algorithm: str,
+    checkpoint: Path,
+    notes: list[str],
+) -> dict:
     tuned = sets["tuned"]
     target = cfg.search.select or cfg.objectives[0].name
-    write_weights_file(out_dir / "weights.yaml", tuned, {
-        "checkpoint": str(checkpoint), "algorithm": algorithm, "trials": len(df), "selected_by": target,
-        "validation": {m: float(df.loc[chosen, m]) for m in [o.name for o in cfg.objectives + cfg.constraints]},
-    })
+    write_weights_file(
+        out_dir / "weights.yaml",
+        tuned,
+        {
+            "checkpoint": str(checkpoint),
+            "algorithm": algorithm,
+            "trials": len(df),
+            "selected_by": target,
+            "validation": {m: float(df.loc[chosen, m]) for m in [o.name for o in cfg.objectives + cfg.constraints]},
+        },
+    )
     df.to_csv(out_dir / "trials.csv", index=False)
     feasible[front].to_csv(out_dir / "pareto.csv", index=False)
     plots = _plots(out_dir, df, feasible, front, chosen, evals, cfg)
     report = {
-        "checkpoint": str(checkpoint), "algorithm": algorithm, "trials": len(df), "selected_by": target,
+        "checkpoint": str(checkpoint),
+        "algorithm": algorithm,
+        "trials": len(df),
+        "selected_by": target,
         "weights": sets,
         "evaluation": evals,
         "test_improvement": {o.name: _gain(evals, "test", o.name) for o in cfg.objectives},
@@ -133,13 +174,24 @@ def write_outputs(out_dir: Path, cfg: TuneWeightsConfig, df: pd.DataFrame, chose
     if "oracle_best" in evals.get("test", {}):
         report["test_improvement_true"] = {o.name: _gain(evals, "test", o.name, "oracle") for o in cfg.objectives}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    md = [f"# Weight search ({algorithm}, {len(df)} trials, selected by {target})", "",
-          "Chosen weights: " + ", ".join(f"{a}={w:+.3f}" for a, w in tuned.items()), "", _table(evals, cfg), "",
-          "Pareto front (feasible, validation):", "", _markdown(feasible[front])]
+    md = [
+        f"# Weight search ({algorithm}, {len(df)} trials, selected by {target})",
+        "",
+        "Chosen weights: " + ", ".join(f"{a}={w:+.3f}" for a, w in tuned.items()),
+        "",
+        _table(evals, cfg),
+        "",
+        "Pareto front (feasible, validation):",
+        "",
+        _markdown(feasible[front]),
+    ]
     (out_dir / "results.md").write_text("\n".join(md) + "\n")
     return report
 
 
 def _markdown(df: pd.DataFrame) -> str:
     cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(index=False)]
-    return "\n".join(["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)] + ["| " + " | ".join(r) + " |" for r in cells])
+    return "\n".join(
+        ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+        + ["| " + " | ".join(r) + " |" for r in cells]
+    )

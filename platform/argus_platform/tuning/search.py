@@ -33,7 +33,9 @@ def searched_key(i: int) -> str:
     return f"searched_{i}"
 
 
-def trial(config: dict, data: CandidateSet, objectives: list[MetricSpec], constraints: list[MetricSpec], actions: list[str]) -> dict:
+def trial(
+    config: dict, data: CandidateSet, objectives: list[MetricSpec], constraints: list[MetricSpec], actions: list[str]
+) -> dict:
     """Score one weight vector on the validation candidates (the Tune trainable's body)."""
     weights = {a: float(config[f"w_{a}"]) for a in actions}
     values = evaluate(data, weights, objectives + constraints)
@@ -44,8 +46,9 @@ def trial(config: dict, data: CandidateSet, objectives: list[MetricSpec], constr
     return out
 
 
-def _trainable(config: dict, data: CandidateSet, objectives: list[MetricSpec], constraints: list[MetricSpec],
-               actions: list[str]) -> None:
+def _trainable(
+    config: dict, data: CandidateSet, objectives: list[MetricSpec], constraints: list[MetricSpec], actions: list[str]
+) -> None:
     tune.report(trial(config, data, objectives, constraints, actions))
 
 
@@ -62,8 +65,12 @@ def make_searcher(cfg: TuneWeightsConfig, start: list[dict] | None = None) -> tu
         raise ValueError("search.algorithm=tpe takes one objective; use nsga2 (or auto) for several")
     metric = [searched_key(i) for i in range(len(objectives))]
     mode = [o.goal for o in objectives]
-    searcher = OptunaSearch(metric=metric if len(metric) > 1 else metric[0], mode=mode if len(mode) > 1 else mode[0],
-                            sampler=sampler, points_to_evaluate=start or None)
+    searcher = OptunaSearch(
+        metric=metric if len(metric) > 1 else metric[0],
+        mode=mode if len(mode) > 1 else mode[0],
+        sampler=sampler,
+        points_to_evaluate=start or None,
+    )
     return ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent), algorithm
 
 
@@ -79,20 +86,34 @@ def weight_range(cfg: TuneWeightsConfig, action: str) -> tuple[float, float]:
 
 
 def _fingerprint(cfg: TuneWeightsConfig, actions: list[str], cache_meta: dict, start: list[dict] | None) -> str:
-    doc = {"objectives": to_dict(cfg.objectives), "constraints": to_dict(cfg.constraints), "search": to_dict(cfg.search),
-           "actions": actions, "candidates": cache_meta, "start": start}
+    doc = {
+        "objectives": to_dict(cfg.objectives),
+        "constraints": to_dict(cfg.constraints),
+        "search": to_dict(cfg.search),
+        "actions": actions,
+        "candidates": cache_meta,
+        "start": start,
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_search(cfg: TuneWeightsConfig, data: CandidateSet, actions: list[str], out_dir: Path, cache_meta: dict,
-               start: dict[str, float] | None = None) -> tuple[pd.DataFrame, str]:
+def run_search(
+    cfg: TuneWeightsConfig,
+    data: CandidateSet,
+    actions: list[str],
+    out_dir: Path,
+    cache_meta: dict,
+    start: dict[str, float] | None = None,
+) -> tuple[pd.DataFrame, str]:
     """Run (or resume, or reuse a finished) search; returns one row per trial and the algorithm.
     `start` (the hand-set weights, clipped into the search space) is the first trial, so the
     search never ends below its baseline on validation."""
     exp = out_dir / EXPERIMENT
     stamp = out_dir / "search_fingerprint.txt"
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, data=data, objectives=cfg.objectives, constraints=cfg.constraints, actions=actions),
+        tune.with_parameters(
+            _trainable, data=data, objectives=cfg.objectives, constraints=cfg.constraints, actions=actions
+        ),
         {"cpu": 1},
     )
     first = [{f"w_{a}": float(np.clip(start.get(a, 0.0), *weight_range(cfg, a))) for a in actions}] if start else None

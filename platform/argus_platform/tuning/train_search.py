@@ -19,7 +19,6 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from argus_models.checkpoint import absolute
-
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, from_dict, load_config, to_dict
 from argus_platform.configlib import documented as _help
@@ -44,8 +43,12 @@ class ParamSpec:
             raise ConfigError(f"{self.kind} needs low < high, got {self.low}..{self.high}")
 
     def domain(self):
-        return {"loguniform": lambda: tune.loguniform(self.low, self.high), "uniform": lambda: tune.uniform(self.low, self.high),
-                "randint": lambda: tune.randint(int(self.low), int(self.high)), "choice": lambda: tune.choice(self.values)}[self.kind]()
+        return {
+            "loguniform": lambda: tune.loguniform(self.low, self.high),
+            "uniform": lambda: tune.uniform(self.low, self.high),
+            "randint": lambda: tune.randint(int(self.low), int(self.high)),
+            "choice": lambda: tune.choice(self.values),
+        }[self.kind]()
 
     def example(self) -> Any:
         return self.values[0] if self.kind == "choice" else self.low
@@ -66,8 +69,10 @@ class TuneTrainConfig:
     """Root config of `jobs/tune_train.py`."""
 
     train_config: str = _help("training YAML every trial starts from ('' = the embedded default)", "")
-    train_overrides: list[str] = _help("`key=value` applied to every trial (before the sampled values)",
-                                       factory=lambda: ["optim.epochs=9", "optim.eval_every_epochs=1", "optim.log_every_steps=0"])
+    train_overrides: list[str] = _help(
+        "`key=value` applied to every trial (before the sampled values)",
+        factory=lambda: ["optim.epochs=9", "optim.eval_every_epochs=1", "optim.log_every_steps=0"],
+    )
     space: dict[str, ParamSpec] = _help("training config key → search range", factory=_default_space)
     metric: str = _help("validation metric reported by the training loop", "validation/ndcg@10")
     num_samples: int = _help("trials", 8)
@@ -118,26 +123,46 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
     prepare_data(base_cfg.data, shared)
     epochs = base_cfg.optim.epochs
     if epochs < 1:
-        raise ConfigError("tune_train needs a fixed optim.epochs >= 1 in train_overrides: ASHA's rungs count epochs, "
-                          "so a run that fits its epochs into a time budget (optim.epochs=0) cannot be scheduled")
+        raise ConfigError(
+            "tune_train needs a fixed optim.epochs >= 1 in train_overrides: ASHA's rungs count epochs, "
+            "so a run that fits its epochs into a time budget (optim.epochs=0) cannot be scheduled"
+        )
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base=base, shared=str(shared), trials_dir=str(out / "trials"),
-                             releaser=releaser_name), {"cpu": 0.01})
+        tune.with_parameters(
+            _trainable, base=base, shared=str(shared), trials_dir=str(out / "trials"), releaser=releaser_name
+        ),
+        {"cpu": 0.01},
+    )
     exp = out / "search"
     if tune.Tuner.can_restore(str(exp)):
         print(f"[tune-train] resuming the search in {exp}", flush=True)
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:
-        searcher = ConcurrencyLimiter(OptunaSearch(metric=cfg.metric, mode="max", seed=cfg.seed), max_concurrent=cfg.max_concurrent)
+        searcher = ConcurrencyLimiter(
+            OptunaSearch(metric=cfg.metric, mode="max", seed=cfg.seed), max_concurrent=cfg.max_concurrent
+        )
         # max_t past the last epoch: a trial that trains to the end returns by itself instead of being stopped
-        scheduler = ASHAScheduler(time_attr="epoch", metric=cfg.metric, mode="max", max_t=epochs + 1,
-                                  grace_period=min(cfg.grace_period, epochs), reduction_factor=cfg.reduction_factor)
-        tuner = tune.Tuner(trainable, param_space={k: v.domain() for k, v in cfg.space.items()},
-                           tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples,
-                                                       reuse_actors=False),
-                           run_config=tune.RunConfig(name="search", storage_path=str(out), verbose=0))
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric=cfg.metric,
+            mode="max",
+            max_t=epochs + 1,
+            grace_period=min(cfg.grace_period, epochs),
+            reduction_factor=cfg.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: v.domain() for k, v in cfg.space.items()},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples, reuse_actors=False
+            ),
+            run_config=tune.RunConfig(name="search", storage_path=str(out), verbose=0),
+        )
     workers = base_cfg.scaling.num_workers * base_cfg.scaling.cpus_per_worker
-    print(f"[tune-train] {cfg.num_samples} trials of up to {epochs} epochs ({workers:g} CPUs each), ASHA on {cfg.metric}", flush=True)
+    print(
+        f"[tune-train] {cfg.num_samples} trials of up to {epochs} epochs ({workers:g} CPUs each), ASHA on {cfg.metric}",
+        flush=True,
+    )
     results = tuner.fit()
     df = results.get_dataframe()
     best = results.get_best_result(metric=cfg.metric, mode="max", scope="all")
@@ -146,10 +171,19 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
     (out / "best_config.yaml").write_text(yaml.safe_dump(to_dict(best_cfg), sort_keys=False))
     cols = [c for c in df.columns if c.startswith("config/")] + [cfg.metric, "epoch", "trial_id"]
     df[[c for c in cols if c in df.columns]].to_csv(out / "trials.csv", index=False)
-    report = {"best": {"config": sampled, cfg.metric: float(best.metrics_dataframe[cfg.metric].max()),
-                       "trial_id": best.metrics.get("trial_id")},
-              "trials": len(df), "stopped_early": int((df["epoch"] < epochs).sum()), "epochs": epochs,
-              "errors": [str(r.error) for r in results if r.error],
-              "released_worker_groups": settle(releaser), "out_dir": str(out), "seconds": round(time.time() - started, 1)}
+    report = {
+        "best": {
+            "config": sampled,
+            cfg.metric: float(best.metrics_dataframe[cfg.metric].max()),
+            "trial_id": best.metrics.get("trial_id"),
+        },
+        "trials": len(df),
+        "stopped_early": int((df["epoch"] < epochs).sum()),
+        "epochs": epochs,
+        "errors": [str(r.error) for r in results if r.error],
+        "released_worker_groups": settle(releaser),
+        "out_dir": str(out),
+        "seconds": round(time.time() - started, 1),
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 
 from argus_models.checkpoint import absolute, resolve_checkpoint, wait_for_run
-
 from argus_platform.data.prepare import load_prepared
+from argus_platform.trainer import init_ray
 from argus_platform.tuning.candidates import build_candidates
 from argus_platform.tuning.config import TuneWeightsConfig
 from argus_platform.tuning.report import baselines, evaluate_sets, write_outputs
-from argus_platform.trainer import init_ray
 from argus_platform.tuning.search import run_search, select
 
 
@@ -31,10 +30,20 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
             raise ValueError(f"{m.name} names unknown action(s) {unknown}; the run's actions are {actions}")
     print(f"[tune] run {run_dir.name}, checkpoint {checkpoint.name}; output {out_dir}", flush=True)
     init_ray(cfg.local_num_cpus)
-    splits = {s: build_candidates(checkpoint, run_dir, prepared, s, cfg.candidates, out_dir / "cache") for s in ("validation", "test")}
-    cache_meta = {"checkpoint": str(checkpoint), "retrieve_n": cfg.candidates.retrieve_n, "max_rows": cfg.candidates.max_rows}
-    print(f"[tune] searching {len(actions)} weights over {cfg.search.num_samples} trials: objectives "
-          f"{[o.name for o in cfg.objectives]}, constraints {[c.name for c in cfg.constraints]}", flush=True)
+    splits = {
+        s: build_candidates(checkpoint, run_dir, prepared, s, cfg.candidates, out_dir / "cache")
+        for s in ("validation", "test")
+    }
+    cache_meta = {
+        "checkpoint": str(checkpoint),
+        "retrieve_n": cfg.candidates.retrieve_n,
+        "max_rows": cfg.candidates.max_rows,
+    }
+    print(
+        f"[tune] searching {len(actions)} weights over {cfg.search.num_samples} trials: objectives "
+        f"{[o.name for o in cfg.objectives]}, constraints {[c.name for c in cfg.constraints]}",
+        flush=True,
+    )
     sets, notes = baselines(cfg, actions)
     df, algorithm = run_search(cfg, splits["validation"], actions, out_dir, cache_meta, start=sets["default"])
     chosen, feasible, front = select(df, cfg)
@@ -48,8 +57,10 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"[tune] {report['algorithm']}, {report['trials']} trials, chosen by {report['selected_by']}: "
-             + ", ".join(f"{a}={w:+.3f}" for a, w in report["weights"]["tuned"].items())]
+    lines = [
+        f"[tune] {report['algorithm']}, {report['trials']} trials, chosen by {report['selected_by']}: "
+        + ", ".join(f"{a}={w:+.3f}" for a, w in report["weights"]["tuned"].items())
+    ]
     for split in ("validation", "test"):
         ev = report["evaluation"][split]
         for name in ("tuned", "default", "uniform"):
@@ -58,6 +69,8 @@ def format_report(report: dict) -> str:
                 parts += [f"regret[{k}]={v:.4f}" for k, v in ev[name]["regret"].items()]
             lines.append(f"  {split:<10} {name:<8} " + " ".join(parts))
     for metric, gain in report["test_improvement"].items():
-        lines.append(f"  test {metric}: tuned − default {gain['vs_default']:+.4f}, tuned − uniform {gain['vs_uniform']:+.4f}")
+        lines.append(
+            f"  test {metric}: tuned − default {gain['vs_default']:+.4f}, tuned − uniform {gain['vs_uniform']:+.4f}"
+        )
     lines.append(f"[tune] wrote {', '.join(report['files'])} to {report['out_dir']} ({report['seconds']:.0f}s)")
     return "\n".join(lines)
