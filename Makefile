@@ -13,12 +13,13 @@ setup: $(STAMP)
 
 # CPU stack of requirements-cpu.txt (README.md: Install). torchrec goes in with --no-deps because its metadata pulls
 # the CUDA fbgemm-gpu wheel, which fails to load without an NVIDIA driver.
-# On Linux torch comes from PyTorch's CPU index: PyPI's Linux wheel is the CUDA build (several GB).
+# On Linux torch comes from PyTorch's CPU index (PyPI's Linux wheel is the CUDA build, several GB); alone, so
+# that its dependencies come from PyPI with the rest.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): requirements-cpu.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q "torch==2.13.0+cpu" --extra-index-url $(TORCH_INDEX); fi
+	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q --no-deps "torch==2.13.0+cpu" --extra-index-url $(TORCH_INDEX); fi
 	$(VPY) -m pip install -q -r requirements-cpu.txt
 	$(VPY) -m pip install -q --no-deps torchrec==1.8.0
 	$(VPY) -m pip install -q --no-deps -e .

