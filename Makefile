@@ -11,18 +11,18 @@ ARGS    ?=
 
 setup: $(STAMP)
 
-# CPU stack of requirements-cpu.txt (README.md: Install). torchrec goes in with --no-deps because its metadata pulls
-# the CUDA fbgemm-gpu wheel, which fails to load without an NVIDIA driver.
-# On Linux torch comes from PyTorch's CPU index (PyPI's Linux wheel is the CUDA build, several GB); alone, so
-# that its dependencies come from PyPI with the rest.
+# The CPU stack pinned in pyproject.toml (README.md: Install; k8s/image/pins.py reads it): on Linux
+# torch first, alone, from PyTorch's CPU index (PyPI's Linux wheel is the CUDA build, several GB), then
+# the project with its `cpu` and `dev` extras, then torchrec with --no-deps (its metadata pulls the
+# CUDA fbgemm-gpu wheel, which fails to load without an NVIDIA driver).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-$(STAMP): requirements-cpu.txt pyproject.toml
+PINS    := $(PY) k8s/image/pins.py pyproject.toml
+$(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q --no-deps "torch==2.13.0+cpu" --extra-index-url $(TORCH_INDEX); fi
-	$(VPY) -m pip install -q -r requirements-cpu.txt
-	$(VPY) -m pip install -q --no-deps torchrec==1.8.0
-	$(VPY) -m pip install -q --no-deps -e .
+	if [ "$$(uname -s)" = Linux ]; then $(VPY) -m pip install -q --no-deps "$$($(PINS) torch)+cpu" --extra-index-url $(TORCH_INDEX); fi
+	$(VPY) -m pip install -q -e ".[cpu,dev]"
+	$(VPY) -m pip install -q --no-deps $$($(PINS) no-deps)
 	touch $(STAMP)
 
 # checkov and kubernetes-validate for the manifest tests, apart from the training stack.

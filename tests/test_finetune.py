@@ -107,7 +107,8 @@ def test_finetune_end_to_end(pretrained, tmp_path, mode):
             final
         )  # the pre-trained model ranks by popularity-corrected choice; slates reward the choice
     # the fine-tuned checkpoint loads like a pre-trained one
-    from argus_models.checkpoint import load_inference_model, resolve_checkpoint
+    from argus_models.checkpoint import load_inference_model
+    from argus_models.rundir import resolve_checkpoint
 
     model = load_inference_model(resolve_checkpoint(str(out)))
     assert model.config.tokenization == "three_token" and np.isfinite(model.tables["t_item"].numpy()).all()

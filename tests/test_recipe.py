@@ -1,14 +1,25 @@
 """The data-driven `auto` choices: the training histories' statistics and what they resolve to."""
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.data.history_stats import history_stats, mean_windowed
-from argus_platform.recipe import require_numbers, resolve_data_choices
+from argus_platform.recipe import (
+    DENSE_MODEL,
+    SPARSE_MODEL,
+    choose_next_item_loss,
+    full_softmax_pair_seconds,
+    predicted_positions,
+    require_numbers,
+    resolve_data_choices,
+)
 
 
 def _write(path, rows):
@@ -72,6 +83,65 @@ def test_auto_window_groups_and_history_exclusion():
 
 
 def test_jobs_without_data_ask_for_numbers():
-    with pytest.raises(ConfigError, match=r"jobs/plan_argus.py: model.max_seq_len = 0 \(auto\)"):
+    with pytest.raises(ConfigError, match=r"jobs/plan_argus.py: model.max_seq_len \(auto\)"):
         require_numbers(_cfg("model.max_seq_len=0"), "jobs/plan_argus.py")
+    with pytest.raises(ConfigError, match=r"model.embedding_dim, model.dropout \(auto\)"):
+        require_numbers(_cfg("model.embedding_dim=0", "model.dropout=auto"), "jobs/plan_argus.py")
     require_numbers(_cfg(), "jobs/plan_argus.py")
+
+
+def test_budgeted_auto_loss_weighs_the_full_softmax_against_the_budget():
+    loss = _cfg("loss.next_item=auto").loss
+    # 1M positions a worker x 3,706 items at 2 ns a pair: ~7.4 s an epoch, 20 epochs ~2.5 min
+    chosen, why = choose_next_item_loss(loss, 3_706, 60, 1e6, 2e-9)
+    assert chosen.next_item == "full_softmax" and "within 50% of the 60-min budget" in why and "~7s an epoch" in why
+    # the same catalogue in a 4-minute budget, or a 100x catalogue in the hour: sampled
+    assert choose_next_item_loss(loss, 3_706, 4, 1e6, 2e-9)[0].next_item == "corrected_logq"
+    chosen, why = choose_next_item_loss(loss, 370_600, 60, 1e6, 2e-9)
+    assert chosen.next_item == "corrected_logq" and "over 50%" in why
+    # a faster device moves the crossing up
+    assert choose_next_item_loss(loss, 370_600, 60, 1e6, 2e-12)[0].next_item == "full_softmax"
+    # no budget: the catalogue-size threshold; a loss set by hand stays
+    limit = loss.full_softmax_max_items
+    assert choose_next_item_loss(loss, limit + 1, 0, 1e6, 2e-12)[0].next_item == "corrected_logq"
+    assert choose_next_item_loss(_cfg("loss.next_item=logq").loss, 10, 60, 1.0, 2e-12)[0].next_item == "logq"
+    with pytest.raises(ConfigError, match="loss.exclude_history needs the full softmax"):
+        choose_next_item_loss(_cfg("loss.exclude_history=true").loss, 370_600, 60, 1e6, 2e-9)
+
+
+def test_the_loss_is_chosen_with_the_window_and_before_the_history_exclusion():
+    seen = []
+
+    def choose(cfg):
+        seen.append(cfg.model.max_seq_len)
+        return replace(cfg.loss, next_item="full_softmax"), "why"
+
+    cfg, said = resolve_data_choices(
+        _cfg("model.max_seq_len=0", "loss.next_item=auto", "loss.exclude_history=auto"), _stats([10] * 20), choose
+    )
+    assert seen == [16] and cfg.loss.next_item == "full_softmax" and cfg.loss.exclude_history is True
+    assert said[-2] == "next-item loss: full_softmax (why)" and said[-1].startswith("loss.exclude_history=true")
+
+
+def test_the_full_softmax_is_timed_per_position_item_pair():
+    small = full_softmax_pair_seconds(torch.device("cpu"), "fp32", 16, 1_000)
+    assert 1e-13 < small < 1e-6  # a [512 x 1,000] sample, forward and backward
+    positions = predicted_positions({**_stats([11] * 10), "rows": 10}, 11, 2)
+    assert positions == pytest.approx(10 * 10 / 2)  # 10 rows of 11 events: 10 predictions each, over 2 ranks
+
+
+def test_width_and_dropout_come_from_the_events_per_item():
+    auto = _cfg("model.embedding_dim=0", "model.dropout=auto")
+    sparse_log = {**_stats([10] * 20), "events": 200}  # 200 events over 40 items: 5 per item
+    cfg, said = resolve_data_choices(auto, sparse_log, num_items=40)
+    assert (cfg.model.embedding_dim, cfg.model.dropout) == (SPARSE_MODEL["embedding_dim"], SPARSE_MODEL["dropout"])
+    assert "5.0 training events per item" in said[0] and "sparse" in said[0]
+    cfg, _ = resolve_data_choices(auto, sparse_log, num_items=2)  # 100 per item
+    assert (cfg.model.embedding_dim, cfg.model.dropout) == (DENSE_MODEL["embedding_dim"], DENSE_MODEL["dropout"])
+    # only what is auto is chosen
+    cfg, _ = resolve_data_choices(_cfg("model.embedding_dim=96", "model.dropout=auto"), sparse_log, num_items=40)
+    assert (cfg.model.embedding_dim, cfg.model.dropout) == (96, SPARSE_MODEL["dropout"])
+    with pytest.raises(ConfigError, match="no item count"):
+        resolve_data_choices(auto, sparse_log)
+    with pytest.raises(ConfigError, match="model.dropout"):
+        _cfg("model.dropout=sometimes")

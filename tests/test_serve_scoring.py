@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from argus_models.checkpoint import InferenceModel, wait_for_run
+from argus_models.checkpoint import InferenceModel
 from argus_models.config import ActionHead, ItemFeature, ModelConfig, ModelSchema
 from argus_models.hashing import catalogue_hash_codes, hash_buckets
 from argus_models.inference import (
@@ -27,6 +27,7 @@ from argus_models.inference import (
 )
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ITEM_IDS, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
+from argus_models.rundir import checkpoints, torchrun_checkpoint_name, wait_for_run
 from argus_serve.artifacts import ArtifactError, resolve_checkpoint
 from argus_serve.scoring import diversify, item_groups
 from argus_serve.weights import WeightsError, load_weights_file, resolve_weights, write_weights_file
@@ -303,6 +304,12 @@ def test_resolve_checkpoint_picks_the_best_kept_epoch_of_the_newest_run(tmp_path
     assert resolve_checkpoint(str(tmp_path / "c"), "") == latest
     with pytest.raises(ArtifactError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "missing"), "")
+    # torchrun's checkpoints, ordered by epoch (not by name: 10 after 9); one being written is not complete
+    ten = _fake_checkpoint(tmp_path / "t", torchrun_checkpoint_name(10), 10, 10)
+    _fake_checkpoint(tmp_path / "t", torchrun_checkpoint_name(9), 9, 9)
+    (tmp_path / "t" / torchrun_checkpoint_name(11)).mkdir()  # no .metadata or train_state.json yet
+    assert [p.name for p in checkpoints(tmp_path / "t")][-1] == ten.name
+    assert resolve_checkpoint(str(tmp_path / "t"), "") == ten
 
 
 def test_wait_for_run_returns_when_training_finishes_and_names_the_run_on_timeout(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY_TRAIN as TINY
 from conftest import run_train_job as _main
 
+from argus_models.rundir import resolve_checkpoint, torchrun_checkpoint_name
 from argus_platform.checkpoint import TrainState
 
 
@@ -143,12 +144,13 @@ def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget_and_resumes(tmp_
     assert all(e % plan["eval_every"] == 0 for e in evaluated[1:-1])
     if trained == plan["epochs"]:  # ran to the plan's end: the schedule decayed to its floor
         assert metrics["history"][-1]["lr_factor"] == pytest.approx(0.1, abs=0.05)
-    kept = sorted(p.name for p in run_dir.glob("torchrun_checkpoint_*"))
-    assert len(kept) == 2 and f"torchrun_checkpoint_{trained}" in kept  # run.checkpoints_to_keep, the latest
+    kept = sorted(p.name for p in run_dir.glob("checkpoint_torchrun_*"))
+    assert len(kept) == 2 and torchrun_checkpoint_name(trained) in kept  # run.checkpoints_to_keep, the latest
     proc = subprocess.run(cmd + [f"--set=optim.epochs={trained + 1}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    state = TrainState.load(run_dir / f"torchrun_checkpoint_{trained + 1}")
+    state = TrainState.load(run_dir / torchrun_checkpoint_name(trained + 1))
     assert state.resumed_at_epochs == [trained] and state.epoch == trained + 1
+    assert resolve_checkpoint(str(run_dir)).parent == run_dir  # Serve and fine-tuning find torchrun's checkpoints
 
 
 def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):

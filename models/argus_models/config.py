@@ -12,11 +12,23 @@ from typing import Literal
 class ModelConfig:
     """Encoder and head sizes."""
 
-    embedding_dim: int = field(default=64, metadata={"help": "width of every embedding table and of the transformer"})
+    embedding_dim: int = field(
+        default=64,
+        metadata={
+            "help": "width of every embedding table and of the transformer (training job: 0 = auto, from the "
+            "training events per item)"
+        },
+    )
     num_layers: int = field(default=2, metadata={"help": "transformer blocks"})
     num_heads: int = field(default=2, metadata={"help": "attention heads"})
     ffn_multiplier: float = field(default=4.0, metadata={"help": "SwiGLU hidden width = multiplier·d·2/3"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, residual branches and FFN"})
+    dropout: float | Literal["auto"] = field(
+        default=0.1,
+        metadata={
+            "help": "dropout on embeddings, residual branches and FFN (training job: auto, from the training "
+            "events per item)"
+        },
+    )
     attention_dropout: float = field(
         default=0.0,
         metadata={

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from argus_models.checkpoint import absolute
+from argus_models.rundir import absolute
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help

@@ -88,7 +88,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def finetune_main(argv: list[str] | None = None) -> int:
     """argus-finetune / jobs/finetune_argus.py."""
-    from argus_models.checkpoint import CheckpointError
+    from argus_models.rundir import CheckpointError
     from argus_platform.finetune.config import FinetuneConfig
     from argus_platform.finetune.job import finetune, format_finetune
 
@@ -109,7 +109,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
 
 def tune_weights_main(argv: list[str] | None = None) -> int:
     """argus-tune-weights / jobs/tune_weights.py."""
-    from argus_models.checkpoint import CheckpointError
+    from argus_models.rundir import CheckpointError
     from argus_platform.tuning.config import TuneWeightsConfig
     from argus_platform.tuning.weights_job import format_report, tune_weights
 

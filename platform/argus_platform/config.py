@@ -90,14 +90,14 @@ class DataConfig:
 @dataclass
 class LossConfig:
     next_item: Literal["auto", "corrected_logq", "logq", "full_softmax"] = _help(
-        "next-item loss: auto (full_softmax up to loss.full_softmax_max_items items, corrected_logq above), "
-        "corrected_logq, logq (Yi et al.), full_softmax",
+        "next-item loss: auto (with optim.time_budget_minutes: full_softmax while 20 epochs of it, timed on "
+        "the workers, fit in half the budget; without: full_softmax up to loss.full_softmax_max_items items; "
+        "corrected_logq beyond), corrected_logq, logq (Yi et al.), full_softmax",
         "auto",
     )
     full_softmax_max_items: int = _help(
-        "largest catalogue for which next_item=auto trains the full softmax (measured at equal wall time "
-        "on 2 CPU cores, "
-        "jobs/README.md: next-item losses by catalogue size)",
+        "largest catalogue for which next_item=auto trains the full softmax in a run without a time budget "
+        "(measured at equal wall time on 2 CPU cores, jobs/README.md: next-item losses by catalogue size)",
         FULL_SOFTMAX_MAX_ITEMS,
     )
     in_batch_negatives: int = _help("in-batch negatives per step (sampled from the batch's positives)", 128)

@@ -15,12 +15,12 @@ import threading
 from pathlib import Path
 
 PROGRESS_LOG = Path("logs") / "progress.log"
-PREFIX = "[argus]"
+PREFIX = ("[argus]", "[finetune]")  # the job's own lines
 
 
 class ProgressTee:
     """sys.stdout for rank 0: writes through, and appends each complete line starting with `[argus]`
-    to `path`, with the indented lines that continue it (a printed plan), flushed per line so a
+    (or `[finetune]`) to `path`, with the indented lines that continue it (a printed plan), flushed per line so a
     follower sees it at once."""
 
     def __init__(self, inner, path: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from argus_models.checkpoint import absolute
+from argus_models.rundir import absolute
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help

@@ -4,7 +4,7 @@
 
 Rank 0 prepares the data (Ray Data on a local Ray, as in the Ray path) while the others wait; each
 rank then reads its own rows of the prepared splits. Checkpoints go to
-`<run dir>/torchrun_checkpoint_<epoch>/` and a rerun resumes from the newest one.
+`<run dir>/checkpoint_torchrun_<epoch>/` and a rerun resumes from the newest one.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from argus_models.rundir import RUNS, absolute, checkpoints, latest_checkpoint, torchrun_checkpoint_name
 from argus_platform.config import TrainJobConfig
 from argus_platform.train_loop import _json_safe, run_worker
-
-CKPT_PREFIX = "torchrun_checkpoint_"
 
 
 def under_torchrun() -> bool:
@@ -51,22 +50,10 @@ def _rank_iterator(paths: dict[str, str], rank: int, world: int, seed: int):
     return iterate
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    return sorted(
-        (p for p in run_dir.glob(CKPT_PREFIX + "*") if (p / "train_state.json").is_file()),
-        key=lambda p: int(p.name[len(CKPT_PREFIX) :]),
-    )
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    found = _checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 def torchrun_run_dir(cfg: TrainJobConfig) -> Path:
-    """Every rank must agree on the directory: an empty run.dir becomes runs/argus-torchrun-<run id>."""
-    return Path(cfg.run.dir or f"runs/argus-torchrun-{os.environ['TORCHELASTIC_RUN_ID']}").resolve()
+    """Every rank must agree on the directory: an empty run.dir becomes runs/argus-torchrun-<run id>
+    (under $ARGUS_HOME, as every other job's runs)."""
+    return absolute(cfg.run.dir or f"{RUNS}/argus-torchrun-{os.environ['TORCHELASTIC_RUN_ID']}")
 
 
 def run_torchrun(cfg: TrainJobConfig) -> dict:
@@ -96,7 +83,7 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
     def report(metrics: dict, ckpt: Path | None) -> None:
         if ckpt is None:
             return
-        target = run_dir / f"{CKPT_PREFIX}{metrics['epoch']}"
+        target = run_dir / torchrun_checkpoint_name(metrics["epoch"])
         target.mkdir(exist_ok=True)
         for f in ckpt.iterdir():  # each rank contributes its own shard files
             (shutil.copytree if f.is_dir() else shutil.copy)(
@@ -104,14 +91,14 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
             )
         dist.barrier()
         if rank == 0:  # the most recent run.checkpoints_to_keep, as Ray Train keeps them
-            for old in _checkpoints(run_dir)[: -max(cfg.run.checkpoints_to_keep, 1)]:
+            for old in checkpoints(run_dir)[: -max(cfg.run.checkpoints_to_keep, 1)]:
                 shutil.rmtree(old)
 
-    final = run_worker(cfg, run_dir, iterate, _latest_checkpoint(run_dir), report, device)
+    final = run_worker(cfg, run_dir, iterate, latest_checkpoint(run_dir), report, device)
     dist.barrier()
     if rank == 0:
         final["run_dir"] = str(run_dir)
-        final["checkpoint"] = str(_latest_checkpoint(run_dir))
+        final["checkpoint"] = str(latest_checkpoint(run_dir))
         (run_dir / "metrics.json").write_text(json.dumps(_json_safe(final), indent=2))
     dist.destroy_process_group()
     return final

@@ -24,7 +24,7 @@ from argus_models.model import count_parameters
 from argus_platform.catalogue_ranking import catalogue_shard
 from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from argus_platform.collate import Collator, length_buckets
-from argus_platform.config import TrainJobConfig, resolve_next_item_loss
+from argus_platform.config import LossConfig, TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
 from argus_platform.console import tee_progress
 from argus_platform.curves import CURVES, Curves, plot_curves
@@ -33,7 +33,12 @@ from argus_platform.data.prepare import load_prepared
 from argus_platform.evaluation import evaluate, user_sample
 from argus_platform.precision import resolve_precision
 from argus_platform.progress import Progress, StolenCpu, duration
-from argus_platform.recipe import resolve_data_choices
+from argus_platform.recipe import (
+    choose_next_item_loss,
+    full_softmax_pair_seconds,
+    predicted_positions,
+    resolve_data_choices,
+)
 from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
 from argus_platform.sharding import describe_plan, shard
 
@@ -82,12 +87,16 @@ def run_worker(
     _say(rank, f"[argus] precision: {precision} ({why})")
     prepared = load_prepared(run_dir)
     schema = ModelSchema.load(run_dir / "schema.json")
-    loss, why = resolve_next_item_loss(cfg.loss, schema.num_items)
-    cfg = replace(cfg, loss=loss)
-    _say(rank, f"[argus] next-item loss: {loss.next_item} ({why})")
-    cfg, chosen = resolve_data_choices(
-        cfg, prepared.summary.get("train_histories") or history_stats(prepared.paths["train"])
-    )
+    histories = prepared.summary.get("train_histories") or history_stats(prepared.paths["train"])
+
+    def choose_loss(c: TrainJobConfig) -> tuple[LossConfig, str]:  # with the window chosen; collective
+        if c.loss.next_item != "auto" or not c.optim.time_budget_minutes:
+            return resolve_next_item_loss(c.loss, schema.num_items)
+        positions = predicted_positions(histories, c.model.max_seq_len + 1, world)
+        pair_s = full_softmax_pair_seconds(device, c.optim.precision, c.model.embedding_dim, schema.num_items)
+        return choose_next_item_loss(c.loss, schema.num_items, c.optim.time_budget_minutes, positions, pair_s)
+
+    cfg, chosen = resolve_data_choices(cfg, histories, choose_loss, schema.num_items)
     for line in chosen:
         _say(rank, f"[argus] {line}")
     counts = torch.from_numpy(prepared.item_counts)

@@ -16,8 +16,8 @@ from ray.train.torch import TorchTrainer
 
 import argus_models
 import argus_platform
-from argus_models.checkpoint import absolute
 from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
+from argus_models.rundir import CHECKPOINT_GLOB, new_run_dir
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
 from argus_platform.console import PROGRESS_LOG, Follow, link_ray_logs
@@ -32,7 +32,7 @@ PACKAGES = [Path(argus_platform.__file__).resolve().parent, Path(argus_models.__
 def resolve_run_dir(cfg: TrainJobConfig) -> Path:
     """`run.dir`, else runs/argus-<time>; relative paths resolve against $ARGUS_HOME (else the working
     directory), as Serve and Tune resolve them, so all three agree on where runs live."""
-    return absolute(cfg.run.dir or f"runs/{time.strftime('argus-%Y%m%d-%H%M%S')}")
+    return new_run_dir(cfg.run.dir)
 
 
 _QUIET = {"ray": False}  # whether the Ray this process started keeps workers' output off the terminal
@@ -132,19 +132,13 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
-    resumed = any(p.is_dir() for p in run_dir.glob("checkpoint_*"))
+    resumed = any(p.is_dir() for p in run_dir.glob(CHECKPOINT_GLOB))
     if resumed:
         print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
     config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     print(f"[argus] run directory: {run_dir}", flush=True)
     init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
-    if _QUIET["ray"]:
-        where = link_ray_logs(run_dir)
-        print(
-            f"[argus] Ray's, Ray Data's and the workers' own output: {where or 'the cluster (ray logs)'} "
-            "(run.verbose=true prints it here)",
-            flush=True,
-        )
+    say_where_logs_go(run_dir, "run.verbose=true")
     started = time.time()
     prepared = prepare_data(cfg.data, run_dir)
     v = prepared.summary["validation"]
@@ -187,11 +181,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
         datasets=datasets,
         dataset_config=SplitConfig(),
     )
-    if _QUIET["ray"]:  # the workers' output stays in Ray's logs: print rank 0's progress lines from its file
-        with Follow(run_dir / PROGRESS_LOG):
-            result = trainer.fit()
-    else:
-        result = trainer.fit()
+    result = fit(trainer, run_dir)
     final = (result.metrics or {}).get("final")
     if not final:
         raise RuntimeError(f"training finished without final metrics; see the logs above and {run_dir}")
@@ -203,6 +193,26 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     final["seconds"] = round(time.time() - started, 1)
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
     return final
+
+
+def say_where_logs_go(run_dir: Path, verbose_key: str, prefix: str = "[argus]") -> None:
+    """With a quiet Ray: link Ray's session logs into <run dir>/logs and say so."""
+    if _QUIET["ray"]:
+        where = link_ray_logs(run_dir)
+        print(
+            f"{prefix} Ray's, Ray Data's and the workers' own output: {where or 'the cluster (ray logs)'} "
+            f"({verbose_key} prints it here)",
+            flush=True,
+        )
+
+
+def fit(trainer, run_dir: Path):
+    """`trainer.fit()`; with a quiet Ray the workers' output stays in Ray's logs, and rank 0's
+    progress lines are printed from <run dir>/logs/progress.log (`console.tee_progress`)."""
+    if not _QUIET["ray"]:
+        return trainer.fit()
+    with Follow(run_dir / PROGRESS_LOG):
+        return trainer.fit()
 
 
 def format_summary(final: dict) -> str:

@@ -17,18 +17,17 @@ from pathlib import Path
 
 import torch
 
-from argus_models.checkpoint import (
+from argus_models.checkpoint import InferenceModel, load_inference_model
+from argus_models.contract import Vocabulary
+from argus_models.inference import item_vectors
+from argus_models.rundir import (
     CheckpointError,
-    InferenceModel,
     absolute,
     best_checkpoint,
     checkpoint_epoch,
-    load_inference_model,
     resolve_checkpoint,
     wait_for_run,
 )
-from argus_models.contract import Vocabulary
-from argus_models.inference import item_vectors
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,11 @@ class FinetuneConfig:
     action_weights: dict[str, float] = _help("ranker: λ per action head (missing actions get 1.0)", factory=dict)
     seed: int = _help("fine-tuning seed", 0)
     run_dir: str = _help("output directory ('' = <pre-trained run>/finetune-<mode>)", "")
+    verbose: bool = _help(
+        "print Ray's, Ray Data's and the workers' own output on the terminal too (else it stays in "
+        "<run dir>/logs/ray; the job's own lines are printed either way)",
+        False,
+    )
     scaling: ScalingCfg = field(default_factory=ScalingCfg)
 
     def validate(self) -> None:

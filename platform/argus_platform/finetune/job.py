@@ -10,14 +10,14 @@ import ray
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from argus_models.checkpoint import absolute, resolve_checkpoint
+from argus_models.rundir import absolute, resolve_checkpoint
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config, to_dict
 from argus_platform.data.prepare import link_prepared, load_prepared
 from argus_platform.finetune.config import FinetuneConfig
 from argus_platform.finetune.loop import slate_loop_per_worker
 from argus_platform.finetune.requests import build_requests, default_impressions
-from argus_platform.trainer import SplitConfig, init_ray
+from argus_platform.trainer import SplitConfig, fit, init_ray, say_where_logs_go
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -39,7 +39,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     )
     if not summary["requests"]["train"]:
         raise ValueError(f"no training requests in {impressions}: nothing to fine-tune on")
-    init_ray(cfg.scaling.local_num_cpus)
+    init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.verbose)
+    say_where_logs_go(out, "verbose=true", "[finetune]")
     datasets = {s: ray.data.read_parquet(p).materialize() for s, p in summary["paths"].items()}
     trainer = TorchTrainer(
         slate_loop_per_worker,
@@ -48,6 +49,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             "train": to_dict(train_cfg),
             "checkpoint": str(checkpoint),
             "pretrained_run": str(pretrained_run),
+            "run_dir": str(out),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
@@ -60,7 +62,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         datasets=datasets,
         dataset_config=SplitConfig(),
     )
-    result = trainer.fit()
+    result = fit(trainer, out)
     final = (result.metrics or {}).get("final")
     if not final:
         raise RuntimeError(f"fine-tuning finished without metrics; see the logs above and {out}")

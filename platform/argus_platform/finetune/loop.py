@@ -24,6 +24,7 @@ from argus_models.model import ArgusDenseArch, ArgusSparseArch, lookup_local
 from argus_platform.checkpoint import TrainState, save_checkpoint
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import from_dict
+from argus_platform.console import tee_progress
 from argus_platform.data.prepare import load_prepared
 from argus_platform.evaluation import _gather_arrays, auc, normalized_entropy
 from argus_platform.finetune.collate import SlateCollator
@@ -190,6 +191,8 @@ def slate_loop_per_worker(config: dict) -> None:
 
     cfg = from_dict(FinetuneConfig, config["finetune"])
     train_cfg = from_dict(TrainJobConfig, config["train"])
+    if ray.train.get_context().get_world_rank() == 0:
+        tee_progress(Path(config["run_dir"]))  # the driver prints these lines when Ray keeps workers' output
     shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "validation", "test")}
 
     def iterate(split: str, batch_size: int) -> Iterable[pa.Table]:

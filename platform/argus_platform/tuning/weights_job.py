@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from argus_models.checkpoint import absolute, resolve_checkpoint, wait_for_run
+from argus_models.rundir import absolute, resolve_checkpoint, wait_for_run
 from argus_platform.data.prepare import load_prepared
 from argus_platform.trainer import init_ray
 from argus_platform.tuning.candidates import build_candidates
