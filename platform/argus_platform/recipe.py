@@ -33,7 +33,7 @@ SPARSE_MODEL = {"embedding_dim": 64, "dropout": 0.3}
 DENSE_MODEL = {"embedding_dim": 128, "dropout": 0.2}
 # loss.next_item=auto with optim.time_budget_minutes: the full softmax while FULL_SOFTMAX_EPOCHS epochs
 # of it (logits, softmax and both gradients, as measured here) take at most FULL_SOFTMAX_SHARE of the budget
-FULL_SOFTMAX_EPOCHS = 20
+FULL_SOFTMAX_EPOCHS = 10
 FULL_SOFTMAX_SHARE = 0.5
 
 
