@@ -92,11 +92,13 @@ def test_jobs_without_data_ask_for_numbers():
 
 def test_budgeted_auto_loss_weighs_the_full_softmax_against_the_budget():
     loss = _cfg("loss.next_item=auto").loss
-    # 1M positions a worker x 3,706 items at 2 ns a pair: ~7.4 s an epoch, 10 epochs ~1.2 min
-    chosen, why = choose_next_item_loss(loss, 3_706, 60, 1e6, 2e-9)
+    # 1M positions a worker x 37,060 items at 0.2 ns a pair: ~7.4 s an epoch, 10 epochs ~1.2 min
+    chosen, why = choose_next_item_loss(loss, 37_060, 60, 1e6, 2e-10)
     assert chosen.next_item == "full_softmax" and "within 50% of the 60-min budget" in why and "~7s an epoch" in why
-    # the same catalogue in a 2-minute budget, or a 100x catalogue in the hour: sampled
-    assert choose_next_item_loss(loss, 3_706, 2, 1e6, 2e-9)[0].next_item == "corrected_logq"
+    # the same catalogue in a 2-minute budget, or a 10x catalogue in the hour at 2 ns: sampled
+    assert choose_next_item_loss(loss, 37_060, 2, 1e6, 2e-10)[0].next_item == "corrected_logq"
+    # up to loss.full_softmax_max_items the full softmax, whatever the timing
+    assert choose_next_item_loss(loss, loss.full_softmax_max_items, 1, 1e9, 1e-6)[0].next_item == "full_softmax"
     chosen, why = choose_next_item_loss(loss, 370_600, 60, 1e6, 2e-9)
     assert chosen.next_item == "corrected_logq" and "over 50%" in why
     # a faster device moves the crossing up

@@ -91,7 +91,8 @@ class DataConfig:
 class LossConfig:
     next_item: Literal["auto", "corrected_logq", "logq", "full_softmax"] = _help(
         "next-item loss: auto (with optim.time_budget_minutes: full_softmax while 10 epochs of it, timed on "
-        "the workers, fit in half the budget; without: full_softmax up to loss.full_softmax_max_items items; "
+        "the workers, fit in half the budget, and always up to loss.full_softmax_max_items items; without: "
+        "full_softmax up to loss.full_softmax_max_items items; "
         "corrected_logq beyond), corrected_logq, logq (Yi et al.), full_softmax",
         "auto",
     )

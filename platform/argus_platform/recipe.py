@@ -43,7 +43,7 @@ SAMPLE_ROWS, SAMPLE_ITEMS = 512, 16_384  # the full softmax is timed on this muc
 def full_softmax_pair_seconds(device: torch.device, precision: str, dim: int, num_items: int) -> float:
     """Measured seconds per (position, item) pair of the training full softmax (its logits, softmax
     and both gradients: `chunked_full_softmax_loss` forward and backward) on `device` in
-    `precision`, timed on [512 positions x up to 16,384 items], the best of three; collective (the
+    `precision`, timed on [512 positions x up to 16,384 items], the best of four; collective (the
     slowest rank's figure) when distributed, so every rank makes the same choice."""
     n, c = SAMPLE_ROWS, max(1, min(num_items, SAMPLE_ITEMS))
     gen = torch.Generator().manual_seed(0)
@@ -51,7 +51,7 @@ def full_softmax_pair_seconds(device: torch.device, precision: str, dim: int, nu
     items = torch.randn(c, dim, generator=gen).to(device).requires_grad_()
     targets = torch.randint(1, c + 1, (n,), generator=gen).to(device)
     best = math.inf
-    for _ in range(3):
+    for _ in range(4):  # the first call warms the kernels and the allocator up
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
@@ -73,10 +73,11 @@ def choose_next_item_loss(
 ) -> tuple[LossConfig, str]:
     """`resolve_next_item_loss`, with a time budget: the full softmax (exact, and the best at
     convergence on every catalogue measured) while FULL_SOFTMAX_EPOCHS epochs of it fit in
-    FULL_SOFTMAX_SHARE of the budget, corrected logQ beyond. `pair_seconds`: its measured cost per
-    (position, item) pair (`full_softmax_pair_seconds`)."""
-    if loss.next_item != "auto" or not budget_minutes:
-        return resolve_next_item_loss(loss, num_items)
+    FULL_SOFTMAX_SHARE of the budget, corrected logQ beyond; always the full softmax up to
+    loss.full_softmax_max_items, where it won at every budget measured. `pair_seconds`: its measured
+    cost per (position, item) pair (`full_softmax_pair_seconds`)."""
+    if loss.next_item != "auto" or not budget_minutes or num_items <= loss.full_softmax_max_items:
+        return resolve_next_item_loss(loss, num_items)  # a catalogue this small wins even in 3-minute runs
     epoch_s = positions_per_rank * num_items * pair_seconds
     full = FULL_SOFTMAX_EPOCHS * epoch_s <= FULL_SOFTMAX_SHARE * budget_minutes * 60
     chosen = "full_softmax" if full else "corrected_logq"
