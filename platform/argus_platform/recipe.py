@@ -116,8 +116,8 @@ def resolve_data_choices(
         model = replace(model, **chosen)
         said.append(
             ", ".join(f"model.{k}={v}" for k, v in chosen.items())
-            + f" (auto: {per_item:,.1f} training events per item; the {'sparse' if sparse else 'dense'}-log "
-            f"model below {SPARSE_EVENTS_PER_ITEM} is {SPARSE_MODEL}, above {DENSE_MODEL})"
+            + f" (auto: {per_item:,.1f} training events per item, a {'sparse' if sparse else 'dense'} log; "
+            f"below {SPARSE_EVENTS_PER_ITEM} {SPARSE_MODEL}, from {SPARSE_EVENTS_PER_ITEM} {DENSE_MODEL})"
         )
     if model.max_seq_len == 0:
         want = histories[WINDOW_QUANTILE] - 1  # a history of n events is n - 1 predictions: window n
