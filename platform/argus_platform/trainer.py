@@ -47,6 +47,8 @@ def init_ray(local_num_cpus: int, quiet: bool = False) -> None:
     if ray.is_initialized():
         return
     _QUIET["ray"] = quiet
+    if quiet:  # Ray Data logs each execution plan and its end at INFO in the driver (prepare, evaluation)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     # Train V2 re-routes print() through its logger, which doubles progress lines on the driver.
     runtime_env = {"py_modules": [str(p) for p in PACKAGES], "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if os.environ.get("RAY_ADDRESS"):
