@@ -93,22 +93,26 @@ def test_jobs_without_data_ask_for_numbers():
 def test_budgeted_auto_loss_weighs_the_full_softmax_against_the_budget():
     loss = _cfg("loss.next_item=auto").loss
     # 1M positions a worker x 37,060 items at 0.2 ns a pair: ~7.4 s an epoch, 10 epochs ~1.2 min
-    chosen, why = choose_next_item_loss(loss, 37_060, 60, 1e6, 2e-10)
+    chosen, why = choose_next_item_loss(loss, 37_060, 60, 1e6, lambda: 2e-10)
     assert chosen.next_item == "full_softmax" and "within 50% of the 60-min budget" in why and "~7s an epoch" in why
     # the same catalogue in a 2-minute budget, or a 10x catalogue in the hour at 2 ns: sampled
-    assert choose_next_item_loss(loss, 37_060, 2, 1e6, 2e-10)[0].next_item == "corrected_logq"
+    assert choose_next_item_loss(loss, 37_060, 2, 1e6, lambda: 2e-10)[0].next_item == "corrected_logq"
+
     # up to loss.full_softmax_max_items the full softmax, whatever the timing
-    assert choose_next_item_loss(loss, loss.full_softmax_max_items, 1, 1e9, 1e-6)[0].next_item == "full_softmax"
-    chosen, why = choose_next_item_loss(loss, 370_600, 60, 1e6, 2e-9)
+    def untimed():
+        raise AssertionError("the full softmax was timed where the choice does not need it")
+
+    assert choose_next_item_loss(loss, loss.full_softmax_max_items, 1, 1e9, untimed)[0].next_item == "full_softmax"
+    chosen, why = choose_next_item_loss(loss, 370_600, 60, 1e6, lambda: 2e-9)
     assert chosen.next_item == "corrected_logq" and "over 50%" in why
     # a faster device moves the crossing up
-    assert choose_next_item_loss(loss, 370_600, 60, 1e6, 2e-12)[0].next_item == "full_softmax"
+    assert choose_next_item_loss(loss, 370_600, 60, 1e6, lambda: 2e-12)[0].next_item == "full_softmax"
     # no budget: the catalogue-size threshold; a loss set by hand stays
     limit = loss.full_softmax_max_items
-    assert choose_next_item_loss(loss, limit + 1, 0, 1e6, 2e-12)[0].next_item == "corrected_logq"
-    assert choose_next_item_loss(_cfg("loss.next_item=logq").loss, 10, 60, 1.0, 2e-12)[0].next_item == "logq"
+    assert choose_next_item_loss(loss, limit + 1, 0, 1e6, untimed)[0].next_item == "corrected_logq"
+    assert choose_next_item_loss(_cfg("loss.next_item=logq").loss, 10, 60, 1.0, untimed)[0].next_item == "logq"
     with pytest.raises(ConfigError, match="loss.exclude_history needs the full softmax"):
-        choose_next_item_loss(_cfg("loss.exclude_history=true").loss, 370_600, 60, 1e6, 2e-9)
+        choose_next_item_loss(_cfg("loss.exclude_history=true").loss, 370_600, 60, 1e6, lambda: 2e-9)
 
 
 def test_the_loss_is_chosen_with_the_window_and_before_the_history_exclusion():

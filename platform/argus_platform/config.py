@@ -120,16 +120,20 @@ def resolve_next_item_loss(loss: LossConfig, num_items: int) -> tuple[LossConfig
     if loss.next_item != "auto":
         return loss, "set in the config"
     full = num_items <= loss.full_softmax_max_items
-    chosen = "full_softmax" if full else "corrected_logq"
     why = (
         f"auto: {num_items:,} items {'<=' if full else '>'} loss.full_softmax_max_items={loss.full_softmax_max_items:,}"
     )
+    return auto_loss(loss, full, why)
+
+
+def auto_loss(loss: LossConfig, full: bool, why: str) -> tuple[LossConfig, str]:
+    """`loss` with next_item=auto made the full softmax (`full`) or corrected logQ, for the reason `why`."""
     if loss.exclude_history is True and not full:
         raise ConfigError(
             f"loss.exclude_history needs the full softmax, and loss.next_item=auto chose corrected_logq ({why}); "
             "set loss.next_item=full_softmax or loss.exclude_history=false"
         )
-    return replace(loss, next_item=chosen), why
+    return replace(loss, next_item="full_softmax" if full else "corrected_logq"), why
 
 
 @dataclass

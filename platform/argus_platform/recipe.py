@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from argus_models.losses import chunked_full_softmax_loss
-from argus_platform.config import LossConfig, TrainJobConfig, resolve_next_item_loss
+from argus_platform.config import LossConfig, TrainJobConfig, auto_loss, resolve_next_item_loss
 from argus_platform.configlib import ConfigError
 from argus_platform.data.history_stats import mean_windowed
 
@@ -69,29 +69,29 @@ def full_softmax_pair_seconds(device: torch.device, precision: str, dim: int, nu
 
 
 def choose_next_item_loss(
-    loss: LossConfig, num_items: int, budget_minutes: float, positions_per_rank: float, pair_seconds: float
+    loss: LossConfig,
+    num_items: int,
+    budget_minutes: float,
+    positions_per_rank: float,
+    pair_seconds: Callable[[], float],
 ) -> tuple[LossConfig, str]:
     """`resolve_next_item_loss`, with a time budget: the full softmax (exact, and the best at
     convergence on every catalogue measured) while FULL_SOFTMAX_EPOCHS epochs of it fit in
     FULL_SOFTMAX_SHARE of the budget, corrected logQ beyond; always the full softmax up to
-    loss.full_softmax_max_items, where it won at every budget measured. `pair_seconds`: its measured
-    cost per (position, item) pair (`full_softmax_pair_seconds`)."""
+    loss.full_softmax_max_items, where it won at every budget measured. `pair_seconds()`: its
+    measured cost per (position, item) pair (`full_softmax_pair_seconds`), called only when the
+    choice needs it (so every rank calls it, or none)."""
     if loss.next_item != "auto" or not budget_minutes or num_items <= loss.full_softmax_max_items:
         return resolve_next_item_loss(loss, num_items)  # a catalogue this small wins even in 3-minute runs
-    epoch_s = positions_per_rank * num_items * pair_seconds
+    pair_s = pair_seconds()
+    epoch_s = positions_per_rank * num_items * pair_s
     full = FULL_SOFTMAX_EPOCHS * epoch_s <= FULL_SOFTMAX_SHARE * budget_minutes * 60
-    chosen = "full_softmax" if full else "corrected_logq"
     why = (
         f"auto: over {num_items:,} items it would take ~{epoch_s:,.0f}s an epoch ({positions_per_rank:,.0f} "
-        f"positions a worker, {pair_seconds * 1e9:.2f} ns a position-item measured here), {FULL_SOFTMAX_EPOCHS} "
+        f"positions a worker, {pair_s * 1e9:.2f} ns a position-item measured here), {FULL_SOFTMAX_EPOCHS} "
         f"epochs {'within' if full else 'over'} {FULL_SOFTMAX_SHARE:.0%} of the {budget_minutes:g}-min budget"
     )
-    if loss.exclude_history is True and not full:
-        raise ConfigError(
-            f"loss.exclude_history needs the full softmax, and loss.next_item=auto chose corrected_logq ({why}); "
-            "set loss.next_item=full_softmax or loss.exclude_history=false"
-        )
-    return replace(loss, next_item=chosen), why
+    return auto_loss(loss, full, why)
 
 
 def resolve_data_choices(

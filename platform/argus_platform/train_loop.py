@@ -90,15 +90,14 @@ def run_worker(
     histories = prepared.summary.get("train_histories") or history_stats(prepared.paths["train"])
 
     def choose_loss(c: TrainJobConfig) -> tuple[LossConfig, str]:  # with the window chosen; collective
-        if (
-            c.loss.next_item != "auto"
-            or not c.optim.time_budget_minutes
-            or schema.num_items <= c.loss.full_softmax_max_items
-        ):
-            return resolve_next_item_loss(c.loss, schema.num_items)  # nothing to time
         positions = predicted_positions(histories, c.model.max_seq_len + 1, world)
-        pair_s = full_softmax_pair_seconds(device, c.optim.precision, c.model.embedding_dim, schema.num_items)
-        return choose_next_item_loss(c.loss, schema.num_items, c.optim.time_budget_minutes, positions, pair_s)
+        return choose_next_item_loss(
+            c.loss,
+            schema.num_items,
+            c.optim.time_budget_minutes,
+            positions,
+            lambda: full_softmax_pair_seconds(device, c.optim.precision, c.model.embedding_dim, schema.num_items),
+        )
 
     cfg, chosen = resolve_data_choices(cfg, histories, choose_loss, schema.num_items)
     for line in chosen:
