@@ -84,9 +84,15 @@ def run_train_job(args: list[str]) -> int:
 
 @pytest.fixture(scope="session")
 def tiny_run(ray_local, tmp_path_factory):
-    """A real (tiny) training run of the synthetic default through Ray Train: 2 epochs."""
+    """A real (tiny) training run of the synthetic default through Ray Train: 2 epochs, the loss
+    logged every 5 steps."""
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    assert run_train_job([f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2"]]) == 0
+    assert (
+        run_train_job(
+            [f"--set={kv}" for kv in TINY_TRAIN + [f"run.dir={run_dir}", "optim.epochs=2", "optim.log_every_steps=5"]]
+        )
+        == 0
+    )
     return run_dir
 
 

@@ -1,6 +1,7 @@
 """End to end: the job's main through Ray Train on a tiny synthetic log, then resume."""
 
 import json
+import shutil
 
 import pytest
 from conftest import TINY_TRAIN as TINY
@@ -8,27 +9,29 @@ from conftest import run_train_job as _main
 
 from argus_models.rundir import resolve_checkpoint, torchrun_checkpoint_name
 from argus_platform.checkpoint import TrainState
+from argus_platform.data.prepare import load_prepared
 
 
 def _checkpoints(run_dir):
     return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
 
 
-def test_train_then_resume(ray_local, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    args = [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}", "optim.log_every_steps=5"]]
-    assert _main(args + ["--set=optim.epochs=2"]) == 0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_train_then_resume(tiny_run, tmp_path, capsys):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert set(metrics) >= {"validation", "test", "baselines"}
     assert {"ndcg@10", "hr@10", "ndcg@100", "mrr", "coverage@10", "like/auc", "played_ratio/ne"} <= set(metrics["test"])
     assert "ndcg@10" in metrics["baselines"]["popularity"]["test"]
-    assert metrics["epochs_trained"] == 2 and (run_dir / "config.yaml").is_file()
-    ckpts = _checkpoints(run_dir)
+    assert metrics["epochs_trained"] == 2 and (tiny_run / "config.yaml").is_file()
+    ckpts = _checkpoints(tiny_run)
     assert ckpts and (ckpts[-1] / ".metadata").is_file() and (ckpts[-1] / "vocab" / "vocab.json").is_file()
     first_steps = TrainState.load(ckpts[-1]).step
 
-    # resume the same run directory with more epochs: it continues from epoch 2, not from scratch
-    assert _main(args + ["--set=optim.epochs=3"]) == 0
+    # a copy of the run directory, resumed with more epochs: it continues from epoch 2, not from
+    # scratch, and reads its own copy of the prepared data
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, symlinks=True)
+    args = [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}", "optim.log_every_steps=5", "optim.epochs=3"]]
+    assert _main(args) == 0
     assert "resuming from the latest" in capsys.readouterr().out
     state = TrainState.load(_checkpoints(run_dir)[-1])
     assert state.resumed_at_epochs == [2]
@@ -36,6 +39,7 @@ def test_train_then_resume(ray_local, tmp_path, capsys):
     assert [h["epoch"] for h in state.history] == [1, 2, 3]
     assert all(0 <= h["input_wait_seconds"] <= h["epoch_seconds"] for h in state.history)
     assert all(h["cpu_stolen_fraction"] is None or 0 <= h["cpu_stolen_fraction"] <= 1 for h in state.history)
+    assert all(str(tiny_run) not in path for path in load_prepared(run_dir).paths.values())
     # curves: the loss of every epoch (the resumed one included), TensorBoard scalars, curves.png
     assert [e for e, _ in state.train_losses] == [1, 2, 3]
     _assert_curves(run_dir, epochs=3)

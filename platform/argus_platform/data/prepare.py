@@ -61,10 +61,17 @@ def load_prepared(run_dir: Path) -> PreparedRun:
         spec=from_dict(DatasetSpec, json.loads(p["spec"].read_text())),
         vocab=Vocabulary.load(p["vocab"]),
         item_counts=np.load(p["counts"]),
-        paths=summary["splits"],
+        paths=_split_paths(p["splits"], summary["splits"]),
         summary=summary,
         item_features=ItemFeatureTable.load(p["vocab"]),
     )
+
+
+def _split_paths(data_dir: Path, recorded: dict[str, str]) -> dict[str, str]:
+    """Each split in this run directory's data/ (so a copied or moved run directory reads its own
+    copy); the recorded path where the run's data/ does not hold it."""
+    here = {s: data_dir / s for s in recorded}
+    return {s: str(here[s]) if here[s].is_dir() else path for s, path in recorded.items()}
 
 
 def link_prepared(shared: Path, run_dir: Path) -> None:

@@ -2,7 +2,8 @@
 for that user plus the item the user actually engaged with next, with the model's P(a) for each,
 what the user did (observed) and, on synthetic data, E[a] from the simulator (oracle).
 
-Scored once with Ray Data (an actor pool, each with the checkpoint loaded) and cached as .npz;
+Scored once with Ray Data (one pass over every split; an actor pool, each actor with the checkpoint
+loaded) and cached as .npz;
 every trial of the search then only re-weights these arrays.
 """
 
@@ -29,6 +30,7 @@ from argus_platform.tuning.config import CandidateConfig
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+SPLIT_COL = "__split"  # which split a row came from: every split is scored in one pass
 
 
 @dataclass
@@ -100,7 +102,7 @@ class _Scorer:
         ids[missing, -1] = np.asarray(targets)[missing]
         target[missing, -1] = True
         probs = action_probabilities(self.model, head_in, torch.from_numpy(ids), hist, ctx)
-        out = {"items": ids, "target": target}
+        out = {"items": ids, "target": target, SPLIT_COL: np.asarray([r[SPLIT_COL] for r in rows], dtype=np.int8)}
         for a in self.actions:
             name = a["name"]
             out[f"prob/{name}"] = probs[name].numpy().astype(np.float32)
@@ -129,22 +131,29 @@ def _factors(prepared: PreparedRun, run_dir: Path) -> tuple[np.ndarray | None, n
 
 
 def build_candidates(
-    checkpoint: Path, run_dir: Path, prepared: PreparedRun, split: str, cfg: CandidateConfig, cache_dir: Path
-) -> CandidateSet:
-    """Score (or reuse the cached) candidates of one split."""
-    cache = cache_dir / f"{split}.npz"
-    meta = {
-        "version": CACHE_VERSION,
-        "checkpoint": str(checkpoint),
-        "split": split,
-        "retrieve_n": cfg.retrieve_n,
-        "max_rows": cfg.max_rows,
-    }
-    if cache.is_file():
-        cached, cached_meta = CandidateSet.load(cache)
-        if cached_meta == meta:
-            log.info("reusing cached %s candidates %s", split, cache)
-            return cached
+    checkpoint: Path, run_dir: Path, prepared: PreparedRun, splits: list[str], cfg: CandidateConfig, cache_dir: Path
+) -> dict[str, CandidateSet]:
+    """Score (or reuse the cached) candidates of each split. The splits to score go through one
+    Ray Data pipeline, so one actor pool loads the checkpoint once for all of them."""
+    sets, metas, todo = {}, {}, []
+    for split in splits:
+        metas[split] = {
+            "version": CACHE_VERSION,
+            "checkpoint": str(checkpoint),
+            "split": split,
+            "retrieve_n": cfg.retrieve_n,
+            "max_rows": cfg.max_rows,
+        }
+        cache = cache_dir / f"{split}.npz"
+        if cache.is_file():
+            cached, cached_meta = CandidateSet.load(cache)
+            if cached_meta == metas[split]:
+                log.info("reusing cached %s candidates %s", split, cache)
+                sets[split] = cached
+                continue
+        todo.append(split)
+    if not todo:
+        return sets
     started = time.time()
     user_factors, item_factors = _factors(prepared, run_dir)
     actions = [
@@ -153,9 +162,15 @@ def build_candidates(
     ]
     # each scorer actor holds a CPU; leave one for the read tasks that feed them, or the pool waits forever
     actors = max(1, min(cfg.concurrency, int(ray.cluster_resources().get("CPU", 1)) - 1))
-    ds = ray.data.read_parquet(prepared.paths[split])
-    if cfg.max_rows:
-        ds = ds.limit(cfg.max_rows)
+    parts_in = []
+    for code, split in enumerate(todo):
+        ds = ray.data.read_parquet(prepared.paths[split])
+        if cfg.max_rows:
+            ds = ds.limit(cfg.max_rows)
+        parts_in.append(
+            ds.add_column(SPLIT_COL, lambda t, c=code: pa.array(np.full(len(t), c, np.int8)), batch_format="pyarrow")
+        )
+    ds = parts_in[0].union(*parts_in[1:]) if len(parts_in) > 1 else parts_in[0]
     ds = ds.repartition(4 * actors)  # a small split is one file: give every scorer blocks to work on
     ds = ds.map_batches(
         _Scorer,
@@ -176,16 +191,24 @@ def build_candidates(
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for k, v in batch.items():
             parts.setdefault(k, []).append(np.asarray(v))
-    if not parts:
-        raise ValueError(f"the {split} split of {run_dir} has no rows to rank")
     arr = {k: np.concatenate(v) for k, v in parts.items()}
-    pick = lambda prefix: {k.split("/", 1)[1]: v for k, v in arr.items() if k.startswith(prefix + "/")}  # noqa: E731
-    result = CandidateSet(arr["items"], arr["target"].astype(bool), pick("prob"), pick("obs"), pick("oracle") or None)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    result.save(cache, meta)
-    print(
-        f"[tune] {split}: {result.items.shape[0]:,} rows × {result.items.shape[1]} candidates scored "
-        f"({time.time() - started:.0f}s){'; oracle from the simulator' if result.oracle else ''}",
-        flush=True,
-    )
-    return result
+    code_of = arr.pop(SPLIT_COL) if arr else np.zeros(0, np.int8)
+    for code, split in enumerate(todo):
+        rows = code_of == code
+        if not rows.any():
+            raise ValueError(f"the {split} split of {run_dir} has no rows to rank")
+        mine = {k: v[rows] for k, v in arr.items()}
+        pick = lambda prefix: {k.split("/", 1)[1]: v for k, v in mine.items() if k.startswith(prefix + "/")}  # noqa: E731
+        result = CandidateSet(
+            mine["items"], mine["target"].astype(bool), pick("prob"), pick("obs"), pick("oracle") or None
+        )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        result.save(cache_dir / f"{split}.npz", metas[split])
+        sets[split] = result
+        print(
+            f"[tune] {split}: {result.items.shape[0]:,} rows × {result.items.shape[1]} candidates scored"
+            f"{'; oracle from the simulator' if result.oracle else ''}",
+            flush=True,
+        )
+    print(f"[tune] candidates of {' and '.join(todo)} scored in one pass ({time.time() - started:.0f}s)", flush=True)
+    return {split: sets[split] for split in splits}

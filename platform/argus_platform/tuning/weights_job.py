@@ -30,10 +30,7 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
             raise ValueError(f"{m.name} names unknown action(s) {unknown}; the run's actions are {actions}")
     print(f"[tune] run {run_dir.name}, checkpoint {checkpoint.name}; output {out_dir}", flush=True)
     init_ray(cfg.local_num_cpus)
-    splits = {
-        s: build_candidates(checkpoint, run_dir, prepared, s, cfg.candidates, out_dir / "cache")
-        for s in ("validation", "test")
-    }
+    splits = build_candidates(checkpoint, run_dir, prepared, ["validation", "test"], cfg.candidates, out_dir / "cache")
     cache_meta = {
         "checkpoint": str(checkpoint),
         "retrieve_n": cfg.candidates.retrieve_n,
