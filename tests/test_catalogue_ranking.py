@@ -3,6 +3,7 @@
 scoring their own blocks of the catalogue through sharded lookups."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,19 @@ def test_sharded_catalogue_ranking_on_two_ranks_equals_the_reference(tmp_path):
                     ranker,
                     k,
                 )
+
+
+def test_metrics_carry_the_standard_error_over_users():
+    from argus_platform.evaluation import RankingAccumulator
+
+    rank = torch.tensor([0.0, 3.0, 12.0, 1.0, 40.0, 9.0], dtype=torch.float64)
+    acc = RankingAccumulator([10], num_items=50)
+    acc.add_ranks(rank[:4], torch.zeros(4, 10, dtype=torch.long))  # two batches, as in evaluation
+    acc.add_ranks(rank[4:], torch.zeros(2, 10, dtype=torch.long))
+    out = acc.reduce(collective=False)
+    gain = np.where(rank.numpy() < 10, 1.0 / np.log2(rank.numpy() + 2.0), 0.0)
+    hit = (rank.numpy() < 10).astype(float)
+    assert math.isclose(out["ndcg@10"], gain.mean()) and math.isclose(out["hr@10"], hit.mean())
+    assert math.isclose(out["ndcg@10_se"], gain.std() / math.sqrt(6))  # population std: the estimate's own
+    assert math.isclose(out["hr@10_se"], hit.std() / math.sqrt(6))
+    assert out["users"] == 6 and "ndcg@10^2" not in out

@@ -72,11 +72,14 @@ def normalized_entropy(p: np.ndarray, y: np.ndarray) -> float:
 
 
 class RankingAccumulator:
-    """Sums of per-example ranking metrics for one ranker."""
+    """Sums of per-example ranking metrics for one ranker, and of the NDCGs' squares: each
+    `ndcg@k` and `hr@k` comes with `<metric>_se`, the standard error of its mean over the users
+    (a 95% interval is about ±2 of them: two runs closer than that are not told apart)."""
 
     def __init__(self, ks: list[int], num_items: int) -> None:
         self.ks = ks
         self.sums = {f"ndcg@{k}": 0.0 for k in ks} | {f"hr@{k}": 0.0 for k in ks} | {"mrr": 0.0}
+        self.sums |= {f"ndcg@{k}^2": 0.0 for k in ks}
         self.count = 0
         self.covered = torch.zeros(num_items + 1, dtype=torch.bool)
 
@@ -90,7 +93,9 @@ class RankingAccumulator:
         for k in self.ks:
             hit = rank < k
             self.sums[f"hr@{k}"] += hit.double().sum().item()
-            self.sums[f"ndcg@{k}"] += torch.where(hit, 1.0 / torch.log2(rank + 2.0), 0.0).sum().item()
+            gain = torch.where(hit, 1.0 / torch.log2(rank + 2.0), 0.0)
+            self.sums[f"ndcg@{k}"] += gain.sum().item()
+            self.sums[f"ndcg@{k}^2"] += gain.square().sum().item()
         self.sums["mrr"] += (1.0 / (rank + 1.0)).sum().item()
         self.count += len(rank)
         self.covered[top.flatten()] = True
@@ -105,7 +110,12 @@ class RankingAccumulator:
             dist.all_reduce(vec)
             dist.all_reduce(covered)
         n = max(vec[-1].item(), 1.0)
-        out = {k: vec[i].item() / n for i, k in enumerate(keys)}
+        means = {k: vec[i].item() / n for i, k in enumerate(keys)}
+        out = {k: v for k, v in means.items() if not k.endswith("^2")}
+        for k in self.ks:
+            hr, ndcg = means[f"hr@{k}"], means[f"ndcg@{k}"]
+            out[f"hr@{k}_se"] = math.sqrt(max(hr * (1 - hr), 0.0) / n)
+            out[f"ndcg@{k}_se"] = math.sqrt(max(means[f"ndcg@{k}^2"] - ndcg * ndcg, 0.0) / n)
         out["coverage@10"] = (covered > 0).sum().item() / max(len(covered) - 1, 1)
         out["users"] = int(vec[-1].item())
         return out

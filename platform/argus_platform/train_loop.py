@@ -328,7 +328,8 @@ def run_worker(
         pop = validation["popularity"]["ndcg@10"]
         _say(
             rank,
-            f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} hr@10={validation['model']['hr@10']:.4f} "
+            f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} ±{validation['model']['ndcg@10_se']:.4f} "
+            f"hr@10={validation['model']['hr@10']:.4f} "
             f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})",
         )
         t_ckpt = time.time()

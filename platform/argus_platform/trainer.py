@@ -220,16 +220,19 @@ def fit(trainer, run_dir: Path):
 def format_summary(final: dict) -> str:
     """Model vs popularity on the test split, as a small table."""
     pop = final["baselines"]["popularity"]["test"]
-    keys = [k for k in ("ndcg@10", "hr@10", "ndcg@100", "hr@100", "mrr", "coverage@10") if k in final["test"]]
-    lines = [f"{'test metric':<14}{'model':>10}{'popularity':>12}"]
-    lines += [f"{k:<14}{_num(final['test'][k]):>10}{_num(pop[k]):>12}" for k in keys]
-    heads = sorted(k for k in final["test"] if "/" in k)
-    lines += [f"{k:<24}{_num(final['test'][k]):>10}" for k in heads]
+    test = final["test"]
+    keys = [k for k in ("ndcg@10", "hr@10", "ndcg@100", "hr@100", "mrr", "coverage@10") if k in test]
+    lines = [f"{'test metric':<14}{'model':>10}{'± s.e.':>9}{'popularity':>12}"]
+    for k in keys:
+        se = _num(test[f"{k}_se"], "± ") if f"{k}_se" in test else ""  # standard error over the test users
+        lines.append(f"{k:<14}{_num(test[k]):>10}{se:>9}{_num(pop[k]):>12}")
+    heads = sorted(k for k in test if "/" in k)
+    lines += [f"{k:<24}{_num(test[k]):>10}" for k in heads]
     lines.append(f"best epoch {final['best_epoch']} of {final['epochs_trained']}; run {final['run_dir']}")
     lines.append(f"checkpoint {final['checkpoint']}")
     return "\n".join(lines)
 
 
-def _num(value) -> str:
+def _num(value, prefix: str = "") -> str:
     """4-decimal figure, or n/a (e.g. an AUC over a single class is undefined)."""
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None else f"{prefix}{value:.4f}"
