@@ -17,7 +17,7 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help
 from argus_platform.data.prepare import link_prepared, prepare_data
-from argus_platform.trainer import init_ray, train
+from argus_platform.trainer import init_ray, say_where_logs_go, train
 
 
 def variant_overrides(name: str, base: TrainJobConfig) -> list[str]:
@@ -97,7 +97,8 @@ def ablate(cfg: AblationConfig) -> list[dict]:
     variants = {name: variant_overrides(name, base) for name in cfg.variants}  # unknown names fail before any run
     out = absolute(cfg.out_dir or f"runs/{time.strftime('ablation-%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    init_ray(base.scaling.local_num_cpus)
+    init_ray(base.scaling.local_num_cpus, quiet=not base.run.verbose)
+    say_where_logs_go(out, "run.verbose=true in train_overrides", "[ablation]")
     shared = out / "prepared"
     prepare_data(base.data, shared)
     rows = []

@@ -27,7 +27,7 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help
 from argus_platform.progress import StolenCpu
-from argus_platform.trainer import init_ray, train
+from argus_platform.trainer import init_ray, say_where_logs_go, train
 
 
 @dataclass
@@ -192,7 +192,9 @@ def bench(cfg: ScaleBenchConfig) -> dict:
     cfg.validate()
     root = absolute(cfg.out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    init_ray(load_config(TrainJobConfig, cfg.train_config or None, list(cfg.train_overrides)).scaling.local_num_cpus)
+    train_cfg = load_config(TrainJobConfig, cfg.train_config or None, list(cfg.train_overrides))
+    init_ray(train_cfg.scaling.local_num_cpus, quiet=not train_cfg.run.verbose)
+    say_where_logs_go(root, "run.verbose=true in train_overrides", "[scale]")
     rows = [run_point(cfg, e, i, root) for e, i in grid(cfg)]
     by_events = [r for r in rows if r["items"] == cfg.events_items and r["target_events"] in cfg.events]
     by_items = [r for r in rows if r["target_events"] == cfg.items_events and r["items"] in cfg.items]

@@ -107,6 +107,11 @@ class TuneWeightsConfig:
     )
     search: SearchConfig = _help("the Tune search", factory=SearchConfig)
     local_num_cpus: int = _help("logical CPUs of the local Ray started when RAY_ADDRESS is unset", 4)
+    verbose: bool = _help(
+        "print Ray's, Ray Tune's and Ray Data's own output on the terminal too (else it stays in "
+        "<out dir>/logs/ray; the job's own lines are printed either way)",
+        False,
+    )
 
     def validate(self) -> None:
         if not self.objectives:

@@ -23,7 +23,7 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, from_dict, load_config, to_dict
 from argus_platform.configlib import documented as _help
 from argus_platform.data.prepare import link_prepared, prepare_data
-from argus_platform.trainer import init_ray, train
+from argus_platform.trainer import init_ray, say_where_logs_go, train
 from argus_platform.tuning.release import ReleaseWorkersCallback, settle, start_releaser
 
 
@@ -82,6 +82,11 @@ class TuneTrainConfig:
     reduction_factor: int = _help("ASHA: keep 1/reduction_factor of trials at each rung", 2)
     out_dir: str = _help("output directory ('' = runs/tune-train-<time>)", "")
     local_num_cpus: int = _help("logical CPUs of the local Ray started when RAY_ADDRESS is unset", 4)
+    verbose: bool = _help(
+        "print Ray's, Ray Tune's and Ray Data's own output on the terminal too (else it stays in "
+        "<out dir>/logs/ray; the job's own lines are printed either way)",
+        False,
+    )
 
 
 def _set(doc: dict, dotted: str, value: Any) -> None:
@@ -116,7 +121,8 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
     base = to_dict(base_cfg)
     for key, spec in cfg.space.items():  # every key must name a training config field
         trial_config(base, {key: spec.example()}, "")
-    init_ray(cfg.local_num_cpus)
+    init_ray(cfg.local_num_cpus, quiet=not cfg.verbose)
+    say_where_logs_go(out, "verbose=true", "[tune-train]")
     releaser, releaser_name = start_releaser()  # frees the workers of trials ASHA stops
     shared = out / "shared"
     print(f"[tune-train] preparing data once in {shared}", flush=True)

@@ -7,7 +7,7 @@ import time
 
 from argus_models.rundir import absolute, resolve_checkpoint, wait_for_run
 from argus_platform.data.prepare import load_prepared
-from argus_platform.trainer import init_ray
+from argus_platform.trainer import init_ray, say_where_logs_go
 from argus_platform.tuning.candidates import build_candidates
 from argus_platform.tuning.config import TuneWeightsConfig
 from argus_platform.tuning.report import baselines, evaluate_sets, write_outputs
@@ -29,7 +29,8 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
         if unknown:
             raise ValueError(f"{m.name} names unknown action(s) {unknown}; the run's actions are {actions}")
     print(f"[tune] run {run_dir.name}, checkpoint {checkpoint.name}; output {out_dir}", flush=True)
-    init_ray(cfg.local_num_cpus)
+    init_ray(cfg.local_num_cpus, quiet=not cfg.verbose)
+    say_where_logs_go(out_dir, "verbose=true", "[tune]")
     splits = build_candidates(checkpoint, run_dir, prepared, ["validation", "test"], cfg.candidates, out_dir / "cache")
     cache_meta = {
         "checkpoint": str(checkpoint),
