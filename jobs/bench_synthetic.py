@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from argus_platform.cli import parse_config
-from argus_platform.config import SyntheticConfig
 from argus_platform.configlib import documented
+from argus_platform.data.config import SyntheticConfig
 from argus_platform.data.synthetic import generate
 
 

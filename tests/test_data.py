@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from argus_platform.config import DataConfig, SyntheticConfig
+from argus_platform.data.config import DataConfig, SyntheticConfig
 from argus_platform.data.prepare import prepare_data
 from argus_platform.data.quarantine import TooManyBadRows, validate_chunk, write_canonical
 from argus_platform.data.sources import DataSourceError, read_events, read_movielens, read_sasrec
@@ -281,7 +281,7 @@ def test_movielens_ratings_dat_format(tmp_path):
 
 def test_item_features_are_encoded_and_bad_rows_quarantined(tmp_path):
     from argus_models.contract import Vocabulary
-    from argus_platform.config import ItemFeaturesConfig
+    from argus_platform.data.config import ItemFeaturesConfig
     from argus_platform.data.item_features import build_item_features
 
     vocab = Vocabulary(items=np.array(["a", "b", "c", "d"]), users=np.array(["u"]))  # indices 1..4

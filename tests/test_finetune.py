@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from argus_models.finetune import pairwise_correct, pairwise_loss
-from argus_platform.config import SyntheticConfig
+from argus_platform.data.config import SyntheticConfig
 from argus_platform.data.synthetic import generate
 
 

@@ -47,3 +47,10 @@ def test_nothing_imports_jobs():
     for root in ("platform", "models", "serve", "tests"):
         for path in (ROOT / root).rglob("*.py"):
             assert "jobs" not in _imports(path), f"{path} imports jobs/"
+
+
+def test_the_data_code_does_not_import_the_job_config():
+    """data/ reads its own config section (data/config.py); config.py imports data, never the reverse."""
+    for path in (ROOT / "platform" / "argus_platform" / "data").rglob("*.py"):
+        modules = {node.module for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)}
+        assert "argus_platform.config" not in modules, f"{path} imports argus_platform.config"

@@ -51,7 +51,7 @@ def test_kuairand_multi_action_slice():
     ],
 )
 def test_movielens_item_files_give_genre_and_year(path, rows, first_genres):
-    from argus_platform.config import ItemFeaturesConfig
+    from argus_platform.data.config import ItemFeaturesConfig
     from argus_platform.data.item_features import read_item_metadata
 
     df, names = read_item_metadata(ItemFeaturesConfig(path=str(shared_file(path)), format="movielens"))
@@ -64,7 +64,7 @@ def test_ml1m_catalogue_is_covered_by_movies_dat(tmp_path):
     import numpy as np
 
     from argus_models.contract import Vocabulary
-    from argus_platform.config import ItemFeaturesConfig
+    from argus_platform.data.config import ItemFeaturesConfig
     from argus_platform.data.item_features import build_item_features
 
     _, chunks = read_sasrec(shared_file("ml-1m/derived_ml-1m_chrono_userid_movieid.txt.gz"))

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from argus_platform.config import DataConfig
+from argus_platform.data.config import DataConfig
 from argus_platform.data.quarantine import write_canonical
 from argus_platform.data.sources import DataSourceError
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from argus_models.config import ItemFeature
 from argus_models.contract import Vocabulary
-from argus_platform.config import ItemFeaturesConfig
+from argus_platform.data.config import ItemFeaturesConfig
 from argus_platform.data.quarantine import _ids
 from argus_platform.data.sources import DataSourceError, _open_text, _require_file, require_columns
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from argus_platform.config import DataConfig
 from argus_platform.configlib import from_dict, to_dict
+from argus_platform.data.config import DataConfig
 from argus_platform.data.history_stats import describe as describe_histories
 from argus_platform.data.history_stats import history_stats
 from argus_platform.data.item_features import ItemFeatureTable, build_item_features

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import ray
 
 from argus_models.contract import USER_IDX, Vocabulary
-from argus_platform.config import DataConfig
+from argus_platform.data.config import DataConfig
 from argus_platform.data.sorted_sequences import build_sorted, encode, grouped_by_user
 from argus_platform.data.spec import ITEM, TIME, DatasetSpec
 

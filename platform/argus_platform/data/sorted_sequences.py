@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from argus_models.contract import USER_IDX, Vocabulary, act_col, ctx_col
-from argus_platform.config import DataConfig
+from argus_platform.data.config import DataConfig
 from argus_platform.data.spec import ITEM, TIME, USER, DatasetSpec
 from argus_platform.progress import Progress
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from argus_platform.config import DataConfig
+from argus_platform.data.config import DataConfig
 from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
 
 CHUNK_ROWS = 500_000

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from argus_platform.config import SyntheticConfig
+from argus_platform.data.config import SyntheticConfig
 from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
 from argus_platform.progress import Progress
 
