@@ -207,7 +207,8 @@ def _sharded_worker(rank, world, init_file, out_dir):
     from argus_platform.config import EvalConfig, TrainJobConfig
     from argus_platform.configlib import load_config
     from argus_platform.evaluation import evaluate, evaluate_reference
-    from argus_platform.sharding import gather_tables, shard
+    from argus_platform.sharding.gather import gather_tables
+    from argus_platform.sharding.plan import shard
 
     C = 61
     results = {}

@@ -106,7 +106,8 @@ def _worker(rank, world, init_file, out_dir):
 
     from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
     from argus_platform.collate import Collator
-    from argus_platform.sharding import gather_tables, shard
+    from argus_platform.sharding.gather import gather_tables
+    from argus_platform.sharding.plan import shard
 
     counts = torch.ones(SCHEMA.num_items + 1)
     counts[0] = 0
@@ -184,7 +185,8 @@ def _fsdp2_worker(rank, world, init_file, out_dir):
     from argus_platform.collate import Collator
     from argus_platform.config import TrainJobConfig
     from argus_platform.configlib import load_config
-    from argus_platform.sharding import gather_tables, shard
+    from argus_platform.sharding.gather import gather_tables
+    from argus_platform.sharding.plan import shard
 
     cfg = load_config(
         TrainJobConfig,
@@ -269,7 +271,8 @@ def _decay_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     from argus_platform.collate import Collator
-    from argus_platform.sharding import gather_tables, shard
+    from argus_platform.sharding.gather import gather_tables
+    from argus_platform.sharding.plan import shard
 
     counts = torch.ones(SCHEMA.num_items + 1)
     counts[0] = 0
@@ -310,7 +313,7 @@ def _compiled_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     from argus_platform.collate import Collator
-    from argus_platform.sharding import shard
+    from argus_platform.sharding.plan import shard
 
     counts = torch.ones(SCHEMA.num_items + 1)
     counts[0] = 0

@@ -173,7 +173,7 @@ def test_plan_job_prints_plan_and_memory(capsys):
 def test_replicated_tables_are_refused_on_cpu_before_planning(override):
     """FBGEMM's CPU dense kernel returns pooled rows for sequence tables (DMP then fails to split its
     output): the job names the setting instead, while a GPU plan may still replicate tables."""
-    from argus_platform.sharding import check_kernels, shard
+    from argus_platform.sharding.plan import check_kernels, shard
 
     cfg = load_config(TrainJobConfig, overrides=[override])
     schema = ModelSchema(num_items=40)

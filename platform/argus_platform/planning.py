@@ -28,7 +28,8 @@ from argus_models.sizing import (
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.data.synthetic import synthetic_spec
 from argus_platform.recipe import require_numbers
-from argus_platform.sharding import build_task, constraints_for, make_sharder, quiet_planner
+from argus_platform.sharding.plan import constraints_for, make_sharder, quiet_planner
+from argus_platform.sharding.task import build_task
 
 GiB = 1 << 30
 DENSE_BYTES_PER_PARAM = 16  # float32 weight + float32 gradient + AdamW's two float32 moments

@@ -29,7 +29,8 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from argus_models.config import ModelSchema
 from argus_models.model import ITEM, NEG_ITEM, embedding_configs, jagged_to_padded, table_name
 from argus_platform.config import TrainJobConfig
-from argus_platform.sharding import build_task, shard
+from argus_platform.sharding.plan import shard
+from argus_platform.sharding.task import build_task
 
 
 class PlainTables(nn.Module):

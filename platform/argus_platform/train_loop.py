@@ -40,7 +40,7 @@ from argus_platform.recipe import (
     resolve_data_choices,
 )
 from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
-from argus_platform.sharding import describe_plan, shard
+from argus_platform.sharding.plan import describe_plan, shard
 
 QUIET_BELOW_S = 10.0  # epochs, step lines and evaluations shorter than this print no line of their own
 

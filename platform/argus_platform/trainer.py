@@ -22,7 +22,7 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
 from argus_platform.console import PROGRESS_LOG, Follow, link_ray_logs
 from argus_platform.data.prepare import PreparedRun, prepare_data
-from argus_platform.sharding import check_kernels
+from argus_platform.sharding.plan import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
 
 # Shipped to every Ray worker, so a cluster without the project installed can import it.

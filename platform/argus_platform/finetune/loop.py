@@ -30,7 +30,8 @@ from argus_platform.evaluation import _gather_arrays, auc, normalized_entropy
 from argus_platform.finetune.collate import SlateCollator
 from argus_platform.finetune.config import FinetuneConfig
 from argus_platform.precision import resolve_precision
-from argus_platform.sharding import ShardedTask, gather_tables, shard
+from argus_platform.sharding.gather import gather_tables
+from argus_platform.sharding.plan import ShardedTask, shard
 
 Iterate = Callable[[str, int], Iterable[pa.Table]]
 Report = Callable[[dict, Path | None], None]

@@ -1,8 +1,6 @@
-"""Shard the ARGUS task: tables on `meta` → planner `collective_plan` → DistributedModelParallel,
-fused row-wise Adagrad for the tables + AdamW for the dense part in one CombinedOptimizer.
-
-Same code on CPU (gloo) and GPU (nccl); only the device and the planner topology differ.
-"""
+"""Plan and wrap: the planner's topology and constraints for the live process group, the checks
+of what the device's kernels can run, and DistributedModelParallel (FSDP2 for the dense arch on
+request) with one CombinedOptimizer."""
 
 from __future__ import annotations
 
@@ -14,13 +12,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.distributed as dist
-from fbgemm_gpu.split_embedding_configs import EmbOptimType
-from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
@@ -32,12 +26,13 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from argus_models.config import ModelSchema
-from argus_models.losses import mixed_log_q
-from argus_models.model import ITEM, ArgusDenseArch, ArgusSparseArch, embedding_configs, table_name
-from argus_models.task import ArgusObjective, ArgusTrainTask
-from argus_platform.config import TrainJobConfig, resolve_next_item_loss
+from argus_models.model import ITEM, ArgusDenseArch, embedding_configs, table_name
+from argus_models.task import ArgusTrainTask
+from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError
 from argus_platform.precision import resolve_precision
+from argus_platform.sharding.optimizers import dense_adamw, fused_params
+from argus_platform.sharding.task import build_task
 
 
 @dataclass
@@ -95,72 +90,6 @@ class FullyShardDense(DataParallelWrapper):
         if dense.item_proj is not None:  # likewise (multi-hash projection)
             fully_shard(dense.item_proj, mesh=mesh, mp_policy=policy)
         fully_shard(dense, mesh=mesh, mp_policy=policy)
-
-
-def build_task(
-    cfg: TrainJobConfig,
-    schema: ModelSchema,
-    item_counts: torch.Tensor,
-    device_type: str = "cpu",
-    item_codes: np.ndarray | None = None,
-    item_hashes: np.ndarray | None = None,
-    dense_on_meta: bool = False,
-) -> ArgusTrainTask:
-    """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast);
-    `item_codes`: the catalogue's item-side feature codes when the schema has item features;
-    `item_hashes`: its multi-hash bucket rows when the schema has hash tables; `dense_on_meta`: the
-    dense arch on `meta` too (planning: a 1B-parameter arch would take 4 GiB of host memory)."""
-    cfg = replace(cfg, loss=resolve_next_item_loss(cfg.loss, schema.num_items)[0])  # auto → the catalogue's loss
-    probs = item_counts.double() / item_counts.sum().clamp_min(1)
-    n_ib = cfg.loss.in_batch_negatives if cfg.loss.next_item != "full_softmax" else 0
-    n_u = cfg.loss.uniform_negatives if cfg.loss.next_item != "full_softmax" else 1
-    log_q = mixed_log_q(probs, n_ib, n_u) if n_ib + n_u > 0 else torch.zeros_like(probs)
-    with torch.device("meta") if dense_on_meta else contextlib.nullcontext():
-        dense = ArgusDenseArch(cfg.model, schema)
-    if cfg.model.compile_blocks:
-        dense.encoder.compile_blocks()
-    if dense.item_tower is not None:
-        if item_codes is None:
-            raise ValueError("the schema has item features but no item feature codes were given")
-        dense.item_tower.set_codes(torch.from_numpy(item_codes))
-    if dense.item_proj is not None and item_hashes is not None:  # (the planner's dry run needs only the tables)
-        dense.set_item_hashes(torch.from_numpy(item_hashes))
-    objective = ArgusObjective(
-        dense,
-        log_q=log_q,
-        next_item_loss=cfg.loss.next_item,
-        in_batch_negatives=n_ib,
-        action_weights=cfg.loss.action_weights,
-        temperature=cfg.loss.temperature,
-        exclude_history=cfg.loss.exclude_history,
-    )
-    sparse = ArgusSparseArch(schema, cfg.model.embedding_dim, device="meta")
-    precision = (
-        cfg.optim.precision
-        if cfg.optim.precision != "auto"
-        else resolve_precision("auto", torch.device(device_type), collective=False)[0]
-    )
-    return ArgusTrainTask(sparse, objective, precision=precision, device_type=device_type)
-
-
-def fused_params(cfg: TrainJobConfig) -> dict:
-    """The tables' optimizer, fused into the FBGEMM backward (no gradient is materialised)."""
-    kind = cfg.optim.sparse_optimizer
-    if kind == "adam":
-        return {
-            "optimizer": EmbOptimType.ADAM,
-            "learning_rate": cfg.optim.sparse_lr,
-            "eps": 1e-8,
-            "beta1": 0.9,
-            "beta2": 0.999,
-        }
-    if kind == "sgd":
-        return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": cfg.optim.sparse_lr}
-    optimizer = EmbOptimType.EXACT_ADAGRAD if kind == "adagrad" else EmbOptimType.EXACT_ROWWISE_ADAGRAD
-    params = {"optimizer": optimizer, "learning_rate": cfg.optim.sparse_lr, "eps": 1e-8}
-    if cfg.optim.sparse_weight_decay:
-        params.update(weight_decay=cfg.optim.sparse_weight_decay, weight_decay_mode=WeightDecayMode.L2)
-    return params
 
 
 def make_sharder(cfg: TrainJobConfig) -> EmbeddingCollectionSharder:
@@ -284,53 +213,6 @@ def shard(
     wrapper = FullyShardDense(cfg.optim.precision) if cfg.sharding.dense == "fsdp2" else None
     model = DistributedModelParallel(task, device=device, plan=plan, sharders=[sharder], data_parallel_wrapper=wrapper)
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense_opt = KeyedOptimizerWrapper(dense_params, lambda params: _adamw(cfg, list(params)))
+    dense_opt = KeyedOptimizerWrapper(dense_params, lambda params: dense_adamw(cfg, list(params)))
     optimizer = CombinedOptimizer([model.fused_optimizer, dense_opt])
     return ShardedTask(model=model, optimizer=optimizer, dense_optimizer=dense_opt, plan=plan)
-
-
-def _adamw(cfg: TrainJobConfig, params: list[torch.Tensor]) -> torch.optim.AdamW:
-    """AdamW for the dense parameters; with optim.grad_clip > 0 their global gradient norm is clipped
-    before each step (after DDP's all-reduce / FSDP2's reduce-scatter, so every rank agrees)."""
-    # The fused kernel (one pass over all parameters) where every parameter is a plain tensor;
-    # FSDP2's DTensor shards take the per-tensor loop.
-    fused = not any(isinstance(p, DTensor) for p in params)
-    opt = torch.optim.AdamW(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay, fused=fused or None)
-    if cfg.optim.grad_clip > 0:
-
-        def clip(optimizer, args, kwargs) -> None:
-            grads = [p for p in params if p.grad is not None]
-            if grads:
-                torch.nn.utils.clip_grad_norm_(grads, cfg.optim.grad_clip)
-
-        opt.register_step_pre_hook(clip)
-    return opt
-
-
-def gather_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full embedding tables on every rank (collective), keyed by table name, on the collective's device.
-
-    Used to evaluate and export with plain lookups; for catalogues too large for one host this is
-    where a per-rank scoring pass would go instead.
-    """
-    out = {}
-    # nccl only moves CUDA tensors; gloo moves CPU tensors.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    state = model.state_dict()
-    for key in sorted(state):
-        if ".embeddings." not in key or not key.endswith(".weight"):
-            continue
-        name = key.split(".")[-2]
-        t = state[key]
-        if isinstance(t, ShardedTensor):
-            full = torch.empty(t.size(), dtype=t.dtype, device=device) if dist.get_rank() == 0 else None
-            t.gather(dst=0, out=full)
-            if full is None:
-                full = torch.empty(t.size(), dtype=t.dtype, device=device)
-            dist.broadcast(full, src=0)
-        elif hasattr(t, "full_tensor"):  # DTensor
-            full = t.full_tensor()
-        else:
-            full = t.detach().clone()
-        out[name] = full
-    return out
