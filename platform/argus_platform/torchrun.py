@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 from argus_models.rundir import RUNS, absolute, checkpoints, latest_checkpoint, torchrun_checkpoint_name
 from argus_platform.config import TrainJobConfig
-from argus_platform.train_loop import _json_safe, run_worker
+from argus_platform.train_loop import run_worker
+from argus_platform.worker import json_safe
 
 
 def under_torchrun() -> bool:
@@ -99,6 +100,6 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
     if rank == 0:
         final["run_dir"] = str(run_dir)
         final["checkpoint"] = str(latest_checkpoint(run_dir))
-        (run_dir / "metrics.json").write_text(json.dumps(_json_safe(final), indent=2))
+        (run_dir / "metrics.json").write_text(json.dumps(json_safe(final), indent=2))
     dist.destroy_process_group()
     return final

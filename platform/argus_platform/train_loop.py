@@ -5,10 +5,9 @@ logic and takes its data and reporting as arguments so it can run without Ray (t
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoi
 from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import LossConfig, TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
-from argus_platform.console import tee_progress
 from argus_platform.curves import CURVES, Curves, plot_curves
 from argus_platform.data.history_stats import history_stats
 from argus_platform.data.prepare import load_prepared
@@ -41,11 +39,9 @@ from argus_platform.recipe import (
 )
 from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
 from argus_platform.sharding.plan import describe_plan, shard
+from argus_platform.worker import Iterate, Report, run_ray_worker
 
 QUIET_BELOW_S = 10.0  # epochs, step lines and evaluations shorter than this print no line of their own
-
-Iterate = Callable[[str, int], Iterable[pa.Table]]  # (split, batch_size) -> Arrow batches
-Report = Callable[[dict, Path | None], None]  # (metrics, checkpoint dir or None)
 
 
 def _say(rank: int, msg: str) -> None:
@@ -470,44 +466,5 @@ def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: the config dict is the only thing that crosses the process boundary."""
-    import ray.train
-    import ray.train.torch
-
     cfg = from_dict(TrainJobConfig, config["job"])
-    run_dir = Path(config["run_dir"])
-    if ray.train.get_context().get_world_rank() == 0:
-        tee_progress(run_dir)  # the driver prints these lines when workers' output stays off the terminal
-    shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "validation", "test")}
-
-    def iterate(split: str, batch_size: int) -> Iterable[pa.Table]:
-        shuffle = 4 * batch_size if split == "train" else None
-        return shards[split].iter_batches(
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            drop_last=split == "train",
-            local_shuffle_buffer_size=shuffle,
-            local_shuffle_seed=None,
-        )
-
-    def report(metrics: dict, ckpt: Path | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
-        ray.train.report(_json_safe(metrics), checkpoint=checkpoint)
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            run_worker(cfg, run_dir, iterate, Path(d), report, ray.train.torch.get_device())
-    else:
-        run_worker(cfg, run_dir, iterate, None, report, ray.train.torch.get_device())
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
-        return None
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+    run_ray_worker(config, lambda io, resume: run_worker(cfg, io.run_dir, io.iterate, resume, io.report, io.device))

@@ -18,7 +18,7 @@ import argus_models
 import argus_platform
 from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
 from argus_models.rundir import CHECKPOINT_GLOB, new_run_dir
-from argus_platform.config import TrainJobConfig
+from argus_platform.config import ScalingCfg, TrainJobConfig
 from argus_platform.configlib import to_dict
 from argus_platform.console import PROGRESS_LOG, Follow, link_ray_logs
 from argus_platform.data.prepare import PreparedRun, prepare_data
@@ -165,23 +165,15 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
         split: split_dataset(path, cfg.optim.seed if split == "train" else None)
         for split, path in prepared.paths.items()
     }
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg), "run_dir": str(run_dir)},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=callbacks or None,
-        ),
-        datasets=datasets,
-        dataset_config=SplitConfig(),
+        {"job": to_dict(cfg), "run_dir": str(run_dir)},
+        cfg.scaling,
+        run_dir,
+        datasets,
+        keep=cfg.run.checkpoints_to_keep,
+        max_failures=cfg.run.max_failures,
+        callbacks=callbacks,
     )
     result = fit(trainer, run_dir)
     final = (result.metrics or {}).get("final")
@@ -195,6 +187,38 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     final["seconds"] = round(time.time() - started, 1)
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
     return final
+
+
+def make_trainer(
+    loop,
+    loop_config: dict,
+    scaling: ScalingCfg,
+    run_dir: Path,
+    datasets: dict,
+    keep: int,
+    max_failures: int = 0,
+    callbacks: list | None = None,
+) -> TorchTrainer:
+    """The TorchTrainer of a job (pre-training and fine-tuning): `loop` on `scaling.num_workers`
+    workers, checkpoints in `run_dir` (the newest `keep`), the splits sharded by `SplitConfig`."""
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep),
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=callbacks or None,
+        ),
+        datasets=datasets,
+        dataset_config=SplitConfig(),
+    )
 
 
 def say_where_logs_go(run_dir: Path, verbose_key: str, prefix: str = "[argus]") -> None:

@@ -7,8 +7,6 @@ import json
 import time
 
 import ray
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from argus_models.rundir import absolute, resolve_checkpoint
 from argus_platform.config import TrainJobConfig
@@ -17,7 +15,7 @@ from argus_platform.data.prepare import link_prepared, load_prepared
 from argus_platform.finetune.config import FinetuneConfig
 from argus_platform.finetune.loop import slate_loop_per_worker
 from argus_platform.finetune.requests import build_requests, default_impressions
-from argus_platform.trainer import SplitConfig, fit, init_ray, say_where_logs_go
+from argus_platform.trainer import fit, init_ray, make_trainer, say_where_logs_go
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -42,25 +40,19 @@ def finetune(cfg: FinetuneConfig) -> dict:
     init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.verbose)
     say_where_logs_go(out, "verbose=true", "[finetune]")
     datasets = {s: ray.data.read_parquet(p).materialize() for s, p in summary["paths"].items()}
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         slate_loop_per_worker,
-        train_loop_config={
+        {
             "finetune": to_dict(cfg),
             "train": to_dict(train_cfg),
             "checkpoint": str(checkpoint),
             "pretrained_run": str(pretrained_run),
             "run_dir": str(out),
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=out.name, storage_path=str(out.parent), checkpoint_config=CheckpointConfig(num_to_keep=2)
-        ),
-        datasets=datasets,
-        dataset_config=SplitConfig(),
+        cfg.scaling,
+        out,
+        datasets,
+        keep=2,
     )
     result = fit(trainer, out)
     final = (result.metrics or {}).get("final")

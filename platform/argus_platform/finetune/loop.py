@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from argus_models.model import ArgusDenseArch, ArgusSparseArch, lookup_local
 from argus_platform.checkpoint import TrainState, save_checkpoint
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import from_dict
-from argus_platform.console import tee_progress
 from argus_platform.data.prepare import load_prepared
 from argus_platform.evaluation import _gather_arrays, auc, normalized_entropy
 from argus_platform.finetune.collate import SlateCollator
@@ -32,9 +31,7 @@ from argus_platform.finetune.config import FinetuneConfig
 from argus_platform.precision import resolve_precision
 from argus_platform.sharding.gather import gather_tables
 from argus_platform.sharding.plan import ShardedTask, shard
-
-Iterate = Callable[[str, int], Iterable[pa.Table]]
-Report = Callable[[dict, Path | None], None]
+from argus_platform.worker import Iterate, Report, run_ray_worker
 
 
 def _say(msg: str) -> None:
@@ -186,34 +183,11 @@ def run_slate_worker(
 
 
 def slate_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point."""
-    import ray.train
-    import ray.train.torch
-
+    """Ray Train entry point. A restarted worker group fine-tunes again from the pre-trained checkpoint."""
     cfg = from_dict(FinetuneConfig, config["finetune"])
     train_cfg = from_dict(TrainJobConfig, config["train"])
-    if ray.train.get_context().get_world_rank() == 0:
-        tee_progress(Path(config["run_dir"]))  # the driver prints these lines when Ray keeps workers' output
-    shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "validation", "test")}
-
-    def iterate(split: str, batch_size: int) -> Iterable[pa.Table]:
-        shuffle = 4 * batch_size if split == "train" else None
-        return shards[split].iter_batches(
-            batch_size=batch_size, batch_format="pyarrow", local_shuffle_buffer_size=shuffle
-        )
-
-    def report(metrics: dict, ckpt: Path | None) -> None:
-        from argus_platform.train_loop import _json_safe
-
-        checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
-        ray.train.report(_json_safe(metrics), checkpoint=checkpoint)
-
-    run_slate_worker(
-        cfg,
-        train_cfg,
-        Path(config["checkpoint"]),
-        Path(config["pretrained_run"]),
-        iterate,
-        report,
-        ray.train.torch.get_device(),
+    checkpoint, pretrained = Path(config["checkpoint"]), Path(config["pretrained_run"])
+    run_ray_worker(
+        config,
+        lambda io, _resume: run_slate_worker(cfg, train_cfg, checkpoint, pretrained, io.iterate, io.report, io.device),
     )
