@@ -157,6 +157,11 @@ def run_slate_worker(
             except StopIteration:
                 break
             steps, loss_sum = steps + 1, loss_sum + float(logs["loss"])
+        if steps == 0:
+            raise RuntimeError(
+                "no training batches: the training requests are fewer than one batch of users per worker; "
+                "lower batch_size"
+            )
         state.epoch, state.step = epoch + 1, state.step + steps
         after = held_out()
         val = after["validation"].get(key, float("nan"))
