@@ -150,7 +150,7 @@ def test_one_pass_per_user_equals_one_pass_per_request():
     together = SlateObjective(dense, "ranker").slate_outputs({**emb, NEG_ITEM: slate_vec.reshape(12, 16)}, batch)
     for r in range(3):
         b, p = int(req_row[r]), int(req_pos[r])
-        alone = dense.candidate_feedback(
-            {k: v[b : b + 1, : p + 1] for k, v in emb.items()}, torch.tensor([p + 1]), slate_vec[r : r + 1]
+        alone = dense.candidate_logits(
+            slate_vec[r : r + 1], emb={k: v[b : b + 1, : p + 1] for k, v in emb.items()}, lengths=torch.tensor([p + 1])
         )
         assert torch.allclose(together[r], alone[0], atol=1e-5), r

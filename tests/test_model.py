@@ -297,7 +297,7 @@ def test_bf16_autocast_keeps_the_loss_float32():
 
 
 def test_candidate_isolation_mask_picture():
-    from argus_models.model import candidate_isolation_mask
+    from argus_models.tokenization import candidate_isolation_mask
 
     # 5 history slots of which 3 are real, then 2 candidates of a request after the whole history
     mask = candidate_isolation_mask(torch.tensor([3]), torch.tensor([[3, 3]]), 5)[0, 0].int()
@@ -317,7 +317,7 @@ def test_candidate_isolation_mask_picture():
 
 
 def test_candidate_isolation_mask_with_two_requests_picture():
-    from argus_models.model import candidate_isolation_mask
+    from argus_models.tokenization import candidate_isolation_mask
 
     # one user, 4 real history positions; a slate shown after position 1 and one after position 2
     mask = candidate_isolation_mask(torch.tensor([4]), torch.tensor([[2, 2, 3]]), 4)[0, 0].int()
@@ -374,10 +374,10 @@ def test_three_token_candidate_isolation_matches_the_training_forward():
     train = dense(emb, lengths)["feedback"]  # [B, W-1, outputs]
     cands = torch.randn(2, 4, 16)
     cands[0, 2], cands[1, 0] = emb["item"][0, 4], emb["item"][1, 2]  # each row's real next item among them
-    scored = dense.candidate_feedback(emb, lengths, cands)
+    scored = dense.candidate_logits(cands, emb=emb, lengths=lengths)
     assert torch.allclose(scored[0, 2], train[0, 3], atol=1e-5) and torch.allclose(scored[1, 0], train[1, 1], atol=1e-5)
-    alone = dense.candidate_feedback({k: v[:1] for k, v in emb.items()}, lengths[:1], cands[:1, 2:3])
-    shuffled = dense.candidate_feedback(emb, lengths, cands.flip(1))
+    alone = dense.candidate_logits(cands[:1, 2:3], emb={k: v[:1] for k, v in emb.items()}, lengths=lengths[:1])
+    shuffled = dense.candidate_logits(cands.flip(1), emb=emb, lengths=lengths)
     assert torch.allclose(alone[0, 0], scored[0, 2], atol=1e-5)
     assert torch.allclose(shuffled.flip(1), scored, atol=1e-5)
 

@@ -101,13 +101,13 @@ class SlateObjective(nn.Module):
         """pairwise: scores [R, K]; ranker: feedback logits [R, K, Σ outputs]."""
         R, K = batch.slate.shape
         slate_vec = self.dense.item_vectors(emb[NEG_ITEM], batch.slate.reshape(-1)).view(R, K, -1)
-        if self.mode == "ranker" and self.dense.three_token:
+        if self.mode == "ranker" and self.dense.tokens.in_context:
             return self._isolated_slates(emb, batch, slate_vec)
         _, head_in = self.dense.encode(emb, batch.lengths)  # [B, W-1, H]; index t predicts event t+1
         h = head_in[batch.req_row, batch.req_pos - 1]  # [R, H]
         if self.mode == "pairwise":
             return torch.einsum("rd,rkd->rk", self.dense.query(h), slate_vec)
-        return self.dense.feedback_logits(h[:, None, :].expand(-1, K, -1), slate_vec)
+        return self.dense.candidate_logits(slate_vec, head_in=h)
 
     def _isolated_slates(
         self, emb: dict[str, torch.Tensor], batch: SlateBatch, slate_vec: torch.Tensor
@@ -126,7 +126,7 @@ class SlateObjective(nn.Module):
         events = torch.zeros(B, M, dtype=torch.int64, device=rows.device)
         events[rows[:, None], cols] = batch.req_pos[:, None].expand(R, K)
         seq_emb = {k: v for k, v in emb.items() if k != NEG_ITEM}
-        return self.dense.candidate_feedback(seq_emb, batch.lengths, cand, events)[rows[:, None], cols]
+        return self.dense.candidate_logits(cand, emb=seq_emb, lengths=batch.lengths, events=events)[rows[:, None], cols]
 
     def forward(self, emb: dict[str, torch.Tensor], batch: SlateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Set here, not in the task: TrainPipelineSparseDist FX-traces the task, whose `emb` is a Proxy.

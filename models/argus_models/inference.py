@@ -328,13 +328,13 @@ def action_probabilities(
         return {}
     dense = model.dense
     items = dense.item_repr(F.embedding(candidates, model.tables[table_name(ITEM)]), candidates)  # [B, K, D]
-    if dense.three_token:
+    if dense.tokens.in_context:
         if histories is None or next_contexts is None:
             raise ValueError("three_token models score candidates in context: pass the histories and next contexts")
         emb, lengths = next_event_inputs(model, histories, next_contexts)
-        logits = dense.candidate_feedback(emb, lengths, items)
+        logits = dense.candidate_logits(items, emb=emb, lengths=lengths)
     else:
-        logits = dense.feedback_logits(head_in[:, None, :].expand(-1, candidates.shape[1], -1), items)
+        logits = dense.candidate_logits(items, head_in=head_in)
     named = dense.action_logits(logits)
     return {a.name: feedback_probability(a, named[a.name]) for a in schema.actions}
 

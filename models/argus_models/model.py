@@ -17,9 +17,8 @@ from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
 from argus_models.config import ModelConfig, ModelSchema
-from argus_models.encoder import CausalEncoder, Dropout
 from argus_models.item_tower import ItemFeatureTower
-from argus_models.rows import pad_rows
+from argus_models.tokenization import TOKENIZATIONS
 
 ITEM = "item"
 NEG_ITEM = "neg_item"  # extra ids looked up in the item table: uniform negatives / the whole catalogue
@@ -187,21 +186,9 @@ def pad_ids(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), Dropout(dropout), nn.Linear(d_hidden, d_out))
-
-
 class ArgusDenseArch(nn.Module):
-    """Token projection, causal encoder, next-item and feedback heads.
-
-    one_token (default): event t is one token Proj([E_item; ΣE_ctx; ΣE_fb]); the heads read the
-      state h_t with the next event's context: query MLP([h_t; E_ctx(c_{t+1})]), feedback
-      MLP([h_t; E_ctx(c_{t+1}); E_item(i_{t+1})]).
-    three_token: event t is the tokens [c_t, i_t, f_t] (context, item, feedback; f is left out when
-      the data has no actions, and c is a learned "next event" token plus ΣE_ctx). The next-item
-      head reads the state at c_{t+1} (history + the next context), the feedback head the state at
-      i_{t+1} (history + context + item), as p(c)·p(i|c)·p(f|c,i) factorises.
-    """
+    """Token projection, causal encoder, next-item and feedback heads. How events become tokens and
+    where the heads read is the tokenisation's (`argus_models.tokenization`: one_token, three_token)."""
 
     def __init__(self, cfg: ModelConfig, schema: ModelSchema) -> None:
         super().__init__()
@@ -214,33 +201,26 @@ class ArgusDenseArch(nn.Module):
         self.item_proj = nn.Linear(D * (1 + n_hash), D) if n_hash else None
         if n_hash:
             self.register_buffer("item_hash_codes", torch.zeros(schema.num_items + 1, n_hash, dtype=torch.int64))
-        self.three_token = cfg.tokenization == "three_token"
         self.action_slices: dict[str, tuple[int, int]] = {}
         start = 0
         for head in schema.actions:
             self.action_slices[head.name] = (start, start + head.num_outputs)
             start += head.num_outputs
-        if self.three_token:
-            self.tokens_per_event = 2 + self.has_fb  # c, i (, f)
-            self.token_type = nn.Parameter(torch.randn(self.tokens_per_event, D) * 0.02)  # rows: c, i, f
-            self.ctx_proj = nn.Linear(D, D) if self.has_ctx else None
-            self.fb_proj = nn.Linear(D, D) if self.has_fb else None
-            self.encoder = CausalEncoder(cfg, max_tokens=self.tokens_per_event * (cfg.max_seq_len + 1))
-            self.item_head = _mlp(D, 2 * D, D, cfg.dropout)
-            self.feedback_head = _mlp(D, 2 * D, start, cfg.dropout) if self.has_fb else None
-        else:
-            self.tokens_per_event = 1
-            self.token_proj = nn.Linear(D * (1 + self.has_ctx + self.has_fb), D)
-            self.encoder = CausalEncoder(cfg)
-            self.item_head = _mlp(D * (1 + self.has_ctx), 2 * D, D, cfg.dropout)
-            self.feedback_head = _mlp(D * (2 + self.has_ctx), 2 * D, start, cfg.dropout) if self.has_fb else None
+        self.tokens = TOKENIZATIONS[cfg.tokenization]()
+        self.tokens.build(self, cfg, start)
 
-    def _context(self, emb: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    @property
+    def tokens_per_event(self) -> int:
+        return self.tokens.tokens_per_event
+
+    def context(self, emb: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """ΣE_ctx of each event [B, W, D], None without context features."""
         if not self.has_ctx:
             return None
         return torch.stack([emb[ctx_feature(c)] for c in self.schema.contexts]).sum(0)
 
-    def _feedback(self, emb: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def feedback(self, emb: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """ΣE_fb of each event [B, W, D], None without actions."""
         if not self.has_fb:
             return None
         return torch.stack([emb[fb_feature(a.name)] for a in self.schema.actions]).sum(0)
@@ -259,114 +239,41 @@ class ArgusDenseArch(nn.Module):
         With `valid`, each is [N, ...] over the valid positions in row-major order, and the heads
         run on those positions only (the padded ones of a batch cost nothing past the encoder).
         """
-        items = self._items(emb)  # the tower once; the encoder's inputs and the targets share it
+        items = self.window_items(emb)  # the tower once; the encoder's inputs and the targets share it
         at = (lambda t: t) if valid is None else (lambda t: t[valid])
-        nxt_item = at(items[:, 1:])
-        if self.three_token:
-            states = self.event_states(emb, lengths, items)  # [B, W, k, D]
-            state = at(states[:, 1:, 0])
-            n = state.shape[0]
-            out = {"state": state, "query": self.query(pad_rows(state))[:n], "target": nxt_item}
-            if self.feedback_head is not None:
-                out["feedback"] = self.feedback_head(pad_rows(at(states[:, 1:, 1])))[:n]
-        else:
-            state, head_in = self.encode(emb, lengths, items)
-            state, head_in = at(state), at(head_in)
-            # The N valid positions, padded for bf16 kernels (argus_models.rows) and sliced back.
-            n, padded = head_in.shape[0], pad_rows(head_in)
-            out = {"state": state, "query": self.query(padded)[:n], "target": nxt_item}
-            if self.feedback_head is not None:
-                out["feedback"] = self.feedback_logits(padded, pad_rows(nxt_item))[:n]
-        if self.cfg.normalize_embeddings:
-            out["target"] = F.normalize(out["target"], dim=-1)
+        out = self.tokens.outputs(self, emb, lengths, items, at)
+        target = at(items[:, 1:])
+        out["target"] = F.normalize(target, dim=-1) if self.cfg.normalize_embeddings else target
         return out
-
-    def event_tokens(self, emb: dict[str, torch.Tensor], items: torch.Tensor | None = None) -> torch.Tensor:
-        """three_token: [B, W, k, D] tokens (c_t, i_t, f_t) of every event (`items`: the window's item
-        vectors when already computed, else from `emb`)."""
-        ctx, fb = self._context(emb), self._feedback(emb)
-        items = self._items(emb) if items is None else items
-        c = self.token_type[0].expand_as(items)
-        if ctx is not None:
-            c = c + self.ctx_proj(ctx)
-        parts = [c, items + self.token_type[1]]
-        if fb is not None:
-            parts.append(self.fb_proj(fb) + self.token_type[2])
-        return torch.stack(parts, dim=2)
-
-    def event_states(
-        self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, items: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """three_token: encoder states [B, W, k, D], token j of event t at position k·t + j."""
-        tokens = self.event_tokens(emb, items)
-        B, W, k, D = tokens.shape
-        return self.encoder(tokens.reshape(B, W * k, D), lengths * k).view(B, W, k, D)
 
     def encode(
         self, emb: dict[str, torch.Tensor], lengths: torch.Tensor, items: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states [B, W-1, D] and the heads' shared input [B, W-1, H]: what is known about
-        event t+1 before its item (one_token: h_t with the context of t+1; three_token: the state
-        at the context token c_{t+1})."""
-        if self.three_token:
-            state = self.event_states(emb, lengths, items)[:, 1:, 0]
-            return state, state
-        ctx = self._context(emb)
-        parts = [self._items(emb) if items is None else items] + ([ctx] if ctx is not None else [])
-        if self.has_fb:
-            parts.append(self._feedback(emb))
-        tokens = self.token_proj(torch.cat(parts, dim=-1))[:, :-1]  # [B, W-1, D]
-        state = self.encoder(tokens, (lengths - 1).clamp_min(1))
-        head_in = torch.cat([state, ctx[:, 1:]], dim=-1) if ctx is not None else state
-        return state, head_in
+        event t+1 before its item (`items`: the window's item vectors when already computed)."""
+        return self.tokens.encode(self, emb, lengths, self.window_items(emb) if items is None else items)
 
     def query(self, head_in: torch.Tensor) -> torch.Tensor:
         """Next-item query [..., D] from the heads' input [..., H]."""
         q = self.item_head(head_in)
         return F.normalize(q, dim=-1) if self.cfg.normalize_embeddings else q
 
-    def feedback_logits(self, head_in: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """one_token: action logits [..., Σ outputs] of showing `item` [..., D] in the event `head_in`
-        [..., H] describes. Row-wise: a candidate's logits never depend on the other candidates.
-        (three_token models score candidates with `candidate_feedback`.)"""
-        if self.feedback_head is None:
-            raise ValueError("the schema has no actions, so the model has no feedback head")
-        if self.three_token:
-            raise ValueError("three_token models read feedback at the candidate's item token; use candidate_feedback")
-        return self.feedback_head(torch.cat([head_in, item], dim=-1))
-
-    def candidate_feedback(
+    def candidate_logits(
         self,
-        emb: dict[str, torch.Tensor],
-        lengths: torch.Tensor,
         candidates: torch.Tensor,
+        head_in: torch.Tensor | None = None,
+        emb: dict[str, torch.Tensor] | None = None,
+        lengths: torch.Tensor | None = None,
         events: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """three_token, candidate isolation: action logits [B, M, Σ outputs] for M candidate items.
-
-        emb/lengths: each row's window of events; candidate m of row b stands in for the item of
-        event `events[b, m]` (default: the row's last event, lengths-1, whose context is known and
-        whose item is not). The tokens are the window, then one item token per candidate at the
-        position that event's item token has; a candidate attends to the tokens before it — the
-        history and that event's context token c_e — and to itself only
-        (`candidate_isolation_mask`), so its logits never depend on the other candidates. One
-        pass serves every request of a user (fine-tuning) or one request with many candidates
-        (Serve). candidates: [B, M, D] item embeddings.
-        """
+        """Action logits [B, M, Σ outputs] of showing each of M candidate item vectors [B, M, D]; a
+        candidate's logits never depend on the other candidates. one_token models read `head_in`
+        [B, H] (the request's next event, from `encode`); three_token models (`tokens.in_context`)
+        read the window `emb`/`lengths` and, optionally, the event each candidate stands in for
+        (`events` [B, M], default the row's last)."""
         if self.feedback_head is None:
             raise ValueError("the schema has no actions, so the model has no feedback head")
-        tokens = self.event_tokens(emb)  # [B, W, k, D]
-        B, W, k, D = tokens.shape
-        M = candidates.shape[1]
-        if events is None:
-            events = (lengths - 1)[:, None].expand(B, M)
-        prefix = events * k + 1  # [B, M]: history tokens + c_e
-        S = min(W * k, int((lengths * k).max()))
-        x = torch.cat([tokens.reshape(B, W * k, D)[:, :S], candidates + self.token_type[1]], dim=1)  # [B, S + M, D]
-        positions = torch.cat([torch.arange(S, device=x.device).expand(B, -1), prefix], dim=1)
-        mask = candidate_isolation_mask(torch.minimum(lengths * k, torch.full_like(lengths, S)), prefix, S)
-        states = self.encoder(x, lengths, mask=mask, positions=positions)
-        return self.feedback_head(states[:, S:])
+        return self.tokens.candidate_logits(self, candidates, head_in, emb, lengths, events)
 
     def action_logits(self, feedback: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""
@@ -426,34 +333,13 @@ class ArgusDenseArch(nn.Module):
         v = self.item_repr(rows, ids)
         return F.normalize(v, dim=-1) if self.cfg.normalize_embeddings else v
 
-    def _items(self, emb: dict[str, torch.Tensor]) -> torch.Tensor:
+    def window_items(self, emb: dict[str, torch.Tensor]) -> torch.Tensor:
         """The window's item vectors [B, W, D] (tower over emb[ITEM] and emb[ITEM_IDS])."""
         if self.item_tower is not None and ITEM_IDS not in emb:
             raise ValueError(
                 f"the model has item-side features: the inputs need {ITEM_IDS!r} beside the looked-up rows"
             )
         return self.item_repr(emb[ITEM], emb.get(ITEM_IDS))
-
-
-def candidate_isolation_mask(real: torch.Tensor, prefix: torch.Tensor, slots: int) -> torch.Tensor:
-    """bool [B, 1, S+M, S+M] (True = may attend): `slots` = S right-padded history positions of
-    which the first `real[b]` exist, then M candidates; candidate m sees the history positions
-    before `prefix[b, m]` and itself.
-
-    History positions attend causally among the real ones; no candidate sees another candidate or
-    padding. Padded rows (history or candidate, outputs unused) keep their own position so no row
-    is empty.
-    """
-    B, M = prefix.shape
-    S, n = slots, slots + prefix.shape[1]
-    pos = torch.arange(n, device=prefix.device)
-    hist_k = pos[None, :S] < real[:, None]  # [B, S] real history keys
-    causal = pos[:S, None] >= pos[None, :S]  # [S, S]
-    mask = torch.zeros(B, n, n, dtype=torch.bool, device=prefix.device)
-    mask[:, :S, :S] = causal[None] & hist_k[:, None, :]
-    mask[:, S:, :S] = (pos[None, None, :S] < prefix[:, :, None]) & hist_k[:, None, :]  # candidate → its history
-    mask |= torch.eye(n, dtype=torch.bool, device=prefix.device)[None]
-    return mask[:, None]
 
 
 def count_parameters(module: nn.Module) -> int:
