@@ -325,3 +325,16 @@ def test_wait_for_run_returns_when_training_finishes_and_names_the_run_on_timeou
     wait_for_run("runs/r", 30, poll_s=0.05)
     assert (run / "metrics.json").is_file() and time.monotonic() - started < 10
     assert resolve_checkpoint("runs/r", "") == run / "checkpoint_1"
+
+
+def test_the_best_checkpoints_by_validation_and_the_latest_are_kept(tmp_path):
+    from argus_models.rundir import checkpoint_score, checkpoints_beyond
+
+    for epoch, ndcg in [(2, 0.10), (4, 0.30), (6, 0.25), (8, 0.20), (10, 0.05)]:
+        d = _fake_checkpoint(tmp_path, torchrun_checkpoint_name(epoch), epoch, 4)
+        state = {"epoch": epoch, "best_epoch": 4, "history": [{"epoch": epoch, "validation": {"ndcg@10": ndcg}}]}
+        (d / "train_state.json").write_text(json.dumps(state))
+    beyond = {p.name for p in checkpoints_beyond(tmp_path, 2)}
+    assert beyond == {torchrun_checkpoint_name(e) for e in (2, 8)}  # kept: 4 and 6 (the best two), 10 (latest)
+    assert checkpoint_score(tmp_path / torchrun_checkpoint_name(4)) == 0.30
+    assert checkpoint_score(_fake_checkpoint(tmp_path / "x", "checkpoint_1", 1, 1)) == float("-inf")  # none recorded

@@ -149,7 +149,10 @@ def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget_and_resumes(tmp_
     if trained == plan["epochs"]:  # ran to the plan's end: the schedule decayed to its floor
         assert metrics["history"][-1]["lr_factor"] == pytest.approx(0.1, abs=0.05)
     kept = sorted(p.name for p in run_dir.glob("checkpoint_torchrun_*"))
-    assert len(kept) == 2 and torchrun_checkpoint_name(trained) in kept  # run.checkpoints_to_keep, the latest
+    # run.checkpoints_to_keep: the 2 best by validation NDCG@10, and the latest
+    scores = {h["epoch"]: h["validation"]["ndcg@10"] for h in metrics["history"]}
+    best = sorted(scores, key=lambda e: -scores[e])[:2]
+    assert set(kept) == {torchrun_checkpoint_name(e) for e in [*best, trained]}
     proc = subprocess.run(cmd + [f"--set=optim.epochs={trained + 1}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = TrainState.load(run_dir / torchrun_checkpoint_name(trained + 1))

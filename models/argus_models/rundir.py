@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -67,6 +68,27 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def checkpoint_score(checkpoint: Path, metric: str = "ndcg@10") -> float:
+    """The validation `metric` of the epoch a checkpoint holds, as its train_state.json records it
+    (−inf when it records none): the score by which checkpoints are kept."""
+    state = checkpoint_epoch(checkpoint)
+    history = state.get("history") or []
+    value = (
+        history[-1].get("validation", {}).get(metric)
+        if history and history[-1].get("epoch") == state.get("epoch")
+        else None
+    )
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else float("-inf")
+
+
+def checkpoints_beyond(run_dir: Path, keep: int) -> list[Path]:
+    """The run's checkpoints outside the `keep` best by validation NDCG@10 and the latest — what Ray
+    Train drops with `checkpoint_score_attribute` (the torchrun path prunes these)."""
+    ckpts = checkpoints(run_dir)
+    kept = set(sorted(ckpts, key=checkpoint_score, reverse=True)[: max(keep, 1)]) | set(ckpts[-1:])
+    return [c for c in ckpts if c not in kept]
 
 
 def best_checkpoint(run_dir: Path) -> Path:

@@ -202,7 +202,9 @@ class RunCfg:
         "relative to $ARGUS_HOME if set",
         "",
     )
-    checkpoints_to_keep: int = _help("checkpoints kept in the run directory", 2)
+    checkpoints_to_keep: int = _help(
+        "checkpoints kept in the run directory: the best N by validation NDCG@10, and the latest (to resume from)", 2
+    )
     max_failures: int = _help("worker-group restarts Ray Train attempts after a failure", 0)
     verbose: bool = _help(
         "print Ray's, Ray Data's, TorchRec's and FBGEMM's own output to the terminal too (by default it stays in "

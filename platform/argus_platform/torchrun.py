@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from argus_models.rundir import RUNS, absolute, checkpoints, latest_checkpoint, torchrun_checkpoint_name
+from argus_models.rundir import RUNS, absolute, checkpoints_beyond, latest_checkpoint, torchrun_checkpoint_name
 from argus_platform.config import TrainJobConfig
 from argus_platform.train_loop import run_worker
 from argus_platform.worker import json_safe
@@ -91,8 +91,8 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
                 f, target / f.name, **({"dirs_exist_ok": True} if f.is_dir() else {})
             )
         dist.barrier()
-        if rank == 0:  # the most recent run.checkpoints_to_keep, as Ray Train keeps them
-            for old in checkpoints(run_dir)[: -max(cfg.run.checkpoints_to_keep, 1)]:
+        if rank == 0:  # the best run.checkpoints_to_keep and the latest, as Ray Train keeps them
+            for old in checkpoints_beyond(run_dir, cfg.run.checkpoints_to_keep):
                 shutil.rmtree(old)
 
     final = run_worker(cfg, run_dir, iterate, latest_checkpoint(run_dir), report, device)

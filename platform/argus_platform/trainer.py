@@ -24,6 +24,7 @@ from argus_platform.console import PROGRESS_LOG, Follow, link_ray_logs
 from argus_platform.data.prepare import PreparedRun, prepare_data
 from argus_platform.sharding.plan import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
+from argus_platform.worker import CHECKPOINT_SCORE
 
 # Shipped to every Ray worker, so a cluster without the project installed can import it.
 PACKAGES = [Path(argus_platform.__file__).resolve().parent, Path(argus_models.__file__).resolve().parent]
@@ -200,7 +201,8 @@ def make_trainer(
     callbacks: list | None = None,
 ) -> TorchTrainer:
     """The TorchTrainer of a job (pre-training and fine-tuning): `loop` on `scaling.num_workers`
-    workers, checkpoints in `run_dir` (the newest `keep`), the splits sharded by `SplitConfig`."""
+    workers, checkpoints in `run_dir` (the `keep` best by the reported `checkpoint_score` and the
+    latest), the splits sharded by `SplitConfig`."""
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -212,7 +214,10 @@ def make_trainer(
         run_config=RunConfig(
             name=run_dir.name,
             storage_path=str(run_dir.parent),
-            checkpoint_config=CheckpointConfig(num_to_keep=keep),
+            # the best `keep` by the loop's validation score, and always the latest (Ray Train keeps it)
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=keep, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order="max"
+            ),
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=callbacks or None,
         ),

@@ -19,6 +19,14 @@ from argus_platform.console import tee_progress
 Iterate = Callable[[str, int], Iterable[pa.Table]]  # (split, batch_size) -> Arrow batches
 Report = Callable[[dict, Path | None], None]  # (metrics, checkpoint dir or None)
 SPLITS = ("train", "validation", "test")
+# Every report that carries a checkpoint carries this finite validation score, by which the best
+# checkpoints are kept (higher is better).
+CHECKPOINT_SCORE = "checkpoint_score"
+
+
+def checkpoint_score(value: float) -> float:
+    """A validation figure as the checkpoint score: NaN (no positives to score) ranks last."""
+    return float(value) if math.isfinite(value) else -1.0
 
 
 @dataclass
