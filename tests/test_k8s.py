@@ -302,7 +302,7 @@ def _job_configs():
     from argus_platform.cli import parse_config
     from argus_platform.config import TrainJobConfig
     from argus_platform.tuning.config import TuneWeightsConfig
-    from argus_platform.tuning.train_search import TuneTrainConfig
+    from argus_platform.tuning.tune_train import TuneTrainConfig
 
     return parse_config, {
         "train_argus.py": TrainJobConfig,

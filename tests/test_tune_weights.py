@@ -14,7 +14,7 @@ from conftest import ROOT
 
 from argus_models.weights import load_weights_file
 from argus_platform.tuning.config import CandidateConfig, SearchConfig, TuneWeightsConfig
-from argus_platform.tuning.weights_job import tune_weights
+from argus_platform.tuning.tune_weights import tune_weights
 from argus_serve.weights import resolve_weights
 
 ACTIONS = ["skip", "like", "dislike", "played_ratio"]

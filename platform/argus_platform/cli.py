@@ -90,7 +90,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     """argus-finetune / jobs/finetune_argus.py."""
     from argus_models.rundir import CheckpointError
     from argus_platform.finetune.config import FinetuneConfig
-    from argus_platform.finetune.job import finetune, format_finetune
+    from argus_platform.finetune.finetune_argus import finetune, format_finetune
 
     cfg = parse_config(
         FinetuneConfig,
@@ -111,7 +111,7 @@ def tune_weights_main(argv: list[str] | None = None) -> int:
     """argus-tune-weights / jobs/tune_weights.py."""
     from argus_models.rundir import CheckpointError
     from argus_platform.tuning.config import TuneWeightsConfig
-    from argus_platform.tuning.weights_job import format_report, tune_weights
+    from argus_platform.tuning.tune_weights import format_report, tune_weights
 
     cfg = parse_config(
         TuneWeightsConfig,
@@ -132,7 +132,7 @@ def tune_train_main(argv: list[str] | None = None) -> int:
     """argus-tune-train / jobs/tune_train.py."""
     import json
 
-    from argus_platform.tuning.train_search import TuneTrainConfig, tune_train
+    from argus_platform.tuning.tune_train import TuneTrainConfig, tune_train
 
     cfg = parse_config(
         TuneTrainConfig,
