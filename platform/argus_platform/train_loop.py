@@ -39,7 +39,7 @@ from argus_platform.recipe import (
 )
 from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
 from argus_platform.sharding.plan import describe_plan, shard
-from argus_platform.worker import CHECKPOINT_SCORE, Iterate, Report, checkpoint_score, run_ray_worker
+from argus_platform.worker import CHECKPOINT_SCORE, Iterate, Report, finite_score, run_ray_worker
 
 QUIET_BELOW_S = 10.0  # epochs, step lines and evaluations shorter than this print no line of their own
 
@@ -272,7 +272,7 @@ def run_worker(
         validation = run_eval("validation")
         val = validation["model"]["ndcg@10"]
         metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
-        metrics[CHECKPOINT_SCORE] = checkpoint_score(val)
+        metrics[CHECKPOINT_SCORE] = finite_score(val)
         curves.scalars(state.epoch, {f"validation/{k}": v for k, v in validation["model"].items()})
         state.history.append(
             {

@@ -24,7 +24,7 @@ SPLITS = ("train", "validation", "test")
 CHECKPOINT_SCORE = "checkpoint_score"
 
 
-def checkpoint_score(value: float) -> float:
+def finite_score(value: float) -> float:
     """A validation figure as the checkpoint score: NaN (no positives to score) ranks last."""
     return float(value) if math.isfinite(value) else -1.0
 

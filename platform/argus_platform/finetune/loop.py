@@ -31,7 +31,7 @@ from argus_platform.finetune.config import FinetuneConfig
 from argus_platform.precision import resolve_precision
 from argus_platform.sharding.gather import gather_tables
 from argus_platform.sharding.plan import ShardedTask, shard
-from argus_platform.worker import CHECKPOINT_SCORE, Iterate, Report, checkpoint_score, run_ray_worker
+from argus_platform.worker import CHECKPOINT_SCORE, Iterate, Report, finite_score, run_ray_worker
 
 
 def _say(msg: str) -> None:
@@ -187,7 +187,7 @@ def run_slate_worker(
                 {
                     "epoch": state.epoch,
                     f"validation/{key}": val,
-                    CHECKPOINT_SCORE: checkpoint_score(val),
+                    CHECKPOINT_SCORE: finite_score(val),
                     "final": final,
                 },
                 Path(tmp),

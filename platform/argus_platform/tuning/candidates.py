@@ -3,8 +3,7 @@ for that user plus the item the user actually engaged with next, with the model'
 what the user did (observed) and, on synthetic data, E[a] from the simulator (oracle).
 
 Scored once with Ray Data (one pass over every split; an actor pool, each actor with the checkpoint
-loaded) and cached as .npz;
-every trial of the search then only re-weights these arrays.
+loaded) and cached as .npz; every trial of the search then only re-weights these arrays.
 """
 
 from __future__ import annotations
