@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from argus_platform.bench_scale import ScaleBenchConfig, bench, format_tables
 from argus_platform.cli import parse_config
 from argus_platform.configlib import ConfigError
-from argus_platform.scale import ScaleBenchConfig, bench, format_tables
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,8 @@ import ray
 from argus_platform.cli import parse_config_and_args
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config
-from argus_platform.trainer import train
-from argus_serve.bench import ServeBenchConfig, benchmark, format_result
+from argus_platform.train_argus import train
+from argus_serve.bench_serve import ServeBenchConfig, benchmark, format_result
 from argus_serve.launch import SERVE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from argus_platform.bench_torchrec import measure, prepared_batches
 from argus_platform.cli import parse_config_and_args
 from argus_platform.config import TrainJobConfig
 from argus_platform.data.prepare import prepare_data
-from argus_platform.torchrec_overhead import measure, prepared_batches
+from argus_platform.train_argus import model_schema
 from argus_platform.train_loop import make_collators
-from argus_platform.trainer import model_schema
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,11 +15,11 @@ from dataclasses import asdict, replace
 
 import torch
 
+from argus_platform.bench_train import measure
 from argus_platform.cli import parse_config_and_args
 from argus_platform.config import TrainJobConfig
-from argus_platform.planning import planning_schema
+from argus_platform.plan_argus import planning_schema
 from argus_platform.precision import resolve_precision
-from argus_platform.throughput import measure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

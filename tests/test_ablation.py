@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import TINY_TRAIN
 
-from argus_platform.ablation import AblationConfig, ablate, variant_overrides
+from argus_platform.ablate_argus import AblationConfig, ablate, variant_overrides
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError
 

@@ -170,23 +170,23 @@ def test_splits_reach_ray_data_whole_and_in_file_blocks(ray_local, tmp_path, mon
     storage. Both give the same rows."""
     from ray.data.dataset import MaterializedDataset
 
-    from argus_platform import trainer
+    from argus_platform import train_argus
 
     path = tmp_path / "split"
     path.mkdir()
     frame = pd.DataFrame({"user_idx": np.arange(10), "item_id": [[i, i + 1] for i in range(10)]})
     for i, part in enumerate((frame[:3], frame[3:])):
         pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path / f"part-{i}.parquet")
-    small = trainer.split_dataset(str(path))
+    small = train_argus.split_dataset(str(path))
     assert small.num_blocks() == 2
     assert small.to_pandas().sort_values("user_idx")["user_idx"].tolist() == list(range(10))
-    monkeypatch.setattr(trainer, "MATERIALIZE_BELOW_BYTES", 1)
-    large = trainer.split_dataset(str(path))
+    monkeypatch.setattr(train_argus, "MATERIALIZE_BELOW_BYTES", 1)
+    large = train_argus.split_dataset(str(path))
     assert sorted(large.to_pandas()["user_idx"]) == list(range(10))
     assert isinstance(small, MaterializedDataset) and not isinstance(large, MaterializedDataset)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty holds no Parquet files"):
-        trainer.split_dataset(str(tmp_path / "empty"))
+        train_argus.split_dataset(str(tmp_path / "empty"))
 
 
 def test_temporal_split(ray_local, tmp_path):

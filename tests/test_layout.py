@@ -54,3 +54,24 @@ def test_the_data_code_does_not_import_the_job_config():
     for path in (ROOT / "platform" / "argus_platform" / "data").rglob("*.py"):
         modules = {node.module for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)}
         assert "argus_platform.config" not in modules, f"{path} imports argus_platform.config"
+
+
+# The jobs whose file holds all there is of them (a generator's CLI around `data.synthetic.generate`).
+SELF_CONTAINED_JOBS = {"bench_synthetic"}
+
+
+def test_every_job_has_a_driver_of_its_name():
+    """jobs/<job>.py is a thin file; the code it runs lives in a module of the same name (`<area>/<job>.py`)
+    that it imports, so the driver of any job is found by its file name."""
+    modules = {p.stem: p for root in ("platform", "serve") for p in (ROOT / root).rglob("*.py")}
+    for job in sorted((ROOT / "jobs").glob("*.py")):
+        if job.stem in SELF_CONTAINED_JOBS:
+            continue
+        assert job.stem in modules, f"jobs/{job.name} has no driver module {job.stem}.py under platform/ or serve/"
+        driver = modules[job.stem].relative_to(ROOT).parts[1:]  # argus_platform/.../<job>.py
+        dotted = ".".join(driver)[: -len(".py")]
+        imported = {n.module for n in ast.walk(ast.parse(job.read_text())) if isinstance(n, ast.ImportFrom)}
+        cli = (ROOT / "platform" / "argus_platform" / "cli.py").read_text()
+        assert dotted in imported or ("argus_platform.cli" in imported and dotted in cli), (
+            f"jobs/{job.name} does not run {dotted} (directly or through argus_platform.cli)"
+        )

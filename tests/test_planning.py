@@ -14,7 +14,7 @@ from argus_models.model import ArgusDenseArch, count_parameters, embedding_confi
 from argus_models.sizing import dense_parameter_count
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
-from argus_platform.planning import Cluster, GiB, plan_cluster, planning_schema
+from argus_platform.plan_argus import Cluster, GiB, plan_cluster, planning_schema
 
 PRESETS = {"argus-3m": 3e6, "argus-30m": 30e6, "argus-300m": 300e6, "argus-1b": 1e9}
 

@@ -51,7 +51,7 @@ def test_stolen_cpu_on_this_machine_is_a_share():
 
 
 def test_scale_table_marks_a_missing_steal_figure():
-    from argus_platform.scale import COLUMNS, format_tables
+    from argus_platform.bench_scale import COLUMNS, format_tables
 
     row = {key: 1 for key, _, _ in COLUMNS} | {"epoch_cpu_stolen_pct": None}
     table = format_tables({"points": [row, row | {"epoch_cpu_stolen_pct": 12.5}], "growth": []}).splitlines()

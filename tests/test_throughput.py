@@ -8,10 +8,10 @@ import torch
 from conftest import ROOT
 
 from argus_models.sizing import dense_parameter_count
+from argus_platform.bench_train import flops_per_token, measure
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config
-from argus_platform.planning import planning_schema
-from argus_platform.throughput import flops_per_token, measure
+from argus_platform.plan_argus import planning_schema
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
 

@@ -7,12 +7,12 @@ from conftest import TINY_TRAIN
 
 
 def test_plain_tables_and_torchrec_train_identically(tmp_path):
+    from argus_platform.bench_torchrec import measure, prepared_batches
     from argus_platform.config import TrainJobConfig
     from argus_platform.configlib import load_config
     from argus_platform.data.prepare import prepare_data
-    from argus_platform.torchrec_overhead import measure, prepared_batches
+    from argus_platform.train_argus import model_schema
     from argus_platform.train_loop import make_collators
-    from argus_platform.trainer import model_schema
 
     cfg = load_config(
         TrainJobConfig, overrides=[o for o in TINY_TRAIN if not o.startswith("scaling")] + ["model.dropout=0.0"]

@@ -66,7 +66,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from argus_platform.data.quarantine import TooManyBadRows
     from argus_platform.data.sources import DataSourceError
     from argus_platform.torchrun import run_torchrun, under_torchrun
-    from argus_platform.trainer import format_summary, train
+    from argus_platform.train_argus import format_summary, train
 
     cfg = parse_config(
         TrainJobConfig, "Train an ARGUS-style recommender on Ray Train with TorchRec-sharded embedding tables.", argv
@@ -153,7 +153,7 @@ def tune_train_main(argv: list[str] | None = None) -> int:
 def plan_main(argv: list[str] | None = None) -> int:
     """argus-plan / jobs/plan_argus.py."""
     from argus_platform.config import TrainJobConfig
-    from argus_platform.planning import Cluster, format_cluster_plan, plan_cluster, planning_schema
+    from argus_platform.plan_argus import Cluster, format_cluster_plan, plan_cluster, planning_schema
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--world-size", type=int, default=8, help="GPUs in the job (default 8)")
@@ -195,7 +195,7 @@ def plan_main(argv: list[str] | None = None) -> int:
 
 def ablate_main(argv: list[str] | None = None) -> int:
     """argus-ablate / jobs/ablate_argus.py."""
-    from argus_platform.ablation import AblationConfig, ablate, format_table
+    from argus_platform.ablate_argus import AblationConfig, ablate, format_table
     from argus_platform.data.quarantine import TooManyBadRows
     from argus_platform.data.sources import DataSourceError
 

@@ -71,7 +71,8 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
         import ray
 
         from argus_platform.data.prepare import prepare_data
-        from argus_platform.trainer import init_ray, model_schema
+        from argus_platform.raytrain import init_ray
+        from argus_platform.train_argus import model_schema
 
         init_ray(cfg.scaling.local_num_cpus)
         prepared = prepare_data(cfg.data, run_dir)

@@ -4,10 +4,7 @@ logic and takes its data and reporting as arguments so it can run without Ray (t
 
 from __future__ import annotations
 
-import logging
-import tempfile
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,15 +18,15 @@ from argus_models.config import ModelSchema
 from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
 from argus_platform.catalogue_ranking import catalogue_shard
-from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from argus_platform.checkpoint import TrainState, load_checkpoint
 from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import LossConfig, TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
 from argus_platform.curves import CURVES, Curves, plot_curves
 from argus_platform.data.history_stats import history_stats
 from argus_platform.data.prepare import load_prepared
+from argus_platform.epoch import EpochStats, checkpoint_and_report, improved, say, start_worker, train_epoch
 from argus_platform.evaluation import evaluate, user_sample
-from argus_platform.precision import resolve_precision
 from argus_platform.progress import Progress, StolenCpu, duration
 from argus_platform.recipe import (
     choose_next_item_loss,
@@ -42,11 +39,6 @@ from argus_platform.sharding.plan import describe_plan, shard
 from argus_platform.worker import CHECKPOINT_SCORE, Iterate, Report, finite_score, run_ray_worker
 
 QUIET_BELOW_S = 10.0  # epochs, step lines and evaluations shorter than this print no line of their own
-
-
-def _say(rank: int, msg: str) -> None:
-    if rank == 0:
-        print(msg, flush=True)
 
 
 def make_collators(
@@ -73,14 +65,8 @@ def run_worker(
     cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir: Path | None, report: Report, device: torch.device
 ) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
-    # TorchRec's pipeline logs every drained batch at INFO; keep worker output to our progress lines.
-    for noisy in ("torchrec", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg.scaling.apply_to_process()
-    torch.manual_seed(cfg.optim.seed + rank)
-    precision, why = resolve_precision(cfg.optim.precision, device)
+    precision = start_worker(cfg, cfg.optim.seed, device)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
-    _say(rank, f"[argus] precision: {precision} ({why})")
     prepared = load_prepared(run_dir)
     schema = ModelSchema.load(run_dir / "schema.json")
     histories = prepared.summary.get("train_histories") or history_stats(prepared.paths["train"])
@@ -97,20 +83,20 @@ def run_worker(
 
     cfg, chosen = resolve_data_choices(cfg, histories, choose_loss, schema.num_items)
     for line in chosen:
-        _say(rank, f"[argus] {line}")
+        say(f"[argus] {line}")
     counts = torch.from_numpy(prepared.item_counts)
     codes = prepared.item_features.codes if prepared.item_features else None
     hashes = catalogue_hash_codes(prepared.vocab.items, schema.item_hash_buckets) if schema.item_hash_buckets else None
     sharded = shard(cfg, schema, counts, device, item_codes=codes, item_hashes=hashes)
-    _say(rank, f"[argus] sharding plan ({world} x {device.type}):\n{describe_plan(sharded.plan)}")
+    say(f"[argus] sharding plan ({world} x {device.type}):\n{describe_plan(sharded.plan)}")
     dense_params = count_parameters(sharded.dense)
-    _say(rank, f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
+    say(f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
     state = TrainState()
     curves = Curves(run_dir, rank == 0)
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, sharded)
         state.resumed_at_epochs.append(state.epoch)
-        _say(rank, f"[argus] resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
+        say(f"[argus] resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
     train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank, hashes)
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)
     o = cfg.optim
@@ -119,75 +105,68 @@ def run_worker(
     steps_per_epoch = max(1, prepared.summary["rows"]["train"] // (o.batch_size * world))
     budget = Budget(o, state)
     if budget.needs_plan:
-        _say(
-            rank,
+        say(
             f"[argus] epochs: fitted into the time budget of {o.time_budget_minutes:g} min after epoch 1 "
             f"and its evaluation",
         )
     started, start_epoch = time.time(), state.epoch  # the run's ETA at each epoch's end
     while state.epoch < budget.epochs:
         epoch = state.epoch
-        sharded.model.train()
-        pipeline.reset()
         # Same bucket order on every rank: workers wait for each other every step, so they should be
         # stepping through batches of similar length at the same time.
         bucket_rng = np.random.default_rng([o.seed, epoch])
-        seen_events = [0]
+        seen_events, factor, last_line = [0], [1.0], [time.time()]
+        stolen = StolenCpu()
 
         def collate(table: pa.Table):
             batch = train_collate(table)
             seen_events[0] += int((batch.lengths - 1).clamp_min(0).sum())  # positions the step predicts
             return batch
 
-        waited = [0.0]
-        batches = map(
-            collate,
-            _timed(length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng), waited),
-        )
-        t0, n_steps, loss_sum, stolen = time.time(), 0, 0.0, StolenCpu()
-        last_line = [t0]
-        out_of_time = False
-        while True:
-            factor = lr_factor(
+        def set_lr() -> None:
+            factor[0] = lr_factor(
                 state.step, o.warmup_steps, budget.total_steps(steps_per_epoch), o.lr_schedule, o.min_lr_ratio
             )
             for group in sharded.dense_optimizer.param_groups:
-                group["lr"] = o.dense_lr * factor
+                group["lr"] = o.dense_lr * factor[0]
             for group in sharded.model.fused_optimizer.param_groups:
-                group["lr"] = o.sparse_lr * factor
-            try:
-                logs = pipeline.progress(batches)
-            except StopIteration:
-                break
+                group["lr"] = o.sparse_lr * factor[0]
+
+        def after_step(stats: EpochStats, elapsed: float) -> bool:
             state.step += 1
-            n_steps += 1
-            loss_sum += float(logs["loss"])
-            if o.time_budget_minutes and n_steps % 10 == 0 and _over_budget(budget.over(time.time() - t0), device):
-                out_of_time = True
-                break
+            n = stats.steps
+            if o.time_budget_minutes and n % 10 == 0 and _over_budget(budget.over(elapsed), device):
+                return True
             if o.log_every_steps and state.step % o.log_every_steps == 0:
+                logs = stats.logs
                 curves.scalars(
                     state.step,
                     {f"train/{k}": v for k, v in logs.items()}
-                    | {"lr/dense": o.dense_lr * factor, "lr/sparse": o.sparse_lr * factor},
+                    | {"lr/dense": o.dense_lr * factor[0], "lr/sparse": o.sparse_lr * factor[0]},
                 )
                 if time.time() - last_line[0] >= QUIET_BELOW_S:  # short epochs: their end line is enough
                     last_line[0] = time.time()
                     parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
-                    rate = n_steps / max(time.time() - t0, 1e-9)
-                    left = max(steps_per_epoch - n_steps, 0) / rate  # steps_per_epoch: estimated, then the last's
-                    _say(
-                        rank,
-                        f"[argus] epoch {epoch + 1}/{budget.epochs_label} step {n_steps}/~{steps_per_epoch} {parts} "
-                        f"({rate:.1f} steps/s, epoch ETA {duration(left)})",
+                    rate = n / max(elapsed, 1e-9)
+                    left = max(steps_per_epoch - n, 0) / rate  # steps_per_epoch: estimated, then the last's
+                    say(
+                        f"[argus] epoch {epoch + 1}/{budget.epochs_label} step {n}/~{steps_per_epoch} {parts} "
+                        f"({rate:.1f} steps/s, epoch ETA {duration(left)})"
                     )
-        if n_steps == 0:
-            raise RuntimeError(
-                "no training batches: the train split is smaller than one batch per worker; lower optim.batch_size"
-            )
+            return False
+
+        stats = train_epoch(
+            pipeline,
+            sharded.model,
+            length_buckets(iterate("train", o.batch_size), o.length_buckets, window, bucket_rng),
+            collate,
+            "the train split is smaller than one batch per worker; lower optim.batch_size",
+            set_lr,
+            after_step,
+        )
+        out_of_time, n_steps, seconds = stats.stopped, stats.steps, stats.seconds
         state.epoch = epoch + 1
         steps_per_epoch = n_steps
-        seconds = time.time() - t0
         if o.time_budget_minutes and not out_of_time:  # the epoch's end is a step boundary too
             out_of_time = _over_budget(budget.over(seconds), device)
         state.train_seconds += seconds
@@ -196,13 +175,13 @@ def run_worker(
         metrics = {
             "epoch": state.epoch,
             "step": state.step,
-            "train_loss": loss_sum / n_steps,
+            "train_loss": stats.mean_loss,
             "epoch_seconds": seconds,
             "train_events": int(events.item()),
             "train_events_per_second": events.item() / seconds,
-            "input_wait_seconds": waited[0],
+            "input_wait_seconds": stats.input_wait_seconds,
             "cpu_stolen_fraction": stolen.fraction(),
-            "lr_factor": factor,
+            "lr_factor": factor[0],
         }
         state.train_losses.append([state.epoch, round(metrics["train_loss"], 6)])
         curves.scalars(
@@ -219,24 +198,22 @@ def run_worker(
         if not budget.needs_plan and state.epoch < budget.epochs:  # the run's ETA from its epochs and evaluations
             per_epoch = (time.time() - started) / (state.epoch - start_epoch)
             to_go = f"; about {duration((budget.epochs - state.epoch) * per_epoch)} to go"
-        evaluated = not state.epoch % budget.eval_every or state.epoch >= budget.epochs
-        if evaluated or seconds >= QUIET_BELOW_S or budget.needs_plan:  # short epochs: the evaluated ones
-            _say(
-                rank,
-                f"[argus] epoch {state.epoch} done: train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, "
-                f"{metrics['train_events_per_second']:,.0f} events/s, {waited[0]:.1f}s of it waiting for input{steal})"
-                f"{to_go}",
-            )
+        epoch_line = (
+            f"train_loss={metrics['train_loss']:.4f} ({seconds:.1f}s, {metrics['train_events_per_second']:,.0f} "
+            f"events/s, {stats.input_wait_seconds:.1f}s of it waiting for input{steal})"
+        )
+        # A short epoch has no line of its own: an evaluated one tells its figures with its validation line.
+        folded = seconds < QUIET_BELOW_S and not budget.needs_plan
+        if not folded:
+            say(f"[argus] epoch {state.epoch} done: {epoch_line}{to_go}")
         if out_of_time:
-            _say(
-                rank,
+            say(
                 f"[argus] time budget of {o.time_budget_minutes:g} min {budget.counts} reached after "
                 f"{state.step} steps (epoch {state.epoch}, {n_steps} of its steps)",
             )
         elif budget.fitted and state.epoch < budget.epochs and _over_budget(budget.no_room_for_another(), device):
             out_of_time = True  # the epochs so far ran slower than planned: this one is the last
-            _say(
-                rank,
+            say(
                 f"[argus] time budget of {o.time_budget_minutes:g} min: no room for epoch {state.epoch + 1}; "
                 f"evaluating epoch {state.epoch} as the last",
             )
@@ -291,19 +268,15 @@ def run_worker(
                 },
             }
         )
-        if val > state.best_validation:
+        if improved(state, val):
             # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
-            # Every rank holds the same reduced `val`, so all of them take this (collective) branch.
             test = run_eval("test")
             state.history[-1]["test_seconds"] = metrics["test_seconds"]
-            state.best_validation, state.best_epoch, state.evals_without_gain = val, state.epoch, 0
             state.best_metrics = {
                 "validation": validation["model"],
                 "test": test["model"],
                 "baselines": {"popularity": {"validation": validation["popularity"], "test": test["popularity"]}},
             }
-        else:
-            state.evals_without_gain += 1
         state.eval_seconds += time.time() - t_eval
         if budget.needs_plan:  # from the slowest rank's times, so that every rank makes the same plan
             times = torch.tensor(
@@ -314,8 +287,7 @@ def run_worker(
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
             epoch_s, eval_s, spent = times.tolist()
             plan = budget.fit(epoch_s, eval_s, spent)
-            _say(
-                rank,
+            say(
                 f"[argus] time budget of {o.time_budget_minutes:g} min (steps and evaluations): epoch 1 took "
                 f"{epoch_s:.0f}s, its evaluation {eval_s:.0f}s -> {plan.epochs} epochs, validation every "
                 f"{plan.eval_every} (expected {plan.seconds / 60:.1f} min)",
@@ -323,43 +295,26 @@ def run_worker(
             last = state.epoch >= budget.epochs
         metrics["final"] = _final(cfg, state)  # the checkpoint's metrics carry the run's result so far
         pop = validation["popularity"]["ndcg@10"]
-        _say(
-            rank,
+        say(
             f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} ±{validation['model']['ndcg@10_se']:.4f} "
             f"hr@10={validation['model']['hr@10']:.4f} "
-            f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})",
+            f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})"
+            + (f"; {epoch_line}{to_go}" if folded else ""),
         )
-        t_ckpt = time.time()
-        with tempfile.TemporaryDirectory(prefix="argus-ckpt-") as tmp:
-            save_checkpoint(Path(tmp), sharded, state, cfg, run_dir, rank)
-            report(metrics, Path(tmp))
+        saved = checkpoint_and_report(sharded, state, cfg, run_dir, metrics, report)
         # the budget of a fitted run counts checkpoints with the evaluations (after the save: not in this checkpoint)
-        state.history[-1]["checkpoint_seconds"] = round(time.time() - t_ckpt, 2)
-        state.eval_seconds += time.time() - t_ckpt
+        state.history[-1]["checkpoint_seconds"] = round(saved, 2)
+        state.eval_seconds += saved
         if out_of_time or last:
             break
         if o.early_stopping_patience and state.evals_without_gain >= o.early_stopping_patience:
-            _say(rank, f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
+            say(f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
             break
     curves.close()
     if rank == 0:
         title = f"{run_dir.name}: best validation NDCG@10 {state.best_validation:.4f} at epoch {state.best_epoch}"
         plot_curves(state.train_losses, state.history, run_dir / CURVES, title)
     return _final(cfg, state)
-
-
-def _timed(batches: Iterable, waited: list[float]) -> Iterator:
-    """`batches`, adding the seconds spent waiting for each one to waited[0] (an input-bound epoch
-    shows here: the step itself is not counted)."""
-    it = iter(batches)
-    while True:
-        t = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        waited[0] += time.perf_counter() - t
-        yield batch
 
 
 def _collective_device(device: torch.device) -> torch.device | str:

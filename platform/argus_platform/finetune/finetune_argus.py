@@ -15,7 +15,7 @@ from argus_platform.data.prepare import link_prepared, load_prepared
 from argus_platform.finetune.config import FinetuneConfig
 from argus_platform.finetune.loop import slate_loop_per_worker
 from argus_platform.finetune.requests import build_requests, default_impressions
-from argus_platform.trainer import fit, init_ray, make_trainer, say_where_logs_go
+from argus_platform.raytrain import fit, init_ray, make_trainer, say_where_logs_go
 
 
 def finetune(cfg: FinetuneConfig) -> dict:

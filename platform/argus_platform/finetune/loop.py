@@ -3,9 +3,6 @@ evaluate again, checkpoint in the pre-trained format (Serve and Tune load it as 
 
 from __future__ import annotations
 
-import logging
-import tempfile
-import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -21,22 +18,17 @@ from argus_models.config import ModelSchema
 from argus_models.finetune import SlateObjective, SlateTask, pairwise_correct
 from argus_models.losses import feedback_probability
 from argus_models.model import ArgusDenseArch, ArgusSparseArch, lookup_local
-from argus_platform.checkpoint import TrainState, save_checkpoint
+from argus_platform.checkpoint import TrainState
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import from_dict
 from argus_platform.data.prepare import load_prepared
+from argus_platform.epoch import checkpoint_and_report, improved, say, start_worker, train_epoch
 from argus_platform.evaluation import _gather_arrays, auc, normalized_entropy
 from argus_platform.finetune.collate import SlateCollator
 from argus_platform.finetune.config import FinetuneConfig
-from argus_platform.precision import resolve_precision
 from argus_platform.sharding.gather import gather_tables
 from argus_platform.sharding.plan import ShardedTask, shard
 from argus_platform.worker import CHECKPOINT_SCORE, Iterate, Report, finite_score, run_ray_worker
-
-
-def _say(msg: str) -> None:
-    if dist.get_rank() == 0:
-        print(msg, flush=True)
 
 
 def load_weights(checkpoint: Path, sharded: ShardedTask) -> None:
@@ -108,16 +100,9 @@ def run_slate_worker(
     report: Report,
     device: torch.device,
 ) -> dict:
-    for noisy in ("torchrec", "torch.distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    rank = dist.get_rank()
-    train_cfg.scaling.apply_to_process()
-    torch.manual_seed(cfg.seed + rank)
     schema = ModelSchema.load(checkpoint / "schema.json")
     counts = torch.from_numpy(np.load(checkpoint / "train_item_counts.npy"))
-    precision, why = resolve_precision(train_cfg.optim.precision, device)
-    if rank == 0:
-        print(f"[argus] precision: {precision} ({why})", flush=True)
+    precision = start_worker(train_cfg, cfg.seed, device)
     tcfg = replace(
         train_cfg, optim=replace(train_cfg.optim, dense_lr=cfg.dense_lr, sparse_lr=cfg.sparse_lr, precision=precision)
     )
@@ -143,35 +128,27 @@ def run_slate_worker(
         }
 
     before = held_out()
-    _say(f"[finetune] pre-trained: validation {before['validation']}")
+    say(f"[finetune] pre-trained: validation {before['validation']}")
     state = TrainState(best_metrics={"before": before})
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)
     for epoch in range(cfg.epochs):
-        sharded.model.train()
-        pipeline.reset()
-        batches = map(collate, iterate("train", cfg.batch_size))
-        t0, steps, loss_sum = time.time(), 0, 0.0
-        while True:
-            try:
-                logs = pipeline.progress(batches)
-            except StopIteration:
-                break
-            steps, loss_sum = steps + 1, loss_sum + float(logs["loss"])
-        if steps == 0:
-            raise RuntimeError(
-                "no training batches: the training requests are fewer than one batch of users per worker; "
-                "lower batch_size"
-            )
+        stats = train_epoch(
+            pipeline,
+            sharded.model,
+            iterate("train", cfg.batch_size),
+            collate,
+            "the training requests are fewer than one batch of users per worker; lower batch_size",
+        )
+        steps = stats.steps
         state.epoch, state.step = epoch + 1, state.step + steps
         after = held_out()
         val = after["validation"].get(key, float("nan"))
-        _say(
-            f"[finetune] epoch {epoch + 1}/{cfg.epochs}: train loss {loss_sum / max(steps, 1):.4f} ({steps} steps, "
-            f"{time.time() - t0:.1f}s); validation {after['validation']}"
+        say(
+            f"[finetune] epoch {epoch + 1}/{cfg.epochs}: train loss {stats.mean_loss:.4f} ({steps} steps, "
+            f"{stats.seconds:.1f}s); validation {after['validation']}"
         )
         state.history.append({"epoch": state.epoch, "validation": after["validation"]})
-        if val > state.best_validation:
-            state.best_validation, state.best_epoch = val, state.epoch
+        if improved(state, val):
             state.best_metrics = {"before": before, "after": after}
         final = {
             **state.best_metrics,
@@ -181,17 +158,8 @@ def run_slate_worker(
             "selection": f"best validation {key}",
             "requests_outside_window": collate.outside_window,
         }
-        with tempfile.TemporaryDirectory(prefix="argus-ft-") as tmp:
-            save_checkpoint(Path(tmp), sharded, state, tcfg, pretrained_run, rank)
-            report(
-                {
-                    "epoch": state.epoch,
-                    f"validation/{key}": val,
-                    CHECKPOINT_SCORE: finite_score(val),
-                    "final": final,
-                },
-                Path(tmp),
-            )
+        metrics = {"epoch": state.epoch, f"validation/{key}": val, CHECKPOINT_SCORE: finite_score(val), "final": final}
+        checkpoint_and_report(sharded, state, tcfg, pretrained_run, metrics, report)
     return final
 
 

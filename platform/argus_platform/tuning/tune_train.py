@@ -23,7 +23,8 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, from_dict, load_config, to_dict
 from argus_platform.configlib import documented as _help
 from argus_platform.data.prepare import link_prepared, prepare_data
-from argus_platform.trainer import init_ray, say_where_logs_go, train
+from argus_platform.raytrain import init_ray, say_where_logs_go
+from argus_platform.train_argus import train
 from argus_platform.tuning.release import ReleaseWorkersCallback, settle, start_releaser
 
 

@@ -7,7 +7,7 @@ import time
 
 from argus_models.rundir import absolute, resolve_checkpoint, wait_for_run
 from argus_platform.data.prepare import load_prepared
-from argus_platform.trainer import init_ray, say_where_logs_go
+from argus_platform.raytrain import init_ray, say_where_logs_go
 from argus_platform.tuning.candidates import build_candidates
 from argus_platform.tuning.config import TuneWeightsConfig
 from argus_platform.tuning.report import baselines, evaluate_sets, write_outputs

@@ -1,6 +1,6 @@
 """`jobs/bench_scale.py`: the whole training job on synthetic logs of growing size, timed and measured.
 
-Each grid point is a full run (`trainer.train`: generate, prepare, one epoch, validation and test
+Each grid point is a full run (`train_argus.train`: generate, prepare, one epoch, validation and test
 over the full catalogue) in `<out_dir>/<events>x<items>`, while a sampler thread reads the resident
 memory of this process and every process under it (Ray's workers included) once a second. The
 figures per point: generate / prepare / epoch / evaluation seconds, training events/s, peak RSS per
@@ -27,7 +27,8 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help
 from argus_platform.progress import StolenCpu
-from argus_platform.trainer import init_ray, say_where_logs_go, train
+from argus_platform.raytrain import init_ray, say_where_logs_go
+from argus_platform.train_argus import train
 
 
 @dataclass

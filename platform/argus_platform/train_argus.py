@@ -1,73 +1,30 @@
-"""Driver side of the training job: run directory, Ray, data preparation, TorchTrainer, metrics.json."""
+"""Driver of the training job (`jobs/train_argus.py`): run directory, Ray, data preparation,
+the TorchTrainer, metrics.json and the summary table."""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import ray
 import yaml
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-import argus_models
-import argus_platform
 from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
 from argus_models.rundir import CHECKPOINT_GLOB, new_run_dir
-from argus_platform.config import ScalingCfg, TrainJobConfig
+from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
-from argus_platform.console import PROGRESS_LOG, Follow, link_ray_logs
 from argus_platform.data.prepare import PreparedRun, prepare_data
+from argus_platform.raytrain import fit, init_ray, make_trainer, say_where_logs_go
 from argus_platform.sharding.plan import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
-from argus_platform.worker import CHECKPOINT_SCORE
-
-# Shipped to every Ray worker, so a cluster without the project installed can import it.
-PACKAGES = [Path(argus_platform.__file__).resolve().parent, Path(argus_models.__file__).resolve().parent]
 
 
 def resolve_run_dir(cfg: TrainJobConfig) -> Path:
     """`run.dir`, else runs/argus-<time>; relative paths resolve against $ARGUS_HOME (else the working
     directory), as Serve and Tune resolve them, so all three agree on where runs live."""
     return new_run_dir(cfg.run.dir)
-
-
-_QUIET = {"ray": False}  # whether the Ray this process started keeps workers' output off the terminal
-
-
-def init_ray(local_num_cpus: int, quiet: bool = False) -> None:
-    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`; `RAY_ADDRESS=auto` for a
-    `ray start` cluster on this machine); otherwise start a fresh local Ray with more logical CPUs
-    than the workers take, so Ray Data keeps a budget. Never guesses from leftover session files.
-    `quiet`: workers' and actors' output stays in Ray's log files (`argus_platform.console`)."""
-    ray.data.DataContext.get_current().enable_progress_bars = False  # per process: Tune trials too
-    if ray.is_initialized():
-        return
-    _QUIET["ray"] = quiet
-    if quiet:  # Ray Data logs each execution plan and its end at INFO in the driver (prepare, evaluation)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    # Train V2 re-routes print() through its logger, which doubles progress lines on the driver.
-    runtime_env = {"py_modules": [str(p) for p in PACKAGES], "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(
-            runtime_env=runtime_env, log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO
-        )
-        print(f"[argus] joined the Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
-    else:
-        runtime_env["worker_process_setup_hook"] = "argus_platform.rayhooks.quiet_placement_group_cleaner"
-        ray.init(
-            address="local",
-            num_cpus=local_num_cpus,
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=not quiet,
-            logging_level=logging.WARNING if quiet else logging.INFO,
-        )
-        print(f"[argus] started a local Ray with {local_num_cpus} logical CPUs", flush=True)
 
 
 def model_schema(prepared: PreparedRun, model: ModelConfig) -> ModelSchema:
@@ -78,29 +35,6 @@ def model_schema(prepared: PreparedRun, model: ModelConfig) -> ModelSchema:
         item_features=prepared.item_features.features if prepared.item_features else [],
         item_hash_buckets=multi_hash_buckets(model),
     )
-
-
-class SplitConfig(DataConfig):
-    """Ray Train's dataset sharding, with nothing lost from the held-out splits.
-
-    `train` is split into equal shards (every worker takes the same number of steps, as DDP needs);
-    the other splits are split without `equal`, because evening the shards drops up to
-    world_size − 1 rows — users missing from validation and test. Evaluation only reduces sums
-    once at the end, so unequal shards are fine there."""
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        # Ray Train V2 configures one dataset per call; V1 passes them all at once.
-        evenly = {n: ds for n, ds in datasets.items() if n == "train"}
-        output = super().configure(evenly, world_size, worker_handles, worker_node_ids, **kwargs)
-        for name, ds in datasets.items():
-            if name in evenly:
-                continue
-            ds = ds.copy(ds)
-            ds.set_name(name)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            for rank, split in enumerate(ds.streaming_split(world_size, equal=False)):
-                output[rank][name] = split
-        return output
 
 
 MATERIALIZE_BELOW_BYTES = 128 << 20  # larger splits stream, so the driver never holds a large log
@@ -188,62 +122,6 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     final["seconds"] = round(time.time() - started, 1)
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
     return final
-
-
-def make_trainer(
-    loop,
-    loop_config: dict,
-    scaling: ScalingCfg,
-    run_dir: Path,
-    datasets: dict,
-    keep: int,
-    max_failures: int = 0,
-    callbacks: list | None = None,
-) -> TorchTrainer:
-    """The TorchTrainer of a job (pre-training and fine-tuning): `loop` on `scaling.num_workers`
-    workers, checkpoints in `run_dir` (the `keep` best by the reported `checkpoint_score` and the
-    latest), the splits sharded by `SplitConfig`."""
-    return TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
-            # the best `keep` by the loop's validation score, and always the latest (Ray Train keeps it)
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=keep, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order="max"
-            ),
-            failure_config=FailureConfig(max_failures=max_failures),
-            callbacks=callbacks or None,
-        ),
-        datasets=datasets,
-        dataset_config=SplitConfig(),
-    )
-
-
-def say_where_logs_go(run_dir: Path, verbose_key: str, prefix: str = "[argus]") -> None:
-    """With a quiet Ray: link Ray's session logs into <run dir>/logs and say so."""
-    if _QUIET["ray"]:
-        where = link_ray_logs(run_dir)
-        print(
-            f"{prefix} Ray's, Ray Data's and the workers' own output: {where or 'the cluster (ray logs)'} "
-            f"({verbose_key} prints it here)",
-            flush=True,
-        )
-
-
-def fit(trainer, run_dir: Path):
-    """`trainer.fit()`; with a quiet Ray the workers' output stays in Ray's logs, and rank 0's
-    progress lines are printed from <run dir>/logs/progress.log (`console.tee_progress`)."""
-    if not _QUIET["ray"]:
-        return trainer.fit()
-    with Follow(run_dir / PROGRESS_LOG):
-        return trainer.fit()
 
 
 def format_summary(final: dict) -> str:

@@ -1,7 +1,7 @@
 """`jobs/ablate_argus.py`: train the same data and budget under several loss / negative / token
 variants and tabulate the test metrics (the ablation tables of jobs/README.md come from here).
 
-Each variant is a full training run (`trainer.train`) in `<out_dir>/<variant>`; data is prepared
+Each variant is a full training run (`train_argus.train`) in `<out_dir>/<variant>`; data is prepared
 once and linked into every run. A variant whose `metrics.json` exists is not run again, so an
 interrupted ablation continues where it stopped.
 """
@@ -17,7 +17,8 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, load_config
 from argus_platform.configlib import documented as _help
 from argus_platform.data.prepare import link_prepared, prepare_data
-from argus_platform.trainer import init_ray, say_where_logs_go, train
+from argus_platform.raytrain import init_ray, say_where_logs_go
+from argus_platform.train_argus import train
 
 
 def variant_overrides(name: str, base: TrainJobConfig) -> list[str]:
