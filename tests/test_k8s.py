@@ -392,10 +392,11 @@ def test_rayservice_runs_the_local_serve_app_with_autoscaled_retriever_and_ranke
         "max_queued_requests",
         "backpressure_config",
     )  # 503 + Retry-After above the bound
-    local_ingress = next(d for d in local["deployments"] if d["name"] == "Ingress")
-    assert {k: deployments["Ingress"][k] for k in overload} == {k: local_ingress[k] for k in overload}
+    local_ingress = next(d for d in local["deployments"] if d["name"] == "Retriever")  # it answers HTTP
+    assert {k: deployments["Retriever"][k] for k in overload} == {k: local_ingress[k] for k in overload}
     assert (
-        deployments["Ingress"]["autoscaling_config"]["target_ongoing_requests"] <= local_ingress["max_ongoing_requests"]
+        deployments["Retriever"]["autoscaling_config"]["target_ongoing_requests"]
+        <= local_ingress["max_ongoing_requests"]
     )
     for name in ("Retriever", "Ranker"):
         auto = deployments[name]["autoscaling_config"]

@@ -121,7 +121,7 @@ def test_known_user_round_trip_gives_the_checkpoints_scores(service):
 
 def test_concurrent_requests_batch_without_changing_anyones_scores(service):
     rows, _ = _user_rows(service.run_dir)
-    users = sorted(rows)[:8]  # within the Ingress's bound of 8 in the handlers (more would be refused, 503)
+    users = sorted(rows)[:8]  # within the Retriever's bound of 8 in the handlers (more would be refused, 503)
     alone = [service.recommend({"user_id": u, "k": 10, "debug": True}).json() for u in users]
     # as shipped batches never wait (timeout 0) and only form when requests queue; waiting 50 ms
     # makes 8 concurrent requests meet in a batch whatever the host's speed
@@ -188,11 +188,13 @@ def test_bad_input_gets_a_4xx_with_the_reason_and_the_service_stays_up(service, 
 def test_health_docs_and_openapi(service):
     h = service.health()
     assert h["status"] == "ok" and h["ranker"]["weights"] == YAML_WEIGHTS and h["retriever"]["index"] == "sq8-rescored"
-    store = h["ingress"]["user_store"]
+    store = h["retriever"]["user_store"]
     assert (
         store["users"] == h["users"] and store["file"].endswith("serving/user_store.arrow") and store["file_bytes"] > 0
     )
-    assert min(h["ingress"]["rss_bytes"], h["retriever"]["rss_bytes"], h["ranker"]["rss_bytes"]) > 0
+    assert (
+        min(h["retriever"]["rss_bytes"], h["ranker"]["rss_bytes"]) > 0 and h["retriever"]["pid"] != h["ranker"]["pid"]
+    )
     assert requests.get(f"{service.url}/docs", timeout=10).status_code == 200
     spec = requests.get(f"{service.url}/openapi.json", timeout=10).json()
     assert "/v1/recommend" in spec["paths"] and "RecommendResponse" in spec["components"]["schemas"]
@@ -269,13 +271,13 @@ def test_load_generator_reports_rates_and_percentiles(service):
 
 
 def test_overload_is_refused_at_once_with_503_and_retry_after_and_the_service_stays_up(service):
-    """Above the Ingress's bound (max_ongoing_requests in the handlers + max_queued_requests waiting)
+    """Above the Retriever's bound (max_ongoing_requests in the handlers + max_queued_requests waiting)
     a request gets 503 with Retry-After at once; those let in are answered, and afterwards all is well."""
     from argus_serve.loadgen import run_load, summarize
 
     rows, _ = _user_rows(service.run_dir)
     users = sorted(rows)
-    service.deploy(deployment_options={"Ingress": {"max_ongoing_requests": 1, "max_queued_requests": 1}})
+    service.deploy(deployment_options={"Retriever": {"max_ongoing_requests": 1, "max_queued_requests": 1}})
     try:
         e = summarize(
             run_load(f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)]}, rps=400, seconds=0.5)

@@ -3,7 +3,7 @@
     import_path: argus_serve.app:build_app
     args: {checkpoint: runs/<run dir>}        # or a checkpoint dir; omitted = newest run under runs/
 
-Ingress ──handle──▶ Retriever ──(candidates)──▶ Ingress ──handle──▶ Ranker
+HTTP ──▶ Retriever (the ingress: validation, user store, retrieval) ──handle──▶ Ranker
 """
 
 # No `from __future__ import annotations` here: Serve reads the builder's annotation at runtime
@@ -15,7 +15,7 @@ from ray.serve import Application
 
 from argus_serve.artifacts import resolve_checkpoint, wait_for_run
 from argus_serve.deployments import Ranker, Retriever
-from argus_serve.ingress import Ingress, Limits
+from argus_serve.ingress import Limits
 
 log = logging.getLogger("ray.serve")
 
@@ -59,6 +59,5 @@ def build_app(args: AppArgs) -> Application:
         "max_exclude": args.max_exclude,
         "max_body_bytes": args.max_body_bytes,
     }
-    retriever = Retriever.bind(checkpoint, args.torch_threads)
     ranker = Ranker.bind(checkpoint, args.torch_threads)
-    return Ingress.bind(checkpoint, retriever, ranker, limits)
+    return Retriever.bind(checkpoint, ranker, args.torch_threads, limits)

@@ -42,7 +42,7 @@ def _machine_ticks() -> tuple[int, int]:
 
 
 def processes_by_role(roles: set[str]) -> dict[str, list[int]]:
-    """{role: [pid, ...]} of the running processes in `roles` (e.g. {"ingress", "retriever", "proxy"})."""
+    """{role: [pid, ...]} of the running processes in `roles` (e.g. {"retriever", "ranker", "proxy"})."""
     me, out = os.getpid(), {}
     for proc in psutil.process_iter():
         role = _role(proc, me)

@@ -1,17 +1,24 @@
-"""The model deployments. Each is scaled on its own and holds its own copy of the checkpoint.
+"""The two deployments. Each is scaled on its own and holds its own copy of the checkpoint.
 
-Retriever: history → query vector → top-N candidates (exact or FAISS), seen/excluded removed.
+Retriever: the HTTP ingress (ingress.py's FastAPI app: validation, raw ids, the user store) and
+           retrieval: history → query vector → top-N candidates (exact or FAISS), seen/excluded
+           removed; then one handle call to the Ranker, whose result it returns in raw ids.
 Ranker:    history + candidates → P(a) per candidate → Σ_a w_a·P(a) → diversity → top-k.
            The encoder runs once per request: the Retriever hands its encoder state to the
            Ranker with the candidates, used when both serve the same model version.
+
+Retrieval is in the replica that answers HTTP because each hop between deployments costs CPU
+(serialization, gRPC, the replica's request machinery) comparable to the model work itself: on
+2 cores, a separate ingress deployment took a quarter of the CPU per request (serve/README.md).
 
 Both batch concurrent requests with `@serve.batch` and reload through `user_config`: a new
 `checkpoint` (same vocabulary as the app was started with) or, for the Ranker, new weights. A
 reload that fails keeps what was loaded, logs why and reports it in `status()`.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real request/response classes
+# on the methods that `serve.ingress` wraps.
+import gc
 import logging
 import os
 import time
@@ -22,10 +29,14 @@ from typing import Literal
 import numpy as np
 import psutil
 import torch
+from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
 
 from argus_models.inference import Events, action_probabilities, build_index, combine, encode_next
+from argus_serve.api import RecommendRequest, RecommendResponse
 from argus_serve.artifacts import (
     ServingModel,
     absolute,
@@ -34,6 +45,7 @@ from argus_serve.artifacts import (
     run_dir_of,
     serving_dir,
 )
+from argus_serve.ingress import BadRequest, Limits, RequestReader, api
 from argus_serve.scoring import Ranked, diversify, item_groups
 from argus_serve.weights import ScoringWeights, resolve_weights
 
@@ -128,6 +140,14 @@ class _ModelReplica:
     def _apply(self, options: _Options, model: ServingModel) -> None:  # prepare derived state; raise to refuse
         raise NotImplementedError
 
+    @staticmethod
+    def _freeze_heap() -> None:
+        """Move every object alive now (torch, Ray, FastAPI, the model: ~450k of them) out of the
+        garbage collector's reach: a full collection over them takes ~250 ms on a 2-core host, a
+        pause that lands on whichever requests are in flight. Called once loading is done."""
+        gc.collect()
+        gc.freeze()
+
     def _set_batching(self, method, options: _Options) -> None:
         method.set_max_batch_size(options.max_batch_size)
         method.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
@@ -157,6 +177,7 @@ class _ModelReplica:
             return
         self.options, self.model, self.reload_error, self.reloaded_at = options, model, None, time.time()
         self.configured = True
+        self._freeze_heap()
         log.info("%s: serving %s with %s", type(self).__name__, model.version, options.model_dump())
 
     def base_status(self) -> dict:
@@ -171,13 +192,31 @@ class _ModelReplica:
         }
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
+@serve.ingress(api)
 class Retriever(_ModelReplica):
     options_cls = RetrieverOptions
 
-    def __init__(self, checkpoint: str, torch_threads: int = 1) -> None:
+    def __init__(
+        self, checkpoint: str, ranker: DeploymentHandle, torch_threads: int = 1, limits: dict | None = None
+    ) -> None:
         self.index = None
         super().__init__(checkpoint, torch_threads)
+        self.limits = Limits(**(limits or {}))
+        api.state.max_body_bytes = self.limits.max_body_bytes
+        self.reader = RequestReader(absolute(checkpoint), self.limits)
+        self.ranker = ranker
+        self.requests = Counter("argus_requests", description="recommend requests by HTTP status", tag_keys=("status",))
+        self.latency = Histogram(
+            "argus_stage_latency_ms",
+            description="latency per stage (ms)",
+            boundaries=[1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000],
+            tag_keys=("stage",),
+        )
+        log.info(
+            "Retriever: %d known users, %d items, limits %s", len(self.reader.store), self.model.num_items, self.limits
+        )
+        self._freeze_heap()
 
     def _apply(self, options: RetrieverOptions, model: ServingModel) -> None:
         if self.index is None or model is not self.model or options != self.options:
@@ -190,6 +229,67 @@ class Retriever(_ModelReplica):
                 scan=options.scan,
             )
         self._set_batching(self.retrieve, options)
+
+    @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        t0 = time.perf_counter()
+        try:
+            p = self.reader.prepare(req)
+        except BadRequest as exc:
+            self.requests.inc(tags={"status": "422"})
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except LookupError as exc:
+            self.requests.inc(tags={"status": "404"})
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        t1 = time.perf_counter()
+        cands = await self.retrieve(RetrievalQuery(p.events, p.next_context, p.exclude, self.limits.retrieve_k))
+        t2 = time.perf_counter()
+        result = await self.ranker.rank.remote(
+            RankQuery(p.events, p.next_context, cands.items, cands.scores, req.k, cands.head_in, cands.model_version)
+        )
+        t3 = time.perf_counter()
+        items = self.reader.items(result.ranked, req.debug)
+        t4 = time.perf_counter()
+        stages = {"prepare": t1 - t0, "retrieve": t2 - t1, "rank": t3 - t2, "respond": t4 - t3, "total": t4 - t0}
+        for stage in ("retrieve", "rank", "total"):  # each observation costs ~0.1 ms; prepare and respond stay under 1
+            self.latency.observe(stages[stage] * 1000, tags={"stage": stage})
+        self.requests.inc(tags={"status": "200"})
+        timings = None
+        if req.debug:
+            timings = {f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()}
+            timings |= {
+                "retriever_compute_ms": round(cands.compute_ms, 3),
+                "retriever_batch": float(cands.batch_size),
+                "ranker_compute_ms": round(result.compute_ms, 3),
+                "ranker_batch": float(result.batch_size),
+                "candidates": float(len(cands.items)),
+            }
+        return RecommendResponse(
+            user_id=req.user_id,
+            items=items,
+            history_events=len(p.events),
+            history_source=p.source,
+            model_version={"retriever": cands.model_version, "ranker": result.model_version, "index": cands.index},
+            weights_version=result.weights_version,
+            warnings=p.warnings,
+            timings_ms=timings,
+        )
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        try:
+            ranker = await self.ranker.status.remote()
+        except Exception as exc:  # a Ranker that cannot answer makes the service unhealthy, not the Retriever
+            raise HTTPException(status_code=503, detail=f"the Ranker did not answer: {exc}") from None
+        retriever = self.status()
+        degraded = bool(retriever["reload_error"] or ranker["reload_error"])
+        return {
+            "status": "degraded" if degraded else "ok",
+            "users": len(self.reader.store),
+            "items": self.reader.vocab.num_items,
+            "retriever": retriever,
+            "ranker": ranker,
+        }
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def retrieve(self, queries: list[RetrievalQuery]) -> list[Candidates]:
@@ -212,6 +312,7 @@ class Retriever(_ModelReplica):
 
     def status(self) -> dict:
         return self.base_status() | {
+            "user_store": self.reader.store.stats(),
             "index": self.index.kind,
             "index_info": self.index.describe(),
             "items": self.model.num_items,
@@ -228,6 +329,7 @@ class Ranker(_ModelReplica):
         self.groups: np.ndarray | None = None
         self._groups_key = None
         super().__init__(checkpoint, torch_threads)
+        self._freeze_heap()
 
     def _apply(self, options: RankerOptions, model: ServingModel) -> None:
         actions = [a.name for a in model.model.schema.actions]

@@ -1,35 +1,29 @@
-"""The HTTP ingress: validation, raw id ↔ index translation, composition of the model deployments.
+"""The HTTP side of the service: the FastAPI app and its body checks, the limits, and the
+translation of a request (raw ids, the stored history, context values) into model indices and of
+a ranked result back into raw ids. The Retriever deployment (deployments.py) serves this app.
 
 POST /v1/recommend   → RecommendResponse     (4xx with a reason for bad input; the service stays up)
 GET  /healthz        → model versions, weights, reload errors of the deployments
 GET  /docs, /openapi.json (FastAPI)
 """
 
-# No `from __future__ import annotations`: FastAPI must see the real request/response classes
-# on the methods that `serve.ingress` wraps.
-import logging
-import os
-import time
+from __future__ import annotations
+
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import psutil
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from ray import serve
-from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter, Histogram
 
 from argus_models.config import ModelSchema
 from argus_models.contract import action_target, action_valid, target_code
 from argus_models.hashing import hash_buckets
 from argus_models.inference import Events
-from argus_serve.api import RecommendedItem, RecommendRequest, RecommendResponse
-from argus_serve.artifacts import absolute, load_vocabulary, read_actions, run_dir_of
-from argus_serve.deployments import RankQuery, RetrievalQuery
+from argus_serve.api import RecommendedItem, RecommendRequest
+from argus_serve.artifacts import load_vocabulary, read_actions, run_dir_of
+from argus_serve.scoring import Ranked
 from argus_serve.store import SortedIds, UserStore
-
-log = logging.getLogger("ray.serve")
 
 
 @dataclass
@@ -86,36 +80,33 @@ class BadRequest(ValueError):
     pass
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
-@serve.ingress(api)
-class Ingress:
-    def __init__(
-        self, checkpoint: str, retriever: DeploymentHandle, ranker: DeploymentHandle, limits: dict | None = None
-    ) -> None:
-        self.limits = Limits(**(limits or {}))
-        api.state.max_body_bytes = self.limits.max_body_bytes
-        ckpt = absolute(checkpoint)
-        self.vocab = load_vocabulary(ckpt)
-        self.actions = read_actions(ckpt)
+@dataclass
+class Prepared:
+    """A request in model indices: the history the model reads and what retrieval must leave out."""
+
+    events: Events
+    source: str  # store, request or store+request
+    next_context: dict[str, int]
+    exclude: np.ndarray  # item indices never to return: the history's and the request's `exclude`
+    warnings: dict[str, list[str]]
+
+
+class RequestReader:
+    """Raw ids ↔ model indices for one run's vocabulary, with the user store and the limits."""
+
+    def __init__(self, checkpoint: Path, limits: Limits) -> None:
+        self.limits = limits
+        self.vocab = load_vocabulary(checkpoint)
+        self.actions = read_actions(checkpoint)
         self.item_ids = SortedIds(self.vocab.items)  # raw item id -> position; the item index is position + 1
         # multi-hash models embed history items outside the vocabulary from their hash rows
-        self.hash_buckets = list(ModelSchema.load(ckpt / "schema.json").item_hash_buckets)
+        self.hash_buckets = list(ModelSchema.load(checkpoint / "schema.json").item_hash_buckets)
         self.context_index = {
             c: {v: i + 1 for i, v in enumerate(vals.tolist())} for c, vals in self.vocab.contexts.items()
         }
-        self.store = UserStore.load(run_dir_of(ckpt), self.vocab, self.actions)
-        self.retriever, self.ranker = retriever, ranker
-        self.requests = Counter("argus_requests", description="recommend requests by HTTP status", tag_keys=("status",))
-        self.latency = Histogram(
-            "argus_stage_latency_ms",
-            description="latency per stage (ms)",
-            boundaries=[1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000],
-            tag_keys=("stage",),
-        )
-        log.info("Ingress: %d known users, %d items, limits %s", len(self.store), self.vocab.num_items, self.limits)
+        self.store = UserStore.load(run_dir_of(checkpoint), self.vocab, self.actions)
 
-    # -- translation -------------------------------------------------------------------------
-    def _item(self, raw: str) -> int | None:
+    def item(self, raw: str) -> int | None:
         pos = self.item_ids.get(raw)
         return None if pos is None else pos + 1
 
@@ -147,7 +138,7 @@ class Ingress:
                         info.kind, f"one of {info.levels}"
                     )
                     raise BadRequest(f"history[{i}].actions.{a}: {value!r} is not {expected}")
-            item = self._item(ev.item_id)
+            item = self.item(ev.item_id)
             if item is None and not self.hash_buckets:
                 warnings.setdefault("unknown_history_items", []).append(ev.item_id)
                 continue
@@ -173,7 +164,7 @@ class Ingress:
             as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()}, hashes
         )
 
-    def _prepare(self, req: RecommendRequest) -> tuple[Events, str, dict[str, int], np.ndarray, dict[str, list[str]]]:
+    def prepare(self, req: RecommendRequest) -> Prepared:
         lim = self.limits
         if req.k > lim.max_k:
             raise BadRequest(f"k={req.k} is out of range: 1..{lim.max_k}")
@@ -202,91 +193,23 @@ class Ingress:
             )
         next_ctx = {c: int(v[-1]) for c, v in events.contexts.items()}  # default: the last event's context
         next_ctx |= self._context(req.context, "context", warnings)
-        excluded = [self._item(x) for x in req.exclude]
+        excluded = [self.item(x) for x in req.exclude]
         if any(x is None for x in excluded):
             warnings["unknown_exclude_items"] = [x for x, i in zip(req.exclude, excluded) if i is None]
         exclude = np.unique(
             np.concatenate([events.items[events.items > 0], np.asarray([i for i in excluded if i], dtype=np.int64)])
         )
-        return events, source, next_ctx, exclude, warnings
+        return Prepared(events, source, next_ctx, exclude, warnings)
 
-    # -- endpoints ---------------------------------------------------------------------------
-    @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        t0 = time.perf_counter()
-        try:
-            events, source, next_ctx, exclude, warnings = self._prepare(req)
-        except BadRequest as exc:
-            self.requests.inc(tags={"status": "422"})
-            raise HTTPException(status_code=422, detail=str(exc)) from None
-        except LookupError as exc:
-            self.requests.inc(tags={"status": "404"})
-            raise HTTPException(status_code=404, detail=str(exc)) from None
-        t1 = time.perf_counter()
-        cands = await self.retriever.retrieve.remote(RetrievalQuery(events, next_ctx, exclude, self.limits.retrieve_k))
-        t2 = time.perf_counter()
-        result = await self.ranker.rank.remote(
-            RankQuery(events, next_ctx, cands.items, cands.scores, req.k, cands.head_in, cands.model_version)
-        )
-        t3 = time.perf_counter()
-        r = result.ranked
-        items = [
+    def items(self, r: Ranked, debug: bool) -> list[RecommendedItem]:
+        """A ranked result in raw item ids."""
+        return [
             RecommendedItem(
                 item_id=str(self.vocab.items[r.items[i] - 1]),
                 score=float(r.scores[i]),
                 retrieval_score=float(r.retrieval_scores[i]),
                 probabilities={a: float(p[i]) for a, p in r.probabilities.items()},
-                group=int(r.groups[i]) if req.debug else None,
+                group=int(r.groups[i]) if debug else None,
             )
             for i in range(len(r.items))
         ]
-        t4 = time.perf_counter()
-        stages = {"prepare": t1 - t0, "retrieve": t2 - t1, "rank": t3 - t2, "respond": t4 - t3, "total": t4 - t0}
-        for stage in (
-            "retrieve",
-            "rank",
-            "total",
-        ):  # each observation costs ~0.1 ms; prepare and respond stay under 1 ms
-            self.latency.observe(stages[stage] * 1000, tags={"stage": stage})
-        self.requests.inc(tags={"status": "200"})
-        timings = None
-        if req.debug:
-            timings = {f"{k}_ms": round(v * 1000, 3) for k, v in stages.items()}
-            timings |= {
-                "retriever_compute_ms": round(cands.compute_ms, 3),
-                "retriever_batch": float(cands.batch_size),
-                "ranker_compute_ms": round(result.compute_ms, 3),
-                "ranker_batch": float(result.batch_size),
-                "candidates": float(len(cands.items)),
-            }
-        return RecommendResponse(
-            user_id=req.user_id,
-            items=items,
-            history_events=len(events),
-            history_source=source,
-            model_version={"retriever": cands.model_version, "ranker": result.model_version, "index": cands.index},
-            weights_version=result.weights_version,
-            warnings=warnings,
-            timings_ms=timings,
-        )
-
-    @api.get("/healthz")
-    async def healthz(self) -> dict:
-        try:
-            retriever = await self.retriever.status.remote()
-            ranker = await self.ranker.status.remote()
-        except Exception as exc:  # a deployment that cannot answer makes the service unhealthy, not the ingress
-            raise HTTPException(status_code=503, detail=f"a model deployment did not answer: {exc}") from None
-        degraded = bool(retriever["reload_error"] or ranker["reload_error"])
-        return {
-            "status": "degraded" if degraded else "ok",
-            "users": len(self.store),
-            "items": self.vocab.num_items,
-            "ingress": {
-                "pid": os.getpid(),
-                "rss_bytes": psutil.Process().memory_info().rss,
-                "user_store": self.store.stats(),
-            },
-            "retriever": retriever,
-            "ranker": ranker,
-        }
