@@ -259,6 +259,8 @@ def capacity_sweep(url: str, body, cfg: ServeBenchConfig) -> dict:
                     "refused_p99_ms",
                     "dropped",
                     "errors",
+                    "client_gc_pauses",
+                    "client_gc_max_ms",
                 )
             }
             | {"cores_busy": used["cores"], "stolen_fraction": used["stolen_fraction"], "mean_batch_size": batches}

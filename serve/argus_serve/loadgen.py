@@ -10,6 +10,7 @@ it carried Retry-After and how fast it came back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ class LoadResult:
     dropped: int = 0
     sent: int = 0
     seconds: float = 0.0
+    gc_pauses_ms: list[float] = field(default_factory=list)  # the client's own collections (generations 1 and 2)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -91,9 +93,30 @@ async def _run(
 
 
 def run_load(url: str, body: Callable[[int], dict], rps: float, seconds: float, max_in_flight: int = 64) -> LoadResult:
-    """Send round(rps·seconds) requests at a fixed rate; `body(i)` makes the i-th JSON body."""
+    """Send round(rps·seconds) requests at a fixed rate; `body(i)` makes the i-th JSON body.
+
+    The client's heap is frozen first: in a process that has imported torch and Ray, a full
+    collection would walk ~450k objects (~250 ms on a 2-core host), and a client that paused would
+    then fire the overdue requests at once — a burst the service did not cause. The collections
+    left (generations 1 and 2) are timed and reported, so a client stall shows as one."""
     result = LoadResult()
-    asyncio.run(_run(url, body, rps, seconds, max_in_flight, result))
+    started: list[float] = []
+
+    def timed(phase: str, info: dict) -> None:
+        if info["generation"] < 1:
+            return
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            result.gc_pauses_ms.append((time.perf_counter() - started.pop()) * 1000)
+
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(timed)
+    try:
+        asyncio.run(_run(url, body, rps, seconds, max_in_flight, result))
+    finally:
+        gc.callbacks.remove(timed)
     return result
 
 
@@ -115,6 +138,8 @@ def summarize(result: LoadResult) -> dict:
             "dropped": result.dropped,
             "errors": result.errors,
             "seconds": result.seconds,
+            "client_gc_pauses": len(result.gc_pauses_ms),
+            "client_gc_max_ms": max(result.gc_pauses_ms, default=0.0),
         },
         "stages": stages,
         "mean_batch_size": batches,
