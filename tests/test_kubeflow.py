@@ -1,7 +1,8 @@
 """k8s/kubeflow without a cluster: the Kubeflow Trainer v2 TrainingRuntime and TrainJob render,
 validate against the Trainer v2.3.0 CRD schemas in ../shared/k8s-crds (closed objects, so a misspelt
 field fails), their pod passes Kubernetes' strict schema and checkov, keeps the security defaults,
-and runs a script, config and `--set` keys that the training job's own command line accepts."""
+and runs a script, config and `--set` keys that the training job's own command line accepts; the
+pipelines' ServiceAccount gets exactly the rights its steps use."""
 
 from __future__ import annotations
 
@@ -137,3 +138,30 @@ def test_the_trainjob_runs_a_script_config_and_keys_the_training_job_accepts(var
     assert cfg.run.dir == "runs/argus-trainjob" and cfg.scaling.use_gpu == variant.endswith("gpu")
     assert trainer["numNodes"] >= 2 and trainer["numProcPerNode"] >= 1, "the torchrun path on N nodes × M processes"
     assert shlex.join(trainer["command"]).startswith("torchrun ")
+
+
+def test_the_pipelines_service_account_may_run_training_and_patch_serving_and_nothing_else(tmp_path):
+    found = {d["kind"]: d for d in render("kubeflow/pipelines")}
+    assert set(found) == {"ServiceAccount", "Role", "RoleBinding"}
+    assert {d["metadata"]["namespace"] for d in found.values()} == {"argus-dev"}
+    grants = {
+        (group, resource): set(rule["verbs"])
+        for rule in found["Role"]["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    watch = {"get", "list", "watch"}
+    assert grants == {
+        ("ray.io", "rayjobs"): {"create", "delete"} | watch,
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "delete"} | watch,
+        ("ray.io", "rayservices"): {"patch"} | watch,
+    }
+    binding = found["RoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "argus-pipeline"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "argus-pipeline", "namespace": "argus-dev"}]
+    result = _kubernetes_validate(list(found.values()), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (tmp_path / "checkov").mkdir()
+    (tmp_path / "checkov" / "rbac.yaml").write_text(yaml.safe_dump_all(found.values()))
+    scanned = _checkov(tmp_path / "checkov", "kubernetes")
+    assert scanned.returncode == 0, scanned.stdout[-4000:] + scanned.stderr[-2000:]
