@@ -28,7 +28,7 @@ from argus_serve.artifacts import (
     serving_dir,
 )
 from argus_serve.launch import SERVE_ENV, deploy, serve_config
-from argus_serve.loadgen import percentiles, run_load, summarize
+from argus_serve.loadgen import percentiles, run_load, schedule, summarize
 from argus_serve.scoring import diversify, item_groups
 from argus_serve.store import UserStore
 
@@ -44,6 +44,7 @@ class ServeBenchConfig:
     candidates: int = 200  # retrieve_k: candidates ranked per request
     port: int = 8000
     max_in_flight: int = 64
+    arrivals: str = "uniform"  # the load's schedule: uniform (request i at i/rps) or poisson (exponential gaps)
     forward_reps: int = 300
     torch_threads: int = 1  # per model replica, and for the bare forward
     ann_min_items: int = 200_000  # the Retriever's FAISS threshold (serve/argus.yaml's default)
@@ -121,6 +122,7 @@ def bare_forward_ms(checkpoint: Path, users: list[str], cfg: ServeBenchConfig) -
 
 
 def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
+    schedule(cfg.rps, 0, cfg.arrivals)  # an unknown schedule fails here, not after the deploy
     checkpoint = resolve_checkpoint(str(run_dir))
     vocab = load_vocabulary(checkpoint)
     users = vocab.users.tolist()
@@ -154,10 +156,18 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
         return {"user_id": users[picks[i % len(picks)]], "k": cfg.k, "debug": True}
 
     print(f"[bench] warm-up {cfg.warmup_seconds:.0f}s, then {cfg.seconds:.0f}s at {cfg.rps:.0f} requests/s", flush=True)
-    run_load(url, body, cfg.rps, cfg.warmup_seconds, cfg.max_in_flight)
+    run_load(url, body, cfg.rps, cfg.warmup_seconds, cfg.max_in_flight, cfg.arrivals)
     profilers = start_profilers(Path(cfg.profile_dir), cfg.seconds) if cfg.profile_dir else []
     before = cpu.snapshot()
-    load = run_load(url, lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)), cfg.rps, cfg.seconds, cfg.max_in_flight)
+    load = run_load(
+        url,
+        lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)),
+        cfg.rps,
+        cfg.seconds,
+        cfg.max_in_flight,
+        cfg.arrivals,
+        seed=1,
+    )
     result = summarize(load)
     if profilers:
         result["profiles"] = finish_profilers(profilers)
@@ -239,9 +249,9 @@ def capacity_sweep(url: str, body, cfg: ServeBenchConfig) -> dict:
     p99 is noisy: one lucky window above a failed one is not capacity)."""
     rows = []
     for rate in cfg.sweep:
-        run_load(url, body, rate, 3.0, cfg.max_in_flight)
+        run_load(url, body, rate, 3.0, cfg.max_in_flight, cfg.arrivals)
         before = cpu.snapshot()
-        load = run_load(url, body, rate, cfg.sweep_seconds, cfg.max_in_flight)
+        load = run_load(url, body, rate, cfg.sweep_seconds, cfg.max_in_flight, cfg.arrivals, seed=int(rate))
         used = cpu.cpu_by_role(before, cpu.snapshot(), load.seconds, len(load.latencies_ms))["total"]
         summary = summarize(load)
         e, batches = summary["end_to_end"], summary["mean_batch_size"]

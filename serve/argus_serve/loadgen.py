@@ -1,7 +1,9 @@
 """Fixed-rate (open-loop) HTTP load for the recommend endpoint, with latency percentiles.
 
-Requests are sent on a schedule (request i at t0 + i/rps) whether or not earlier ones have
-answered, so a slow server shows up as latency instead of silently lowering the rate. In-flight
+Requests are sent on a schedule whether or not earlier ones have answered, so a slow server shows
+up as latency instead of silently lowering the rate: `uniform` sends request i at t0 + i/rps;
+`poisson` draws exponential gaps of mean 1/rps (independent users: requests bunch up now and then,
+a harder test of the tail than an even spacing). In-flight
 requests are capped; a request that would exceed the cap is counted as `dropped` (never sent).
 A 503 is the service refusing work above its queue bound: counted as `refused`, with whether
 it carried Retry-After and how fast it came back.
@@ -46,10 +48,21 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-async def _run(
-    url: str, body: Callable[[int], dict], rps: float, seconds: float, max_in_flight: int, result: LoadResult
-) -> None:
+def schedule(rps: float, seconds: float, arrivals: str = "uniform", seed: int = 0) -> np.ndarray:
+    """Send times (seconds from the start) of the round(rps·seconds) requests of a window."""
     n = int(rps * seconds)
+    if arrivals == "uniform":
+        return np.arange(n) / rps
+    if arrivals == "poisson":
+        gaps = np.random.default_rng(seed).exponential(1.0 / rps, size=n)
+        return np.concatenate([[0.0], np.cumsum(gaps[:-1])]) if n else gaps
+    raise ValueError(f"arrivals={arrivals!r}: use 'uniform' or 'poisson'")
+
+
+async def _run(
+    url: str, body: Callable[[int], dict], times: np.ndarray, max_in_flight: int, result: LoadResult
+) -> None:
+    n = len(times)
     limit = asyncio.Semaphore(max_in_flight)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight)) as session:
 
@@ -79,7 +92,7 @@ async def _run(
         start = time.perf_counter()
         tasks = []
         for i in range(n):
-            delay = start + i / rps - time.perf_counter()
+            delay = start + times[i] - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if limit.locked():
@@ -92,8 +105,17 @@ async def _run(
         result.seconds = time.perf_counter() - start
 
 
-def run_load(url: str, body: Callable[[int], dict], rps: float, seconds: float, max_in_flight: int = 64) -> LoadResult:
-    """Send round(rps·seconds) requests at a fixed rate; `body(i)` makes the i-th JSON body.
+def run_load(
+    url: str,
+    body: Callable[[int], dict],
+    rps: float,
+    seconds: float,
+    max_in_flight: int = 64,
+    arrivals: str = "uniform",
+    seed: int = 0,
+) -> LoadResult:
+    """Send round(rps·seconds) requests at `rps` on average (`schedule`); `body(i)` makes the i-th
+    JSON body.
 
     The client's heap is frozen first: in a process that has imported torch and Ray, a full
     collection would walk ~450k objects (~250 ms on a 2-core host), and a client that paused would
@@ -114,7 +136,7 @@ def run_load(url: str, body: Callable[[int], dict], rps: float, seconds: float, 
     gc.freeze()
     gc.callbacks.append(timed)
     try:
-        asyncio.run(_run(url, body, rps, seconds, max_in_flight, result))
+        asyncio.run(_run(url, body, schedule(rps, seconds, arrivals, seed), max_in_flight, result))
     finally:
         gc.callbacks.remove(timed)
     return result
