@@ -84,17 +84,22 @@ def _closed(schema):
 
 
 @cache
-def crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    path = CRDS / f"ray.io_{RAY_KINDS[kind]}.yaml.gz"
+def schema_validator(file: str, version: str) -> jsonschema.Draft7Validator:
+    """The closed schema of one CRD version from ../shared/k8s-crds/<file>."""
+    path = CRDS / file
     if not path.exists():
-        pytest.skip(f"needs the KubeRay CRD schemas in ../shared/k8s-crds (not found: {path})")
+        pytest.skip(f"needs the CRD schemas in ../shared/k8s-crds (not found: {path})")
     crd = yaml.safe_load(gzip.decompress(path.read_bytes()))
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    return jsonschema.Draft7Validator(_closed(version["schema"]["openAPIV3Schema"]))
+    found = next(v for v in crd["spec"]["versions"] if v["name"] == version)
+    return jsonschema.Draft7Validator(_closed(found["schema"]["openAPIV3Schema"]))
+
+
+def schema_errors(validator: jsonschema.Draft7Validator, doc: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
 def crd_errors(doc: dict) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in crd_validator(doc["kind"]).iter_errors(doc)]
+    return schema_errors(schema_validator(f"ray.io_{RAY_KINDS[doc['kind']]}.yaml.gz", "v1"), doc)
 
 
 def pod_specs(doc: dict) -> list[tuple[str, dict]]:

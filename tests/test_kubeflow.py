@@ -7,15 +7,12 @@ pipelines' ServiceAccount gets exactly the rights its steps use."""
 from __future__ import annotations
 
 import copy
-import gzip
 import re
 import shlex
-from functools import cache
 
-import jsonschema
 import pytest
 import yaml
-from test_k8s import CRDS, _checkov, _closed, _job_configs, _kubernetes_validate, _repo_path, render
+from test_k8s import _checkov, _job_configs, _kubernetes_validate, _repo_path, render, schema_errors, schema_validator
 
 pytestmark = pytest.mark.integration  # subprocesses (kubectl, kubernetes-validate, checkov)
 
@@ -27,20 +24,8 @@ TRAINER = {
 VARIANTS = ["kubeflow/trainer", "kubeflow/trainer-gpu"]
 
 
-@cache
-def trainer_validator(kind: str) -> jsonschema.Draft7Validator:
-    path = CRDS / f"trainer.kubeflow.org_{TRAINER[kind]}.yaml.gz"
-    if not path.exists():
-        pytest.skip(f"needs the Kubeflow Trainer CRD schemas in ../shared/k8s-crds (not found: {path})")
-    crd = yaml.safe_load(gzip.decompress(path.read_bytes()))
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    return jsonschema.Draft7Validator(_closed(version["schema"]["openAPIV3Schema"]))
-
-
 def errors(doc: dict) -> list[str]:
-    return [
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in trainer_validator(doc["kind"]).iter_errors(doc)
-    ]
+    return schema_errors(schema_validator(f"trainer.kubeflow.org_{TRAINER[doc['kind']]}.yaml.gz", "v1alpha1"), doc)
 
 
 def docs(variant: str) -> dict[str, dict]:
