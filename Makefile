@@ -5,9 +5,11 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 TOOLS   ?= .venv-tools
 TSTAMP  := $(TOOLS)/.installed
+KFP     ?= .venv-kfp
+KSTAMP  := $(KFP)/.installed
 ARGS    ?=
 
-.PHONY: setup run test test-fast test-slow lint serve clean
+.PHONY: setup run test test-fast test-slow lint serve pipeline-env pipeline clean
 
 setup: $(STAMP)
 
@@ -31,6 +33,20 @@ $(TSTAMP): k8s/requirements-tools.txt
 	$(TOOLS)/bin/python -m pip install -q -r k8s/requirements-tools.txt
 	touch $(TSTAMP)
 
+# The Kubeflow Pipelines SDK (jobs/requirements-pipeline.txt) apart from the training stack (protobuf
+# 6 vs 7); the project's sources on its path (a .pth file, as an editable install would add).
+$(KSTAMP): jobs/requirements-pipeline.txt
+	$(PY) -m venv $(KFP)
+	$(KFP)/bin/python -m pip install -q -r jobs/requirements-pipeline.txt
+	printf '%s\n' "$(CURDIR)/platform" > "$$($(KFP)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/argus-platform.pth"
+	touch $(KSTAMP)
+
+pipeline-env: $(KSTAMP)
+
+# The pipeline on kfp.local with the embedded default (ARGS="compile --out argus-pipeline.yaml" to compile).
+pipeline: $(STAMP) $(KSTAMP)
+	$(KFP)/bin/python jobs/pipeline_argus.py $(or $(ARGS),run-local)
+
 run: $(STAMP)
 	$(VPY) jobs/train_argus.py $(ARGS)
 
@@ -39,7 +55,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) $(TSTAMP)
+test: $(STAMP) $(TSTAMP) $(KSTAMP)
 	$(VPY) -m pytest -m "not slow" -q $(ARGS)
 
 # Unit tests only: no Ray cluster, Serve, extra processes or subprocesses (under 3 minutes on 2 cores).
@@ -47,7 +63,7 @@ test-fast: $(STAMP)
 	$(VPY) -m pytest -m "not slow and not integration" -q $(ARGS)
 
 # pytest exits 5 when nothing is marked slow; that is not a failure.
-test-slow: $(STAMP) $(TSTAMP)
+test-slow: $(STAMP) $(TSTAMP) $(KSTAMP)
 	$(VPY) -m pytest -m slow -q $(ARGS) || [ $$? -eq 5 ]
 
 # Serve the newest run under runs/ on :8000 with Serve's fast request path (serve/README.md:
@@ -56,4 +72,4 @@ serve: $(STAMP)
 	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 $(VENV)/bin/serve run serve/argus.yaml $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) $(KFP) .pytest_cache

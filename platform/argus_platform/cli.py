@@ -66,14 +66,27 @@ def train_main(argv: list[str] | None = None) -> int:
     from argus_platform.data.quarantine import TooManyBadRows
     from argus_platform.data.sources import DataSourceError
     from argus_platform.torchrun import run_torchrun, under_torchrun
-    from argus_platform.train_argus import format_summary, train
+    from argus_platform.train_argus import format_summary, prepare_only, train
 
-    cfg = parse_config(
-        TrainJobConfig, "Train an ARGUS-style recommender on Ray Train with TorchRec-sharded embedding tables.", argv
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--prepare-only",
+            action="store_true",
+            help="validate and prepare the data into run.dir, then exit (training with the same run.dir reuses it)",
+        )
+
+    cfg, args = parse_config_and_args(
+        TrainJobConfig,
+        "Train an ARGUS-style recommender on Ray Train with TorchRec-sharded embedding tables.",
+        add_arguments,
+        argv,
     )
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     _quiet("ray", "torchrec", "torch.distributed")
     try:
+        if args.prepare_only:
+            prepare_only(cfg)
+            return 0
         final = run_torchrun(cfg) if under_torchrun() else train(cfg)
     except (DataSourceError, TooManyBadRows) as exc:
         print(f"data error: {exc}", file=sys.stderr)

@@ -62,22 +62,8 @@ def split_dataset(path: str, shuffle_seed: int | None = None) -> "ray.data.Datas
     return ds if shuffle_seed is None else ds.randomize_block_order(seed=shuffle_seed)
 
 
-def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
-    """Run the whole job; returns the final metrics (also written to <run dir>/metrics.json).
-    `callbacks`: Ray Train callbacks (Tune passes one that forwards every report to its trial)."""
-    check_kernels(cfg, "cuda" if cfg.scaling.use_gpu else "cpu")
-    run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    resumed = any(p.is_dir() for p in run_dir.glob(CHECKPOINT_GLOB))
-    if resumed:
-        print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
-    config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    print(f"[argus] run directory: {run_dir}", flush=True)
-    init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
-    say_where_logs_go(run_dir, "run.verbose=true")
-    started = time.time()
-    prepared = prepare_data(cfg.data, run_dir)
+def print_data(prepared: PreparedRun, cfg: TrainJobConfig, started: float) -> None:
+    """What the prepared data holds: users, items, events, quarantined rows, split sizes."""
     v = prepared.summary["validation"]
     print(
         f"[argus] data: {prepared.summary['num_users']:,} users, {prepared.summary['num_items']:,} items, "
@@ -95,6 +81,39 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
             f"{st['catalogue_items_without_features']:,} catalogue items without a row",
             flush=True,
         )
+
+
+def prepare_only(cfg: TrainJobConfig) -> dict:
+    """Validate and prepare the data into the run directory (what training would do first) and stop:
+    `jobs/train_argus.py --prepare-only`. A later training run with the same run.dir and data config
+    reuses it. Returns the preparation summary (also in <run dir>/data/summary.json)."""
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[argus] run directory: {run_dir} (preparing the data only)", flush=True)
+    init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
+    started = time.time()
+    prepared = prepare_data(cfg.data, run_dir)
+    print_data(prepared, cfg, started)
+    return {**prepared.summary, "run_dir": str(run_dir)}
+
+
+def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
+    """Run the whole job; returns the final metrics (also written to <run dir>/metrics.json).
+    `callbacks`: Ray Train callbacks (Tune passes one that forwards every report to its trial)."""
+    check_kernels(cfg, "cuda" if cfg.scaling.use_gpu else "cpu")
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    resumed = any(p.is_dir() for p in run_dir.glob(CHECKPOINT_GLOB))
+    if resumed:
+        print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
+    config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    print(f"[argus] run directory: {run_dir}", flush=True)
+    init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
+    say_where_logs_go(run_dir, "run.verbose=true")
+    started = time.time()
+    prepared = prepare_data(cfg.data, run_dir)
+    print_data(prepared, cfg, started)
     model_schema(prepared, cfg.model).save(run_dir / "schema.json")
     datasets = {
         split: split_dataset(path, cfg.optim.seed if split == "train" else None)

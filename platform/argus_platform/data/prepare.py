@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from argus_models.contract import USER_IDX
 from argus_platform.configlib import from_dict, to_dict
 from argus_platform.data.config import DataConfig
 from argus_platform.data.history_stats import describe as describe_histories
@@ -97,6 +98,15 @@ class Stages:
         self.last = now
 
 
+def example_users(test_split: str, vocab: Vocabulary, n: int = 3) -> list[str]:
+    """Raw ids of a few users with a test row: what a smoke request to the service can ask for."""
+    files = sorted(Path(test_split).rglob("*.parquet"))
+    if not files:
+        return []
+    idx = pq.read_table(files[0], columns=[USER_IDX]).column(USER_IDX).to_numpy()[:n]
+    return [str(vocab.users[i]) for i in idx]
+
+
 def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     """Prepare (or reuse, when the run directory already holds it for the same data config)."""
     p = _layout(run_dir)
@@ -149,6 +159,7 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
         "seconds": round(time.time() - started, 1),
         "stage_seconds": stages.seconds,
         "item_features": item_features.stats if item_features else None,
+        "example_users": example_users(seqs.paths["test"], vocab),
     }
     p["summary"].write_text(json.dumps(summary, indent=2))
     log.info(
