@@ -22,6 +22,6 @@ if __name__ == "__main__":
         if not KFP_PYTHON.is_file():
             sys.exit(f"kfp is not installed in {sys.executable}: run `make pipeline-env` (creates {KFP_PYTHON})")
         os.execv(str(KFP_PYTHON), [str(KFP_PYTHON), *sys.argv])
-    from argus_platform.pipeline.cli import main
+    from argus_platform.pipeline.pipeline_argus import main
 
     sys.exit(main())

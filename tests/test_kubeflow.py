@@ -139,7 +139,7 @@ def test_the_pipelines_service_account_may_run_training_and_patch_serving_and_no
     assert grants == {
         ("ray.io", "rayjobs"): {"create", "delete"} | watch,
         ("trainer.kubeflow.org", "trainjobs"): {"create", "delete"} | watch,
-        ("ray.io", "rayservices"): {"patch"} | watch,
+        ("ray.io", "rayservices"): {"create", "patch"} | watch,
     }
     binding = found["RoleBinding"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "argus-pipeline"}

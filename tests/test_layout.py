@@ -75,3 +75,19 @@ def test_every_job_has_a_driver_of_its_name():
         assert dotted in imported or ("argus_platform.cli" in imported and dotted in cli), (
             f"jobs/{job.name} does not run {dotted} (directly or through argus_platform.cli)"
         )
+
+
+def test_the_pipeline_steps_need_only_the_standard_library_yaml_and_kubernetes():
+    """The pipeline's steps run as KFP lightweight components in a plain Python image
+    (pipeline.kfp.component_image) with PyYAML and the kubernetes client, carrying only
+    argus_platform/pipeline: they must not import the training stack, kfp or the rest of the package."""
+    allowed = set(sys.stdlib_module_names) | {"yaml", "kubernetes", "argus_platform"}
+    package = ROOT / "platform" / "argus_platform" / "pipeline"
+    for name in ("objects", "kube", "local", "steps"):
+        path = package / f"{name}.py"
+        assert _imports(path) <= allowed, f"{path} imports {_imports(path) - allowed}"
+        tree = ast.parse(path.read_text())
+        own = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        own |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        outside = {m for m in own if m.startswith("argus_platform") and not m.startswith("argus_platform.pipeline")}
+        assert not outside, f"{path} imports {outside}, which the steps do not carry"

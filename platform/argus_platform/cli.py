@@ -60,6 +60,18 @@ def _quiet(*names: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+TRAIN_DESCRIPTION = "Train an ARGUS-style recommender on Ray Train with TorchRec-sharded embedding tables."
+
+
+def train_flags(parser: argparse.ArgumentParser) -> None:
+    """The training job's own flags, beside --config/--set."""
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="validate and prepare the data into run.dir, then exit (training with the same run.dir reuses it)",
+    )
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """argus-train / jobs/train_argus.py."""
     from argus_platform.config import TrainJobConfig
@@ -68,19 +80,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from argus_platform.torchrun import run_torchrun, under_torchrun
     from argus_platform.train_argus import format_summary, prepare_only, train
 
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--prepare-only",
-            action="store_true",
-            help="validate and prepare the data into run.dir, then exit (training with the same run.dir reuses it)",
-        )
-
-    cfg, args = parse_config_and_args(
-        TrainJobConfig,
-        "Train an ARGUS-style recommender on Ray Train with TorchRec-sharded embedding tables.",
-        add_arguments,
-        argv,
-    )
+    cfg, args = parse_config_and_args(TrainJobConfig, TRAIN_DESCRIPTION, train_flags, argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     _quiet("ray", "torchrec", "torch.distributed")
     try:

@@ -15,7 +15,7 @@ from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
 from argus_models.rundir import CHECKPOINT_GLOB, new_run_dir
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
-from argus_platform.data.prepare import PreparedRun, prepare_data
+from argus_platform.data.prepare import PreparedRun, is_prepared, prepare_data
 from argus_platform.raytrain import fit, init_ray, make_trainer, say_where_logs_go
 from argus_platform.sharding.plan import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
@@ -90,7 +90,8 @@ def prepare_only(cfg: TrainJobConfig) -> dict:
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[argus] run directory: {run_dir} (preparing the data only)", flush=True)
-    init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
+    if not is_prepared(cfg.data, run_dir):  # reusing needs no Ray
+        init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
     started = time.time()
     prepared = prepare_data(cfg.data, run_dir)
     print_data(prepared, cfg, started)
@@ -103,11 +104,21 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     check_kernels(cfg, "cuda" if cfg.scaling.use_gpu else "cpu")
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
+    config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.json"
+    config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    finished = metrics_path.is_file() and config_path.is_file() and config_path.read_text() == config_text
+    if finished and not callbacks:  # a Tune trial always reports its epochs
+        # A re-submitted job (a retried pipeline, a re-applied RayJob) of a run that has finished.
+        print(
+            f"[argus] {run_dir} holds a finished run of this very config: keeping its metrics.json "
+            "(delete that file to evaluate again, or change the config, e.g. more epochs, to train on)",
+            flush=True,
+        )
+        return json.loads(metrics_path.read_text())
     resumed = any(p.is_dir() for p in run_dir.glob(CHECKPOINT_GLOB))
     if resumed:
         print(f"[argus] run directory {run_dir} has checkpoints: resuming from the latest", flush=True)
-    config_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    config_path.write_text(config_text)
     print(f"[argus] run directory: {run_dir}", flush=True)
     init_ray(cfg.scaling.local_num_cpus, quiet=not cfg.run.verbose)
     say_where_logs_go(run_dir, "run.verbose=true")
@@ -139,7 +150,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     }
     final["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     final["seconds"] = round(time.time() - started, 1)
-    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
+    metrics_path.write_text(json.dumps(final, indent=2))
     return final
 
 

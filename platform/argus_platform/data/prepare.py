@@ -107,6 +107,12 @@ def example_users(test_split: str, vocab: Vocabulary, n: int = 3) -> list[str]:
     return [str(vocab.users[i]) for i in idx]
 
 
+def is_prepared(cfg: DataConfig, run_dir: Path) -> bool:
+    """Whether run_dir holds data prepared under this data config (prepare_data would reuse it)."""
+    summary = _layout(run_dir)["summary"]
+    return summary.is_file() and json.loads(summary.read_text()).get("data_config") == to_dict(cfg)
+
+
 def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     """Prepare (or reuse, when the run directory already holds it for the same data config)."""
     p = _layout(run_dir)

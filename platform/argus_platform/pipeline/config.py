@@ -40,7 +40,9 @@ class PipelineConfig:
         "cluster",
     )
     run: str = _help("run name: runs/<run> under home, and the prefix of the Kubernetes objects", "argus-pipeline")
-    config: str = _help("training config, relative to the repository (the image's /home/ray/argus)", "jobs/configs/default.yaml")
+    config: str = _help(
+        "training config, relative to the repository (the image's /home/ray/argus)", "jobs/configs/default.yaml"
+    )
     data_path: str = _help("data.path of the training config ('' = the config's own, e.g. the synthetic default)", "")
     train_overrides: list[str] = _help("extra --set KEY=VALUE for preparation and training", factory=list)
     trainer: Literal["rayjob", "trainjob"] = _help(
@@ -51,7 +53,9 @@ class PipelineConfig:
     tune_config: str = _help("weight-search config ('' = the job's defaults)", "")
     tune_overrides: list[str] = _help("extra --set KEY=VALUE for the weight search", factory=list)
     deploy: bool = _help("deploy the gated run and send the smoke request (false: stop after the weight search)", True)
-    image: str = _help("cluster: the training/serving image (k8s/image)", "ghcr.io/argus-platform/argus-platform:0.1.0-cpu")
+    image: str = _help(
+        "cluster: the training/serving image (k8s/image)", "ghcr.io/argus-platform/argus-platform:0.1.0-cpu"
+    )
     namespace: str = _help("cluster: namespace of the jobs and the RayService", "argus-dev")
     service: str = _help("the RayService to create or patch (cluster); the local server's name (local)", "argus-serve")
     home: str = _help("ARGUS_HOME: where runs/ lives (the shared volume's mount on the cluster)", "/mnt/argus")

@@ -126,7 +126,12 @@ def start_server(name: str, checkpoint: str, weights_file: str, home: str, port:
     with open(logs, "w") as log_file:
         # Its own session: it outlives this step, and the step's output pipe is not held open by it.
         proc = subprocess.Popen(
-            cmd, cwd=home, env=_env(home), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=home,
+            env=_env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     _state_file(home, name).write_text(json.dumps({"pid": proc.pid, "port": port, "log": str(logs)}))

@@ -177,7 +177,9 @@ def stage_assets(dest: Path) -> Path:
     """What the components carry: this package (with argus_platform/__init__.py) and the manifests,
     at their paths in the repository, so `objects.ROOT` finds the manifests in either place."""
     package = Path(__file__).resolve().parent
-    shutil.copytree(package, dest / "platform" / "argus_platform" / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        package, dest / "platform" / "argus_platform" / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(package.parent / "__init__.py", dest / "platform" / "argus_platform" / "__init__.py")
     for relative in MANIFESTS.values():
         (dest / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +260,12 @@ def build(kfp_cfg: KfpConfig = KfpConfig(), mount_home: str = D.home):
         tune.after(gate)
         with dsl.If(deploy == True, name="deploy-enabled"):  # noqa: E712 (a KFP condition, not Python's)
             served = step(
-                "deploy_service", **where, run=run, service=service, serve_port=serve_port, weights_file=tune.outputs["Output"]
+                "deploy_service",
+                **where,
+                run=run,
+                service=service,
+                serve_port=serve_port,
+                weights_file=tune.outputs["Output"],
             )
             step("smoke_request", backend=backend, home=home, run=run, url=served.output)
 

@@ -158,9 +158,7 @@ def _call(url: str, body: dict | None = None, timeout_s: float = 30.0) -> tuple[
 def smoke(url: str, place: Place, run: str, k: int = 10) -> dict:
     """The deployed endpoint serves runs/<run> (/healthz) and answers a recommendation for one of the
     run's users with items; StepFailed with the status and body otherwise."""
-    users = _read_json(place.run_dir(run) / "data" / "summary.json", "the prepared data's summary").get(
-        "example_users"
-    )
+    users = _read_json(place.run_dir(run) / "data" / "summary.json", "the prepared data's summary").get("example_users")
     if not users:
         raise StepFailed(f"runs/{run}/data/summary.json names no example users to ask for")
     code, health, _ = _call(f"{url}/healthz")

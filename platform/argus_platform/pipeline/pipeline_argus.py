@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -29,13 +30,13 @@ def parser() -> argparse.ArgumentParser:
         f"  {k:<{width}}  {t:<10} default {d!r}{'  — ' + h if h else ''}" for k, t, d, h in rows
     )
     p = argparse.ArgumentParser(
-        description="The Argus Kubeflow pipeline: prepare → train → gate → tune → deploy → smoke request.",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The Argus Kubeflow pipeline: prepare → train → gate → tune → deploy → smoke request."
     )
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("compile", "write the pipeline IR YAML"), ("run-local", "run the pipeline on kfp.local")):
-        s = sub.add_parser(name, help=text, description=text)
+        s = sub.add_parser(
+            name, help=text, description=text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         s.add_argument("--config", help="YAML file of pipeline parameters")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         if name == "compile":
@@ -65,6 +66,37 @@ def local_config(cfg: PipelineConfig) -> PipelineConfig:
     return cfg
 
 
+class _Reasons:
+    """stdout as it is, remembering the failure reasons the steps raise (kfp.local prints the failed
+    task's traceback but reports only the task's name)."""
+
+    PATTERN = re.compile(r"(?:StepFailed|GateFailed): (.*)")
+
+    def __init__(self, out) -> None:
+        self.out, self.reasons = out, []
+
+    def write(self, text: str) -> int:
+        self.reasons += self.PATTERN.findall(text)
+        return self.out.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.out, name)
+
+
+def artifacts(run_root: Path) -> list[str]:
+    """One line per task output: the Metrics' values, the files."""
+    lines = []
+    for output in sorted(run_root.glob("*/executor_output.json")):
+        task = output.parent.name
+        for name, group in json.loads(output.read_text()).get("artifacts", {}).items():
+            for a in group["artifacts"]:
+                values = ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in a.get("metadata", {}).items()
+                )
+                lines.append(f"  {task}/{name}: {values or a['uri']}")
+    return lines
+
+
 def run_local(cfg: PipelineConfig, pipeline_root: str, keep_serving: bool) -> int:
     from kfp import local
 
@@ -77,18 +109,25 @@ def run_local(cfg: PipelineConfig, pipeline_root: str, keep_serving: bool) -> in
     root = Path(pipeline_root or Path(cfg.home) / "runs" / cfg.run / "pipeline").resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     print(f"[pipeline] run-local: {json.dumps(cfg.parameters())}\n[pipeline] task outputs under {root}", flush=True)
-    started = time.time()
+    started, before = time.time(), set(root.glob("*"))
+    stdout, sys.stdout = sys.stdout, _Reasons(sys.stdout)
     try:
         build(cfg.kfp, cfg.home)(**cfg.parameters())
     except RuntimeError as exc:
-        print(f"[pipeline] FAILED after {time.time() - started:.0f}s: {exc}", file=sys.stderr, flush=True)
+        reasons = sys.stdout.reasons
+        sys.stdout = stdout
+        why = f"\n[pipeline] {reasons[-1]}" if reasons else ""
+        print(f"[pipeline] FAILED after {time.time() - started:.0f}s: {exc}{why}", file=sys.stderr, flush=True)
         return 1
     finally:
+        sys.stdout = stdout
         if not keep_serving and backend.stop_server(cfg.home, cfg.service):
-            print(f"[pipeline] stopped the local Serve server {cfg.service!r} (--keep-serving leaves it up)", flush=True)
-    print(f"[pipeline] succeeded in {time.time() - started:.0f}s; artifacts:", flush=True)
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".kfp" not in p.parts):
-        print(f"  {path.relative_to(root)}", flush=True)
+            print(
+                f"[pipeline] stopped the local Serve server {cfg.service!r} (--keep-serving leaves it up)", flush=True
+            )
+    print(f"[pipeline] succeeded in {time.time() - started:.0f}s; outputs:", flush=True)
+    for run_root in sorted(set(root.glob("*")) - before):
+        print("\n".join(artifacts(run_root)), flush=True)
     return 0
 
 
