@@ -26,7 +26,7 @@ from test_k8s import _missing, _repo_path, crd_errors, render, schema_errors, sc
 
 from argus_platform.cli import parse_config_and_args, train_flags
 from argus_platform.config import TrainJobConfig
-from argus_platform.pipeline import objects
+from argus_platform.pipeline import local, objects
 from argus_platform.pipeline.config import PipelineConfig
 from argus_platform.pipeline.kube import StepFailed, job_outcome, service_state
 from argus_platform.pipeline.steps import GateFailed, gate
@@ -201,6 +201,32 @@ def test_the_gate_passes_a_good_run_and_names_each_missed_bar():
     with pytest.raises(GateFailed, match="not above the popularity baseline's 0.2100"):
         gate(weak, 0.0, True)
     assert gate(weak, 0.0, False)["popularity_test_ndcg10"] == 0.21
+
+
+# -- the local backend's jobs ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_stack(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARGUS_REPO", str(ROOT))
+    monkeypatch.setenv("ARGUS_PYTHON", sys.executable)
+    return tmp_path
+
+
+@pytest.mark.integration  # subprocesses
+def test_a_failing_local_job_stops_the_step_with_its_command_and_its_error(local_stack):
+    with pytest.raises(StepFailed) as failed:
+        local.run_job("train_argus", ["--set", "optim.epochs=many"], str(local_stack), 60.0)
+    message = str(failed.value)
+    assert "train_argus exited with code 2" in message and "jobs/train_argus.py --set optim.epochs=many" in message
+    assert "config error: optim.epochs: expected an integer, got 'many'" in message
+
+
+@pytest.mark.integration
+def test_a_hung_local_job_is_stopped_at_the_timeout(local_stack):
+    """The weight search waiting (wait_s) for a run that never comes prints nothing for minutes."""
+    with pytest.raises(StepFailed, match="tune_weights still running after 0 minutes, stopped"):
+        local.run_job("tune_weights", ["--set", "run=runs/never", "--set", "wait_s=600"], str(local_stack), 8.0)
 
 
 # -- the compiled pipeline ----------------------------------------------------------------------------

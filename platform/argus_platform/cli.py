@@ -22,15 +22,19 @@ def parse_config(cls, description: str, argv: list[str] | None = None):
     return parse_config_and_args(cls, description, None, argv)[0]
 
 
-def parse_config_and_args(cls, description: str, add_arguments=None, argv: list[str] | None = None):
-    """(config, argparse namespace); `add_arguments(parser)` adds a job's own flags."""
+def config_epilog(cls, title: str = "config keys (YAML or --set)") -> str:
+    """--help's list of a config's keys: type, default and what each does."""
     rows = describe(cls)
     width = max(len(k) for k, *_ in rows)
-    epilog = "config keys (YAML or --set):\n" + "\n".join(
+    return f"{title}:\n" + "\n".join(
         f"  {k:<{width}}  {t:<10} default {d!r}{'  — ' + h if h else ''}" for k, t, d, h in rows
     )
+
+
+def parse_config_and_args(cls, description: str, add_arguments=None, argv: list[str] | None = None):
+    """(config, argparse namespace); `add_arguments(parser)` adds a job's own flags."""
     parser = argparse.ArgumentParser(
-        description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, epilog=config_epilog(cls), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="YAML config file (see jobs/configs/)")
     parser.add_argument(

@@ -58,7 +58,10 @@ class PipelineConfig:
     )
     namespace: str = _help("cluster: namespace of the jobs and the RayService", "argus-dev")
     service: str = _help("the RayService to create or patch (cluster); the local server's name (local)", "argus-serve")
-    home: str = _help("ARGUS_HOME: where runs/ lives (the shared volume's mount on the cluster)", "/mnt/argus")
+    home: str = _help(
+        "ARGUS_HOME: where runs/ lives (on the cluster: where the steps mount the volume, fixed at compile time)",
+        "/mnt/argus",
+    )
     serve_port: int = _help("local: the loopback port Serve listens on", 8000)
     timeout_minutes: int = _help("each job and the deployment must finish within this", 1440)
     kfp: KfpConfig = _help("fixed at compile time", factory=KfpConfig)

@@ -15,6 +15,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -55,17 +56,21 @@ def run_job(job: str, args: list[str], home: str, timeout_s: float) -> None:
     print(f"[pipeline] $ {shlex.join(cmd)}", flush=True)
     Path(home).mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    started = time.time()
     with subprocess.Popen(
         cmd, cwd=home, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            tail.append(line.rstrip())
-            if time.time() - started > timeout_s:
-                proc.kill()
-                raise StepFailed(f"{job} still running after {timeout_s / 60:.0f} minutes: {shlex.join(cmd)}")
-        code = proc.wait()
+        fired = threading.Event()
+        watchdog = threading.Timer(timeout_s, lambda: (fired.set(), proc.kill()))  # a silent, hung job too
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                tail.append(line.rstrip())
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+    if fired.is_set():
+        raise StepFailed(f"{job} still running after {timeout_s / 60:.0f} minutes, stopped: {shlex.join(cmd)}")
     if code != 0:
         last = "\n  ".join(tail)
         raise StepFailed(f"{job} exited with code {code}: {shlex.join(cmd)}\n  {last}")

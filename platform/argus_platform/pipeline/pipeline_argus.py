@@ -17,18 +17,15 @@ import time
 import warnings
 from pathlib import Path
 
-from argus_platform.configlib import ConfigError, describe, load_config, to_dict
+from argus_platform.cli import config_epilog
+from argus_platform.configlib import ConfigError, load_config, to_dict
 from argus_platform.pipeline.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def parser() -> argparse.ArgumentParser:
-    rows = describe(PipelineConfig)
-    width = max(len(k) for k, *_ in rows)
-    epilog = "pipeline parameters and kfp.* (YAML or --set):\n" + "\n".join(
-        f"  {k:<{width}}  {t:<10} default {d!r}{'  — ' + h if h else ''}" for k, t, d, h in rows
-    )
+    epilog = config_epilog(PipelineConfig, "pipeline parameters and kfp.* (YAML or --set)")
     p = argparse.ArgumentParser(
         description="The Argus Kubeflow pipeline: prepare → train → gate → tune → deploy → smoke request."
     )
