@@ -31,6 +31,7 @@ def test_multi_hash_variant_takes_the_base_tables_or_the_default():
     assert "model.multi_hash_buckets=0" in variant_overrides("full_softmax_ids_only", cfg)
 
 
+@pytest.mark.slow  # two Ray Train runs of the tiny log, ~60 s on 2 cores; the variants' overrides are tested above
 def test_two_variants_train_and_tabulate(ray_local, tmp_path):
     cfg = AblationConfig(
         train_overrides=[*TINY_TRAIN, "optim.epochs=1"],

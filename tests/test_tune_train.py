@@ -46,3 +46,15 @@ def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path)
         and best.loss.action_weights["like"] == sampled["loss.action_weights.like"]
     )
     assert best.optim.epochs == 2 and best.run.dir == ""
+
+
+def test_the_first_trial_is_the_configs_own_values_where_the_ranges_hold_them():
+    from argus_platform.configlib import to_dict
+    from argus_platform.tuning.tune_train import ParamSpec, _default_space, own_point
+
+    base = to_dict(load_config(TrainJobConfig, None, ["loss.action_weights={like: 1.5}", "optim.sparse_lr=0.5"]))
+    point = own_point(base, _default_space())
+    # dense_lr 2e-3 and 128 negatives lie in their ranges; sparse_lr 0.5 lies outside (the sampler
+    # draws it); the skip weight is not set by the config
+    assert point == {"optim.dense_lr": 2e-3, "loss.action_weights.like": 1.5, "loss.uniform_negatives": 128}
+    assert own_point(base, {"model.embedding_dim": ParamSpec(kind="choice", values=[16, 32])}) == {}

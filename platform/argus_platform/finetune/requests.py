@@ -49,8 +49,16 @@ def read_impressions(path: Path, spec: DatasetSpec) -> pd.DataFrame:
     return df
 
 
-def build_requests(prepared: PreparedRun, run_dir: Path, impressions: Path, slate_size: int, out_dir: Path) -> dict:
-    """Write <out_dir>/{train,validation,test}.parquet and summary.json; returns the summary."""
+def build_requests(
+    prepared: PreparedRun,
+    run_dir: Path,
+    impressions: Path,
+    slate_size: int,
+    out_dir: Path,
+    splits: tuple[str, ...] = ("train", "validation", "test"),
+) -> dict:
+    """Write <out_dir>/<split>.parquet for each of `splits` and summary.json; returns the summary.
+    Impressions of the splits not asked for are counted as such."""
     spec, vocab = prepared.spec, prepared.vocab
     df = read_impressions(impressions, spec)
     reasons: Counter = Counter()
@@ -64,7 +72,7 @@ def build_requests(prepared: PreparedRun, run_dir: Path, impressions: Path, slat
     # The full sequences: the test split holds every event of every user.
     seqs = pq.ParquetDataset(prepared.paths["test"]).read().to_pandas().set_index(USER_IDX)
     targets = {a.name: a for a in spec.actions}
-    out = {s: [] for s in ("train", "validation", "test")}
+    out = {s: [] for s in splits}
     for u, group in df.groupby("_u", sort=True):
         if u not in seqs.index:
             reasons["user without a sequence"] += len(group)
@@ -82,6 +90,9 @@ def build_requests(prepared: PreparedRun, run_dir: Path, impressions: Path, slat
                 reasons["after the last event"] += len(req)
                 continue
             split = "test" if pos == n - 1 else "validation" if pos == n - 2 else "train"
+            if split not in out:
+                reasons[f"{split} (not asked for)"] += len(req)
+                continue
             req = req.sort_values(CLICKED, ascending=False, kind="stable")
             reasons["beyond slate_size"] += max(0, len(req) - slate_size)
             req = req.head(slate_size)

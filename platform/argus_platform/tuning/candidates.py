@@ -1,6 +1,14 @@
-"""What the weight search ranks: for each validation (and test) row, the retrieval stage's top-N
-for that user plus the item the user actually engaged with next, with the model's P(a) for each,
-what the user did (observed) and, on synthetic data, E[a] from the simulator (oracle).
+"""What the weight search ranks, per validation (and test) row, with the model's P(a) for each
+candidate, what the user did (observed) and, on synthetic data, E[a] from the simulator (oracle):
+
+  impressions  the slate the user was shown at that event (impressions.parquet: the item they chose,
+               with its feedback, and the items shown beside it, which they passed over) — the
+               standard replay for ranking weights: a weighting is scored by where it puts what was
+               shown, chosen and liked or skipped.
+  retrieval    (when no impressions exist) the retrieval stage's top-N for that user plus the item the
+               user engaged with next. Biased: only that one item has observed actions, the others
+               were never shown, so a replay metric mostly rewards ranking the engaged item first —
+               predicting the next item — rather than the value of the list.
 
 Scored once with Ray Data (one pass over every split; an actor pool, each actor with the checkpoint
 loaded) and cached as .npz; every trial of the search then only re-weights these arrays.
@@ -22,13 +30,27 @@ import torch
 from argus_models.checkpoint import load_inference_model
 from argus_models.contract import ITEM_COL, USER_IDX, act_col, ctx_col, target_code
 from argus_models.inference import Events, ExactIndex, action_probabilities, encode_next, item_vectors
+from argus_models.rundir import absolute
 from argus_platform.data.prepare import PreparedRun
 from argus_platform.data.synthetic import expected_actions, load_ground_truth
+from argus_platform.finetune.requests import (
+    REQ_CLICKED,
+    REQ_ITEMS,
+    REQ_POS,
+    build_requests,
+    default_impressions,
+    req_act,
+)
 from argus_platform.tuning.config import CandidateConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+RETRIEVAL_BIAS = (
+    "retrieval candidates: only the item each user engaged with next has observed actions and the others were "
+    "never shown, so the replay rewards ranking the engaged item first (next-item prediction) more than the "
+    "value of the list; impressions (what was shown beside it) remove that bias"
+)
 SPLIT_COL = "__split"  # which split a row came from: every split is scored in one pass
 
 
@@ -60,13 +82,36 @@ class CandidateSet:
             return cls(z["items"], z["target"], pick("prob"), pick("obs"), oracle or None), json.loads(str(z["meta"]))
 
 
+def _next_event(r: dict, end: int, actions: list[dict], contexts: list[str]) -> tuple[Events, dict, int, dict]:
+    """A sequence row cut at event `end`: the history before it, its context (known when ranking),
+    its item and its actions' values (graded: the level)."""
+    items = np.asarray(r[ITEM_COL][: end + 1], dtype=np.int64)
+    ctx = {c: np.asarray(r[ctx_col(c)][: end + 1], dtype=np.int64) for c in contexts}
+    feedback, values = {}, {}
+    for a in actions:
+        vals = np.asarray(r[act_col(a["name"])][: end + 1], dtype=np.float32)
+        feedback[a["name"]] = target_code(a["kind"], a["num_codes"], vals[:-1])
+        values[a["name"]] = _natural(a, vals[-1:])[0]
+    hist = Events(items[:-1], {c: v[:-1] for c, v in ctx.items()}, feedback)
+    return hist, {c: int(v[-1]) for c, v in ctx.items()}, int(items[-1]), values
+
+
+def _natural(action: dict, values: np.ndarray) -> np.ndarray:
+    """Stored targets in the action's own units (a graded action's level index → its level)."""
+    if action["kind"] == "graded":
+        return np.asarray(action["levels"], dtype=np.float32)[values.astype(np.int64)]
+    return values.astype(np.float32)
+
+
 class _Scorer:
-    """Ray Data actor: histories → retrieval top-N (+ the actual next item) → P(a), observed, oracle."""
+    """Ray Data actor: rows → candidates → P(a), observed, oracle. `source` retrieval: the retrieval
+    top-N plus the actual next item; impressions: the slate shown at the row's request."""
 
     def __init__(
         self,
         checkpoint: str,
-        retrieve_n: int,
+        source: str,
+        width: int,
         actions: list[dict],
         contexts: list[str],
         user_factors: np.ndarray | None,
@@ -74,40 +119,47 @@ class _Scorer:
     ) -> None:
         torch.set_num_threads(1)
         self.model = load_inference_model(checkpoint)
-        self.index = ExactIndex(item_vectors(self.model))
-        self.n, self.actions, self.contexts = retrieve_n, actions, contexts
+        self.index = ExactIndex(item_vectors(self.model)) if source == "retrieval" else None
+        self.source, self.width, self.actions, self.contexts = source, width, actions, contexts
         self.user_factors, self.item_factors = user_factors, item_factors
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        hist, ctx, targets, target_values = [], [], [], {a["name"]: [] for a in self.actions}
         rows = batch.to_pylist()
-        for r in rows:
-            items = np.asarray(r[ITEM_COL], dtype=np.int64)
-            contexts = {c: np.asarray(r[ctx_col(c)], dtype=np.int64) for c in self.contexts}
-            feedback = {}
-            for a in self.actions:
-                vals = np.asarray(r[act_col(a["name"])], dtype=np.float32)
-                feedback[a["name"]] = target_code(a["kind"], a["num_codes"], vals[:-1])
-                last = float(vals[-1])
-                target_values[a["name"]].append(a["levels"][int(last)] if a["kind"] == "graded" else last)
-            hist.append(Events(items[:-1], {c: v[:-1] for c, v in contexts.items()}, feedback))
-            ctx.append({c: int(v[-1]) for c, v in contexts.items()})  # the next event's context is known
-            targets.append(int(items[-1]))
+        if self.source == "retrieval":
+            events = [_next_event(r, len(r[ITEM_COL]) - 1, self.actions, self.contexts) for r in rows]
+        else:  # one request per held-out event: the row's last
+            events = [_next_event(r, int(r[REQ_POS][-1]), self.actions, self.contexts) for r in rows]
+        hist, ctx = [e[0] for e in events], [e[1] for e in events]
         head_in, query = encode_next(self.model, hist, ctx)
-        ids, _ = self.index.search(query, self.n + 1, [np.unique(h.items) for h in hist])
-        ids = np.pad(ids, ((0, 0), (0, self.n + 1 - ids.shape[1])))
-        target = ids == np.asarray(targets)[:, None]
-        missing = ~target.any(axis=1)
-        ids[missing, -1] = np.asarray(targets)[missing]
-        target[missing, -1] = True
+        if self.source == "retrieval":
+            targets = np.asarray([e[2] for e in events])
+            ids, _ = self.index.search(query, self.width, [np.unique(h.items) for h in hist])
+            ids = np.pad(ids, ((0, 0), (0, self.width - ids.shape[1])))
+            target = ids == targets[:, None]
+            missing = ~target.any(axis=1)
+            ids[missing, -1] = targets[missing]
+            target[missing, -1] = True
+            observed = {
+                a["name"]: np.where(target, np.asarray([e[3][a["name"]] for e in events])[:, None], 0.0)
+                for a in self.actions
+            }
+        else:
+            ids = np.zeros((len(rows), self.width), np.int64)
+            target = np.zeros(ids.shape, bool)
+            observed = {a["name"]: np.zeros(ids.shape, np.float32) for a in self.actions}
+            for i, r in enumerate(rows):
+                shown = np.asarray(r[REQ_ITEMS][-1], dtype=np.int64)[: self.width]
+                ids[i, : len(shown)] = shown
+                target[i, : len(shown)] = np.asarray(r[REQ_CLICKED][-1])[: self.width] > 0
+                for a in self.actions:
+                    values = _natural(a, np.asarray(r[req_act(a["name"])][-1], dtype=np.float32)[: self.width])
+                    observed[a["name"]][i, : len(shown)] = values
         probs = action_probabilities(self.model, head_in, torch.from_numpy(ids), hist, ctx)
         out = {"items": ids, "target": target, SPLIT_COL: np.asarray([r[SPLIT_COL] for r in rows], dtype=np.int8)}
         for a in self.actions:
             name = a["name"]
             out[f"prob/{name}"] = probs[name].numpy().astype(np.float32)
-            out[f"obs/{name}"] = np.where(
-                target, np.asarray(target_values[name], dtype=np.float32)[:, None], 0.0
-            ).astype(np.float32)
+            out[f"obs/{name}"] = np.where(ids > 0, observed[name], 0.0).astype(np.float32)
         if self.user_factors is not None:
             users = np.asarray([r[USER_IDX] for r in rows])
             affinity = np.einsum("rk,rck->rc", self.user_factors[users], self.item_factors[ids])
@@ -129,19 +181,40 @@ def _factors(prepared: PreparedRun, run_dir: Path) -> tuple[np.ndarray | None, n
     return truth["user_final_factors"][users], item_factors
 
 
+def candidate_source(cfg: CandidateConfig, run_dir: Path) -> tuple[str, Path | None]:
+    """(source, impressions file): impressions when asked for or, with `auto`, when the run has them."""
+    path = absolute(cfg.impressions) if cfg.impressions else default_impressions(run_dir)
+    if cfg.source == "retrieval" or (cfg.source == "auto" and not path.is_file()):
+        return "retrieval", None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"candidates.source=impressions but there are no impressions at {path}: set candidates.impressions to a "
+            "file (user_id, timestamp, item_id, clicked and the actions) or use candidates.source=retrieval"
+        )
+    return "impressions", path
+
+
 def build_candidates(
     checkpoint: Path, run_dir: Path, prepared: PreparedRun, splits: list[str], cfg: CandidateConfig, cache_dir: Path
-) -> dict[str, CandidateSet]:
-    """Score (or reuse the cached) candidates of each split. The splits to score go through one
-    Ray Data pipeline, so one actor pool loads the checkpoint once for all of them."""
+) -> tuple[dict[str, CandidateSet], dict]:
+    """Score (or reuse the cached) candidates of each split; returns them and what they are (source,
+    impressions file and how many impressions were usable). The splits to score go through one Ray
+    Data pipeline, so one actor pool loads the checkpoint once for all of them."""
+    source, impressions = candidate_source(cfg, run_dir)
+    about = {"source": source, "impressions": str(impressions) if impressions else None}
+    if source == "retrieval":
+        about["bias"] = RETRIEVAL_BIAS
+    width = cfg.retrieve_n + 1 if source == "retrieval" else cfg.slate_size
     sets, metas, todo = {}, {}, []
     for split in splits:
         metas[split] = {
             "version": CACHE_VERSION,
             "checkpoint": str(checkpoint),
             "split": split,
-            "retrieve_n": cfg.retrieve_n,
             "max_rows": cfg.max_rows,
+            "source": source,
+            "width": width,
+            "impressions": about["impressions"],
         }
         cache = cache_dir / f"{split}.npz"
         if cache.is_file():
@@ -151,8 +224,19 @@ def build_candidates(
                 sets[split] = cached
                 continue
         todo.append(split)
+    if source == "impressions" and todo:
+        requests = build_requests(prepared, run_dir, impressions, cfg.slate_size, cache_dir / "requests", tuple(todo))
+        about["skipped_impressions"] = requests["skipped"]
+        inputs = requests["paths"]
+    else:
+        inputs = {s: prepared.paths[s] for s in splits}
+    if source == "impressions":
+        print(f"[tune] candidates: the slate shown at each held-out event ({impressions})", flush=True)
+    else:
+        print(f"[tune] candidates: retrieval top-{cfg.retrieve_n} + the next item (no impressions). {RETRIEVAL_BIAS}")
     if not todo:
-        return sets
+        about["requests"] = {s: int(sets[s].items.shape[0]) for s in splits}
+        return sets, about
     started = time.time()
     user_factors, item_factors = _factors(prepared, run_dir)
     actions = [
@@ -163,7 +247,7 @@ def build_candidates(
     actors = max(1, min(cfg.concurrency, int(ray.cluster_resources().get("CPU", 1)) - 1))
     parts_in = []
     for code, split in enumerate(todo):
-        ds = ray.data.read_parquet(prepared.paths[split])
+        ds = ray.data.read_parquet(inputs[split])
         if cfg.max_rows:
             ds = ds.limit(cfg.max_rows)
         parts_in.append(
@@ -179,7 +263,8 @@ def build_candidates(
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={
             "checkpoint": str(checkpoint),
-            "retrieve_n": cfg.retrieve_n,
+            "source": source,
+            "width": width,
             "actions": actions,
             "contexts": list(prepared.vocab.contexts),
             "user_factors": user_factors,
@@ -195,7 +280,7 @@ def build_candidates(
     for code, split in enumerate(todo):
         rows = code_of == code
         if not rows.any():
-            raise ValueError(f"the {split} split of {run_dir} has no rows to rank")
+            raise ValueError(f"the {split} split of {run_dir} has no rows to rank ({source} candidates)")
         mine = {k: v[rows] for k, v in arr.items()}
         pick = lambda prefix: {k.split("/", 1)[1]: v for k, v in mine.items() if k.startswith(prefix + "/")}  # noqa: E731
         result = CandidateSet(
@@ -210,4 +295,7 @@ def build_candidates(
             flush=True,
         )
     print(f"[tune] candidates of {' and '.join(todo)} scored in one pass ({time.time() - started:.0f}s)", flush=True)
-    return {split: sets[split] for split in splits}
+    about["requests"] = {s: int(sets[s].items.shape[0]) for s in splits}
+    if about.get("skipped_impressions"):
+        print(f"[tune] impressions not used: {about['skipped_impressions']}", flush=True)
+    return {split: sets[split] for split in splits}, about

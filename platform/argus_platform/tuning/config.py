@@ -13,20 +13,22 @@ from argus_platform.configlib import documented as _help
 class MetricSpec:
     """One metric of the ranking the weights produce (objectives are data, not code).
 
-    Replay metrics, over each row's top-k (averaged over rows); only the item the user engaged with
-    next has observed values, so they reward ranking *that* item high (exposure-biased):
+    Replay metrics, over each row's top-k (averaged over rows), from the candidates' observed
+    actions — of a logged slate, the item chosen (its feedback) and those passed over (zero); of
+    retrieval candidates, only the item engaged with next (so they reward ranking *that* item high):
+      dcg         Σ over the top-k of Σ_a gains[a] · value_a(item) / log2(position + 1)
       utility     Σ over the top-k of Σ_a gains[a] · value_a(item)
       ndcg        NDCG@k with gain(item) = max(0, Σ_a gains[a] · value_a(item))
       rate        Σ over the top-k of value_{action}(item)  (e.g. dislikes shown per request)
     Value metric, over the engaged items of all rows:
       value_corr  Spearman correlation between an engaged item's score and the value the user got
                   from it (Σ_a gains[a] · value_a): does the score order what users valued?
-    On synthetic data every metric is also judged by the truth: utility@k (or rate@k) of the list
-    with E[a | user, item] from the simulator, and its regret to the best ordering.
+    On synthetic data every metric is also judged by the truth: utility@k (dcg@k, rate@k) of the
+    list with E[a | user, item] from the simulator, and its regret to the best ordering.
     """
 
     name: str = ""
-    kind: Literal["utility", "ndcg", "rate", "value_corr"] = "utility"
+    kind: Literal["dcg", "utility", "ndcg", "rate", "value_corr"] = "utility"
     gains: dict[str, float] = field(default_factory=dict)
     action: str = ""
     k: int = 10
@@ -48,21 +50,31 @@ class MetricSpec:
         return {self.action} if self.kind == "rate" else set(self.gains)
 
 
-# The embedded default (the synthetic data's actions): does the score order engagement (plays,
-# likes, no skips), and does it keep disliked items down? Two objectives → NSGA-II, Pareto front.
+# The embedded default (the synthetic data's actions): does the ranking put first what users engage
+# with (plays, likes, no skips), and does it keep what they dislike down? Two objectives → NSGA-II,
+# a Pareto front; the weights written out are the front's best engagement.
 ENGAGEMENT_GAINS = {"played_ratio": 1.0, "like": 5.0, "skip": -1.0}
 
 
 def _default_objectives() -> list[MetricSpec]:
     return [
-        MetricSpec(name="engagement", kind="value_corr", gains=dict(ENGAGEMENT_GAINS), k=10),
-        MetricSpec(name="no_dislike", kind="value_corr", gains={"dislike": -1.0}, k=10),
+        MetricSpec(name="engagement", kind="dcg", gains=dict(ENGAGEMENT_GAINS), k=10),
+        MetricSpec(name="no_dislike", kind="dcg", gains={"dislike": -1.0}, k=10),
     ]
 
 
 @dataclass
 class CandidateConfig:
-    retrieve_n: int = _help("retrieval top-N per row; the actual next item is added when missing", 50)
+    source: Literal["auto", "impressions", "retrieval"] = _help(
+        "what is ranked per held-out event: the slate shown then (impressions), or the retrieval top-N plus the "
+        "next item (retrieval: biased, only that item has observed actions); auto = impressions when there are some",
+        "auto",
+    )
+    impressions: str = _help(
+        "impressions Parquet/CSV (user_id, timestamp, item_id, clicked, <actions>); '' = the synthetic log's", ""
+    )
+    slate_size: int = _help("impressions: items of a slate kept (the chosen one first)", 8)
+    retrieve_n: int = _help("retrieval: top-N per row; the actual next item is added when missing", 50)
     max_rows: int = _help("rows per split to score (0 = all)", 0)
     batch_size: int = _help("rows per Ray Data batch", 256)
     concurrency: int = _help("Ray Data actors scoring candidates in parallel", 2)
@@ -80,8 +92,9 @@ class SearchConfig:
     max_concurrent: int = _help("trials evaluated at once (1 = the same seed gives the same trials)", 1)
     signs_from_gains: bool = _help(
         "keep each weight's sign that of the objectives' gain for its action (w ∈ [0, high] or [low, 0]); "
-        "false searches every weight over [low, high]",
-        True,
+        "false searches every weight over [low, high] (a baseline with a forbidden sign is then scored beside "
+        "the search)",
+        False,
     )
     select: str = _help("objective whose best feasible Pareto point is written out ('' = the first)", "")
 
@@ -104,6 +117,10 @@ class TuneWeightsConfig:
     default_weights: dict[str, float] = _help(
         "the hand-set baseline (serve/argus.yaml's); {} = uniform",
         factory=lambda: {"like": 1.0, "played_ratio": 0.5, "skip": -0.5, "dislike": -1.0},
+    )
+    baseline_weights: dict[str, dict[str, float]] = _help(
+        "more named weight sets to beat (e.g. production's): trials of the search like default and uniform",
+        factory=dict,
     )
     search: SearchConfig = _help("the Tune search", factory=SearchConfig)
     local_num_cpus: int = _help("logical CPUs of the local Ray started when RAY_ADDRESS is unset", 4)

@@ -1,8 +1,9 @@
 """Ranking metrics over candidate sets, for given scoring weights (vectorised over rows).
 
 Each row's candidates are ordered by score = Σ_a w_a · P(a); a metric reads the top-k of that
-order. `values` are either what users did (observed) or the simulator's E[a] (oracle); the
-oracle ordering ranks by the true item value itself, which is the best any weights can do.
+order. `values` are either what users did (observed: a replay of the logged actions, e.g. of the
+slate a user was shown) or the simulator's E[a] (oracle); the oracle ordering ranks by the true
+item value itself, which no weighting of the model's P(a) can beat.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def value_corr(spec: MetricSpec, cand: CandidateSet, score: np.ndarray) -> float
 
 
 def truth(spec: MetricSpec) -> MetricSpec:
-    """How the oracle judges a metric: the true value of the top-k list."""
-    return dataclasses.replace(spec, kind="rate" if spec.kind == "rate" else "utility")
+    """How the oracle judges a metric: the true value of the top-k list (position-discounted for
+    dcg, whose lists — slates — may be no longer than k)."""
+    return dataclasses.replace(spec, kind=spec.kind if spec.kind in ("rate", "dcg") else "utility")
 
 
 def metric(spec: MetricSpec, values: dict[str, np.ndarray], order: np.ndarray, valid: np.ndarray) -> float:
@@ -60,6 +62,8 @@ def metric(spec: MetricSpec, values: dict[str, np.ndarray], order: np.ndarray, v
     if spec.kind in ("utility", "rate"):
         return float(picked.sum(axis=1).mean())
     discount = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
+    if spec.kind == "dcg":
+        return float((picked * discount).sum(axis=1).mean())
     dcg = (picked * discount).sum(axis=1)
     ideal = (np.take_along_axis(v, top_k(v, spec.k), axis=1) * discount[: min(spec.k, v.shape[1])]).sum(axis=1)
     has = ideal > 0
@@ -83,7 +87,7 @@ def evaluate(
     }
 
 
-def oracle_best(cand: CandidateSet, specs: list[MetricSpec]) -> dict[str, float]:
+def best_ordering(cand: CandidateSet, specs: list[MetricSpec]) -> dict[str, float]:
     """The best value of each metric any ordering of the same candidates reaches (true values)."""
     out = {}
     for s in specs:

@@ -17,17 +17,29 @@ import pandas as pd
 from argus_models.weights import write_weights_file
 from argus_platform.tuning.candidates import CandidateSet
 from argus_platform.tuning.config import MetricSpec, TuneWeightsConfig
-from argus_platform.tuning.objectives import evaluate, oracle_best
+from argus_platform.tuning.objectives import best_ordering, evaluate
+
+RESERVED = ("tuned", "oracle_best", "oracle_ordering")
 
 
 def baselines(cfg: TuneWeightsConfig, actions: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The weight sets the tuned ones must beat: default (hand-set), uniform (1/|A|), and the user's."""
     notes = []
     default = {a: float(cfg.default_weights.get(a, 0.0)) for a in actions}
     unknown = sorted(set(cfg.default_weights) - set(actions))
     if unknown or not cfg.default_weights:
         notes.append(f"default_weights {cfg.default_weights} do not fit the actions {actions}; default = uniform")
         default = {a: 1.0 / len(actions) for a in actions}
-    return {"default": default, "uniform": {a: 1.0 / len(actions) for a in actions}}, notes
+    sets = {"default": default, "uniform": {a: 1.0 / len(actions) for a in actions}}
+    for name, weights in cfg.baseline_weights.items():
+        unknown = sorted(set(weights) - set(actions))
+        if name in sets or name in RESERVED or unknown:
+            raise ValueError(
+                f"baseline_weights.{name}: "
+                + (f"names unknown action(s) {unknown} (the run's: {actions})" if unknown else "the name is taken")
+            )
+        sets[name] = {a: float(weights.get(a, 0.0)) for a in actions}
+    return sets, notes
 
 
 def evaluate_sets(
@@ -39,7 +51,7 @@ def evaluate_sets(
     out: dict = {}
     for split, cand in splits.items():
         out[split] = {}
-        best = oracle_best(cand, objectives) if cand.oracle is not None else None
+        best = best_ordering(cand, objectives) if cand.oracle is not None else None
         for name, w in sets.items():
             row = {"observed": evaluate(cand, w, specs)}
             if best is not None:
@@ -51,19 +63,42 @@ def evaluate_sets(
                 }
             out[split][name] = row
         if best is not None:
-            out[split]["oracle_best"] = best
+            out[split]["oracle_ordering"] = best
     return out
 
 
+def _baseline_names(evals: dict) -> list[str]:
+    return [n for n in evals["validation"] if n not in RESERVED]
+
+
 def _gain(evals: dict, split: str, metric: str, source: str = "observed") -> dict[str, float]:
+    """Tuned − each baseline on one metric (the margin; > 0 means the tuned weights are ahead)."""
     tuned = evals[split]["tuned"][source][metric]
-    return {f"vs_{b}": tuned - evals[split][b][source][metric] for b in ("default", "uniform")}
+    return {f"vs_{b}": tuned - evals[split][b][source][metric] for b in _baseline_names(evals)}
+
+
+def recoverable_gap(evals: dict, metric: str) -> dict[str, dict[str, float]]:
+    """Per split, on the simulator's true values of `metric`: gap = oracle-best − default (what any
+    weighting of the model's P(a) could add to the hand-set weights) and the share of it the tuned
+    weights recovered."""
+    out = {}
+    for split, rows in evals.items():
+        true = {n: r["oracle"][metric] for n, r in rows.items() if n != "oracle_ordering"}
+        gap = true["oracle_best"] - true["default"]
+        out[split] = {
+            "oracle_best": true["oracle_best"],
+            "default": true["default"],
+            "tuned": true["tuned"],
+            "gap": gap,
+            "recovered": (true["tuned"] - true["default"]) / gap if gap > 0 else float("nan"),
+        }
+    return out
 
 
 def _table(evals: dict, cfg: TuneWeightsConfig) -> str:
     specs = cfg.objectives + cfg.constraints
     head = "| split | weights | " + " | ".join(s.name for s in specs)
-    has_oracle = "oracle_best" in evals.get("test", {})
+    has_oracle = "oracle_ordering" in evals.get("test", {})
     if has_oracle:
         head += (
             " | "
@@ -73,7 +108,7 @@ def _table(evals: dict, cfg: TuneWeightsConfig) -> str:
         )
     lines = [head + " |", "|" + "---|" * (head.count("|"))]
     for split, rows in evals.items():
-        for name in ("tuned", "default", "uniform"):
+        for name in [n for n in rows if n != "oracle_ordering"]:
             r = rows[name]
             cells = [f"{r['observed'][s.name]:.4f}" for s in specs]
             if has_oracle:
@@ -82,6 +117,19 @@ def _table(evals: dict, cfg: TuneWeightsConfig) -> str:
                 ]
             lines.append(f"| {split} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _markers(evals: dict) -> dict[str, dict]:
+    """Plot styles of the weight sets marked beside the trials: the baselines and the oracle-best."""
+    fixed = {
+        "default": {"marker": "s", "color": "tab:red"},
+        "uniform": {"marker": "^", "color": "tab:orange"},
+        "oracle_best": {"marker": "D", "color": "tab:purple"},
+    }
+    others = [n for n in evals["validation"] if n not in fixed and n not in RESERVED]
+    palette = ["tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    styles = {n: {"marker": "v", "color": palette[i % len(palette)]} for i, n in enumerate(others)}
+    return {n: st for n, st in (fixed | styles).items() if n in evals["validation"]}
 
 
 def _plots(
@@ -101,12 +149,10 @@ def _plots(
         ax.scatter(df[x], df[y], s=12, c="lightgray", label="trials")
         pf = feasible[front].sort_values(x)
         ax.plot(pf[x], pf[y], "o-", color="tab:blue", label="Pareto front (feasible)")
-        for name, marker in (("default", "s"), ("uniform", "^")):
+        for name, style in _markers(evals).items():
             v = evals["validation"][name]["observed"]
-            ax.scatter(
-                [v[x]], [v[y]], marker=marker, s=60, color="tab:red" if name == "default" else "tab:orange", label=name
-            )
-        ax.scatter([df.loc[chosen, x]], [df.loc[chosen, y]], marker="*", s=180, color="tab:green", label="chosen")
+            ax.scatter([v[x]], [v[y]], s=70, label=name.replace("_", "-"), **style)
+        ax.scatter([df.loc[chosen, x]], [df.loc[chosen, y]], marker="*", s=200, color="tab:green", label="chosen")
         ax.set_xlabel(f"{x} ({objectives[0].goal})")
         ax.set_ylabel(f"{y} ({objectives[1].goal})")
         ax.set_title("Weight search on validation candidates")
@@ -117,7 +163,8 @@ def _plots(
         best = np.maximum.accumulate(v) if o.goal == "max" else np.minimum.accumulate(v)
         ax.plot(np.arange(len(v)), v, ".", color="lightgray", label="trial")
         ax.plot(np.arange(len(v)), best, "-", color="tab:blue", label="best so far")
-        ax.axhline(evals["validation"]["default"]["observed"][o.name], color="tab:red", ls="--", label="default")
+        for name, style in _markers(evals).items():
+            ax.axhline(evals["validation"][name]["observed"][o.name], color=style["color"], ls="--", label=name)
         ax.set_xlabel("trial")
         ax.set_ylabel(o.name)
         ax.set_title("Weight search on validation candidates")
@@ -142,6 +189,7 @@ def write_outputs(
     algorithm: str,
     checkpoint: Path,
     notes: list[str],
+    candidates: dict,
 ) -> dict:
     tuned = sets["tuned"]
     target = cfg.search.select or cfg.objectives[0].name
@@ -153,33 +201,60 @@ def write_outputs(
             "algorithm": algorithm,
             "trials": len(df),
             "selected_by": target,
+            "candidates": candidates["source"],
             "validation": {m: float(df.loc[chosen, m]) for m in [o.name for o in cfg.objectives + cfg.constraints]},
         },
     )
     df.to_csv(out_dir / "trials.csv", index=False)
     feasible[front].to_csv(out_dir / "pareto.csv", index=False)
     plots = _plots(out_dir, df, feasible, front, chosen, evals, cfg)
+    names = [o.name for o in cfg.objectives]
     report = {
         "checkpoint": str(checkpoint),
         "algorithm": algorithm,
         "trials": len(df),
         "selected_by": target,
+        "candidates": candidates,
         "weights": sets,
         "evaluation": evals,
-        "test_improvement": {o.name: _gain(evals, "test", o.name) for o in cfg.objectives},
+        "margin": {split: {n: _gain(evals, split, n) for n in names} for split in evals},
+        "test_improvement": {n: _gain(evals, "test", n) for n in names},
         "pareto_front": feasible[front].to_dict(orient="records"),
         "files": ["weights.yaml", "trials.csv", "pareto.csv", "results.md"] + plots,
         "notes": notes,
     }
-    if "oracle_best" in evals.get("test", {}):
-        report["test_improvement_true"] = {o.name: _gain(evals, "test", o.name, "oracle") for o in cfg.objectives}
+    lines = []
+    if "oracle_ordering" in evals.get("test", {}):
+        report["test_improvement_true"] = {n: _gain(evals, "test", n, "oracle") for n in names}
+        if "oracle_best" in sets:
+            report["recoverable_gap"] = {"metric": target} | recoverable_gap(evals, target)
+            g = report["recoverable_gap"]["test"]
+            lines = [
+                f"Recoverable gap on test (true {target}): oracle-best weights {g['oracle_best']:.4f} − default "
+                f"{g['default']:.4f} = {g['gap']:+.4f}; the tuned weights ({g['tuned']:.4f}) recover "
+                f"{100 * g['recovered']:.0f}% of it.",
+                "",
+            ]
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=float))
     md = [
         f"# Weight search ({algorithm}, {len(df)} trials, selected by {target})",
         "",
+        f"Candidates: {candidates['source']}"
+        + (
+            f" ({candidates['impressions']}; requests {candidates['requests']})"
+            if candidates.get("impressions")
+            else ""
+        )
+        + (f". {candidates['bias']}" if candidates.get("bias") else ""),
+        "",
         "Chosen weights: " + ", ".join(f"{a}={w:+.3f}" for a, w in tuned.items()),
         "",
+        *lines,
         _table(evals, cfg),
+        "",
+        "Margins of the tuned weights (tuned − baseline, observed):",
+        "",
+        _margins(report["margin"]),
         "",
         "Pareto front (feasible, validation):",
         "",
@@ -187,6 +262,14 @@ def write_outputs(
     ]
     (out_dir / "results.md").write_text("\n".join(md) + "\n")
     return report
+
+
+def _margins(margin: dict) -> str:
+    rows = [(split, metric, vs, v) for split, by in margin.items() for metric, g in by.items() for vs, v in g.items()]
+    return "\n".join(
+        ["| split | metric | versus | tuned − it |", "|---|---|---|---|"]
+        + [f"| {s} | {m} | {vs.removeprefix('vs_')} | {v:+.4f} |" for s, m, vs, v in rows]
+    )
 
 
 def _markdown(df: pd.DataFrame) -> str:

@@ -34,11 +34,17 @@ def searched_key(i: int) -> str:
 
 
 def trial(
-    config: dict, data: CandidateSet, objectives: list[MetricSpec], constraints: list[MetricSpec], actions: list[str]
+    config: dict,
+    data: CandidateSet,
+    objectives: list[MetricSpec],
+    constraints: list[MetricSpec],
+    actions: list[str],
+    source: str = "observed",
 ) -> dict:
-    """Score one weight vector on the validation candidates (the Tune trainable's body)."""
+    """Score one weight vector on the validation candidates (the Tune trainable's body): by what
+    users did (observed), or by the simulator's true values (oracle)."""
     weights = {a: float(config[f"w_{a}"]) for a in actions}
-    values = evaluate(data, weights, objectives + constraints)
+    values = evaluate(data, weights, objectives + constraints, source)
     bad = sum(violation(c, values[c.name]) for c in constraints)
     out = dict(values) | {"violation": bad}
     for i, o in enumerate(objectives):
@@ -47,13 +53,20 @@ def trial(
 
 
 def _trainable(
-    config: dict, data: CandidateSet, objectives: list[MetricSpec], constraints: list[MetricSpec], actions: list[str]
+    config: dict,
+    data: CandidateSet,
+    objectives: list[MetricSpec],
+    constraints: list[MetricSpec],
+    actions: list[str],
+    source: str,
 ) -> None:
-    tune.report(trial(config, data, objectives, constraints, actions))
+    tune.report(trial(config, data, objectives, constraints, actions, source))
 
 
-def make_searcher(cfg: TuneWeightsConfig, start: list[dict] | None = None) -> tuple[ConcurrencyLimiter, str]:
-    s, objectives = cfg.search, cfg.objectives
+def make_searcher(
+    cfg: TuneWeightsConfig, start: list[dict] | None = None, objectives: list[MetricSpec] | None = None
+) -> tuple[ConcurrencyLimiter, str]:
+    s, objectives = cfg.search, objectives or cfg.objectives
     algorithm = s.algorithm if s.algorithm != "auto" else ("tpe" if len(objectives) == 1 else "nsga2")
     if algorithm == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(8, s.num_samples // 6))
@@ -97,28 +110,53 @@ def _fingerprint(cfg: TuneWeightsConfig, actions: list[str], cache_meta: dict, s
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def in_space(cfg: TuneWeightsConfig, weights: dict[str, float], actions: list[str]) -> dict[str, float] | None:
+    """`weights` as a point of the search space, or None when it lies outside. Scores rank the same
+    under any positive rescaling of w, so a vector is first scaled to fit the bounds (max |w_a| → the
+    bound); it is outside only when a sign rule forbids one of its signs."""
+    ranges = {a: weight_range(cfg, a) for a in actions}
+    w = np.array([weights.get(a, 0.0) for a in actions], dtype=np.float64)
+    bound = min(abs(x) for lo_hi in ranges.values() for x in lo_hi if x != 0)
+    peak = np.abs(w).max()
+    if peak > 0:
+        w = w * bound / peak
+    point = {f"w_{a}": float(v) for a, v in zip(actions, w)}
+    inside = all(lo - 1e-12 <= point[f"w_{a}"] <= hi + 1e-12 for a, (lo, hi) in ranges.items())
+    return point if inside else None
+
+
 def run_search(
     cfg: TuneWeightsConfig,
     data: CandidateSet,
     actions: list[str],
     out_dir: Path,
     cache_meta: dict,
-    start: dict[str, float] | None = None,
+    baselines: dict[str, dict[str, float]] | None = None,
+    source: str = "observed",
+    name: str = EXPERIMENT,
 ) -> tuple[pd.DataFrame, str]:
     """Run (or resume, or reuse a finished) search; returns one row per trial and the algorithm.
-    `start` (the hand-set weights, clipped into the search space) is the first trial, so the
-    search never ends below its baseline on validation."""
-    exp = out_dir / EXPERIMENT
-    stamp = out_dir / "search_fingerprint.txt"
+
+    The `baselines` (default, uniform and any the user passes) are trials too: the first ones
+    (`points_to_evaluate`, rescaled into the space), or, when a sign rule puts one outside the
+    space, evaluated beside the search; their rows carry a `baseline` name, and selection takes
+    them in, so the chosen weights are never dominated by one of them on validation.
+    `source` oracle searches against the simulator's true values (the best any weights can do)."""
+    exp = out_dir / name
+    stamp = out_dir / f"{name}_fingerprint.txt"
+    objectives = cfg.objectives if source == "observed" else [selected_objective(cfg)]
+    constraints = cfg.constraints if source == "observed" else []
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trainable, data=data, objectives=cfg.objectives, constraints=cfg.constraints, actions=actions
+            _trainable, data=data, objectives=objectives, constraints=constraints, actions=actions, source=source
         ),
         {"cpu": 1},
     )
-    first = [{f"w_{a}": float(np.clip(start.get(a, 0.0), *weight_range(cfg, a))) for a in actions}] if start else None
-    searcher, algorithm = make_searcher(cfg, first)
-    fp = _fingerprint(cfg, actions, cache_meta, first)
+    baselines = baselines or {}
+    points = {b: in_space(cfg, w, actions) for b, w in baselines.items()}
+    first = [p for p in points.values() if p is not None] or None
+    searcher, algorithm = make_searcher(cfg, first, objectives)
+    fp = _fingerprint(cfg, actions, cache_meta | {"source": source}, first)
     if exp.exists() and stamp.is_file() and stamp.read_text() == fp and tune.Tuner.can_restore(str(exp)):
         print(f"[tune] resuming the search in {exp}", flush=True)
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
@@ -133,7 +171,7 @@ def run_search(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=cfg.search.num_samples, reuse_actors=True),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out_dir), verbose=0),
+            run_config=tune.RunConfig(name=name, storage_path=str(out_dir), verbose=0),
         )
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]
@@ -141,8 +179,28 @@ def run_search(
         raise RuntimeError(f"{len(errors)} of {len(results)} trials failed; first: {errors[0]}")
     df = results.get_dataframe()
     df = df.rename(columns={c: c.removeprefix("config/") for c in df.columns})
-    keep = [f"w_{a}" for a in actions] + [m.name for m in cfg.objectives + cfg.constraints] + ["violation", "trial_id"]
-    return df[keep].reset_index(drop=True), algorithm
+    keep = [f"w_{a}" for a in actions] + [m.name for m in objectives + constraints] + ["violation", "trial_id"]
+    df = df[keep].reset_index(drop=True)
+    df["baseline"] = ""
+    outside = []
+    for b, point in points.items():
+        if point is None:  # a sign rule excludes it: scored beside the search, with its own weights
+            w = {f"w_{a}": float(baselines[b].get(a, 0.0)) for a in actions}
+            row = trial(w, data, objectives, constraints, actions, source)
+            outside.append(w | {k: row[k] for k in [m.name for m in objectives + constraints] + ["violation"]})
+            outside[-1] |= {"trial_id": f"baseline-{b}", "baseline": b}
+            continue
+        weights = df[[f"w_{a}" for a in actions]].to_numpy()
+        match = np.flatnonzero(np.all(np.isclose(weights, [point[f"w_{a}"] for a in actions]), axis=1))
+        if match.size:
+            df.loc[match[0], "baseline"] = b
+    if outside:
+        df = pd.concat([df, pd.DataFrame(outside)], ignore_index=True)
+    return df, algorithm
+
+
+def selected_objective(cfg: TuneWeightsConfig) -> MetricSpec:
+    return next(o for o in cfg.objectives if o.name == (cfg.search.select or cfg.objectives[0].name))
 
 
 def pareto_mask(df: pd.DataFrame, objectives: list[MetricSpec]) -> np.ndarray:
@@ -162,7 +220,7 @@ def select(df: pd.DataFrame, cfg: TuneWeightsConfig) -> tuple[int, pd.DataFrame,
         log.warning("no trial satisfies the constraints; choosing among the least violating")
         feasible = df[df["violation"] <= df["violation"].min()]
     front = pareto_mask(feasible, cfg.objectives)
-    target = next(o for o in cfg.objectives if o.name == (cfg.search.select or cfg.objectives[0].name))
+    target = selected_objective(cfg)
     pool = feasible[front]
     best = pool[target.name].idxmax() if target.goal == "max" else pool[target.name].idxmin()
     return int(best), feasible, front

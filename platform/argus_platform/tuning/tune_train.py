@@ -107,6 +107,23 @@ def trial_config(base: dict, sampled: dict[str, Any], run_dir: str) -> TrainJobC
     return from_dict(TrainJobConfig, doc)
 
 
+def own_point(base: dict, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """The base config's own values of the searched keys (the first trial, so the search is never
+    below the configuration it started from): keys the config leaves unset, or sets outside the
+    range, are left to the sampler."""
+    point = {}
+    for key, spec in space.items():
+        node: Any = base
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        inside = node in spec.values if spec.kind == "choice" else spec.low <= node <= spec.high
+        if inside:
+            point[key] = node
+    return point
+
+
 def _trainable(config: dict, base: dict, shared: str, trials_dir: str, releaser: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -145,8 +162,11 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
         print(f"[tune-train] resuming the search in {exp}", flush=True)
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:
+        first = own_point(base, cfg.space)
+        print(f"[tune-train] first trial: the config's own {first or 'values (none in the search ranges)'}", flush=True)
         searcher = ConcurrencyLimiter(
-            OptunaSearch(metric=cfg.metric, mode="max", seed=cfg.seed), max_concurrent=cfg.max_concurrent
+            OptunaSearch(metric=cfg.metric, mode="max", seed=cfg.seed, points_to_evaluate=[first] if first else None),
+            max_concurrent=cfg.max_concurrent,
         )
         # max_t past the last epoch: a trial that trains to the end returns by itself instead of being stopped
         scheduler = ASHAScheduler(

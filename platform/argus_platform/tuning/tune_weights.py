@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 from argus_models.rundir import absolute, resolve_checkpoint, wait_for_run
+from argus_platform.configlib import to_dict
 from argus_platform.data.prepare import load_prepared
 from argus_platform.raytrain import init_ray, say_where_logs_go
 from argus_platform.tuning.candidates import build_candidates
 from argus_platform.tuning.config import TuneWeightsConfig
 from argus_platform.tuning.report import baselines, evaluate_sets, write_outputs
-from argus_platform.tuning.search import run_search, select
+from argus_platform.tuning.search import run_search, select, selected_objective
 
 
 def tune_weights(cfg: TuneWeightsConfig) -> dict:
@@ -31,44 +32,63 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
     print(f"[tune] run {run_dir.name}, checkpoint {checkpoint.name}; output {out_dir}", flush=True)
     init_ray(cfg.local_num_cpus, quiet=not cfg.verbose)
     say_where_logs_go(out_dir, "verbose=true", "[tune]")
-    splits = build_candidates(checkpoint, run_dir, prepared, ["validation", "test"], cfg.candidates, out_dir / "cache")
-    cache_meta = {
-        "checkpoint": str(checkpoint),
-        "retrieve_n": cfg.candidates.retrieve_n,
-        "max_rows": cfg.candidates.max_rows,
-    }
+    splits, about = build_candidates(
+        checkpoint, run_dir, prepared, ["validation", "test"], cfg.candidates, out_dir / "cache"
+    )
+    cache_meta = {"checkpoint": str(checkpoint), "candidates": to_dict(cfg.candidates)}
+    sets, notes = baselines(cfg, actions)
     print(
-        f"[tune] searching {len(actions)} weights over {cfg.search.num_samples} trials: objectives "
-        f"{[o.name for o in cfg.objectives]}, constraints {[c.name for c in cfg.constraints]}",
+        f"[tune] searching {len(actions)} weights over {cfg.search.num_samples} trials ({', '.join(sets)} among "
+        f"them): objectives {[o.name for o in cfg.objectives]}, constraints {[c.name for c in cfg.constraints]}",
         flush=True,
     )
-    sets, notes = baselines(cfg, actions)
-    df, algorithm = run_search(cfg, splits["validation"], actions, out_dir, cache_meta, start=sets["default"])
+    df, algorithm = run_search(cfg, splits["validation"], actions, out_dir, cache_meta, baselines=sets)
     chosen, feasible, front = select(df, cfg)
     sets = {"tuned": {a: float(df.loc[chosen, f"w_{a}"]) for a in actions}} | sets
+    if splits["validation"].oracle is not None:
+        # The best any weighting of the model's P(a) can do, judged by the simulator's truth on validation.
+        target = selected_objective(cfg).name
+        truth, _ = run_search(
+            cfg, splits["validation"], actions, out_dir, cache_meta, baselines=sets, source="oracle", name="oracle"
+        )
+        best = int(truth[target].idxmax()) if selected_objective(cfg).goal == "max" else int(truth[target].idxmin())
+        sets["oracle_best"] = {a: float(truth.loc[best, f"w_{a}"]) for a in actions}
+        print(f"[tune] oracle-best weights (true {target} on validation): {_weights(sets['oracle_best'])}", flush=True)
     specs = cfg.objectives + cfg.constraints
     evals = evaluate_sets(sets, splits, specs, cfg.objectives)
-    report = write_outputs(out_dir, cfg, df, chosen, feasible, front, sets, evals, algorithm, checkpoint, notes)
+    report = write_outputs(out_dir, cfg, df, chosen, feasible, front, sets, evals, algorithm, checkpoint, notes, about)
     report["out_dir"] = str(out_dir)
     report["seconds"] = round(time.time() - started, 1)
     return report
 
 
+def _weights(w: dict[str, float]) -> str:
+    return ", ".join(f"{a}={v:+.3f}" for a, v in w.items())
+
+
 def format_report(report: dict) -> str:
     lines = [
-        f"[tune] {report['algorithm']}, {report['trials']} trials, chosen by {report['selected_by']}: "
-        + ", ".join(f"{a}={w:+.3f}" for a, w in report["weights"]["tuned"].items())
+        f"[tune] {report['algorithm']}, {report['trials']} trials on {report['candidates']['source']} candidates, "
+        f"chosen by {report['selected_by']}: " + _weights(report["weights"]["tuned"])
     ]
     for split in ("validation", "test"):
         ev = report["evaluation"][split]
-        for name in ("tuned", "default", "uniform"):
+        for name in [n for n in ev if n != "oracle_ordering"]:
             parts = [f"{k}={v:.4f}" for k, v in ev[name]["observed"].items()]
-            if "regret" in ev[name]:
-                parts += [f"regret[{k}]={v:.4f}" for k, v in ev[name]["regret"].items()]
-            lines.append(f"  {split:<10} {name:<8} " + " ".join(parts))
-    for metric, gain in report["test_improvement"].items():
+            if "oracle" in ev[name]:
+                parts += [f"true[{k}]={v:.4f}" for k, v in ev[name]["oracle"].items()]
+            lines.append(f"  {split:<10} {name:<11} " + " ".join(parts))
+    for split, by in report["margin"].items():
+        for metric, gain in by.items():
+            lines.append(
+                f"  {split} {metric}: "
+                + ", ".join(f"tuned − {b.removeprefix('vs_')} {v:+.4f}" for b, v in gain.items())
+            )
+    if "recoverable_gap" in report:
+        g, metric = report["recoverable_gap"]["test"], report["recoverable_gap"]["metric"]
         lines.append(
-            f"  test {metric}: tuned − default {gain['vs_default']:+.4f}, tuned − uniform {gain['vs_uniform']:+.4f}"
+            f"  recoverable gap (test, true {metric}): oracle-best {g['oracle_best']:.4f} − "
+            f"default {g['default']:.4f} = {g['gap']:+.4f}; tuned {g['tuned']:.4f} recovers {100 * g['recovered']:.0f}%"
         )
     lines.append(f"[tune] wrote {', '.join(report['files'])} to {report['out_dir']} ({report['seconds']:.0f}s)")
     return "\n".join(lines)
