@@ -132,7 +132,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     }
     trainer = make_trainer(
         train_loop_per_worker,
-        {"job": to_dict(cfg), "run_dir": str(run_dir)},
+        {"job": to_dict(cfg), "run_dir": str(run_dir), "report_every_epoch": bool(callbacks)},
         cfg.scaling,
         run_dir,
         datasets,

@@ -61,7 +61,14 @@ def run_ray_worker(config: dict, body: Callable[[WorkerIO, Path | None], None]) 
         tee_progress(run_dir)  # the driver prints these lines when workers' output stays off the terminal
     shards = {s: ray.train.get_dataset_shard(s) for s in SPLITS}
 
+    every_epoch = config.get("report_every_epoch", True)
+
     def report(metrics: dict, ckpt: Path | None) -> None:
+        # A report waits until the controller has taken the previous one, and it looks every 2 s
+        # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S): an epoch's report without a checkpoint cost ~1.5 s
+        # on short epochs. Only Tune trials (ASHA's rungs) need them; training reports its evaluations.
+        if ckpt is None and not every_epoch:
+            return
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt)) if ckpt is not None else None
         ray.train.report(json_safe(metrics), checkpoint=checkpoint)
 
