@@ -58,7 +58,7 @@ lint: $(STAMP)
 test: $(STAMP) $(TSTAMP) $(KSTAMP)
 	$(VPY) -m pytest -m "not slow" -q $(ARGS)
 
-# Unit tests only: no Ray cluster, Serve, extra processes or subprocesses (under 3 minutes on 2 cores).
+# Unit tests only: no Ray cluster, Serve, extra processes or subprocesses (about a minute on 2 cores).
 test-fast: $(STAMP)
 	$(VPY) -m pytest -m "not slow and not integration" -q $(ARGS)
 
