@@ -9,6 +9,10 @@ from argus_platform.config import ScalingCfg
 from argus_platform.configlib import ConfigError
 from argus_platform.configlib import documented as _help
 
+# The impressions file and slate size, as fine-tuning and the weight search both read them.
+IMPRESSIONS_HELP = "impressions Parquet/CSV (user_id, timestamp, item_id, clicked, <actions>); '' = the synthetic log's"
+SLATE_SIZE_HELP = "shown items kept per request (the clicked ones first)"
+
 
 @dataclass
 class FinetuneConfig:
@@ -20,10 +24,8 @@ class FinetuneConfig:
         "(candidate isolation for three_token models)",
         "pairwise",
     )
-    impressions: str = _help(
-        "impressions Parquet/CSV (user_id, timestamp, item_id, clicked, <actions>); '' = the synthetic log's", ""
-    )
-    slate_size: int = _help("shown items kept per request (the clicked ones first)", 8)
+    impressions: str = _help(IMPRESSIONS_HELP, "")
+    slate_size: int = _help(SLATE_SIZE_HELP, 8)
     epochs: int = _help("passes over the training requests", 4)
     batch_size: int = _help("users per worker per step (each brings all of its requests)", 16)
     dense_lr: float = _help("AdamW learning rate of the dense arch", 3e-4)

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 from argus_platform.configlib import ConfigError
 from argus_platform.configlib import documented as _help
+from argus_platform.finetune.config import IMPRESSIONS_HELP, SLATE_SIZE_HELP
 
 
 @dataclass
@@ -70,10 +71,8 @@ class CandidateConfig:
         "next item (retrieval: biased, only that item has observed actions); auto = impressions when there are some",
         "auto",
     )
-    impressions: str = _help(
-        "impressions Parquet/CSV (user_id, timestamp, item_id, clicked, <actions>); '' = the synthetic log's", ""
-    )
-    slate_size: int = _help("impressions: items of a slate kept (the chosen one first)", 8)
+    impressions: str = _help(IMPRESSIONS_HELP, "")
+    slate_size: int = _help(SLATE_SIZE_HELP, 8)
     retrieve_n: int = _help("retrieval: top-N per row; the actual next item is added when missing", 50)
     max_rows: int = _help("rows per split to score (0 = all)", 0)
     batch_size: int = _help("rows per Ray Data batch", 256)
