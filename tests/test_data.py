@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from argus_platform.configlib import ConfigError, from_dict
 from argus_platform.data.config import DataConfig, SyntheticConfig
 from argus_platform.data.prepare import prepare_data
 from argus_platform.data.quarantine import TooManyBadRows, validate_chunk, write_canonical
@@ -130,6 +131,27 @@ def test_synthetic_is_deterministic_and_records_ground_truth(tmp_path):
     assert gt["item_factors"].shape == (50, cfg.latent_dim) and gt["user_final_factors"].shape[0] == 40
     c = pq.read_table(generate(SyntheticConfig(**{**cfg.__dict__, "seed": 8}), tmp_path / "c"))
     assert not a.equals(c)
+
+
+def test_clickbait_items_are_skipped_and_disliked_more_and_the_share_changes_nothing_else(tmp_path):
+    cfg = SyntheticConfig(
+        num_users=300, num_items=200, events_per_user=30, clickbait_share=0.3, impressions_per_event=0
+    )
+    log = pq.read_table(generate(cfg, tmp_path / "bait")).to_pandas()
+    gt = np.load(tmp_path / "bait" / "ground_truth.npz")
+    bait = pd.Series(gt["item_bait"], index=gt["item_raw_ids"])
+    assert 0.2 < (bait > 0).mean() < 0.4 and bait[bait > 0].between(0.3, 1.0).all()
+    is_bait = bait.reindex(log["item_id"]).to_numpy() > 0
+    rates = log.groupby(is_bait)[["skip", "dislike"]].mean()
+    assert rates.loc[True, "skip"] > rates.loc[False, "skip"] + 0.2
+    assert rates.loc[True, "dislike"] > rates.loc[False, "dislike"] + 0.1
+    none = SyntheticConfig(**{**cfg.__dict__, "clickbait_share": 0.0})
+    generate(none, tmp_path / "none")
+    plain = np.load(tmp_path / "none" / "ground_truth.npz")
+    np.testing.assert_array_equal(plain["item_factors"], gt["item_factors"])  # the share changes nothing else
+    assert not plain["item_bait"].any()
+    with pytest.raises(ConfigError, match="clickbait_share"):
+        from_dict(SyntheticConfig, {"clickbait_share": 1.0})
 
 
 @pytest.mark.parametrize("n", [1, 7, 1000, 200_000])

@@ -283,6 +283,32 @@ def test_weights_are_checked_against_the_models_actions(tmp_path):
         load_weights_file(str(tmp_path / "nan.yaml"), actions)
 
 
+def test_the_engagement_term_round_trips_through_the_weights_file_and_ranks_by_the_choice_softmax(tmp_path):
+    actions = ["like", "skip"]
+    write_weights_file(tmp_path / "w.yaml", {"like": 1.0, "skip": -1.0, "engage": 0.5}, engage_sharpness=2.0)
+    w = load_weights_file(tmp_path / "w.yaml", actions)
+    assert w.weights == {"like": 1.0, "skip": -1.0, "engage": 0.5} and w.engage_sharpness == 2.0
+    assert w.version != load_weights_file_plain(tmp_path, actions).version
+    probs = {"like": torch.tensor([[0.5, 0.9, 0.0]]), "skip": torch.tensor([[0.1, 0.6, 0.0]])}
+    retrieval, valid = torch.tensor([[1.0, 0.0, 5.0]]), torch.tensor([[True, True, False]])
+    got = combine(probs, w.weights, retrieval, w.engage_sharpness, valid)
+    p = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    torch.testing.assert_close(got[0, :2].float(), p * torch.tensor([0.5 + 0.5 - 0.1, 0.5 + 0.9 - 0.6]))
+    assert got[0, 2] == 0.0, "no probability on an empty slot"
+    with pytest.raises(ValueError, match="retrieval scores"):
+        combine(probs, w.weights, None, 2.0)
+    (tmp_path / "neg.yaml").write_text("weights: {like: 1}\nengage_sharpness: -1\n")
+    with pytest.raises(WeightsError, match="engage_sharpness must be ≥ 0"):
+        load_weights_file(tmp_path / "neg.yaml", actions)
+    inline = resolve_weights({"like": 1.0, "engage": 0.2}, "", actions, tmp_path, engage_sharpness=1.5)
+    assert inline.engage_sharpness == 1.5 and inline.weights["engage"] == 0.2
+
+
+def load_weights_file_plain(tmp_path, actions):
+    write_weights_file(tmp_path / "plain.yaml", {"like": 1.0, "skip": -1.0, "engage": 0.5})
+    return load_weights_file(tmp_path / "plain.yaml", actions)
+
+
 def _fake_checkpoint(run: Path, name: str, epoch: int, best: int) -> Path:
     d = run / name
     d.mkdir(parents=True)

@@ -49,12 +49,24 @@ def test_search_runs_train_trials_with_asha_and_writes_the_best_config(tmp_path)
 
 
 def test_the_first_trial_is_the_configs_own_values_where_the_ranges_hold_them():
+    from argus_models.task import DEFAULT_ACTION_WEIGHT
     from argus_platform.configlib import to_dict
     from argus_platform.tuning.tune_train import ParamSpec, _default_space, own_point
 
     base = to_dict(load_config(TrainJobConfig, None, ["loss.action_weights={like: 1.5}", "optim.sparse_lr=0.5"]))
-    point = own_point(base, _default_space())
-    # dense_lr 2e-3 and 128 negatives lie in their ranges; sparse_lr 0.5 lies outside (the sampler
-    # draws it); the skip weight is not set by the config
-    assert point == {"optim.dense_lr": 2e-3, "loss.action_weights.like": 1.5, "loss.uniform_negatives": 128}
-    assert own_point(base, {"model.embedding_dim": ParamSpec(kind="choice", values=[16, 32])}) == {}
+    point, notes = own_point(base, _default_space())
+    # every key (Optuna's warm start needs them all): dense_lr 2e-3 and 128 negatives as set;
+    # sparse_lr 0.5 lies outside, the nearest in range; the skip weight is λ's default
+    assert point == {
+        "optim.dense_lr": 2e-3,
+        "optim.sparse_lr": 0.2,
+        "loss.action_weights.like": 1.5,
+        "loss.action_weights.skip": DEFAULT_ACTION_WEIGHT,
+        "loss.uniform_negatives": 128,
+    }
+    assert notes == ["optim.sparse_lr=0.5 lies outside the search range: 0.2 instead"]
+    dim = base["model"]["embedding_dim"]
+    point, notes = own_point(base, {"model.embedding_dim": ParamSpec(kind="choice", values=[dim // 4, dim // 2])})
+    assert point == {"model.embedding_dim": dim // 2} and len(notes) == 1
+    point, notes = own_point(base, {"model.no_such_key": ParamSpec(kind="loguniform", low=1e-4, high=1e-2)})
+    assert point == {"model.no_such_key": pytest.approx(1e-3)} and "not set" in notes[0]

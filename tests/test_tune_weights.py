@@ -48,8 +48,9 @@ def test_search_writes_weights_serve_reads_and_a_report_with_oracle_regret(searc
     assert report["algorithm"] == "nsga2" and report["trials"] == 8
     for name in ("weights.yaml", "report.json", "trials.csv", "pareto.csv", "results.md", "pareto.png"):
         assert (out / name).is_file(), name
-    tuned = load_weights_file(out / "weights.yaml", ACTIONS).weights
-    assert tuned == report["weights"]["tuned"]
+    written = load_weights_file(out / "weights.yaml", ACTIONS)
+    tuned = written.weights
+    assert tuned | {"engage_sharpness": written.engage_sharpness} == report["weights"]["tuned"]
     # Serve picks <run>/tune/weights.yaml up when its config names no weights
     (tiny_run / "tune").mkdir(exist_ok=True)
     shutil.copy(out / "weights.yaml", tiny_run / "tune" / "weights.yaml")
@@ -154,13 +155,7 @@ def test_over_seeds_and_draws_the_chosen_weights_are_never_dominated_by_a_baseli
     rng = np.random.default_rng(0)
     for seed in (1, 2):
         rows = rng.choice(len(full.items), size=len(full.items) // 2, replace=False)
-        draw = CandidateSet(
-            full.items[rows],
-            full.target[rows],
-            {a: v[rows] for a, v in full.probs.items()},
-            {a: v[rows] for a, v in full.observed.items()},
-            None,
-        )
+        draw = full.rows(rows)
         cfg = _cfg(tiny_run, tmp_path, num_samples=5, seed=seed)
         sets, _ = baselines(cfg, ACTIONS)
         df, _ = run_search(cfg, draw, ACTIONS, tmp_path / f"draw{seed}", {"draw": seed}, baselines=sets)

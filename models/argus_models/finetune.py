@@ -26,6 +26,7 @@ from torchrec.streamable import Pipelineable
 
 from argus_models.losses import feedback_loss
 from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
+from argus_models.task import DEFAULT_ACTION_WEIGHT
 
 
 @dataclass
@@ -95,7 +96,9 @@ class SlateObjective(nn.Module):
         if mode == "ranker" and not dense.schema.actions:
             raise ValueError("ranker fine-tuning needs a model with action heads; this one has none")
         self.dense, self.mode = dense, mode
-        self.action_weights = {a.name: float((action_weights or {}).get(a.name, 1.0)) for a in dense.schema.actions}
+        self.action_weights = {
+            a.name: float((action_weights or {}).get(a.name, DEFAULT_ACTION_WEIGHT)) for a in dense.schema.actions
+        }
 
     def slate_outputs(self, emb: dict[str, torch.Tensor], batch: SlateBatch) -> torch.Tensor:
         """pairwise: scores [R, K]; ranker: feedback logits [R, K, Σ outputs]."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from argus_models.checkpoint import InferenceModel
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ITEM_IDS, ctx_feature, fb_feature, hash_feature, table_name
+from argus_models.weights import ENGAGE, SHARPNESS
 
 log = logging.getLogger(__name__)
 
@@ -339,9 +340,32 @@ def action_probabilities(
     return {a.name: feedback_probability(a, named[a.name]) for a in schema.actions}
 
 
-def combine(probs: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    """score = Σ_a w_a · P(a), [B, K]."""
-    return sum(w * probs[a] for a, w in weights.items())
+def engage_probability(retrieval_scores: torch.Tensor, valid: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """P(engage | list) [B, K]: softmax over each row's valid candidates of sharpness · <query, item>
+    — the next-item model's choice among what is ranked (0 on empty slots)."""
+    logits = torch.where(valid, sharpness * retrieval_scores.double(), -torch.inf)
+    peak = logits.max(dim=1, keepdim=True).values
+    p = torch.exp(logits - torch.where(torch.isfinite(peak), peak, 0.0))
+    return p / p.sum(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def combine(
+    probs: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    retrieval_scores: torch.Tensor | None = None,
+    engage_sharpness: float = 0.0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """score [B, K] = P(engage | list) · (w_engage + Σ_a w_a · P(a | engaged)); without the
+    engagement term (engage_sharpness 0) Σ_a w_a · P(a | engaged) (argus_models.weights)."""
+    conditional = sum(w * probs[a] for a, w in weights.items() if a in probs)
+    if not engage_sharpness:
+        return conditional
+    if retrieval_scores is None:
+        raise ValueError(f"{SHARPNESS} > 0 needs the candidates' retrieval scores")
+    valid = torch.ones_like(retrieval_scores, dtype=torch.bool) if valid is None else valid
+    value = weights.get(ENGAGE, 0.0) if ENGAGE not in probs else 0.0
+    return engage_probability(retrieval_scores, valid, engage_sharpness) * (value + conditional)
 
 
 def item_vectors(model: InferenceModel) -> torch.Tensor:

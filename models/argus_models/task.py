@@ -14,6 +14,8 @@ from argus_models.losses import chunked_full_softmax_loss, feedback_loss, sample
 from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
 from argus_models.rows import pad_rows
 
+DEFAULT_ACTION_WEIGHT = 1.0  # λ_a of an action loss.action_weights leaves out
+
 
 @dataclass
 class SequenceBatch(Pipelineable):
@@ -87,7 +89,7 @@ class ArgusObjective(nn.Module):
             raise ValueError(
                 f"loss.action_weights names unknown action(s) {sorted(unknown)}; the data has {sorted(heads)}"
             )
-        self.action_weights = {h: float((action_weights or {}).get(h, 1.0)) for h in sorted(heads)}
+        self.action_weights = {h: float((action_weights or {}).get(h, DEFAULT_ACTION_WEIGHT)) for h in sorted(heads)}
         self.temperature = temperature
         if exclude_history and next_item_loss != "full_softmax":
             raise ValueError("exclude_history applies to the full softmax only (loss.next_item=full_softmax)")

@@ -112,7 +112,15 @@ class RetrieverOptions(_Options):
 
 class RankerOptions(_Options):
     weights_file: str = Field("", description="weights YAML (the Tune job's format)")
-    weights: dict[str, float] = Field(default_factory=dict, description="inline weights; win over weights_file")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="inline weights (per action, and `engage`); win over weights_file"
+    )
+    engage_sharpness: float = Field(
+        0.0,
+        ge=0,
+        description="with inline weights: the score is multiplied by P(engage | list) = softmax of this · the "
+        "retrieval score over the candidates; 0 = off (a weights file carries its own)",
+    )
     diversity_decay: float = Field(
         0.85, gt=0, le=1, description="score decay per earlier pick of the same group; 1 = off"
     )
@@ -333,13 +341,17 @@ class Ranker(_ModelReplica):
 
     def _apply(self, options: RankerOptions, model: ServingModel) -> None:
         actions = [a.name for a in model.model.schema.actions]
-        weights = resolve_weights(options.weights, options.weights_file, actions, run_dir_of(model.checkpoint))
+        weights = resolve_weights(
+            options.weights, options.weights_file, actions, run_dir_of(model.checkpoint), options.engage_sharpness
+        )
         key = (model.version, options.diversity_groups)
         if key != self._groups_key:
             self.groups, self._groups_key = item_groups(model.item_vectors, options.diversity_groups), key
         self.weights = weights
         self._set_batching(self.rank, options)
-        log.info("Ranker weights (%s): %s", weights.source, weights.weights)
+        log.info(
+            "Ranker weights (%s): %s, engage_sharpness %s", weights.source, weights.weights, weights.engage_sharpness
+        )
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def rank(self, queries: list[RankQuery]) -> list[RankResult]:
@@ -352,10 +364,14 @@ class Ranker(_ModelReplica):
             head_in, _ = encode_next(model.model, events, contexts)
         width = max(len(q.candidates) for q in queries)
         cand = torch.zeros((len(queries), width), dtype=torch.int64)
+        retrieval = torch.zeros((len(queries), width), dtype=torch.float32)
         for b, q in enumerate(queries):
             cand[b, : len(q.candidates)] = torch.from_numpy(q.candidates)
+            retrieval[b, : len(q.candidates)] = torch.from_numpy(q.retrieval_scores.astype(np.float32))
         probs = action_probabilities(model.model, head_in, cand, events, contexts)
-        scores = combine(probs, weights.weights).numpy() if probs else None
+        scores = (
+            combine(probs, weights.weights, retrieval, weights.engage_sharpness, cand > 0).numpy() if probs else None
+        )
         results = []
         for b, q in enumerate(queries):
             n = len(q.candidates)
@@ -375,6 +391,7 @@ class Ranker(_ModelReplica):
     def status(self) -> dict:
         return self.base_status() | {
             "weights": self.weights.weights,
+            "engage_sharpness": self.weights.engage_sharpness,
             "weights_source": self.weights.source,
             "weights_version": self.weights.version,
             "options": self.options.model_dump(),

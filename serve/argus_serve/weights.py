@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from argus_models.weights import ScoringWeights, WeightsError, load_weights_file, validate_weights, write_weights_file
+from argus_models.weights import (
+    ScoringWeights,
+    WeightsError,
+    load_weights_file,
+    validate_sharpness,
+    validate_weights,
+    write_weights_file,
+)
 from argus_serve.artifacts import absolute
 
 __all__ = [
@@ -20,11 +27,20 @@ RUN_WEIGHTS = "tune/weights.yaml"  # where the Tune job leaves its chosen weight
 
 
 def resolve_weights(
-    weights: dict[str, float] | None, weights_file: str, actions: list[str], run_dir: Path
+    weights: dict[str, float] | None,
+    weights_file: str,
+    actions: list[str],
+    run_dir: Path,
+    engage_sharpness: float = 0.0,
 ) -> ScoringWeights:
-    """Inline weights, else the named file, else <run dir>/tune/weights.yaml, else 1/|A| for every action."""
+    """Inline weights (with `engage_sharpness`), else the named file, else <run dir>/tune/weights.yaml,
+    else 1/|A| for every action."""
     if weights:
-        return ScoringWeights(validate_weights(weights, actions, "user_config.weights"), source="user_config")
+        return ScoringWeights(
+            validate_weights(weights, actions, "user_config.weights"),
+            source="user_config",
+            engage_sharpness=validate_sharpness(engage_sharpness, "user_config.engage_sharpness"),
+        )
     if weights_file:
         return load_weights_file(absolute(weights_file), actions)
     if (run_dir / RUN_WEIGHTS).is_file():

@@ -23,11 +23,20 @@ class SyntheticConfig:
     zipf_exponent: float = _help("item popularity exponent", 0.8)
     interest_drift: float = _help("per-event random-walk step of user interests", 0.15)
     affinity_temperature: float = _help("sharpness of choice given affinity (higher = more predictable)", 4.0)
+    clickbait_share: float = _help(
+        "share of items that are clickbait: chosen more often than their affinity earns, then skipped and disliked "
+        "more (not liked less): actions that differ in value, so the ranking weights matter; 0 = none",
+        0.1,
+    )
     seed: int = _help("generator seed (the log is a pure function of the config)", 7)
     chunk_users: int = _help("users generated per Parquet row group (bounds memory)", 20000)
     impressions_per_event: int = _help(
         "shown items logged per event in impressions.parquet: the chosen one plus others shown beside it (0 = none)", 8
     )
+
+    def validate(self) -> None:
+        if not 0.0 <= self.clickbait_share < 1.0:
+            raise ConfigError(f"data.synthetic.clickbait_share must be in [0, 1), got {self.clickbait_share}")
 
 
 @dataclass

@@ -1,21 +1,26 @@
 """The embedded synthetic multi-action event log.
 
-A user is a latent vector u that drifts by a random walk; an item has a latent vector v and a
-Zipf popularity. At each event the surface (context `source`) shows candidates drawn by
-popularity, and the user picks one with probability ∝ exp(temperature · <u, v>) — sharper on
-`search`, flatter on `recommended`. Feedback follows the true affinity a = <u, v>:
+A user is a latent vector u that drifts by a random walk; an item has a latent vector v, a Zipf
+popularity and a clickbait level b (0 for most items; U(0.3, 1) for a `clickbait_share` of
+them). At each event the surface (context `source`) shows candidates drawn by popularity, and
+the user picks one with probability ∝ exp(T · (a + 0.5 b)), a = <u, v> the true affinity, T the
+affinity temperature times the source's (sharper on `search`, flatter on `recommended`).
+Feedback on the chosen item mixes taste and bait differently per action, so the actions are not
+worth the same and the ranking weights matter — clickbait is chosen more often than its
+affinity earns, then played shorter, skipped and disliked, but not liked less:
 
-    played_ratio ~ sigmoid(2a + ε),  skip = played_ratio < 0.3,
-    like ~ Bernoulli(sigmoid(3a − 2)),  dislike ~ Bernoulli(sigmoid(−3a − 3))
+    played_ratio ~ sigmoid(2a − 3b + ε),  skip = played_ratio < 0.3,
+    like ~ Bernoulli(sigmoid(3a − 2)),  dislike ~ Bernoulli(sigmoid(−3a − 3 + 5b))
 
 Impressions: of the candidates an event showed, `impressions_per_event` are logged in
 `impressions.parquet` — the chosen item (clicked = 1, with the event's feedback) and others shown
-beside it (clicked = 0, no feedback). They drive fine-tuning (pairwise and ranking losses).
+beside it (clicked = 0, no feedback). They drive fine-tuning (pairwise and ranking losses) and
+the weight search's replay.
 
 The log is a pure function of `SyntheticConfig` (seeded), written one Parquet row group per
 chunk of users so it scales to tens of millions of events in bounded memory. The true
 parameters are saved beside it (`ground_truth.npz`, `ground_truth.json`) so later stages can
-score against an oracle.
+score against an oracle (`choice_logits`, `expected_actions`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ SOURCE_TEMPERATURE = np.array([1.0, 0.6, 1.8])  # multiplies the affinity temper
 CANDIDATES_PER_EVENT = 64
 PLAYED_NOISE = 0.5  # std of the noise inside played_ratio's sigmoid
 SKIP_BELOW = 0.3  # a play shorter than this ratio is a skip
+BAIT_RANGE = (0.3, 1.0)  # a clickbait item's level b ~ U(BAIT_RANGE)
+BAIT_PULL = 0.5  # what b adds to the affinity in the choice
 T0 = 1_700_000_000  # seconds
 
 
@@ -64,10 +71,11 @@ def _world(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
     k = cfg.latent_dim
     ranks = rng.permutation(cfg.num_items) + 1
     popularity = ranks.astype(np.float64) ** -cfg.zipf_exponent
-    return {
-        "item_factors": rng.normal(size=(cfg.num_items, k)) / np.sqrt(k) * 1.5,
-        "item_popularity": popularity / popularity.sum(),
-    }
+    factors = rng.normal(size=(cfg.num_items, k)) / np.sqrt(k) * 1.5
+    bait_rng = np.random.default_rng([cfg.seed, 3])  # its own stream: the factors do not depend on the share
+    is_bait = bait_rng.random(cfg.num_items) < cfg.clickbait_share
+    bait = np.where(is_bait, bait_rng.uniform(*BAIT_RANGE, size=cfg.num_items), 0.0)
+    return {"item_factors": factors, "item_popularity": popularity / popularity.sum(), "item_bait": bait}
 
 
 def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
@@ -107,6 +115,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
         item_raw_ids=raw_items,
         item_factors=world["item_factors"],
         item_popularity=world["item_popularity"],
+        item_bait=world["item_bait"],
         user_raw_ids=np.arange(cfg.num_users, dtype=np.int64),
         user_initial_factors=np.concatenate(user_init),
         user_final_factors=np.concatenate(user_final),
@@ -119,13 +128,16 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
                 "sources": SOURCES.tolist(),
                 "source_probs": SOURCE_PROBS.tolist(),
                 "source_temperature": SOURCE_TEMPERATURE.tolist(),
+                "choice": "P(i | shown) = softmax_i(affinity_temperature * source_temperature * (a + 0.5 b_i))",
                 "actions": {
-                    "played_ratio": "sigmoid(2a + N(0, 0.5^2))",
+                    "played_ratio": "sigmoid(2a - 3b + N(0, 0.5^2))",
                     "skip": "played_ratio < 0.3",
                     "like": "Bernoulli(sigmoid(3a - 2))",
-                    "dislike": "Bernoulli(sigmoid(-3a - 3))",
+                    "dislike": "Bernoulli(sigmoid(-3a - 3 + 5b))",
                 },
                 "affinity": "a = <u_t, v_i>; u_t = sqrt(1-d^2) u_{t-1} + d N(0, I/k)",
+                "clickbait": "b_i ~ U(0.3, 1) for a clickbait_share of items, else 0",
+                "clickbait_items": int((world["item_bait"] > 0).sum()),
                 "events": total,
             },
             indent=2,
@@ -218,13 +230,14 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
         src = rng.choice(3, size=m, p=SOURCE_PROBS)
         cands = np.minimum(cum_pop(rng.random((m, CANDIDATES_PER_EVENT))), cfg.num_items - 1)
         aff = np.einsum("mk,mck->mc", u[act], world["item_factors"][cands])  # [m, C]
-        logits = cfg.affinity_temperature * SOURCE_TEMPERATURE[src][:, None] * aff
+        bait = world["item_bait"][cands]
+        logits = choice_logits(aff, bait, cfg.affinity_temperature * SOURCE_TEMPERATURE[src][:, None])
         choice = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
         item = cands[np.arange(m), choice]
-        a = aff[np.arange(m), choice]
-        ratio = 1.0 / (1.0 + np.exp(-(2.0 * a + rng.normal(scale=PLAYED_NOISE, size=m))))
-        like = rng.random(m) < 1.0 / (1.0 + np.exp(-(3.0 * a - 2.0)))
-        dislike = rng.random(m) < 1.0 / (1.0 + np.exp(-(-3.0 * a - 3.0)))
+        a, b = aff[np.arange(m), choice], bait[np.arange(m), choice]
+        ratio = _sigmoid(2.0 * a - 3.0 * b + rng.normal(scale=PLAYED_NOISE, size=m))
+        like = rng.random(m) < _sigmoid(3.0 * a - 2.0)
+        dislike = rng.random(m) < _sigmoid(-3.0 * a - 3.0 + 5.0 * b)
         gap = rng.exponential(600.0, size=m) + np.where(rng.random(m) < 0.1, rng.exponential(86400.0, size=m), 0.0)
         t_now[act] += gap.astype(np.int64) + 1
         cols[USER].append(user_ids[act])
@@ -256,17 +269,29 @@ def _simulate_chunk(cfg, world, cum_pop, raw_items, first: int, n: int):
     )
 
 
-def expected_actions(affinity: np.ndarray) -> dict[str, np.ndarray]:
-    """E[action | affinity a] under the generator above — the oracle's view of any (user, item)."""
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def choice_logits(affinity: np.ndarray, bait: np.ndarray, temperature: np.ndarray | float) -> np.ndarray:
+    """The generator's choice logits over shown items (softmax over a slate = P(chosen | shown))."""
+    return temperature * (affinity + BAIT_PULL * bait)
+
+
+def expected_actions(affinity: np.ndarray, bait: np.ndarray | float = 0.0) -> dict[str, np.ndarray]:
+    """E[action | chosen item with affinity a and clickbait b] under the generator above — the
+    oracle's view of any (user, item)."""
     a = np.asarray(affinity, dtype=np.float64)
-    # E[sigmoid(2a + ε)], ε ~ N(0, 0.5²): 32-point Gauss–Hermite quadrature
+    b = np.broadcast_to(np.asarray(bait, dtype=np.float64), a.shape)
+    mean = 2.0 * a - 3.0 * b  # played_ratio's logit before the noise
+    # E[sigmoid(mean + ε)], ε ~ N(0, 0.5²): 32-point Gauss–Hermite quadrature
     nodes, wts = np.polynomial.hermite_e.hermegauss(32)
-    played = (wts / wts.sum() * (1.0 / (1.0 + np.exp(-(2.0 * a[..., None] + PLAYED_NOISE * nodes))))).sum(-1)
+    played = (wts / wts.sum() * _sigmoid(mean[..., None] + PLAYED_NOISE * nodes)).sum(-1)
     logit_skip = np.log(SKIP_BELOW / (1.0 - SKIP_BELOW))
     return {
-        "skip": torch.special.ndtr(torch.from_numpy((logit_skip - 2.0 * a) / PLAYED_NOISE)).numpy(),
-        "like": 1.0 / (1.0 + np.exp(-(3.0 * a - 2.0))),
-        "dislike": 1.0 / (1.0 + np.exp(-(-3.0 * a - 3.0))),
+        "skip": torch.special.ndtr(torch.from_numpy((logit_skip - mean) / PLAYED_NOISE)).numpy(),
+        "like": _sigmoid(3.0 * a - 2.0),
+        "dislike": _sigmoid(-3.0 * a - 3.0 + 5.0 * b),
         "played_ratio": played,
     }
 

@@ -12,6 +12,10 @@ candidate, what the user did (observed) and, on synthetic data, E[a] from the si
 
 Scored once with Ray Data (one pass over every split; an actor pool, each actor with the checkpoint
 loaded) and cached as .npz; every trial of the search then only re-weights these arrays.
+
+On synthetic data each candidate also gets its true value from the simulator: E[a | chosen] and
+P(chosen | the row's candidates) — the generator's choice model (a softmax of its choice logits
+over the list) — so the truth of a ranking is the expected value of its replay.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from argus_models.contract import ITEM_COL, USER_IDX, act_col, ctx_col, target_c
 from argus_models.inference import Events, ExactIndex, action_probabilities, encode_next, item_vectors
 from argus_models.rundir import absolute
 from argus_platform.data.prepare import PreparedRun
-from argus_platform.data.synthetic import expected_actions, load_ground_truth
+from argus_platform.data.synthetic import (
+    SOURCE_TEMPERATURE,
+    SOURCES,
+    choice_logits,
+    expected_actions,
+    load_ground_truth,
+)
 from argus_platform.finetune.requests import (
     REQ_CLICKED,
     REQ_ITEMS,
@@ -45,7 +55,7 @@ from argus_platform.tuning.config import CandidateConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 4
 RETRIEVAL_BIAS = (
     "retrieval candidates: only the item each user engaged with next has observed actions and the others were "
     "never shown, so the replay rewards ranking the engaged item first (next-item prediction) more than the "
@@ -62,16 +72,43 @@ class CandidateSet:
     target: np.ndarray  # [R, C] bool, the item the user engaged with next
     probs: dict[str, np.ndarray]  # [R, C] model P(a)
     observed: dict[str, np.ndarray]  # [R, C] what the user did (0 for items they were not shown)
-    oracle: dict[str, np.ndarray] | None  # [R, C] E[a | user, item] from the simulator
+    oracle: dict[str, np.ndarray] | None  # [R, C] E[a | user chose item] from the simulator
+    choice: np.ndarray | None = None  # [R, C] the simulator's P(user chooses item | the row's candidates)
+    retrieval: np.ndarray | None = None  # [R, C] the model's next-item score <query, item> (its choice logit)
 
     @property
     def valid(self) -> np.ndarray:
         return self.items > 0
 
+    def rows(self, index: np.ndarray) -> "CandidateSet":
+        """The subset of rows `index`, every field with it."""
+        pick = lambda d: None if d is None else {a: v[index] for a, v in d.items()}  # noqa: E731
+        opt = lambda v: None if v is None else v[index]  # noqa: E731
+        return CandidateSet(
+            self.items[index],
+            self.target[index],
+            pick(self.probs),
+            pick(self.observed),
+            pick(self.oracle),
+            opt(self.choice),
+            opt(self.retrieval),
+        )
+
+    def expected_observed(self) -> dict[str, np.ndarray]:
+        """[R, C] E[what the log shows for a candidate] = P(chosen | the list) · E[a | chosen]: the
+        truth a replay estimates (only the chosen item has actions). Without the choice model
+        (older caches), E[a | chosen] alone."""
+        if self.oracle is None:
+            raise ValueError("no oracle values: the run's data is not synthetic")
+        if self.choice is None:
+            return self.oracle
+        return {a: v.astype(np.float64) * self.choice for a, v in self.oracle.items()}
+
     def save(self, path: Path, meta: dict) -> None:
         arrays = {"items": self.items, "target": self.target}
         arrays |= {f"prob/{a}": v for a, v in self.probs.items()} | {f"obs/{a}": v for a, v in self.observed.items()}
         arrays |= {f"oracle/{a}": v for a, v in (self.oracle or {}).items()}
+        arrays |= {k: v for k, v in (("choice", self.choice), ("retrieval", self.retrieval)) if v is not None}
         np.savez_compressed(path, **arrays, meta=np.array(json.dumps(meta)))
 
     @classmethod
@@ -79,7 +116,9 @@ class CandidateSet:
         with np.load(path) as z:
             pick = lambda prefix: {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(prefix + "/")}  # noqa: E731
             oracle = pick("oracle")
-            return cls(z["items"], z["target"], pick("prob"), pick("obs"), oracle or None), json.loads(str(z["meta"]))
+            optional = {k: z[k] for k in ("choice", "retrieval") if k in z.files}
+            meta = json.loads(str(z["meta"]))
+            return cls(z["items"], z["target"], pick("prob"), pick("obs"), oracle or None, **optional), meta
 
 
 def _next_event(r: dict, end: int, actions: list[dict], contexts: list[str]) -> tuple[Events, dict, int, dict]:
@@ -114,14 +153,14 @@ class _Scorer:
         width: int,
         actions: list[dict],
         contexts: list[str],
-        user_factors: np.ndarray | None,
-        item_factors: np.ndarray | None,
+        truth: dict[str, np.ndarray] | None,
     ) -> None:
         torch.set_num_threads(1)
         self.model = load_inference_model(checkpoint)
-        self.index = ExactIndex(item_vectors(self.model)) if source == "retrieval" else None
+        self.vectors = item_vectors(self.model)
+        self.index = ExactIndex(self.vectors) if source == "retrieval" else None
         self.source, self.width, self.actions, self.contexts = source, width, actions, contexts
-        self.user_factors, self.item_factors = user_factors, item_factors
+        self.truth = truth
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         rows = batch.to_pylist()
@@ -156,29 +195,56 @@ class _Scorer:
                     observed[a["name"]][i, : len(shown)] = values
         probs = action_probabilities(self.model, head_in, torch.from_numpy(ids), hist, ctx)
         out = {"items": ids, "target": target, SPLIT_COL: np.asarray([r[SPLIT_COL] for r in rows], dtype=np.int8)}
+        out["retrieval"] = torch.einsum("rd,rcd->rc", query, self.vectors[torch.from_numpy(ids)]).numpy()
         for a in self.actions:
             name = a["name"]
             out[f"prob/{name}"] = probs[name].numpy().astype(np.float32)
             out[f"obs/{name}"] = np.where(ids > 0, observed[name], 0.0).astype(np.float32)
-        if self.user_factors is not None:
-            users = np.asarray([r[USER_IDX] for r in rows])
-            affinity = np.einsum("rk,rck->rc", self.user_factors[users], self.item_factors[ids])
-            for name, value in expected_actions(affinity).items():
-                out[f"oracle/{name}"] = value.astype(np.float32)
+        if self.truth is not None:
+            sources = np.asarray([c.get("source", 0) for c in ctx], dtype=np.int64)
+            out |= oracle_values(self.truth, np.asarray([r[USER_IDX] for r in rows]), ids, sources)
         return out
 
 
-def _factors(prepared: PreparedRun, run_dir: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The simulator's user/item factors in the run's index space (None for real data)."""
-    truth = load_ground_truth(run_dir / "data" / "synthetic")
+def oracle_values(t: dict[str, np.ndarray], users: np.ndarray, ids: np.ndarray, sources: np.ndarray) -> dict:
+    """`oracle/<a>`: E[a | chosen] and `choice`: P(chosen | the row's candidates), from the
+    simulator's truth (`_truth`) for rows of users, candidates ids [R, C] (0 = none) and the
+    request's `source` code."""
+    affinity = np.einsum("rk,rck->rc", t["user_factors"][users], t["item_factors"][ids])
+    bait = t["item_bait"][ids]
+    logits = np.where(ids > 0, choice_logits(affinity, bait, t["temperature"][sources][:, None]), -np.inf)
+    peak = logits.max(axis=1, keepdims=True)
+    choice = np.exp(logits - np.where(np.isfinite(peak), peak, 0.0))  # a row without candidates: all 0
+    out = {"choice": (choice / np.maximum(choice.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)}
+    for name, value in expected_actions(affinity, bait).items():
+        out[f"oracle/{name}"] = value.astype(np.float32)
+    return out
+
+
+def _truth(prepared: PreparedRun, run_dir: Path) -> dict[str, np.ndarray] | None:
+    """The simulator's world in the run's index space (None for real data): user factors (after
+    their last event), item factors and clickbait, and each `source` code's choice temperature."""
+    directory = run_dir / "data" / "synthetic"
+    truth = load_ground_truth(directory)
     if truth is None or prepared.summary["data_config"]["source"] != "synthetic":
-        return None, None
+        return None
+    temperature = json.loads((directory / "ground_truth.json").read_text())["config"]["affinity_temperature"]
     vocab = prepared.vocab
     users = np.searchsorted(truth["user_raw_ids"], vocab.users.astype(np.int64))
     items = np.searchsorted(truth["item_raw_ids"], vocab.items.astype(np.int64))
     item_factors = np.zeros((vocab.num_items + 1, truth["item_factors"].shape[1]))
     item_factors[1:] = truth["item_factors"][items]
-    return truth["user_final_factors"][users], item_factors
+    bait = np.zeros(vocab.num_items + 1)
+    bait[1:] = truth.get("item_bait", np.zeros(len(truth["item_raw_ids"])))[items]
+    sources = list(vocab.contexts.get("source", SOURCES))
+    per_code = np.ones(len(sources) + 1)  # code 0: padding, unseen value
+    per_code[1:] = [SOURCE_TEMPERATURE[list(SOURCES).index(s)] if s in SOURCES else 1.0 for s in sources]
+    return {
+        "user_factors": truth["user_final_factors"][users],
+        "item_factors": item_factors,
+        "item_bait": bait,
+        "temperature": temperature * per_code,
+    }
 
 
 def candidate_source(cfg: CandidateConfig, run_dir: Path) -> tuple[str, Path | None]:
@@ -238,7 +304,7 @@ def build_candidates(
         about["requests"] = {s: int(sets[s].items.shape[0]) for s in splits}
         return sets, about
     started = time.time()
-    user_factors, item_factors = _factors(prepared, run_dir)
+    truth = _truth(prepared, run_dir)
     actions = [
         {"name": a.name, "kind": a.kind, "num_codes": a.num_codes(), "levels": list(a.levels)}
         for a in prepared.spec.actions
@@ -267,8 +333,7 @@ def build_candidates(
             "width": width,
             "actions": actions,
             "contexts": list(prepared.vocab.contexts),
-            "user_factors": user_factors,
-            "item_factors": item_factors,
+            "truth": truth,
         },
     )
     parts: dict[str, list[np.ndarray]] = {}
@@ -284,7 +349,13 @@ def build_candidates(
         mine = {k: v[rows] for k, v in arr.items()}
         pick = lambda prefix: {k.split("/", 1)[1]: v for k, v in mine.items() if k.startswith(prefix + "/")}  # noqa: E731
         result = CandidateSet(
-            mine["items"], mine["target"].astype(bool), pick("prob"), pick("obs"), pick("oracle") or None
+            mine["items"],
+            mine["target"].astype(bool),
+            pick("prob"),
+            pick("obs"),
+            pick("oracle") or None,
+            mine.get("choice"),
+            mine["retrieval"].astype(np.float32),
         )
         cache_dir.mkdir(parents=True, exist_ok=True)
         result.save(cache_dir / f"{split}.npz", metas[split])

@@ -95,6 +95,13 @@ class SearchConfig:
         "the search)",
         False,
     )
+    engage_sharpness_high: float = _help(
+        "the engagement term: search engage_sharpness over [0, this] and the weight of `engage` over [low, high] "
+        "(score = P(engage | list) · (w_engage + Σ_a w_a · P(a | engaged)), P(engage | list) = softmax of "
+        "engage_sharpness · retrieval score over the list; 1 = the model's own next-item probability at "
+        "loss.temperature 1); 0 = search Σ_a w_a · P(a | engaged) alone",
+        1.0,
+    )
     select: str = _help("objective whose best feasible Pareto point is written out ('' = the first)", "")
 
 
@@ -146,3 +153,5 @@ class TuneWeightsConfig:
             )
         if self.search.weight_low >= self.search.weight_high:
             raise ConfigError("search.weight_low must be below search.weight_high")
+        if self.search.engage_sharpness_high < 0:
+            raise ConfigError("search.engage_sharpness_high must be ≥ 0 (0 = no engagement term)")

@@ -2,8 +2,9 @@
 
 Each row's candidates are ordered by score = Σ_a w_a · P(a); a metric reads the top-k of that
 order. `values` are either what users did (observed: a replay of the logged actions, e.g. of the
-slate a user was shown) or the simulator's E[a] (oracle); the oracle ordering ranks by the true
-item value itself, which no weighting of the model's P(a) can beat.
+slate a user was shown) or the simulator's truth (oracle): the expected value of that replay,
+P(chosen | list) · E[a | chosen] per candidate. The oracle ordering ranks by the true item value
+itself, which no weighting of the model's P(a) can beat.
 """
 
 from __future__ import annotations
@@ -12,17 +13,24 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import torch
 
+from argus_models.inference import combine
+from argus_models.weights import SHARPNESS
 from argus_platform.tuning.candidates import CandidateSet
 from argus_platform.tuning.config import MetricSpec
 
 
 def scores(cand: CandidateSet, weights: dict[str, float]) -> np.ndarray:
-    """[R, C] Σ_a w_a · P(a); empty candidate slots are −inf."""
-    s = np.zeros(cand.items.shape, dtype=np.float64)
-    for a, w in weights.items():
-        s += w * cand.probs[a]
-    return np.where(cand.valid, s, -np.inf)
+    """[R, C] the Ranker's score (argus_models.inference.combine, the same code Serve runs):
+    P(engage | list) · (w_engage + Σ_a w_a · P(a | engaged)), or Σ_a w_a · P(a | engaged) when the
+    set's engage_sharpness is 0; empty candidate slots are −inf."""
+    probs = {a: torch.from_numpy(v.astype(np.float64)) for a, v in cand.probs.items()}
+    sharpness = float(weights.get(SHARPNESS, 0.0))
+    linear = {a: float(w) for a, w in weights.items() if a != SHARPNESS}
+    retrieval = torch.from_numpy(cand.retrieval.astype(np.float64)) if cand.retrieval is not None else None
+    s = combine(probs, linear, retrieval, sharpness, torch.from_numpy(cand.valid))
+    return np.where(cand.valid, np.broadcast_to(np.asarray(s, dtype=np.float64), cand.items.shape), -np.inf)
 
 
 def top_k(order_by: np.ndarray, k: int) -> np.ndarray:
@@ -78,9 +86,8 @@ def evaluate(
     s = scores(cand, weights)
     order = top_k(s, max(m.k for m in specs))
     if source == "oracle":
-        if cand.oracle is None:
-            raise ValueError("no oracle values: the run's data is not synthetic")
-        return {m.name: metric(truth(m), cand.oracle, order, cand.valid) for m in specs}
+        true = cand.expected_observed()
+        return {m.name: metric(truth(m), true, order, cand.valid) for m in specs}
     return {
         m.name: value_corr(m, cand, s) if m.kind == "value_corr" else metric(m, cand.observed, order, cand.valid)
         for m in specs
@@ -89,12 +96,12 @@ def evaluate(
 
 def best_ordering(cand: CandidateSet, specs: list[MetricSpec]) -> dict[str, float]:
     """The best value of each metric any ordering of the same candidates reaches (true values)."""
-    out = {}
+    out, true = {}, cand.expected_observed()
     for s in specs:
         t = truth(s)
-        v = np.where(cand.valid, item_values(t, cand.oracle), -np.inf if s.goal == "max" else np.inf)
+        v = np.where(cand.valid, item_values(t, true), -np.inf if s.goal == "max" else np.inf)
         order = top_k(v if s.goal == "max" else -v, s.k)
-        out[s.name] = metric(t, cand.oracle, order, cand.valid)
+        out[s.name] = metric(t, true, order, cand.valid)
     return out
 
 

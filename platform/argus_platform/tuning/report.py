@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from argus_models.weights import write_weights_file
+from argus_models.weights import ENGAGE, SHARPNESS, write_weights_file
 from argus_platform.tuning.candidates import CandidateSet
 from argus_platform.tuning.config import MetricSpec, TuneWeightsConfig
 from argus_platform.tuning.objectives import best_ordering, evaluate
@@ -25,21 +25,28 @@ RESERVED = ("tuned", "oracle_best", "oracle_ordering")
 def baselines(cfg: TuneWeightsConfig, actions: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The weight sets the tuned ones must beat: default (hand-set), uniform (1/|A|), and the user's."""
     notes = []
-    default = {a: float(cfg.default_weights.get(a, 0.0)) for a in actions}
-    unknown = sorted(set(cfg.default_weights) - set(actions))
+    default = _weight_set(cfg.default_weights, actions)
+    unknown = sorted(set(cfg.default_weights) - set(actions) - {ENGAGE, SHARPNESS})
     if unknown or not cfg.default_weights:
         notes.append(f"default_weights {cfg.default_weights} do not fit the actions {actions}; default = uniform")
         default = {a: 1.0 / len(actions) for a in actions}
     sets = {"default": default, "uniform": {a: 1.0 / len(actions) for a in actions}}
     for name, weights in cfg.baseline_weights.items():
-        unknown = sorted(set(weights) - set(actions))
+        unknown = sorted(set(weights) - set(actions) - {ENGAGE, SHARPNESS})
         if name in sets or name in RESERVED or unknown:
             raise ValueError(
                 f"baseline_weights.{name}: "
                 + (f"names unknown action(s) {unknown} (the run's: {actions})" if unknown else "the name is taken")
             )
-        sets[name] = {a: float(weights.get(a, 0.0)) for a in actions}
+        sets[name] = _weight_set(weights, actions)
     return sets, notes
+
+
+def _weight_set(weights: dict[str, float], actions: list[str]) -> dict[str, float]:
+    """Every action's weight (0 when missing), and the engagement term's when given."""
+    return {a: float(weights.get(a, 0.0)) for a in actions} | {
+        k: float(weights[k]) for k in (ENGAGE, SHARPNESS) if k in weights
+    }
 
 
 def evaluate_sets(
@@ -195,7 +202,7 @@ def write_outputs(
     target = cfg.search.select or cfg.objectives[0].name
     write_weights_file(
         out_dir / "weights.yaml",
-        tuned,
+        {a: w for a, w in tuned.items() if a != SHARPNESS},
         {
             "checkpoint": str(checkpoint),
             "algorithm": algorithm,
@@ -204,6 +211,7 @@ def write_outputs(
             "candidates": candidates["source"],
             "validation": {m: float(df.loc[chosen, m]) for m in [o.name for o in cfg.objectives + cfg.constraints]},
         },
+        engage_sharpness=tuned.get(SHARPNESS, 0.0),
     )
     df.to_csv(out_dir / "trials.csv", index=False)
     feasible[front].to_csv(out_dir / "pareto.csv", index=False)

@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from argus_models.weights import ENGAGE, SHARPNESS
 from argus_platform.configlib import to_dict
 from argus_platform.tuning.candidates import CandidateSet
 from argus_platform.tuning.config import MetricSpec, TuneWeightsConfig
@@ -43,8 +44,7 @@ def trial(
 ) -> dict:
     """Score one weight vector on the validation candidates (the Tune trainable's body): by what
     users did (observed), or by the simulator's true values (oracle)."""
-    weights = {a: float(config[f"w_{a}"]) for a in actions}
-    values = evaluate(data, weights, objectives + constraints, source)
+    values = evaluate(data, weights_of(config, actions), objectives + constraints, source)
     bad = sum(violation(c, values[c.name]) for c in constraints)
     out = dict(values) | {"violation": bad}
     for i, o in enumerate(objectives):
@@ -98,6 +98,25 @@ def weight_range(cfg: TuneWeightsConfig, action: str) -> tuple[float, float]:
     return low, high
 
 
+def dimensions(cfg: TuneWeightsConfig, actions: list[str]) -> dict[str, tuple[float, float]]:
+    """Searched parameter → interval: w_<action> for every action and, with
+    search.engage_sharpness_high > 0, the engagement term's w_engage and engage_sharpness."""
+    dims = {f"w_{a}": weight_range(cfg, a) for a in actions}
+    if cfg.search.engage_sharpness_high > 0:
+        dims[f"w_{ENGAGE}"] = weight_range(cfg, ENGAGE)
+        dims[SHARPNESS] = (0.0, cfg.search.engage_sharpness_high)
+    return dims
+
+
+def weights_of(point, actions: list[str]) -> dict[str, float]:
+    """A search point (w_<action>, and w_engage, engage_sharpness when searched) as a weight set."""
+    w = {a: float(point[f"w_{a}"]) for a in actions}
+    for key, name in ((f"w_{ENGAGE}", ENGAGE), (SHARPNESS, SHARPNESS)):
+        if key in point and not pd.isna(point[key]):
+            w[name] = float(point[key])
+    return w
+
+
 def _fingerprint(cfg: TuneWeightsConfig, actions: list[str], cache_meta: dict, start: list[dict] | None) -> str:
     doc = {
         "objectives": to_dict(cfg.objectives),
@@ -112,16 +131,22 @@ def _fingerprint(cfg: TuneWeightsConfig, actions: list[str], cache_meta: dict, s
 
 def in_space(cfg: TuneWeightsConfig, weights: dict[str, float], actions: list[str]) -> dict[str, float] | None:
     """`weights` as a point of the search space, or None when it lies outside. Scores rank the same
-    under any positive rescaling of w, so a vector is first scaled to fit the bounds (max |w_a| → the
-    bound); it is outside only when a sign rule forbids one of its signs."""
-    ranges = {a: weight_range(cfg, a) for a in actions}
-    w = np.array([weights.get(a, 0.0) for a in actions], dtype=np.float64)
-    bound = min(abs(x) for lo_hi in ranges.values() for x in lo_hi if x != 0)
+    under any positive rescaling of the weights (w_a and w_engage), so a vector is first scaled to
+    fit the bounds (max |w| → the bound); it is outside when a sign rule forbids one of its signs,
+    or when it has an engagement term the search does not."""
+    dims = dimensions(cfg, actions)
+    if SHARPNESS not in dims and (weights.get(SHARPNESS) or weights.get(ENGAGE)):
+        return None
+    linear = [k for k in dims if k != SHARPNESS]
+    w = np.array([weights.get(k.removeprefix("w_"), 0.0) for k in linear], dtype=np.float64)
+    bound = min(abs(x) for k in linear for x in dims[k] if x != 0)
     peak = np.abs(w).max()
     if peak > 0:
         w = w * bound / peak
-    point = {f"w_{a}": float(v) for a, v in zip(actions, w)}
-    inside = all(lo - 1e-12 <= point[f"w_{a}"] <= hi + 1e-12 for a, (lo, hi) in ranges.items())
+    point = {k: float(v) for k, v in zip(linear, w)}
+    if SHARPNESS in dims:
+        point[SHARPNESS] = float(weights.get(SHARPNESS, 0.0))
+    inside = all(lo - 1e-12 <= point[k] <= hi + 1e-12 for k, (lo, hi) in dims.items())
     return point if inside else None
 
 
@@ -166,7 +191,7 @@ def run_search(
             shutil.rmtree(exp)
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(fp)
-        space = {f"w_{a}": tune.uniform(*weight_range(cfg, a)) for a in actions}
+        space = {k: tune.uniform(*interval) for k, interval in dimensions(cfg, actions).items()}
         tuner = tune.Tuner(
             trainable,
             param_space=space,
@@ -179,19 +204,24 @@ def run_search(
         raise RuntimeError(f"{len(errors)} of {len(results)} trials failed; first: {errors[0]}")
     df = results.get_dataframe()
     df = df.rename(columns={c: c.removeprefix("config/") for c in df.columns})
-    keep = [f"w_{a}" for a in actions] + [m.name for m in objectives + constraints] + ["violation", "trial_id"]
+    params = list(dimensions(cfg, actions))
+    keep = params + [m.name for m in objectives + constraints] + ["violation", "trial_id"]
     df = df[keep].reset_index(drop=True)
     df["baseline"] = ""
     outside = []
     for b, point in points.items():
         if point is None:  # a sign rule excludes it: scored beside the search, with its own weights
             w = {f"w_{a}": float(baselines[b].get(a, 0.0)) for a in actions}
+            w |= {
+                f"w_{ENGAGE}": float(baselines[b].get(ENGAGE, 0.0)),
+                SHARPNESS: float(baselines[b].get(SHARPNESS, 0.0)),
+            }
             row = trial(w, data, objectives, constraints, actions, source)
             outside.append(w | {k: row[k] for k in [m.name for m in objectives + constraints] + ["violation"]})
             outside[-1] |= {"trial_id": f"baseline-{b}", "baseline": b}
             continue
-        weights = df[[f"w_{a}" for a in actions]].to_numpy()
-        match = np.flatnonzero(np.all(np.isclose(weights, [point[f"w_{a}"] for a in actions]), axis=1))
+        weights = df[params].to_numpy()
+        match = np.flatnonzero(np.all(np.isclose(weights, [point[k] for k in params]), axis=1))
         if match.size:
             df.loc[match[0], "baseline"] = b
     if outside:

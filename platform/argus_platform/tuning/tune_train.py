@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from argus_models.rundir import absolute
+from argus_models.task import DEFAULT_ACTION_WEIGHT
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError, from_dict, load_config, to_dict
 from argus_platform.configlib import documented as _help
@@ -107,21 +109,43 @@ def trial_config(base: dict, sampled: dict[str, Any], run_dir: str) -> TrainJobC
     return from_dict(TrainJobConfig, doc)
 
 
-def own_point(base: dict, space: dict[str, ParamSpec]) -> dict[str, Any]:
-    """The base config's own values of the searched keys (the first trial, so the search is never
-    below the configuration it started from): keys the config leaves unset, or sets outside the
-    range, are left to the sampler."""
-    point = {}
+def own_point(base: dict, space: dict[str, ParamSpec]) -> tuple[dict[str, Any], list[str]]:
+    """The first trial, so the search is never below the configuration it started from: the base
+    config's own value of every searched key. Optuna's warm start needs every key, so a value outside
+    its range becomes the nearest one inside, an action weight the config leaves out its effective
+    λ_a (DEFAULT_ACTION_WEIGHT), any other unset key the middle of its range; each such change is
+    returned as a note."""
+    point, notes = {}, []
     for key, spec in space.items():
         node: Any = base
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
+        if node is None and key.startswith("loss.action_weights."):
+            node = DEFAULT_ACTION_WEIGHT
         if node is None:
-            continue
-        inside = node in spec.values if spec.kind == "choice" else spec.low <= node <= spec.high
-        if inside:
-            point[key] = node
-    return point
+            point[key] = _middle(spec)
+            notes.append(f"{key} is not set: {point[key]!r}, the middle of its range")
+        elif spec.kind == "choice":
+            point[key] = node if node in spec.values else _nearest(node, spec.values)
+        else:
+            point[key] = min(max(node, spec.low), spec.high)
+            point[key] = int(point[key]) if spec.kind == "randint" else point[key]
+        if node is not None and point[key] != node:
+            notes.append(f"{key}={node!r} lies outside the search range: {point[key]!r} instead")
+    return point, notes
+
+
+def _middle(spec: ParamSpec) -> Any:
+    if spec.kind == "choice":
+        return spec.values[len(spec.values) // 2]
+    if spec.kind == "loguniform":
+        return math.sqrt(spec.low * spec.high)
+    return int((spec.low + spec.high) // 2) if spec.kind == "randint" else (spec.low + spec.high) / 2
+
+
+def _nearest(value: Any, values: list[Any]) -> Any:
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [value, *values])
+    return min(values, key=lambda v: abs(v - value)) if numeric else values[0]
 
 
 def _trainable(config: dict, base: dict, shared: str, trials_dir: str, releaser: str) -> None:
@@ -162,10 +186,12 @@ def tune_train(cfg: TuneTrainConfig) -> dict:
         print(f"[tune-train] resuming the search in {exp}", flush=True)
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
     else:
-        first = own_point(base, cfg.space)
-        print(f"[tune-train] first trial: the config's own {first or 'values (none in the search ranges)'}", flush=True)
+        first, notes = own_point(base, cfg.space)
+        print(f"[tune-train] first trial: the config's own values {first}", flush=True)
+        for note in notes:
+            print(f"[tune-train]   {note}", flush=True)
         searcher = ConcurrencyLimiter(
-            OptunaSearch(metric=cfg.metric, mode="max", seed=cfg.seed, points_to_evaluate=[first] if first else None),
+            OptunaSearch(metric=cfg.metric, mode="max", seed=cfg.seed, points_to_evaluate=[first]),
             max_concurrent=cfg.max_concurrent,
         )
         # max_t past the last epoch: a trial that trains to the end returns by itself instead of being stopped

@@ -12,7 +12,7 @@ from argus_platform.raytrain import init_ray, say_where_logs_go
 from argus_platform.tuning.candidates import build_candidates
 from argus_platform.tuning.config import TuneWeightsConfig
 from argus_platform.tuning.report import baselines, evaluate_sets, write_outputs
-from argus_platform.tuning.search import run_search, select, selected_objective
+from argus_platform.tuning.search import run_search, select, selected_objective, weights_of
 
 
 def tune_weights(cfg: TuneWeightsConfig) -> dict:
@@ -44,7 +44,7 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
     )
     df, algorithm = run_search(cfg, splits["validation"], actions, out_dir, cache_meta, baselines=sets)
     chosen, feasible, front = select(df, cfg)
-    sets = {"tuned": {a: float(df.loc[chosen, f"w_{a}"]) for a in actions}} | sets
+    sets = {"tuned": weights_of(df.loc[chosen], actions)} | sets
     if splits["validation"].oracle is not None:
         # The best any weighting of the model's P(a) can do, judged by the simulator's truth on validation.
         target = selected_objective(cfg).name
@@ -52,7 +52,7 @@ def tune_weights(cfg: TuneWeightsConfig) -> dict:
             cfg, splits["validation"], actions, out_dir, cache_meta, baselines=sets, source="oracle", name="oracle"
         )
         best = int(truth[target].idxmax()) if selected_objective(cfg).goal == "max" else int(truth[target].idxmin())
-        sets["oracle_best"] = {a: float(truth.loc[best, f"w_{a}"]) for a in actions}
+        sets["oracle_best"] = weights_of(truth.loc[best], actions)
         print(f"[tune] oracle-best weights (true {target} on validation): {_weights(sets['oracle_best'])}", flush=True)
     specs = cfg.objectives + cfg.constraints
     evals = evaluate_sets(sets, splits, specs, cfg.objectives)
