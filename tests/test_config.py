@@ -114,10 +114,11 @@ def test_epochs_fitted_into_a_time_budget():
 
     # evaluations after epochs 2..7 every 3 epochs: after 3, 6 and the last (7)
     assert evaluations_between(1, 7, 3) == 3 and evaluations_between(1, 6, 3) == 2 and evaluations_between(4, 4, 3) == 0
-    # 60 min; epoch 1 took 45 s and its evaluation 12 s: evaluations every 3 epochs keep them under 10%
-    plan = fit_epochs(3600, 57, 1, 45, 12)
+    # 60 min; epoch 1 took 45 s, its validation 6 s, the test at the end 6 s: validations every 3
+    # epochs keep them under 5% of the epochs' time
+    plan = fit_epochs(3600, 57, 1, 45, 6, final_s=6)
     assert plan.eval_every == 3
-    cost = lambda n: 57 + (n - 1) * 45 + evaluations_between(1, n, 3) * 12  # noqa: E731
+    cost = lambda n: 57 + (n - 1) * 45 + evaluations_between(1, n, 3) * 6 + 6  # noqa: E731
     assert cost(plan.epochs) <= 3600 < cost(plan.epochs + 1) and plan.seconds == cost(plan.epochs)
     assert fit_epochs(3600, 57, 1, 45, 1).eval_every == 1  # cheap evaluations: after every epoch
     # no room for a second epoch: the plan is the epoch done
@@ -136,16 +137,19 @@ def test_budget_of_a_fitted_run_counts_steps_and_evaluations():
     assert budget.total_steps(100) > 10**15  # a flat rate after warm-up until the plan is made
     assert not budget.over(479) and budget.over(480)  # epoch 1 keeps 20% of the budget for its evaluation
     state.epoch, state.train_seconds, state.eval_seconds = 1, 30.0, 10.0
-    state.history.append({"validation_seconds": 6.0, "test_seconds": 4.0})
-    plan = budget.fit(30.0, 10.0, 40.0)
-    assert budget.epochs == plan.epochs == 18  # 17 more epochs, 5 evaluations (after 4, 8, 12, 16, 18): 560 s
-    assert budget.eval_every == plan.eval_every == 4 and budget.total_steps(100) == 100 * plan.epochs
-    assert state.plan["epochs"] == plan.epochs  # saved with the train state: a resumed run keeps it
-    state.epoch, state.train_seconds, state.eval_seconds = 17, 510.0, 51.0
-    assert budget.no_room_for_another()  # 561 s spent + a 30 s epoch + a 10 s evaluation > 600 s
-    state.eval_seconds = 50.0
+    state.history.append({"validation_seconds": 6.0, "checkpoint_seconds": 2.0})
+    plan = budget.fit(30.0, 8.0, 40.0, 4.0)  # the test, once at the end: 4 s
+    assert budget.epochs == plan.epochs == 18  # 17 more epochs, 3 validations (after 6, 12, 18): 534 s, + 4 s
+    assert budget.eval_every == plan.eval_every == 6 and budget.total_steps(100) == 100 * plan.epochs
+    assert state.plan["epochs"] == plan.epochs and state.plan["test_seconds"] == 4.0  # a resumed run keeps it
+    state.epoch, state.train_seconds, state.eval_seconds = 17, 510.0, 47.0
+    # 557 s spent + a 30 s epoch + an 8 s evaluation + the test (4 s) and the best checkpoint's restore (2 s)
+    assert budget.no_room_for_another()
+    state.eval_seconds = 46.0
     assert not budget.no_room_for_another()  # exactly 600 s
-    assert budget.over(30.0) and not budget.over(29.0)  # mid-epoch: 560 s + 30 s, the last evaluation's 10 s held back
+    assert budget.over(30.0) and not budget.over(29.0)  # mid-epoch: 556 s + 30 s, 14 s held back
+    state.best_metrics["test"] = {"ndcg@10": 0.1}  # read: nothing more to hold back for it
+    assert budget.over(36.0) and not budget.over(35.0)
     # epochs > 0: the budget is minutes of training steps only
     fixed = Budget(OptimConfig(epochs=5, time_budget_minutes=1, eval_every_epochs=2), TrainState(train_seconds=50.0))
     assert not fixed.fitted and fixed.epochs == 5 and fixed.eval_every == 2 and fixed.over(10.0) and not fixed.over(9.0)

@@ -33,6 +33,11 @@ def test_train_then_resume(tiny_run, tmp_path, capsys):
     args = [f"--set={kv}" for kv in TINY + [f"run.dir={run_dir}", "optim.log_every_steps=5", "optim.epochs=3"]]
     assert _main(args) == 0
     assert "resuming from the latest" in capsys.readouterr().out
+    final = json.loads((run_dir / "metrics.json").read_text())  # the test figures: the best epoch's model
+    assert final["test_epoch"] == final["best_epoch"]
+    best = resolve_checkpoint(str(run_dir))
+    assert TrainState.load(best).epoch == final["best_epoch"]
+    _assert_checkpoint_reproduces(best, run_dir, "test", final["test"])
     state = TrainState.load(_checkpoints(run_dir)[-1])
     assert state.resumed_at_epochs == [2]
     assert state.epoch == 3 and first_steps < state.step < 2 * first_steps
@@ -43,7 +48,7 @@ def test_train_then_resume(tiny_run, tmp_path, capsys):
     # curves: the loss of every epoch (the resumed one included), TensorBoard scalars, curves.png
     assert [e for e, _ in state.train_losses] == [1, 2, 3]
     _assert_curves(run_dir, epochs=3)
-    _assert_checkpoint_reproduces_validation(_checkpoints(run_dir)[-1], run_dir, state.history[-1]["validation"])
+    _assert_checkpoint_reproduces(_checkpoints(run_dir)[-1], run_dir, "validation", state.history[-1]["validation"])
 
 
 def _assert_curves(run_dir, epochs):
@@ -57,7 +62,7 @@ def _assert_curves(run_dir, epochs):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
+def _assert_checkpoint_reproduces(ckpt, run_dir, split, recorded):
     """train → checkpoint → one-process inference model gives the metrics the training run logged."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -75,7 +80,7 @@ def _assert_checkpoint_reproduces_validation(ckpt, run_dir, recorded):
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
     hashes = model.dense.item_hash_codes.numpy() if model.schema.item_hash_buckets else None
     collator = Collator(model.schema, kinds, window=model.config.max_seq_len + 1, item_hashes=hashes)
-    table = pq.ParquetDataset(str(run_dir / "data" / "validation")).read()
+    table = pq.ParquetDataset(str(run_dir / "data" / split)).read()
     batches = [table.slice(i, 50) for i in range(0, table.num_rows, 50)]
     counts = torch.from_numpy(np.load(ckpt / "train_item_counts.npy"))
     got = evaluate(
@@ -182,7 +187,12 @@ def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
         "model.max_seq_len=20",
         "model.multi_hash_buckets=97",
         "optim.batch_size=64",
-        "optim.epochs=1",
+        # learning rates of 0: epoch 2 is no better than epoch 1, so the test is read at the end on
+        # epoch 1's restored checkpoint
+        "optim.epochs=2",
+        "optim.eval_every_epochs=1",
+        "optim.dense_lr=0",
+        "optim.sparse_lr=0",
         "optim.log_every_steps=0",
         "optim.lr_schedule=cosine",
         "scaling.local_num_cpus=4",
@@ -190,6 +200,11 @@ def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
     ]
     assert _main([f"--set={kv}" for kv in args]) == 0
     out = capsys.readouterr().out
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert final["best_epoch"] == final["test_epoch"] == 1 and final["epochs_trained"] == 2
+    progress = (run_dir / "logs" / "progress.log").read_text()
+    assert "testing the best validation epoch, 1: restored checkpoint_" in progress
+    _assert_checkpoint_reproduces(resolve_checkpoint(str(run_dir)), run_dir, "test", final["test"])
     assert "item features {'genre': 19, 'year': 71}" in out and "0 catalogue items without a row" in out
     ckpt = _checkpoints(run_dir)[-1]
     model = load_inference_model(ckpt)
@@ -201,4 +216,4 @@ def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
     assert np.array_equal(model.dense.item_hash_codes.numpy(), expected)
     assert model.tables["t_item"].shape == (model.schema.num_items + 1, 3 * 16)  # [E_item ; E_h0 ; E_h1] rows
     state = TrainState.load(ckpt)
-    _assert_checkpoint_reproduces_validation(ckpt, run_dir, state.history[-1]["validation"])
+    _assert_checkpoint_reproduces(ckpt, run_dir, "validation", state.history[-1]["validation"])

@@ -119,11 +119,20 @@ def improved(state: TrainState, score: float) -> bool:
 
 
 def checkpoint_and_report(
-    sharded: ShardedTask, state: TrainState, cfg: TrainJobConfig, run_dir: Path, metrics: dict, report: Report
+    sharded: ShardedTask,
+    state: TrainState,
+    cfg: TrainJobConfig,
+    run_dir: Path,
+    metrics: dict,
+    report: Report,
+    before_report: Callable[[Path], None] | None = None,
 ) -> float:
-    """Save this epoch's checkpoint (every rank its shards) and report it with `metrics`; returns the seconds."""
+    """Save this epoch's checkpoint (every rank its shards) and report it with `metrics`, after
+    `before_report(checkpoint dir)` where given; returns the seconds."""
     t = time.time()
     with tempfile.TemporaryDirectory(prefix="argus-ckpt-") as tmp:
         save_checkpoint(Path(tmp), sharded, state, cfg, run_dir, dist.get_rank())
+        if before_report is not None:
+            before_report(Path(tmp))
         report(metrics, Path(tmp))
     return time.time() - t

@@ -45,15 +45,17 @@ def fit_epochs(
     done: int,
     epoch_s: float,
     eval_s: float,
-    eval_share: float = 0.1,
+    final_s: float = 0.0,
+    eval_share: float = 0.05,
     max_epochs: int = 10_000,
 ) -> EpochPlan:
     """The most epochs whose steps and evaluations fit in `budget_s`, after `done` epochs that took
-    `spent_s` seconds (their evaluations included). An epoch costs `epoch_s`, an evaluation
-    (validation, and test at a new best) `eval_s`; evaluations run every k epochs, k the smallest
-    cadence that keeps them within `eval_share` of the epochs' time. At least the epochs done."""
+    `spent_s` seconds (their evaluations included), with `final_s` kept for the end (the test of
+    the best epoch). An epoch costs `epoch_s`, a validation `eval_s`; validations run every k epochs,
+    k the smallest cadence that keeps them within `eval_share` of the epochs' time. At least the
+    epochs done."""
     every = max(1, math.ceil(eval_s / (eval_share * max(epoch_s, 1e-9))))
-    left = budget_s - spent_s
+    left = budget_s - spent_s - final_s
     end = done
     while end < max_epochs:
         n = end + 1
@@ -61,4 +63,4 @@ def fit_epochs(
             break
         end = n
     cost = (end - done) * epoch_s + evaluations_between(done, end, every) * eval_s
-    return EpochPlan(epochs=end, eval_every=every, seconds=spent_s + cost)
+    return EpochPlan(epochs=end, eval_every=every, seconds=spent_s + cost + final_s)

@@ -4,6 +4,7 @@ logic and takes its data and reporting as arguments so it can run without Ray (t
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -17,8 +18,9 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from argus_models.config import ModelSchema
 from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
+from argus_models.rundir import checkpoint_epoch, checkpoints
 from argus_platform.catalogue_ranking import catalogue_shard
-from argus_platform.checkpoint import TrainState, load_checkpoint
+from argus_platform.checkpoint import TRAIN_STATE, TrainState, load_checkpoint
 from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import LossConfig, TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
@@ -109,6 +111,7 @@ def run_worker(
             f"[argus] epochs: fitted into the time budget of {o.time_budget_minutes:g} min after epoch 1 "
             f"and its evaluation",
         )
+    evaluation = Evaluation(cfg, sharded, pipeline, iterate, prepared, eval_collate, counts, window, device)
     started, start_epoch = time.time(), state.epoch  # the run's ETA at each epoch's end
     while state.epoch < budget.epochs:
         epoch = state.epoch
@@ -222,32 +225,9 @@ def run_worker(
             report(metrics, None)
             continue
         t_eval = time.time()
-        # Evaluation looks rows up through the sharded tables (the pipeline lets go of the sparse
-        # forward until the next epoch) and each rank scores its own block of the catalogue.
-        pipeline.detach()
-        lookup = sharded.task.sparse
-        dense = sharded.eval_dense(cfg)
-        catalogue = catalogue_shard(dense, lookup, eval_collate.id_features, device, cfg.eval.catalogue_block)
-
-        def run_eval(split: str) -> dict:
-            sample = cfg.eval.max_users if split == "validation" else 0
-            rows = prepared.summary["rows"][split]
-            held_out = length_buckets(
-                user_sample(iterate(split, cfg.eval.batch_size), sample, rows), cfg.eval.length_buckets, window
-            )
-            progress = Progress(
-                f"epoch {state.epoch} {split}",
-                min(sample, rows) if sample else rows,
-                "users",
-                rank == 0,
-                close_below_s=QUIET_BELOW_S,
-            )
-            result = evaluate(dense, lookup, held_out, eval_collate, counts, cfg.eval, device, catalogue, progress)
-            metrics[f"{split}_seconds"] = progress.close()
-            return result
-
-        validation = run_eval("validation")
+        validation = evaluation.run("validation", state.epoch)
         val = validation["model"]["ndcg@10"]
+        metrics["validation_seconds"] = validation["seconds"]
         metrics.update({f"validation/{k}": v for k, v in validation["model"].items()})
         metrics[CHECKPOINT_SCORE] = finite_score(val)
         curves.scalars(state.epoch, {f"validation/{k}": v for k, v in validation["model"].items()})
@@ -269,30 +249,32 @@ def run_worker(
             }
         )
         if improved(state, val):
-            # Test is read only at a new best validation epoch: the reported test figures are that epoch's.
-            test = run_eval("test")
-            state.history[-1]["test_seconds"] = metrics["test_seconds"]
+            # The test split is read once, at the end, on the best validation epoch's model.
             state.best_metrics = {
                 "validation": validation["model"],
-                "test": test["model"],
-                "baselines": {"popularity": {"validation": validation["popularity"], "test": test["popularity"]}},
+                "baselines": {"popularity": {"validation": validation["popularity"]}},
             }
-        state.eval_seconds += time.time() - t_eval
         if budget.needs_plan:  # from the slowest rank's times, so that every rank makes the same plan
             times = torch.tensor(
-                [seconds, time.time() - t_eval, state.train_seconds + state.eval_seconds],
+                [seconds, time.time() - t_eval, state.train_seconds + state.eval_seconds + time.time() - t_eval],
                 dtype=torch.float64,
                 device=_collective_device(device),
             )
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
             epoch_s, eval_s, spent = times.tolist()
-            plan = budget.fit(epoch_s, eval_s, spent)
+            test_s = eval_s * prepared.summary["rows"]["test"] / max(validation["model"]["users"], 1)
+            plan = budget.fit(epoch_s, eval_s, spent, test_s)
             say(
                 f"[argus] time budget of {o.time_budget_minutes:g} min (steps and evaluations): epoch 1 took "
-                f"{epoch_s:.0f}s, its evaluation {eval_s:.0f}s -> {plan.epochs} epochs, validation every "
-                f"{plan.eval_every} (expected {plan.seconds / 60:.1f} min)",
+                f"{epoch_s:.0f}s, its validation {eval_s:.0f}s -> {plan.epochs} epochs, validation every "
+                f"{plan.eval_every}, the test once at the end (expected {plan.seconds / 60:.1f} min)",
             )
             last = state.epoch >= budget.epochs
+        stopping = out_of_time or last
+        patience_out = bool(o.early_stopping_patience) and state.evals_without_gain >= o.early_stopping_patience
+        if (stopping or patience_out) and state.best_epoch == state.epoch:
+            _read_test(state, evaluation.run("test", state.epoch))  # the best model is the one in memory
+        state.eval_seconds += time.time() - t_eval
         metrics["final"] = _final(cfg, state)  # the checkpoint's metrics carry the run's result so far
         pop = validation["popularity"]["ndcg@10"]
         say(
@@ -301,13 +283,27 @@ def run_worker(
             f"(popularity {pop:.4f}; best {state.best_validation:.4f} @ epoch {state.best_epoch})"
             + (f"; {epoch_line}{to_go}" if folded else ""),
         )
-        saved = checkpoint_and_report(sharded, state, cfg, run_dir, metrics, report)
+        restore_and_test = None
+        if (stopping or patience_out) and "test" not in state.best_metrics:
+
+            def restore_and_test(saved: Path) -> None:
+                """After this epoch's checkpoint is written: the best epoch's restored and tested; the
+                result goes into this checkpoint's train state and metrics."""
+                best = _checkpoint_of_epoch(run_dir, state.best_epoch)
+                load_checkpoint(best, sharded)
+                say(f"[argus] testing the best validation epoch, {state.best_epoch}: restored {best.name}")
+                _read_test(state, evaluation.run("test", state.best_epoch))
+                metrics["final"] = _final(cfg, state)
+                if rank == 0:
+                    (saved / TRAIN_STATE).write_text(json.dumps(asdict(state), indent=2))
+
+        saved = checkpoint_and_report(sharded, state, cfg, run_dir, metrics, report, restore_and_test)
         # the budget of a fitted run counts checkpoints with the evaluations (after the save: not in this checkpoint)
         state.history[-1]["checkpoint_seconds"] = round(saved, 2)
         state.eval_seconds += saved
-        if out_of_time or last:
+        if stopping:
             break
-        if o.early_stopping_patience and state.evals_without_gain >= o.early_stopping_patience:
+        if patience_out:
             say(f"[argus] early stopping: no validation gain in {state.evals_without_gain} evaluations")
             break
     curves.close()
@@ -315,6 +311,60 @@ def run_worker(
         title = f"{run_dir.name}: best validation NDCG@10 {state.best_validation:.4f} at epoch {state.best_epoch}"
         plot_curves(state.train_losses, state.history, run_dir / CURVES, title)
     return _final(cfg, state)
+
+
+class Evaluation:
+    """One split's evaluation of the model as it is now: rows looked up through the sharded tables
+    (the pipeline lets go of the sparse forward until the next epoch), each rank scoring its own
+    block of the catalogue. Validation reads a user sample when eval.max_users is set; the test,
+    every user."""
+
+    def __init__(self, cfg, sharded, pipeline, iterate, prepared, collate, counts, window, device) -> None:
+        self.cfg, self.sharded, self.pipeline, self.iterate = cfg, sharded, pipeline, iterate
+        self.prepared, self.collate, self.counts, self.window, self.device = prepared, collate, counts, window, device
+
+    def run(self, split: str, epoch: int) -> dict:
+        """{"model": ..., "popularity": ..., "seconds": ...} of `split` (collective)."""
+        cfg, rank = self.cfg, dist.get_rank()
+        self.pipeline.detach()
+        lookup = self.sharded.task.sparse
+        dense = self.sharded.eval_dense(cfg)
+        catalogue = catalogue_shard(dense, lookup, self.collate.id_features, self.device, cfg.eval.catalogue_block)
+        sample = cfg.eval.max_users if split == "validation" else 0
+        rows = self.prepared.summary["rows"][split]
+        held_out = length_buckets(
+            user_sample(self.iterate(split, cfg.eval.batch_size), sample, rows), cfg.eval.length_buckets, self.window
+        )
+        progress = Progress(
+            f"epoch {epoch} {split}",
+            min(sample, rows) if sample else rows,
+            "users",
+            rank == 0,
+            close_below_s=QUIET_BELOW_S,
+        )
+        result = evaluate(
+            dense, lookup, held_out, self.collate, self.counts, cfg.eval, self.device, catalogue, progress
+        )
+        return {**result, "seconds": progress.close()}
+
+
+def _read_test(state: TrainState, test: dict) -> None:
+    """The best validation epoch's test figures, into the run's result."""
+    state.best_metrics["test"] = test["model"]
+    state.best_metrics["test_epoch"] = state.best_epoch
+    state.best_metrics["test_seconds"] = round(test["seconds"], 2)
+    state.best_metrics.setdefault("baselines", {}).setdefault("popularity", {})["test"] = test["popularity"]
+
+
+def _checkpoint_of_epoch(run_dir: Path, epoch: int) -> Path:
+    """The kept checkpoint of `epoch` (the checkpoints keep the best validation epochs and the latest)."""
+    for ckpt in reversed(checkpoints(run_dir)):
+        if checkpoint_epoch(ckpt).get("epoch") == epoch:
+            return ckpt
+    raise RuntimeError(
+        f"{run_dir}: no kept checkpoint of epoch {epoch}, the best validation epoch, to read the test split with "
+        f"(found {[c.name for c in checkpoints(run_dir)]}); run.checkpoints_to_keep must be at least 1"
+    )
 
 
 def _collective_device(device: torch.device) -> torch.device | str:
@@ -374,25 +424,42 @@ class Budget:
         if not self.fitted:
             return self.state.train_seconds + epoch_seconds >= limit
         spent = self.state.train_seconds + self.state.eval_seconds + epoch_seconds
-        reserve = self._eval_seconds() if self.state.plan else self.RESERVE * limit
+        reserve = self._eval_seconds() + self._test_seconds() if self.state.plan else self.RESERVE * limit
         return spent >= limit - reserve
 
     def no_room_for_another(self) -> bool:
-        """Fitted run, after an epoch: whether one more epoch and its evaluation would pass the budget."""
+        """Fitted run, after an epoch: whether one more epoch, its evaluation and the test at the end
+        would pass the budget."""
         s = self.state
         spent = s.train_seconds + s.eval_seconds
-        return spent + s.train_seconds / max(s.epoch, 1) + self._eval_seconds() > self.o.time_budget_minutes * 60
+        need = s.train_seconds / max(s.epoch, 1) + self._eval_seconds() + self._test_seconds()
+        return spent + need > self.o.time_budget_minutes * 60
 
-    def fit(self, epoch_seconds: float, eval_seconds: float, spent_seconds: float) -> EpochPlan:
+    def fit(self, epoch_seconds: float, eval_seconds: float, spent_seconds: float, test_seconds: float) -> EpochPlan:
         s = self.state
-        plan = fit_epochs(self.o.time_budget_minutes * 60, spent_seconds, s.epoch, epoch_seconds, eval_seconds)
-        s.plan = {**asdict(plan), "epoch_seconds": round(epoch_seconds, 1), "eval_seconds": round(eval_seconds, 1)}
+        plan = fit_epochs(
+            self.o.time_budget_minutes * 60, spent_seconds, s.epoch, epoch_seconds, eval_seconds, test_seconds
+        )
+        s.plan = {
+            **asdict(plan),
+            "epoch_seconds": round(epoch_seconds, 1),
+            "eval_seconds": round(eval_seconds, 1),
+            "test_seconds": round(test_seconds, 1),
+        }
         return plan
 
     def _eval_seconds(self) -> float:
-        """One evaluation's seconds, as the last one took (validation, test and checkpoint)."""
+        """One evaluation's seconds, as the last one took (validation and checkpoint)."""
         last = self.state.history[-1] if self.state.history else {}
-        return sum(last.get(k, 0.0) for k in ("validation_seconds", "test_seconds", "checkpoint_seconds"))
+        return sum(last.get(k, 0.0) for k in ("validation_seconds", "checkpoint_seconds"))
+
+    def _test_seconds(self) -> float:
+        """What the test at the end will take, until it is read: the planned estimate and the
+        restore of the best epoch's checkpoint (about as long as the last save)."""
+        if "test" in self.state.best_metrics:
+            return 0.0
+        last = self.state.history[-1] if self.state.history else {}
+        return self.state.plan.get("test_seconds", 0.0) + last.get("checkpoint_seconds", 0.0)
 
 
 def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
