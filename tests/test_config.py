@@ -128,6 +128,7 @@ def test_epochs_fitted_into_a_time_budget():
 
 def test_budget_of_a_fitted_run_counts_steps_and_evaluations():
     from argus_platform.checkpoint import TrainState
+    from argus_platform.schedule import evaluations_between
     from argus_platform.config import OptimConfig
     from argus_platform.train_loop import Budget
 
@@ -150,6 +151,18 @@ def test_budget_of_a_fitted_run_counts_steps_and_evaluations():
     assert budget.over(30.0) and not budget.over(29.0)  # mid-epoch: 556 s + 30 s, 14 s held back
     state.best_metrics["test"] = {"ndcg@10": 0.1}  # read: nothing more to hold back for it
     assert budget.over(36.0) and not budget.over(35.0)
+    # epochs that run slower than epoch 1: the plan made again after an evaluation, same cadence
+    slow = TrainState(epoch=1, train_seconds=30.0, eval_seconds=10.0)
+    slow.history.append({"validation_seconds": 6.0, "checkpoint_seconds": 2.0})
+    refitted = Budget(OptimConfig(epochs=0, time_budget_minutes=10), slow)
+    refitted.fit(30.0, 8.0, 40.0, 4.0)
+    slow.epoch, slow.train_seconds, slow.eval_seconds = 6, 30.0 + 5 * 45.0, 18.0  # epochs 2-6: 45 s each
+    assert refitted.refit_span == 5 and refitted.recent_epoch_seconds() == 45.0
+    again = refitted.refit(45.0, 8.0, 273.0)  # 12 more epochs at 45 s and 2 validations do not fit in 323 s
+    cost = lambda n: 273 + (n - 6) * 45 + evaluations_between(6, n, 6) * 8 + 4  # noqa: E731
+    assert again.eval_every == 6 and cost(again.epochs) <= 600 < cost(again.epochs + 1) and again.epochs == 12
+    assert refitted.epochs == 12 and slow.plan["first_epochs"] == 18 and slow.plan["refits"] == 1
+    assert refitted.refit_span == 0 and refitted.total_steps(100) == 1200  # the cosine spans the new plan
     # epochs > 0: the budget is minutes of training steps only
     fixed = Budget(OptimConfig(epochs=5, time_budget_minutes=1, eval_every_epochs=2), TrainState(train_seconds=50.0))
     assert not fixed.fitted and fixed.epochs == 5 and fixed.eval_every == 2 and fixed.over(10.0) and not fixed.over(9.0)

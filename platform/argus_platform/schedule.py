@@ -48,13 +48,14 @@ def fit_epochs(
     final_s: float = 0.0,
     eval_share: float = 0.05,
     max_epochs: int = 10_000,
+    every: int | None = None,
 ) -> EpochPlan:
     """The most epochs whose steps and evaluations fit in `budget_s`, after `done` epochs that took
     `spent_s` seconds (their evaluations included), with `final_s` kept for the end (the test of
     the best epoch). An epoch costs `epoch_s`, a validation `eval_s`; validations run every k epochs,
-    k the smallest cadence that keeps them within `eval_share` of the epochs' time. At least the
-    epochs done."""
-    every = max(1, math.ceil(eval_s / (eval_share * max(epoch_s, 1e-9))))
+    k the smallest cadence that keeps them within `eval_share` of the epochs' time (or `every`: a
+    plan made again keeps its cadence). At least the epochs done."""
+    every = every or max(1, math.ceil(eval_s / (eval_share * max(epoch_s, 1e-9))))
     left = budget_s - spent_s - final_s
     end = done
     while end < max_epochs:

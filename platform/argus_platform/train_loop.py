@@ -270,6 +270,25 @@ def run_worker(
                 f"{plan.eval_every}, the test once at the end (expected {plan.seconds / 60:.1f} min)",
             )
             last = state.epoch >= budget.epochs
+        elif budget.fitted and not (out_of_time or last):
+            # epochs that run slower (or faster) than epoch 1 did: the epochs and the cosine's span refitted
+            previous = state.history[-2].get("checkpoint_seconds", 0.0) if len(state.history) > 1 else 0.0
+            times = torch.tensor(
+                [budget.recent_epoch_seconds(), time.time() - t_eval + previous],
+                dtype=torch.float64,
+                device=_collective_device(device),
+            )
+            dist.all_reduce(times, op=dist.ReduceOp.MAX)
+            before, since = budget.epochs, state.epoch - budget.refit_span + 1
+            epoch_s, eval_s = times.tolist()
+            plan = budget.refit(epoch_s, eval_s, state.train_seconds + state.eval_seconds + time.time() - t_eval)
+            if plan.epochs != before:
+                say(
+                    f"[argus] time budget of {o.time_budget_minutes:g} min: epochs {since}-{state.epoch} took "
+                    f"{epoch_s:.0f}s each -> {plan.epochs} epochs instead of {before}, the cosine schedule "
+                    f"respanned (expected {plan.seconds / 60:.1f} min)",
+                )
+            last = state.epoch >= budget.epochs
         stopping = out_of_time or last
         patience_out = bool(o.early_stopping_patience) and state.evals_without_gain >= o.early_stopping_patience
         if (stopping or patience_out) and state.best_epoch == state.epoch:
@@ -442,10 +461,44 @@ class Budget:
         )
         s.plan = {
             **asdict(plan),
+            "first_epochs": plan.epochs,
             "epoch_seconds": round(epoch_seconds, 1),
             "eval_seconds": round(eval_seconds, 1),
             "test_seconds": round(test_seconds, 1),
+            "fitted_at_epoch": s.epoch,
+            "fitted_at_train_seconds": round(s.train_seconds, 2),
         }
+        return plan
+
+    @property
+    def refit_span(self) -> int:
+        """Epochs since the plan was last made."""
+        return self.state.epoch - self.state.plan.get("fitted_at_epoch", 1)
+
+    def recent_epoch_seconds(self) -> float:
+        """This rank's mean epoch since the plan was last made."""
+        s = self.state
+        return (s.train_seconds - s.plan.get("fitted_at_train_seconds", 0.0)) / max(self.refit_span, 1)
+
+    def refit(self, epoch_seconds: float, eval_seconds: float, spent_seconds: float) -> EpochPlan:
+        """The plan again, after an evaluation, from the epochs since the last plan: same validation cadence."""
+        s = self.state
+        plan = fit_epochs(
+            self.o.time_budget_minutes * 60,
+            spent_seconds,
+            s.epoch,
+            epoch_seconds,
+            eval_seconds,
+            s.plan.get("test_seconds", 0.0),
+            every=s.plan["eval_every"],
+        )
+        s.plan.update(
+            epochs=plan.epochs,
+            seconds=plan.seconds,
+            fitted_at_epoch=s.epoch,
+            fitted_at_train_seconds=round(s.train_seconds, 2),
+            refits=s.plan.get("refits", 0) + 1,
+        )
         return plan
 
     def _eval_seconds(self) -> float:
