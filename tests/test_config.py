@@ -128,8 +128,8 @@ def test_epochs_fitted_into_a_time_budget():
 
 def test_budget_of_a_fitted_run_counts_steps_and_evaluations():
     from argus_platform.checkpoint import TrainState
-    from argus_platform.schedule import evaluations_between
     from argus_platform.config import OptimConfig
+    from argus_platform.schedule import evaluations_between
     from argus_platform.train_loop import Budget
 
     state = TrainState()

@@ -91,6 +91,14 @@ def checkpoints_beyond(run_dir: Path, keep: int) -> list[Path]:
     return [c for c in ckpts if c not in kept]
 
 
+def checkpoint_of_epoch(run_dir: Path, epoch: int | None) -> Path | None:
+    """The newest complete checkpoint of `epoch`, None when none was kept."""
+    for ckpt in reversed(checkpoints(run_dir)):
+        if checkpoint_epoch(ckpt).get("epoch") == epoch:
+            return ckpt
+    return None
+
+
 def best_checkpoint(run_dir: Path) -> Path:
     """The kept checkpoint of the run's best validation epoch, else the latest one."""
     ckpts = checkpoints(run_dir)
@@ -100,9 +108,9 @@ def best_checkpoint(run_dir: Path) -> Path:
             "is it a training run?"
         )
     best_epoch = checkpoint_epoch(ckpts[-1]).get("best_epoch")
-    for ckpt in reversed(ckpts):
-        if checkpoint_epoch(ckpt).get("epoch") == best_epoch:
-            return ckpt
+    found = checkpoint_of_epoch(run_dir, best_epoch)
+    if found is not None:
+        return found
     _log.warning(
         "%s: the best epoch's (%s) checkpoint was not kept; serving the latest, %s", run_dir, best_epoch, ckpts[-1].name
     )

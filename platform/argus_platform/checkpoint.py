@@ -50,12 +50,16 @@ def save_checkpoint(directory: Path, sharded, state: TrainState, cfg, run_dir: P
         {"model": sharded.model.state_dict(), "optim": sharded.optimizer.state_dict()}, checkpoint_id=str(directory)
     )
     if rank == 0:
-        (directory / TRAIN_STATE).write_text(json.dumps(asdict(state), indent=2))
+        write_train_state(directory, state)
         (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         for name in ("schema.json", "spec.json"):
             shutil.copy(run_dir / name, directory / name)
         shutil.copy(run_dir / "vocab" / "train_item_counts.npy", directory / "train_item_counts.npy")
         shutil.copytree(run_dir / "vocab", directory / "vocab", dirs_exist_ok=True)
+
+
+def write_train_state(directory: Path, state: TrainState) -> None:
+    (Path(directory) / TRAIN_STATE).write_text(json.dumps(asdict(state), indent=2))
 
 
 def load_checkpoint(directory: Path, sharded) -> TrainState:

@@ -4,7 +4,6 @@ logic and takes its data and reporting as arguments so it can run without Ray (t
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,9 +17,9 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from argus_models.config import ModelSchema
 from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
-from argus_models.rundir import checkpoint_epoch, checkpoints
+from argus_models.rundir import checkpoint_of_epoch, checkpoints
 from argus_platform.catalogue_ranking import catalogue_shard
-from argus_platform.checkpoint import TRAIN_STATE, TrainState, load_checkpoint
+from argus_platform.checkpoint import TrainState, load_checkpoint, write_train_state
 from argus_platform.collate import Collator, length_buckets
 from argus_platform.config import LossConfig, TrainJobConfig, resolve_next_item_loss
 from argus_platform.configlib import from_dict
@@ -314,7 +313,7 @@ def run_worker(
                 _read_test(state, evaluation.run("test", state.best_epoch))
                 metrics["final"] = _final(cfg, state)
                 if rank == 0:
-                    (saved / TRAIN_STATE).write_text(json.dumps(asdict(state), indent=2))
+                    write_train_state(saved, state)
 
         saved = checkpoint_and_report(sharded, state, cfg, run_dir, metrics, report, restore_and_test)
         # the budget of a fitted run counts checkpoints with the evaluations (after the save: not in this checkpoint)
@@ -377,13 +376,13 @@ def _read_test(state: TrainState, test: dict) -> None:
 
 def _checkpoint_of_epoch(run_dir: Path, epoch: int) -> Path:
     """The kept checkpoint of `epoch` (the checkpoints keep the best validation epochs and the latest)."""
-    for ckpt in reversed(checkpoints(run_dir)):
-        if checkpoint_epoch(ckpt).get("epoch") == epoch:
-            return ckpt
-    raise RuntimeError(
-        f"{run_dir}: no kept checkpoint of epoch {epoch}, the best validation epoch, to read the test split with "
-        f"(found {[c.name for c in checkpoints(run_dir)]}); run.checkpoints_to_keep must be at least 1"
-    )
+    found = checkpoint_of_epoch(run_dir, epoch)
+    if found is None:
+        raise RuntimeError(
+            f"{run_dir}: no kept checkpoint of epoch {epoch}, the best validation epoch, to read the test split "
+            f"with (found {[c.name for c in checkpoints(run_dir)]}); run.checkpoints_to_keep must be at least 1"
+        )
+    return found
 
 
 def _collective_device(device: torch.device) -> torch.device | str:
