@@ -59,5 +59,7 @@ class ItemFeatureTower(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        out = F.embedding_bag(self.codes[flat], self.table.weight, per_sample_weights=self.weights[flat], mode="sum")
+        weight = self.table.weight  # bf16 under FSDP2 mixed precision; the per-slot weights follow it
+        slot_weights = self.weights[flat].to(weight.dtype)
+        out = F.embedding_bag(self.codes[flat], weight, per_sample_weights=slot_weights, mode="sum")
         return out.view(*ids.shape, self.table.embedding_dim)  # explicit width: ids may be empty

@@ -272,15 +272,19 @@ def run_worker(
         elif budget.fitted and not (out_of_time or last):
             # epochs that run slower (or faster) than epoch 1 did: the epochs and the cosine's span refitted
             previous = state.history[-2].get("checkpoint_seconds", 0.0) if len(state.history) > 1 else 0.0
-            times = torch.tensor(
-                [budget.recent_epoch_seconds(), time.time() - t_eval + previous],
+            times = torch.tensor(  # the slowest rank's, as for the first plan: every rank refits alike
+                [
+                    budget.recent_epoch_seconds(),
+                    time.time() - t_eval + previous,
+                    state.train_seconds + state.eval_seconds + time.time() - t_eval,
+                ],
                 dtype=torch.float64,
                 device=_collective_device(device),
             )
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
             before, since = budget.epochs, state.epoch - budget.refit_span + 1
-            epoch_s, eval_s = times.tolist()
-            plan = budget.refit(epoch_s, eval_s, state.train_seconds + state.eval_seconds + time.time() - t_eval)
+            epoch_s, eval_s, spent = times.tolist()
+            plan = budget.refit(epoch_s, eval_s, spent)
             if plan.epochs != before:
                 say(
                     f"[argus] time budget of {o.time_budget_minutes:g} min: epochs {since}-{state.epoch} took "
