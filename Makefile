@@ -56,7 +56,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP) $(TSTAMP) $(KSTAMP)
-	$(VPY) -m pytest -m "not slow" -q $(ARGS)
+	$(VPY) -m pytest -m "not slow" -q --durations=20 $(ARGS)
 
 # Unit tests only: no Ray cluster, Serve, extra processes or subprocesses (about a minute on 2 cores).
 test-fast: $(STAMP)

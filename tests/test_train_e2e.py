@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import TINY_TRAIN as TINY
@@ -115,14 +116,12 @@ def test_bad_input_fails_with_named_file(ray_local, tmp_path, capsys):
     assert (tmp_path / "run" / "quarantine" / "events.parquet").is_file()
 
 
-@pytest.mark.integration
-def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget_and_resumes(tmp_path):
+def _torchrun_within_a_budget(tmp_path) -> tuple[list[str], Path, int]:
     """The loop also runs under torchrun (no Ray Train). optim.epochs=0: epoch 1 and its evaluation
     are timed, the epochs and the validation cadence fitted into the rest of the budget, the cosine
-    schedule ends with the planned epochs. Then the run resumes there with one more epoch."""
+    schedule ends with the planned epochs. Returns the command, the run's folder and its epochs."""
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     run_dir = tmp_path / "tr"
@@ -160,11 +159,24 @@ def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget_and_resumes(tmp_
     scores = {h["epoch"]: h["validation"]["ndcg@10"] for h in metrics["history"]}
     best = sorted(scores, key=lambda e: -scores[e])[:2]
     assert set(kept) == {torchrun_checkpoint_name(e) for e in [*best, trained]}
+    assert resolve_checkpoint(str(run_dir)).parent == run_dir  # Serve and fine-tuning find torchrun's checkpoints
+    return cmd, run_dir, trained
+
+
+@pytest.mark.integration
+def test_same_loop_under_torchrun_fits_its_epochs_into_a_budget(tmp_path):
+    _torchrun_within_a_budget(tmp_path)
+
+
+@pytest.mark.slow  # a second torchrun launch (~20 s on 2 cores); resuming under Ray Train stays in CI
+def test_a_torchrun_run_resumes_with_one_more_epoch(tmp_path):
+    import subprocess
+
+    cmd, run_dir, trained = _torchrun_within_a_budget(tmp_path)
     proc = subprocess.run(cmd + [f"--set=optim.epochs={trained + 1}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = TrainState.load(run_dir / torchrun_checkpoint_name(trained + 1))
     assert state.resumed_at_epochs == [trained] and state.epoch == trained + 1
-    assert resolve_checkpoint(str(run_dir)).parent == run_dir  # Serve and fine-tuning find torchrun's checkpoints
 
 
 def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
