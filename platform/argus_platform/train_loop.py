@@ -272,11 +272,12 @@ def run_worker(
         elif budget.fitted and not (out_of_time or last):
             # epochs that run slower (or faster) than epoch 1 did: the epochs and the cosine's span refitted
             previous = state.history[-2].get("checkpoint_seconds", 0.0) if len(state.history) > 1 else 0.0
+            evaluating = time.time() - t_eval
             times = torch.tensor(  # the slowest rank's, as for the first plan: every rank refits alike
                 [
                     budget.recent_epoch_seconds(),
-                    time.time() - t_eval + previous,
-                    state.train_seconds + state.eval_seconds + time.time() - t_eval,
+                    evaluating + previous,
+                    state.train_seconds + state.eval_seconds + evaluating,
                 ],
                 dtype=torch.float64,
                 device=_collective_device(device),
