@@ -154,15 +154,29 @@ def test_budget_of_a_fitted_run_counts_steps_and_evaluations():
     # epochs that run slower than epoch 1: the plan made again after an evaluation, same cadence
     slow = TrainState(epoch=1, train_seconds=30.0, eval_seconds=10.0)
     slow.history.append({"validation_seconds": 6.0, "checkpoint_seconds": 2.0})
-    refitted = Budget(OptimConfig(epochs=0, time_budget_minutes=10), slow)
+    refitted = Budget(OptimConfig(epochs=0, time_budget_minutes=10, lr_schedule="cosine", min_lr_ratio=0.02), slow)
     refitted.fit(30.0, 8.0, 40.0, 4.0)
     slow.epoch, slow.train_seconds, slow.eval_seconds = 6, 30.0 + 5 * 45.0, 18.0  # epochs 2-6: 45 s each
     assert refitted.refit_span == 5 and refitted.recent_epoch_seconds() == 45.0
-    again = refitted.refit(45.0, 8.0, 273.0)  # 12 more epochs at 45 s and 2 validations do not fit in 323 s
+    slow.step = 600  # 100 steps an epoch
+    before = refitted.lr_factor(600, 100)
+    again = refitted.refit(45.0, 8.0, 273.0, 100)  # 12 more epochs at 45 s and 2 validations do not fit in 323 s
     cost = lambda n: 273 + (n - 6) * 45 + evaluations_between(6, n, 6) * 8 + 4  # noqa: E731
     assert again.eval_every == 6 and cost(again.epochs) <= 600 < cost(again.epochs + 1) and again.epochs == 12
     assert refitted.epochs == 12 and slow.plan["first_epochs"] == 18 and slow.plan["refits"] == 1
     assert refitted.refit_span == 0 and refitted.total_steps(100) == 1200  # the cosine spans the new plan
+    # the cosine goes on from the rate it had (not the one a 12-epoch cosine would have at step 600)
+    # and still reaches its floor on the new plan's last step
+    assert refitted.lr_factor(600, 100) == pytest.approx(before, abs=1e-5)
+    assert refitted.lr_factor(1200, 100) == pytest.approx(0.02)
+    rates = [refitted.lr_factor(step, 100) for step in range(600, 1201)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    # a plan made longer again: the rate does not go back up
+    slow.epoch, slow.step, slow.train_seconds = 9, 900, 30.0 + 8 * 20.0
+    late = refitted.lr_factor(900, 100)
+    longer = refitted.refit(20.0, 8.0, 220.0, 100)
+    assert longer.epochs > 12 and refitted.lr_factor(900, 100) == pytest.approx(late, abs=1e-5)
+    assert refitted.lr_factor(100 * longer.epochs, 100) == pytest.approx(0.02)
     # epochs > 0: the budget is minutes of training steps only
     fixed = Budget(OptimConfig(epochs=5, time_budget_minutes=1, eval_every_epochs=2), TrainState(train_seconds=50.0))
     assert not fixed.fitted and fixed.epochs == 5 and fixed.eval_every == 2 and fixed.over(10.0) and not fixed.over(9.0)

@@ -152,6 +152,8 @@ def _torchrun_within_a_budget(tmp_path) -> tuple[list[str], Path, int]:
     evaluated = [h["epoch"] for h in metrics["history"]]
     assert evaluated[0] == 1 and evaluated[-1] == trained
     assert all(e % plan["eval_every"] == 0 for e in evaluated[1:-1])
+    rates = [h["lr_factor"] for h in metrics["history"]]  # plans made again never raise the rate
+    assert all(a >= b - 1e-9 for a, b in zip(rates, rates[1:])), rates
     if trained == plan["epochs"]:  # ran to the plan's end: the schedule decayed to its floor
         assert metrics["history"][-1]["lr_factor"] == pytest.approx(0.1, abs=0.05)
     kept = sorted(p.name for p in run_dir.glob("checkpoint_torchrun_*"))

@@ -7,20 +7,41 @@ import math
 from dataclasses import dataclass
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
+def lr_factor(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    schedule: str,
+    min_ratio: float,
+    anchor: tuple[int, float] | None = None,
+) -> float:
     """Multiplier of the configured learning rates at optimizer step `step` (0-based).
 
     Linear warm-up over `warmup_steps`, then `constant` (1.0) or `cosine` decay from 1.0 to
-    `min_ratio` at `total_steps` (held there beyond it).
+    `min_ratio` at `total_steps` (held there beyond it). anchor = (step s0, progress p0): the cosine
+    was at p0 of its way at s0 and covers the rest, 1 − p0, over steps s0..total_steps — a schedule
+    whose length changes mid-run (a time budget's plan made again) goes on from the rate it has,
+    never back up, and still ends at `min_ratio` on its last step.
     """
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; use constant or cosine")
     warm = min(1.0, (step + 1) / max(warmup_steps, 1))
     if schedule == "constant" or step < warmup_steps:
         return warm
-    span = max(total_steps - warmup_steps, 1)
-    progress = min(1.0, (step - warmup_steps) / span)
+    progress = cosine_progress(step, warmup_steps, total_steps, anchor)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_progress(step: int, warmup_steps: int, total_steps: int, anchor: tuple[int, float] | None = None) -> float:
+    """How far, 0..1, the cosine of `lr_factor` is at `step`."""
+    if anchor is None:
+        start, done = warmup_steps, 0.0
+    else:
+        start, done = anchor
+        if step < start:  # before the anchor the schedule was flat or another plan's: not this one's to say
+            return done
+    span = max(total_steps - start, 1)
+    return min(1.0, done + (1.0 - done) * max(step - start, 0) / span)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from argus_platform.recipe import (
     predicted_positions,
     resolve_data_choices,
 )
-from argus_platform.schedule import EpochPlan, fit_epochs, lr_factor
+from argus_platform.schedule import EpochPlan, cosine_progress, fit_epochs, lr_factor
 from argus_platform.sharding.plan import describe_plan, shard
 from argus_platform.worker import CHECKPOINT_SCORE, Iterate, Report, finite_score, run_ray_worker
 
@@ -126,9 +126,7 @@ def run_worker(
             return batch
 
         def set_lr() -> None:
-            factor[0] = lr_factor(
-                state.step, o.warmup_steps, budget.total_steps(steps_per_epoch), o.lr_schedule, o.min_lr_ratio
-            )
+            factor[0] = budget.lr_factor(state.step, steps_per_epoch)
             for group in sharded.dense_optimizer.param_groups:
                 group["lr"] = o.dense_lr * factor[0]
             for group in sharded.model.fused_optimizer.param_groups:
@@ -285,7 +283,7 @@ def run_worker(
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
             before, since = budget.epochs, state.epoch - budget.refit_span + 1
             epoch_s, eval_s, spent = times.tolist()
-            plan = budget.refit(epoch_s, eval_s, spent)
+            plan = budget.refit(epoch_s, eval_s, spent, steps_per_epoch)
             if plan.epochs != before:
                 say(
                     f"[argus] time budget of {o.time_budget_minutes:g} min: epochs {since}-{state.epoch} took "
@@ -441,6 +439,18 @@ class Budget:
         """The schedule's length: unknown (a flat rate after warm-up) until a fitted run is planned."""
         return 1 << 62 if self.needs_plan else steps_per_epoch * self.epochs
 
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """The learning-rate multiplier at `step`; a fitted run's cosine goes on from where each plan
+        was made (`schedule.lr_factor`'s anchor), so a plan made again never raises the rate."""
+        o = self.o
+        total = self.total_steps(steps_per_epoch)
+        return lr_factor(step, o.warmup_steps, total, o.lr_schedule, o.min_lr_ratio, self._anchor)
+
+    @property
+    def _anchor(self) -> tuple[int, float] | None:
+        plan = self.state.plan
+        return (plan["anchor_step"], plan["anchor_progress"]) if "anchor_step" in plan else None
+
     def over(self, epoch_seconds: float) -> bool:
         """Whether this rank, `epoch_seconds` into the current epoch, has used the budget."""
         limit = self.o.time_budget_minutes * 60
@@ -471,6 +481,8 @@ class Budget:
             "test_seconds": round(test_seconds, 1),
             "fitted_at_epoch": s.epoch,
             "fitted_at_train_seconds": round(s.train_seconds, 2),
+            "anchor_step": s.step,  # the cosine starts here, after epoch 1's flat rate
+            "anchor_progress": 0.0,
         }
         return plan
 
@@ -484,9 +496,11 @@ class Budget:
         s = self.state
         return (s.train_seconds - s.plan.get("fitted_at_train_seconds", 0.0)) / max(self.refit_span, 1)
 
-    def refit(self, epoch_seconds: float, eval_seconds: float, spent_seconds: float) -> EpochPlan:
-        """The plan again, after an evaluation, from the epochs since the last plan: same validation cadence."""
+    def refit(self, epoch_seconds: float, eval_seconds: float, spent_seconds: float, steps_per_epoch: int) -> EpochPlan:
+        """The plan again, after an evaluation, from the epochs since the last plan: same validation
+        cadence; the cosine goes on from where it is over the new plan's remaining steps."""
         s = self.state
+        progress = cosine_progress(s.step, self.o.warmup_steps, self.total_steps(steps_per_epoch), self._anchor)
         plan = fit_epochs(
             self.o.time_budget_minutes * 60,
             spent_seconds,
@@ -501,6 +515,8 @@ class Budget:
             seconds=plan.seconds,
             fitted_at_epoch=s.epoch,
             fitted_at_train_seconds=round(s.train_seconds, 2),
+            anchor_step=s.step,
+            anchor_progress=round(progress, 6),
             refits=s.plan.get("refits", 0) + 1,
         )
         return plan
