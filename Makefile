@@ -9,7 +9,7 @@ KFP     ?= .venv-kfp
 KSTAMP  := $(KFP)/.installed
 ARGS    ?=
 
-.PHONY: setup run test test-fast test-slow lint serve pipeline-env pipeline clean
+.PHONY: setup run test test-fast test-slow lint serve pipeline-env pipeline clean redis-server
 
 setup: $(STAMP)
 
@@ -43,6 +43,15 @@ $(KSTAMP): jobs/requirements-pipeline.txt
 
 pipeline-env: $(KSTAMP)
 
+# redis-server (Debian package) for the event store of `make serve` and the tests: installed with
+# apt-get when absent (as root, else through sudo).
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing the Debian package redis-server (the event store of make serve and the tests)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
+
 # The pipeline on kfp.local with the embedded default (ARGS="compile --out argus-pipeline.yaml" to compile).
 pipeline: $(STAMP) $(KSTAMP)
 	$(KFP)/bin/python jobs/pipeline_argus.py $(or $(ARGS),run-local)
@@ -55,7 +64,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) $(TSTAMP) $(KSTAMP)
+test: $(STAMP) $(TSTAMP) $(KSTAMP) redis-server
 	$(VPY) -m pytest -m "not slow" -q --durations=20 $(ARGS)
 
 # Unit tests only: no Ray cluster, Serve, extra processes or subprocesses (about a minute on 2 cores).
@@ -63,13 +72,14 @@ test-fast: $(STAMP)
 	$(VPY) -m pytest -m "not slow and not integration" -q $(ARGS)
 
 # pytest exits 5 when nothing is marked slow; that is not a failure.
-test-slow: $(STAMP) $(TSTAMP) $(KSTAMP)
+test-slow: $(STAMP) $(TSTAMP) $(KSTAMP) redis-server
 	$(VPY) -m pytest -m slow -q $(ARGS) || [ $$? -eq 5 ]
 
 # Serve the newest run under runs/ on :8000 with Serve's fast request path (serve/README.md:
-# HAProxy in front of the ingress replica, gRPC between deployments).
-serve: $(STAMP)
-	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 $(VENV)/bin/serve run serve/argus.yaml $(ARGS)
+# HAProxy in front of the ingress replica, gRPC between deployments) and the event store in a
+# local redis-server (data in runs/redis, port 6379; ARGS="--events-store ''" serves without it).
+serve: $(STAMP) redis-server
+	$(VPY) -m argus_serve.local --port 8000 --events-store local $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(KFP) .pytest_cache

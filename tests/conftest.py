@@ -116,3 +116,29 @@ def hashed_run(ray_local, tmp_path_factory):
         == 0
     )
     return run_dir
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server (the Debian package `make test` installs) on a free port, its append-only
+    file in a temporary directory. Skipped with the reason where the binary is absent, except under
+    CI=true, where that is a failure."""
+    import shutil
+
+    from argus_serve.redis_local import RedisServer
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (make test installs the Debian package redis-server)")
+        pytest.skip("needs redis-server (Debian package redis-server; `make test` installs it)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"), _free_port()).start()
+    yield server
+    server.stop()

@@ -134,6 +134,8 @@ def test_overlays_render_storage_training_tuning_and_serving(overlay):
         "RayJob/argus-train",
         "RayJob/argus-tune-weights",
         "RayService/argus-serve",
+        "Service/argus-redis",
+        "StatefulSet/argus-redis",
     ], kinds
     namespace = next(d for d in docs if d["kind"] == "Namespace")["metadata"]["name"]
     assert all(d["metadata"].get("namespace") == namespace for d in docs if d["kind"] != "Namespace")
@@ -190,7 +192,7 @@ def _kubernetes_validate(docs: list[dict], tmp_path: Path) -> subprocess.Complet
 
 def test_core_kinds_and_every_ray_pod_template_validate_against_kubernetes_schemas(tmp_path):
     core = [d for _, d in all_docs() if d["kind"] not in RAY_KINDS]
-    assert {d["kind"] for d in core} == {"Namespace", "PersistentVolumeClaim"}
+    assert {d["kind"] for d in core} == {"Namespace", "PersistentVolumeClaim", "Service", "StatefulSet"}
     pods = [
         {
             "apiVersion": "v1",
@@ -374,6 +376,22 @@ def test_ray_version_is_the_images_everywhere():
         head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in head["ports"]}
         assert (ports["gcs-server"], ports["dashboard"], ports["client"]) == (6379, 8265, 10001), where
+
+
+def test_the_serve_app_reads_and_appends_histories_in_the_redis_statefulset():
+    docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in render("overlays/cpu-dev")}
+    redis, svc = docs["StatefulSet/argus-redis"], docs["Service/argus-redis"]
+    app = yaml.safe_load(docs["RayService/argus-serve"]["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["events_store"] == f"redis://{svc['metadata']['name']}:6379/0"
+    assert svc["spec"]["clusterIP"] == "None" and redis["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    pod = redis["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
+    assert c["resources"]["limits"]["memory"] == c["resources"]["requests"]["memory"]
+    args = dict(zip(c["args"][::2], c["args"][1::2]))  # persistence: the append-only file on the claim
+    assert args["--appendonly"] == "yes" and args["--dir"] == c["volumeMounts"][0]["mountPath"]
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == c["volumeMounts"][0]["name"]
 
 
 def test_rayservice_runs_the_local_serve_app_with_autoscaled_retriever_and_ranker():

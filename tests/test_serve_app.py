@@ -29,15 +29,16 @@ def _free_port() -> int:
 
 
 class Service:
-    def __init__(self, run_dir, port):
+    def __init__(self, run_dir, port, args=None):
         self.run_dir, self.port, self.url = run_dir, port, f"http://127.0.0.1:{port}"
+        self.args = {"checkpoint": str(run_dir), **(args or {})}
 
     def deploy(self, user_configs=None, deployment_options=None):
         from argus_serve.launch import deploy
 
         deploy(
             serve_config(
-                args={"checkpoint": str(self.run_dir)},
+                args=self.args,
                 user_configs=user_configs,
                 port=self.port,
                 deployment_options=deployment_options,
@@ -52,15 +53,20 @@ class Service:
             **kw,
         )
 
+    def events(self, body):
+        return requests.post(f"{self.url}/v1/events", data=json.dumps(body), timeout=30)
+
     def health(self):
         return requests.get(f"{self.url}/healthz", timeout=30).json()
 
 
 @pytest.fixture(scope="module")
-def service(tiny_run):
+def service(tiny_run, redis_server):
+    """serve/argus.yaml with the event store in a real redis-server: every test here reads the
+    histories from Redis (the whole history kept: the cap well above the tiny model's window)."""
     from ray import serve
 
-    svc = Service(tiny_run, _free_port())
+    svc = Service(tiny_run, _free_port(), {"events_store": redis_server.url, "history_cap": 1000})
     svc.deploy()
     yield svc
     serve.shutdown()
@@ -289,3 +295,95 @@ def test_overload_is_refused_at_once_with_503_and_retry_after_and_the_service_st
         service.deploy()
     assert service.health()["status"] == "ok"
     assert service.recommend({"user_id": users[0], "k": 5}).status_code == 200
+
+
+def test_an_ingested_event_reaches_the_next_recommendation_once(service):
+    rows, vocab = _user_rows(service.run_dir)
+    user = sorted(rows)[4]
+    before = service.recommend({"user_id": user, "k": 5}).json()
+    top = before["items"][0]["item_id"]
+    event = {"user_id": user, "item_id": top, "timestamp": 1_800_000_000, "actions": {"like": 1}}
+    r = service.events(event)
+    assert r.status_code == 200, r.text
+    n = len(rows[user][ITEM_COL])
+    assert r.json() | {"quarantined": []} == {
+        "received": 1,
+        "appended": 1,
+        "duplicates": 0,
+        "quarantined": [],
+        "history_events": {user: n + 1},
+        "warnings": {},
+    }
+    after = service.recommend({"user_id": user, "k": 5}).json()
+    assert after["history_events"] == n + 1 and top not in {i["item_id"] for i in after["items"]}
+    # the scores are the encoder's on the history with the event appended (no context: index 0)
+    row = {k: (list(v) if isinstance(v, list) else v) for k, v in rows[user].items()}
+    row[ITEM_COL] = row[ITEM_COL] + [vocab.item_index()[top]]
+    for col in [c for c in row if c.startswith("ctx_")]:
+        row[col] = row[col] + [0]
+    for col in [c for c in row if c.startswith("act_")]:
+        row[col] = row[col] + [1.0 if col == act_col("like") else 0.0]
+    got = {vocab.item_index()[i["item_id"]]: i for i in after["items"]}
+    for item, (score, _, retrieval) in _direct_scores(resolve_checkpoint(str(service.run_dir)), row, list(got)).items():
+        assert got[item]["score"] == pytest.approx(score, abs=1e-4)
+        assert got[item]["retrieval_score"] == pytest.approx(retrieval, abs=1e-4)
+    # a retried POST (same event, so the same derived id) is not counted twice
+    retry = service.events({"events": [event]}).json()
+    assert (retry["appended"], retry["duplicates"], retry["history_events"]) == (0, 1, {user: n + 1})
+    assert service.recommend({"user_id": user, "k": 5}).json()["history_events"] == n + 1
+
+
+def test_events_of_a_new_user_make_a_history_and_bad_events_are_refused_or_quarantined(service):
+    _, vocab = _user_rows(service.run_dir)
+    assert service.recommend({"user_id": "newcomer", "k": 3}).status_code == 404
+    batch = {
+        "events": [
+            {"event_id": "n-1", "user_id": "newcomer", "item_id": vocab.items[2], "actions": {"like": 1}},
+            {"event_id": "n-2", "user_id": "newcomer", "item_id": "no-such-item"},
+            {"event_id": "n-3", "user_id": "newcomer", "item_id": vocab.items[3], "actions": {"skip": 1}},
+        ]
+    }
+    body = service.events(batch).json()
+    assert (body["appended"], body["history_events"]) == (2, {"newcomer": 2})
+    assert body["quarantined"] == [
+        {
+            "index": 1,
+            "event_id": "n-2",
+            "user_id": "newcomer",
+            "item_id": "no-such-item",
+            "reason": "item_id 'no-such-item' is not in the model's vocabulary",
+        }
+    ]
+    r = service.recommend({"user_id": "newcomer", "k": 3}).json()
+    assert r["history_source"] == "store" and r["history_events"] == 2
+    assert not {i["item_id"] for i in r["items"]} & {vocab.items[2], vocab.items[3]}
+    for bad, reason in [
+        (
+            {"user_id": "x", "item_id": vocab.items[0], "actions": {"like": 3}},
+            "events[0].actions.like: 3.0 is not 0 or 1",
+        ),
+        ({"user_id": "x", "item_id": vocab.items[0], "context": {"weather": "sun"}}, "unknown context column(s)"),
+        ({"user_id": "x", "item_id": vocab.items[0], "timestamp": -1}, "greater than or equal to 0"),
+        ({"events": []}, "at least 1 item"),
+    ]:
+        r = service.events(bad)
+        assert r.status_code == 422 and reason in r.text, r.text
+    assert service.recommend({"user_id": "x", "k": 3}).status_code == 404  # nothing of a refused batch is stored
+
+
+def test_a_redis_restart_answers_503_with_the_reason_meanwhile_and_loses_no_event(service, redis_server):
+    rows, vocab = _user_rows(service.run_dir)
+    user = sorted(rows)[5]
+    assert service.events({"user_id": user, "item_id": vocab.items[7], "event_id": "r-1"}).json()["appended"] == 1
+    redis_server.stop()
+    try:
+        r = service.recommend({"user_id": user, "k": 3})
+        assert r.status_code == 503 and "unreachable" in r.text and r.headers.get("Retry-After") == "1", r.text
+        r = service.events({"user_id": user, "item_id": vocab.items[8], "event_id": "r-2"})
+        assert r.status_code == 503 and "unreachable" in r.text
+        assert service.health()["status"] == "degraded"
+    finally:
+        redis_server.start()
+    r = service.recommend({"user_id": user, "k": 3})
+    assert r.status_code == 200 and r.json()["history_events"] == len(rows[user][ITEM_COL]) + 1
+    assert service.health()["status"] == "ok"

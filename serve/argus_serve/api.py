@@ -73,3 +73,54 @@ class RecommendResponse(BaseModel):
         "embedded from their hash rows (hashed_history_items)",
     )
     timings_ms: dict[str, float] | None = None
+
+
+class IngestEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: RawId | None = Field(
+        None,
+        description="idempotency key: an event whose id the user's history already has is not appended again "
+        "(default: derived from the event's fields, so a retried POST of the same event is a duplicate)",
+    )
+    user_id: RawId = Field(description="raw user id; a user outside the training run starts with an empty history")
+    item_id: RawId = Field(description="raw item id, as in the training data")
+    timestamp: float | None = Field(
+        None, ge=0, description="event time (seconds); events are appended in the order sent"
+    )
+    actions: dict[str, float] = Field(
+        default_factory=dict, description="feedback of the event; missing actions count as 0"
+    )
+    context: dict[str, ContextValue] = Field(default_factory=dict, description="context values of the event")
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"events": [{"user_id": "17", "item_id": "42", "timestamp": 1733450000, "actions": {"like": 1}}]}
+            ]
+        },
+    )
+    events: list[IngestEvent] = Field(min_length=1, max_length=HARD_MAX_EVENTS, description="events, oldest first")
+
+
+class QuarantinedEvent(BaseModel):
+    index: int = Field(description="position of the event in the request")
+    event_id: str
+    user_id: str
+    item_id: str
+    reason: str
+
+
+class EventsResponse(BaseModel):
+    received: int
+    appended: int = Field(description="events added to users' histories")
+    duplicates: int = Field(description="events whose id was already stored (a retried POST): not added again")
+    quarantined: list[QuarantinedEvent] = Field(
+        default_factory=list, description="events that cannot be stored (kept in the store's quarantine stream)"
+    )
+    history_events: dict[str, int] = Field(description="per user: the stored history's length afterwards")
+    warnings: dict[str, list[str]] = Field(
+        default_factory=dict, description="unknown context values (stored as unknown) and hashed items"
+    )

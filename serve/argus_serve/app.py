@@ -40,6 +40,14 @@ class AppArgs(BaseModel):
     )
     max_exclude: int = Field(Limits.max_exclude, ge=0, description="largest `exclude` list")
     max_body_bytes: int = Field(Limits.max_body_bytes, ge=1024, description="larger request bodies get 413")
+    events_store: str = Field(
+        "",
+        description="Redis URL (redis://HOST:PORT/DB) of the event store: POST /v1/events appends to users' "
+        "histories there and /v1/recommend reads them (the training run's loaded once); '' = the histories "
+        "frozen in the training run, no ingest",
+    )
+    history_cap: int = Field(0, ge=0, description="events kept per user in the event store; 0 = the model's window")
+    events_prefix: str = Field("argus", min_length=1, description="key prefix of the event store in Redis")
 
 
 def build_app(args: AppArgs) -> Application:
@@ -60,4 +68,5 @@ def build_app(args: AppArgs) -> Application:
         "max_body_bytes": args.max_body_bytes,
     }
     ranker = Ranker.bind(checkpoint, args.torch_threads)
-    return Retriever.bind(checkpoint, ranker, args.torch_threads, limits)
+    events = {"url": args.events_store, "history_cap": args.history_cap, "prefix": args.events_prefix}
+    return Retriever.bind(checkpoint, ranker, args.torch_threads, limits, events)

@@ -1,6 +1,7 @@
 """The two deployments. Each is scaled on its own and holds its own copy of the checkpoint.
 
-Retriever: the HTTP ingress (ingress.py's FastAPI app: validation, raw ids, the user store) and
+Retriever: the HTTP ingress (ingress.py's FastAPI app: validation, raw ids, the user store or the
+           Redis event store that POST /v1/events appends to) and
            retrieval: history → query vector → top-N candidates (exact or FAISS), seen/excluded
            removed; then one handle call to the Ranker, whose result it returns in raw ids.
 Ranker:    history + candidates → P(a) per candidate → Σ_a w_a·P(a) → diversity → top-k.
@@ -36,7 +37,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
 from argus_models.inference import Events, action_probabilities, build_index, combine, encode_next
-from argus_serve.api import RecommendRequest, RecommendResponse
+from argus_serve.api import EventsRequest, EventsResponse, IngestEvent, RecommendRequest, RecommendResponse
 from argus_serve.artifacts import (
     ServingModel,
     absolute,
@@ -45,6 +46,7 @@ from argus_serve.artifacts import (
     run_dir_of,
     serving_dir,
 )
+from argus_serve.events import EventStore, StoreUnavailable
 from argus_serve.ingress import BadRequest, Limits, RequestReader, api
 from argus_serve.scoring import Ranked, diversify, item_groups
 from argus_serve.weights import ScoringWeights, resolve_weights
@@ -206,7 +208,12 @@ class Retriever(_ModelReplica):
     options_cls = RetrieverOptions
 
     def __init__(
-        self, checkpoint: str, ranker: DeploymentHandle, torch_threads: int = 1, limits: dict | None = None
+        self,
+        checkpoint: str,
+        ranker: DeploymentHandle,
+        torch_threads: int = 1,
+        limits: dict | None = None,
+        events: dict | None = None,
     ) -> None:
         self.index = None
         super().__init__(checkpoint, torch_threads)
@@ -214,7 +221,9 @@ class Retriever(_ModelReplica):
         api.state.max_body_bytes = self.limits.max_body_bytes
         self.reader = RequestReader(absolute(checkpoint), self.limits)
         self.ranker = ranker
+        self.events = self._event_store(events or {})
         self.requests = Counter("argus_requests", description="recommend requests by HTTP status", tag_keys=("status",))
+        self.ingested = Counter("argus_events", description="ingested events by outcome", tag_keys=("outcome",))
         self.latency = Histogram(
             "argus_stage_latency_ms",
             description="latency per stage (ms)",
@@ -225,6 +234,20 @@ class Retriever(_ModelReplica):
             "Retriever: %d known users, %d items, limits %s", len(self.reader.store), self.model.num_items, self.limits
         )
         self._freeze_heap()
+
+    def _event_store(self, events: dict) -> EventStore | None:
+        """With `events.url`: histories in Redis, the training run's loaded once (every replica
+        but the first finds them there)."""
+        if not events.get("url"):
+            return None
+        cap = events.get("history_cap") or self.model.model.config.max_seq_len
+        store = EventStore(
+            events["url"], self.reader.vocab.version(), self.reader.layout(), cap, prefix=events.get("prefix", "argus")
+        )
+        known = self.reader.store
+        store.seed(known.histories(self.reader.vocab.users), len(known))
+        log.info("Retriever: histories in %s (%s)", events["url"], store.stats())
+        return store
 
     def _apply(self, options: RetrieverOptions, model: ServingModel) -> None:
         if self.index is None or model is not self.model or options != self.options:
@@ -242,7 +265,13 @@ class Retriever(_ModelReplica):
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         t0 = time.perf_counter()
         try:
-            p = self.reader.prepare(req)
+            stored = None
+            if self.events is not None and req.user_id is not None:
+                stored = await self.events.get(req.user_id)
+            p = self.reader.prepare(req, stored, from_store=self.events is None)
+        except StoreUnavailable as exc:
+            self.requests.inc(tags={"status": "503"})
+            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "1"}) from None
         except BadRequest as exc:
             self.requests.inc(tags={"status": "422"})
             raise HTTPException(status_code=422, detail=str(exc)) from None
@@ -283,6 +312,40 @@ class Retriever(_ModelReplica):
             timings_ms=timings,
         )
 
+    @api.post("/v1/events", response_model=EventsResponse)
+    async def ingest(self, body: EventsRequest | IngestEvent) -> EventsResponse:
+        """Append events to users' histories in the event store (one event or {"events": [...]})."""
+        if self.events is None:
+            raise HTTPException(
+                status_code=404,
+                detail="this service reads the histories frozen in its training run: start it with "
+                "args.events_store=redis://HOST:PORT/DB to ingest events",
+            )
+        req = body if isinstance(body, EventsRequest) else EventsRequest(events=[body])
+        try:
+            ing = self.reader.ingest(req, self.events.layout)
+        except BadRequest as exc:
+            self.ingested.inc(len(req.events), tags={"outcome": "refused"})
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        try:
+            done = await self.events.append(ing.per_user) if ing.per_user else {}
+            await self.events.quarantine([q.model_dump() for q in ing.quarantined])
+        except StoreUnavailable as exc:
+            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "1"}) from None
+        appended = sum(r.appended for r in done.values())
+        duplicates = sum(r.duplicates for r in done.values())
+        for outcome, n in (("appended", appended), ("duplicate", duplicates), ("quarantined", len(ing.quarantined))):
+            if n:
+                self.ingested.inc(n, tags={"outcome": outcome})
+        return EventsResponse(
+            received=len(req.events),
+            appended=appended,
+            duplicates=duplicates,
+            quarantined=ing.quarantined,
+            history_events={u: r.history_events for u, r in done.items()},
+            warnings=ing.warnings,
+        )
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         try:
@@ -291,6 +354,13 @@ class Retriever(_ModelReplica):
             raise HTTPException(status_code=503, detail=f"the Ranker did not answer: {exc}") from None
         retriever = self.status()
         degraded = bool(retriever["reload_error"] or ranker["reload_error"])
+        if self.events is not None:
+            try:
+                await self.events.ping()
+                retriever["event_store"]["reachable"] = True
+            except StoreUnavailable as exc:
+                retriever["event_store"] |= {"reachable": False, "error": str(exc)}
+                degraded = True
         return {
             "status": "degraded" if degraded else "ok",
             "users": len(self.reader.store),
@@ -321,6 +391,7 @@ class Retriever(_ModelReplica):
     def status(self) -> dict:
         return self.base_status() | {
             "user_store": self.reader.store.stats(),
+            "event_store": self.events.stats() if self.events is not None else None,
             "index": self.index.kind,
             "index_info": self.index.describe(),
             "items": self.model.num_items,

@@ -3,12 +3,15 @@ translation of a request (raw ids, the stored history, context values) into mode
 a ranked result back into raw ids. The Retriever deployment (deployments.py) serves this app.
 
 POST /v1/recommend   → RecommendResponse     (4xx with a reason for bad input; the service stays up)
+POST /v1/events      → EventsResponse        (with an event store: events appended to users' histories)
 GET  /healthz        → model versions, weights, reload errors of the deployments
 GET  /docs, /openapi.json (FastAPI)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +23,9 @@ from argus_models.config import ModelSchema
 from argus_models.contract import action_target, action_valid, target_code
 from argus_models.hashing import hash_buckets
 from argus_models.inference import Events
-from argus_serve.api import RecommendedItem, RecommendRequest
+from argus_serve.api import EventsRequest, IngestEvent, QuarantinedEvent, RecommendedItem, RecommendRequest
 from argus_serve.artifacts import load_vocabulary, read_actions, run_dir_of
+from argus_serve.events import Layout
 from argus_serve.scoring import Ranked
 from argus_serve.store import SortedIds, UserStore
 
@@ -80,6 +84,20 @@ class BadRequest(ValueError):
     pass
 
 
+def event_id(ev: IngestEvent) -> str:
+    """The id of an event sent without one: a digest of its fields, so the same event sent twice
+    (a retried POST) has the same id."""
+    body = json.dumps(ev.model_dump(exclude={"event_id"}), sort_keys=True, separators=(",", ":"))
+    return "sha1:" + hashlib.sha1(body.encode()).hexdigest()[:20]
+
+
+@dataclass
+class Ingest:
+    per_user: dict[str, list[tuple[str, bytes]]]  # user -> (event id, packed event), in the order sent
+    quarantined: list[QuarantinedEvent]
+    warnings: dict[str, list[str]]
+
+
 @dataclass
 class Prepared:
     """A request in model indices: the history the model reads and what retrieval must leave out."""
@@ -124,30 +142,35 @@ class RequestReader:
             out[c] = idx or 0
         return out
 
-    def _request_events(self, req: RecommendRequest, warnings: dict[str, list[str]]) -> Events:
+    def _encode(self, evs: list, where: str, warnings: dict[str, list[str]]) -> tuple[Events, list[int], list[int]]:
+        """Events (HistoryEvent or IngestEvent: item_id, actions, context) in model indices: the
+        encoded events, the positions in `evs` they came from, and the positions of items outside
+        the vocabulary that no hash table can embed (left out). Bad actions or context columns
+        raise BadRequest with the field named."""
         names = {a.name: a for a in self.actions}
-        keep, ctx, fb, cold = [], {c: [] for c in self.context_index}, {a: [] for a in names}, {}
-        for i, ev in enumerate(req.history):
-            unknown = sorted(set(ev.actions) - set(names))
-            if unknown:
-                raise BadRequest(f"history[{i}]: unknown action(s) {unknown}; the model's actions are {sorted(names)}")
+        keep, ctx, fb, cold, unknown, kept = [], {c: [] for c in self.context_index}, {a: [] for a in names}, {}, [], []
+        for i, ev in enumerate(evs):
+            bad = sorted(set(ev.actions) - set(names))
+            if bad:
+                raise BadRequest(f"{where}[{i}]: unknown action(s) {bad}; the model's actions are {sorted(names)}")
             for a, value in ev.actions.items():
                 info = names[a]
                 if not action_valid(info.kind, info.levels, np.array([value]))[0]:
                     expected = {"binary": "0 or 1", "ratio": "a number in [0, 1]"}.get(
                         info.kind, f"one of {info.levels}"
                     )
-                    raise BadRequest(f"history[{i}].actions.{a}: {value!r} is not {expected}")
+                    raise BadRequest(f"{where}[{i}].actions.{a}: {value!r} is not {expected}")
             item = self.item(ev.item_id)
             if item is None and not self.hash_buckets:
-                warnings.setdefault("unknown_history_items", []).append(ev.item_id)
+                unknown.append(i)
                 continue
             if item is None:  # embedded from its hash rows alone
                 warnings.setdefault("hashed_history_items", []).append(ev.item_id)
                 cold[len(keep)] = ev.item_id
                 item = 0
             keep.append(item)
-            for c, v in self._context(ev.context, f"history[{i}].context", warnings).items():
+            kept.append(i)
+            for c, v in self._context(ev.context, f"{where}[{i}].context", warnings).items():
                 ctx[c].append(v)
             for c in self.context_index:
                 if c not in ev.context:
@@ -160,11 +183,49 @@ class RequestReader:
         if cold:
             hashes = np.zeros((len(keep), len(self.hash_buckets)), dtype=np.int64)
             hashes[list(cold)] = hash_buckets(list(cold.values()), self.hash_buckets)
-        return Events(
+        events = Events(
             as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()}, hashes
         )
+        return events, kept, unknown
 
-    def prepare(self, req: RecommendRequest) -> Prepared:
+    def _request_events(self, req: RecommendRequest, warnings: dict[str, list[str]]) -> Events:
+        events, _, unknown = self._encode(req.history, "history", warnings)
+        if unknown:
+            warnings["unknown_history_items"] = [req.history[i].item_id for i in unknown]
+        return events
+
+    def layout(self) -> Layout:
+        """How the event store packs this vocabulary's events."""
+        return Layout(tuple(self.context_index), tuple(a.name for a in self.actions), len(self.hash_buckets))
+
+    def ingest(self, req: EventsRequest, layout: Layout) -> Ingest:
+        """The events of a POST /v1/events in the store's form, per user and in order; events of
+        items outside the vocabulary (and without hash tables) go to quarantine with the reason."""
+        if len(req.events) > self.limits.max_history_events:
+            raise BadRequest(
+                f"{len(req.events)} events in one request; at most {self.limits.max_history_events} are accepted"
+            )
+        warnings: dict[str, list[str]] = {}
+        events, kept, unknown = self._encode(req.events, "events", warnings)
+        ids = [ev.event_id or event_id(ev) for ev in req.events]
+        per_user: dict[str, list[tuple[str, bytes]]] = {}
+        for row, i in zip(layout.pack(events), kept):
+            per_user.setdefault(req.events[i].user_id, []).append((ids[i], row))
+        quarantined = [
+            QuarantinedEvent(
+                index=i,
+                event_id=ids[i],
+                user_id=req.events[i].user_id,
+                item_id=req.events[i].item_id,
+                reason=f"item_id {req.events[i].item_id!r} is not in the model's vocabulary",
+            )
+            for i in unknown
+        ]
+        return Ingest(per_user, quarantined, warnings)
+
+    def prepare(self, req: RecommendRequest, stored: Events | None = None, from_store: bool = True) -> Prepared:
+        """The request in model indices. The stored history is the run's (`from_store`) or, with
+        the event store, `stored`: what the caller read from it."""
         lim = self.limits
         if req.k > lim.max_k:
             raise BadRequest(f"k={req.k} is out of range: 1..{lim.max_k}")
@@ -173,7 +234,8 @@ class RequestReader:
         if len(req.exclude) > lim.max_exclude:
             raise BadRequest(f"exclude has {len(req.exclude)} ids; at most {lim.max_exclude} are accepted")
         warnings: dict[str, list[str]] = {}
-        stored = self.store.get(req.user_id) if req.user_id is not None else None
+        if from_store:
+            stored = self.store.get(req.user_id) if req.user_id is not None else None
         if stored is None and not req.history:
             who = f"unknown user_id {req.user_id!r}" if req.user_id is not None else "no user_id"
             raise LookupError(

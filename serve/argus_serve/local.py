@@ -6,7 +6,8 @@ once Serve reports the application RUNNING, and a clean shutdown on SIGTERM or S
         --port 8000 --ready-file /tmp/argus-ready.json
 
 The local backend of the Kubeflow pipeline's deploy step starts it as a background process (the
-cluster backend patches the RayService instead); it is also a way to serve a run by hand.
+cluster backend patches the RayService instead); `make serve` runs it with `--events-store local`
+(a redis-server of its own for POST /v1/events).
 """
 
 from __future__ import annotations
@@ -25,13 +26,21 @@ from argus_serve.launch import SERVE_ENV, deploy, serve_config
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve a run on loopback until SIGTERM/SIGINT.")
-    parser.add_argument("--checkpoint", required=True, help="run dir or checkpoint dir")
+    parser.add_argument("--checkpoint", default="", help="run dir or checkpoint dir ('' = the newest run under runs/)")
     parser.add_argument("--weights-file", default="", help="ranking weights (Tune's weights.yaml); '' = as configured")
     parser.add_argument("--config", default="", help="Serve config (default serve/argus.yaml)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray")
     parser.add_argument("--ready-file", default="", help="written (JSON: url, applications) once RUNNING")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up when not RUNNING by then")
+    parser.add_argument(
+        "--events-store",
+        default="",
+        help="the event store: a Redis URL, `local` (a redis-server started here, data in --redis-dir, "
+        "stopped with the service) or '' (the histories frozen in the run; no POST /v1/events)",
+    )
+    parser.add_argument("--redis-dir", default="runs/redis", help="data directory of the local redis-server")
+    parser.add_argument("--redis-port", type=int, default=6379, help="port of the local redis-server")
     return parser.parse_args(argv)
 
 
@@ -50,9 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    redis_server = None
+    events_store = args.events_store
+    if events_store == "local":
+        from argus_serve.redis_local import RedisServer
+
+        redis_server = RedisServer(args.redis_dir, args.redis_port).start()
+        events_store = redis_server.url
+        print(f"[serve] started redis-server for the event store: {events_store}, data in {args.redis_dir}", flush=True)
     config = serve_config(
         args.config or Path(__file__).resolve().parents[1] / "argus.yaml",
-        args={"checkpoint": args.checkpoint},
+        args={"checkpoint": args.checkpoint, "events_store": events_store},
         user_configs={"Ranker": ranker_weights(args.weights_file)},
         port=args.port,
     )
@@ -66,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             "applications": apps,
             "checkpoint": args.checkpoint,
             "weights_file": args.weights_file,
+            "events_store": events_store,
             "pid": os.getpid(),
             "seconds_to_running": round(time.time() - started, 1),
         }
@@ -80,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
     finally:
         ray.shutdown()
+        if redis_server is not None:
+            redis_server.stop()
     return 0
 
 

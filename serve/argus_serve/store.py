@@ -174,8 +174,15 @@ class UserStore:
 
     def get(self, user_id: str) -> Events | None:
         row = self._row(user_id)
-        if row is None:
-            return None
+        return None if row is None else self.get_row(row)
+
+    def histories(self, raw_ids: np.ndarray):
+        """(raw user id, history) of every user with events, in user-index order; `raw_ids` is
+        the vocabulary's user column (the raw id of each row)."""
+        for row in np.flatnonzero(np.diff(self._offsets) > 0):
+            yield str(raw_ids[row]), self.get_row(int(row))
+
+    def get_row(self, row: int) -> Events:
         return Events(
             items=self._get(ITEM_COL, row).astype(np.int64),
             contexts={c: self._get(ctx_col(c), row).astype(np.int64) for c in self.contexts},
