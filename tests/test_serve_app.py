@@ -387,3 +387,53 @@ def test_a_redis_restart_answers_503_with_the_reason_meanwhile_and_loses_no_even
     r = service.recommend({"user_id": user, "k": 3})
     assert r.status_code == 200 and r.json()["history_events"] == len(rows[user][ITEM_COL]) + 1
     assert service.health()["status"] == "ok"
+
+
+def _recommend_once_stored(service, body, seq_lag=0, timeout_s=30.0):
+    """Recommend until the answer used a stored state covering all but `seq_lag` events."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        r = service.recommend(body).json()
+        if r["state_source"] != "encoder" and r.get("state_lag_events") == seq_lag:
+            return r
+        time.sleep(0.1)
+    raise AssertionError(f"no stored state within {timeout_s}s: last answer {r}, health {service.health()}")
+
+
+def test_the_state_refresher_encodes_touched_users_off_the_request_path(service):
+    rows, vocab = _user_rows(service.run_dir)
+    user = sorted(rows)[6]
+    body = {"user_id": user, "k": 50}
+    assert service.recommend(body).json()["state_source"] == "encoder"  # nothing ingested for this user yet
+    service.events({"user_id": user, "item_id": vocab.items[9], "event_id": "s-1", "actions": {"like": 1}})
+    first = _recommend_once_stored(service, body)
+    assert first["state_source"] == "stored" and 0 <= first["state_age_s"] < 30
+    # the stored state scores as the encoder does on the same history
+    service.deploy({"Retriever": {"state_mode": "off"}})
+    try:
+        sync = service.recommend(body).json()
+    finally:
+        service.deploy()
+    assert sync["state_source"] == "encoder"
+    assert [i["item_id"] for i in sync["items"]] == [i["item_id"] for i in first["items"]]
+    np.testing.assert_allclose([i["score"] for i in sync["items"]], [i["score"] for i in first["items"]], atol=1e-4)
+    # a second event: the latest state moves on; the mean of the two is SOAP's state
+    service.events({"user_id": user, "item_id": vocab.items[11], "event_id": "s-2", "actions": {"skip": 1}})
+    second = _recommend_once_stored(service, body)
+    service.deploy({"Retriever": {"state_mode": "mean2"}})
+    try:
+        mean = service.recommend(body).json()
+    finally:
+        service.deploy()
+    assert mean["state_source"] == "stored_mean2" and mean["state_lag_events"] == 0
+    r1 = {i["item_id"]: i["retrieval_score"] for i in first["items"]}
+    r2 = {i["item_id"]: i["retrieval_score"] for i in second["items"]}
+    both = [i for i in mean["items"] if i["item_id"] in r1 and i["item_id"] in r2]
+    assert len(both) >= 5
+    for item in both:  # <(q1 + q2) / 2, e> = (<q1, e> + <q2, e>) / 2
+        assert item["retrieval_score"] == pytest.approx((r1[item["item_id"]] + r2[item["item_id"]]) / 2, abs=1e-4)
+    refresher = service.health()["state_refresher"]
+    assert refresher["counts"]["users_encoded"] >= 2 and refresher["refresh_lag_s"]["p50"] is not None
+    assert refresher["last_error"] is None

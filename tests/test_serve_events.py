@@ -111,3 +111,33 @@ def test_ingested_events_survive_a_redis_restart_and_requests_meanwhile_get_a_cl
         redis_server.start()
     assert asyncio.run(store.get("u1")).items.tolist() == [1, 2, 8]  # from the append-only file
     assert redis.Redis.from_url(redis_server.url).get(f"{store.ns}:seeded") is not None
+
+
+def test_states_keep_the_one_before_for_the_mean_of_two_and_an_older_state_never_wins(redis_server):
+    store = _store(redis_server, "t-states")
+    store.seed(iter([("u1", _events([1, 2]))]), users=1)
+    q1, h1, q2, h2 = (np.full(4, v, dtype=np.float32) for v in (1.0, 10.0, 3.0, 30.0))
+
+    async def scenario():
+        packed = LAYOUT.pack(_events([5, 6]))
+        done = await store.append({"u1": [("a", packed[0])]})
+        assert done["u1"].seq == 1
+        touched = await store.touched("g", "c1", block_ms=10)
+        assert touched.users["u1"][0] == 1 and len(touched.ids) == 1
+        assert await store.write_states([("u1", 1, q1, h1)], "m@1") == 1
+        _, seq, state = await store.read("u1")
+        assert seq == 1 and state.seq == 1 and state.previous is None and state.version == "m@1"
+        assert np.array_equal(state.mean_of_two()[0], q1)
+        # unacknowledged entries come back to the same consumer; acknowledged ones do not
+        assert (await store.touched("g", "c1", block_ms=10)).ids == touched.ids
+        await store.ack("g", touched.ids)
+        assert not (await store.touched("g", "c1", block_ms=10)).ids
+        assert (await store.append({"u1": [("b", packed[1])]}))["u1"].seq == 2
+        assert await store.write_states([("u1", 2, q2, h2)], "m@1") == 1
+        assert await store.write_states([("u1", 1, q1 * 0, h1 * 0)], "m@1") == 0  # a late, older state
+        events, seq, state = await store.read("u1")
+        assert events.items.tolist() == [1, 2, 5, 6] and seq == 2 and state.seq == 2
+        q, h = state.mean_of_two()
+        assert np.array_equal(q, (q1 + q2) / 2) and np.array_equal(h, (h1 + h2) / 2)
+
+    asyncio.run(scenario())

@@ -73,6 +73,13 @@ class RecommendResponse(BaseModel):
         "embedded from their hash rows (hashed_history_items)",
     )
     timings_ms: dict[str, float] | None = None
+    state_source: str = Field(
+        "encoder",
+        description="where the query came from: `encoder` (run for this request), `stored` (the user's latest "
+        "state from the state refresher) or `stored_mean2` (the mean of the two latest)",
+    )
+    state_age_s: float | None = Field(None, description="age of the stored state used")
+    state_lag_events: int | None = Field(None, description="events ingested after the stored state's last one")
 
 
 class IngestEvent(BaseModel):

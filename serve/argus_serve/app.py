@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from argus_serve.artifacts import resolve_checkpoint, wait_for_run
-from argus_serve.deployments import Ranker, Retriever
+from argus_serve.deployments import Ranker, Retriever, StateRefresher
 from argus_serve.ingress import Limits
 
 log = logging.getLogger("ray.serve")
@@ -48,6 +48,11 @@ class AppArgs(BaseModel):
     )
     history_cap: int = Field(0, ge=0, description="events kept per user in the event store; 0 = the model's window")
     events_prefix: str = Field("argus", min_length=1, description="key prefix of the event store in Redis")
+    state_refresher: bool = Field(
+        True,
+        description="with events_store: deploy the StateRefresher, which re-encodes the users POST /v1/events "
+        "touched off the request path, so /v1/recommend can use their stored states (Retriever state_mode)",
+    )
 
 
 def build_app(args: AppArgs) -> Application:
@@ -69,4 +74,7 @@ def build_app(args: AppArgs) -> Application:
     }
     ranker = Ranker.bind(checkpoint, args.torch_threads)
     events = {"url": args.events_store, "history_cap": args.history_cap, "prefix": args.events_prefix}
-    return Retriever.bind(checkpoint, ranker, args.torch_threads, limits, events)
+    refresher = None
+    if args.events_store and args.state_refresher:
+        refresher = StateRefresher.bind(checkpoint, events, args.torch_threads)
+    return Retriever.bind(checkpoint, ranker, args.torch_threads, limits, events, refresher)

@@ -19,6 +19,8 @@ reload that fails keeps what was loaded, logs why and reports it in `status()`.
 
 # No `from __future__ import annotations`: FastAPI must see the real request/response classes
 # on the methods that `serve.ingress` wraps.
+import asyncio
+import collections
 import gc
 import logging
 import os
@@ -36,18 +38,21 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
+from argus_models.config import ModelSchema
 from argus_models.inference import Events, action_probabilities, build_index, combine, encode_next
 from argus_serve.api import EventsRequest, EventsResponse, IngestEvent, RecommendRequest, RecommendResponse
 from argus_serve.artifacts import (
     ServingModel,
     absolute,
     load_serving_model,
+    load_vocabulary,
+    read_actions,
     resolve_checkpoint,
     run_dir_of,
     serving_dir,
 )
-from argus_serve.events import EventStore, StoreUnavailable
-from argus_serve.ingress import BadRequest, Limits, RequestReader, api
+from argus_serve.events import EventStore, StoreUnavailable, UserState
+from argus_serve.ingress import BadRequest, Limits, RequestReader, api, store_layout
 from argus_serve.scoring import Ranked, diversify, item_groups
 from argus_serve.weights import ScoringWeights, resolve_weights
 
@@ -60,6 +65,7 @@ class RetrievalQuery:
     next_context: dict[str, int]
     exclude: np.ndarray  # item indices never to return
     n: int  # candidates wanted
+    state: tuple[np.ndarray, np.ndarray] | None = None  # a stored (query, head input): no encoder run
 
 
 @dataclass
@@ -110,6 +116,12 @@ class RetrieverOptions(_Options):
     )
     ann_lists: int = Field(0, ge=0, description="IVF lists (k-means cells); 0 = about 4·sqrt(items)")
     ann_probe: int = Field(32, ge=1, description="lists scanned per query: more finds more of the exact top-k, slower")
+    state_mode: Literal["off", "latest", "mean2"] = Field(
+        "latest",
+        description="with the state refresher: use the user's stored encoder state (the latest, or the mean of "
+        "the two latest as SOAP does) instead of running the encoder; off = always the encoder",
+    )
+    state_max_age_s: float = Field(300.0, ge=0, description="a stored state older than this is not used")
 
 
 class RankerOptions(_Options):
@@ -214,6 +226,7 @@ class Retriever(_ModelReplica):
         torch_threads: int = 1,
         limits: dict | None = None,
         events: dict | None = None,
+        refresher: DeploymentHandle | None = None,
     ) -> None:
         self.index = None
         super().__init__(checkpoint, torch_threads)
@@ -222,6 +235,7 @@ class Retriever(_ModelReplica):
         self.reader = RequestReader(absolute(checkpoint), self.limits)
         self.ranker = ranker
         self.events = self._event_store(events or {})
+        self.refresher = refresher
         self.requests = Counter("argus_requests", description="recommend requests by HTTP status", tag_keys=("status",))
         self.ingested = Counter("argus_events", description="ingested events by outcome", tag_keys=("outcome",))
         self.latency = Histogram(
@@ -265,9 +279,10 @@ class Retriever(_ModelReplica):
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         t0 = time.perf_counter()
         try:
-            stored = None
+            stored, state, state_info = None, None, {"state_source": "encoder"}
             if self.events is not None and req.user_id is not None:
-                stored = await self.events.get(req.user_id)
+                stored, seq, saved = await self.events.read(req.user_id)
+                state, state_info = self._usable_state(req, saved, seq)
             p = self.reader.prepare(req, stored, from_store=self.events is None)
         except StoreUnavailable as exc:
             self.requests.inc(tags={"status": "503"})
@@ -279,7 +294,7 @@ class Retriever(_ModelReplica):
             self.requests.inc(tags={"status": "404"})
             raise HTTPException(status_code=404, detail=str(exc)) from None
         t1 = time.perf_counter()
-        cands = await self.retrieve(RetrievalQuery(p.events, p.next_context, p.exclude, self.limits.retrieve_k))
+        cands = await self.retrieve(RetrievalQuery(p.events, p.next_context, p.exclude, self.limits.retrieve_k, state))
         t2 = time.perf_counter()
         result = await self.ranker.rank.remote(
             RankQuery(p.events, p.next_context, cands.items, cands.scores, req.k, cands.head_in, cands.model_version)
@@ -310,7 +325,24 @@ class Retriever(_ModelReplica):
             weights_version=result.weights_version,
             warnings=p.warnings,
             timings_ms=timings,
+            **state_info,
         )
+
+    def _usable_state(self, req: RecommendRequest, saved: UserState | None, seq: int):
+        """The stored (query, head input) to use for this request, if any, and what the response says."""
+        mode = self.options.state_mode
+        if mode == "off" or self.refresher is None or saved is None or req.history or req.context:
+            return None, {"state_source": "encoder"}  # a request's own events or context: encoded now
+        age = max(0.0, time.time() - saved.at)
+        if saved.version != self.model.version or age > self.options.state_max_age_s:
+            return None, {"state_source": "encoder"}
+        state = (saved.query, saved.head_in) if mode == "latest" else saved.mean_of_two()
+        info = {
+            "state_source": "stored" if mode == "latest" or saved.previous is None else "stored_mean2",
+            "state_age_s": round(age, 3),
+            "state_lag_events": max(0, seq - saved.seq),
+        }
+        return state, info
 
     @api.post("/v1/events", response_model=EventsResponse)
     async def ingest(self, body: EventsRequest | IngestEvent) -> EventsResponse:
@@ -354,6 +386,12 @@ class Retriever(_ModelReplica):
             raise HTTPException(status_code=503, detail=f"the Ranker did not answer: {exc}") from None
         retriever = self.status()
         degraded = bool(retriever["reload_error"] or ranker["reload_error"])
+        refresher = None
+        if self.refresher is not None:
+            try:
+                refresher = await self.refresher.status.remote()
+            except Exception as exc:
+                refresher, degraded = {"error": f"the state refresher did not answer: {exc}"}, True
         if self.events is not None:
             try:
                 await self.events.ping()
@@ -367,13 +405,29 @@ class Retriever(_ModelReplica):
             "items": self.reader.vocab.num_items,
             "retriever": retriever,
             "ranker": ranker,
+            "state_refresher": refresher,
         }
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def retrieve(self, queries: list[RetrievalQuery]) -> list[Candidates]:
         t0 = time.perf_counter()
         model, index = self.model, self.index
-        head_in, query = encode_next(model.model, [q.events for q in queries], [q.next_context for q in queries])
+        fresh = [b for b, q in enumerate(queries) if q.state is None]  # the encoder runs for these only
+        dim_q, dim_h = model.item_vectors.shape[1], None
+        if fresh:
+            h, q = encode_next(
+                model.model, [queries[b].events for b in fresh], [queries[b].next_context for b in fresh]
+            )
+            dim_h = h.shape[1]
+        else:
+            dim_h = len(queries[0].state[1])
+        query = torch.zeros((len(queries), dim_q), dtype=torch.float32)
+        head_in = torch.zeros((len(queries), dim_h), dtype=torch.float32)
+        if fresh:
+            query[fresh], head_in[fresh] = q, h
+        for b, qu in enumerate(queries):
+            if qu.state is not None:
+                query[b], head_in[b] = torch.from_numpy(qu.state[0]), torch.from_numpy(qu.state[1])
         n = max(q.n for q in queries)
         ids, scores = index.search(query, n, [q.exclude for q in queries])
         head_in = head_in.numpy()
@@ -465,5 +519,89 @@ class Ranker(_ModelReplica):
             "engage_sharpness": self.weights.engage_sharpness,
             "weights_source": self.weights.source,
             "weights_version": self.weights.version,
+            "options": self.options.model_dump(),
+        }
+
+
+class RefresherOptions(_Options):
+    batch_users: int = Field(64, ge=1, description="users encoded per batch")
+
+
+REFRESH_GROUP = "state-refresher"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
+class StateRefresher(_ModelReplica):
+    """Users' encoder states off the request path (SOAP-style asynchronous serving): reads the
+    users each POST /v1/events touched from the event store's stream (a Redis consumer group, so
+    replicas share the work and an unacknowledged batch is taken again), encodes their stored
+    histories in batches and writes each state (query, heads' input, the event it covers, the
+    model version) to Redis, keeping the one before it for the mean of two."""
+
+    options_cls = RefresherOptions
+
+    async def __init__(self, checkpoint: str, events: dict, torch_threads: int = 1) -> None:
+        super().__init__(checkpoint, torch_threads)
+        ckpt = absolute(checkpoint)
+        vocab = load_vocabulary(ckpt)
+        hashes = list(ModelSchema.load(ckpt / "schema.json").item_hash_buckets)
+        layout = store_layout(vocab, read_actions(ckpt), hashes)
+        cap = events.get("history_cap") or self.model.model.config.max_seq_len
+        self.events = EventStore(events["url"], vocab.version(), layout, cap, prefix=events.get("prefix", "argus"))
+        self.consumer = f"refresher-{os.getpid()}"
+        self.counts = collections.Counter()
+        self.lags = collections.deque(maxlen=2000)  # seconds from an event's ingest to its user's new state
+        self.last_error: str | None = None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._freeze_heap()
+
+    def _apply(self, options: RefresherOptions, model: ServingModel) -> None:
+        pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh_once()
+                self.last_error = None
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
+                await asyncio.sleep(1.0)
+            except Exception as exc:  # keep refreshing; the error is in status()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("StateRefresher: batch failed")
+                await asyncio.sleep(1.0)
+
+    async def refresh_once(self, block_ms: int = 1000) -> int:
+        """One batch: the touched users' states written; returns how many users were encoded."""
+        touched = await self.events.touched(REFRESH_GROUP, self.consumer, self.options.batch_users, block_ms)
+        if not touched.ids:
+            return 0
+        users = list(touched.users)
+        stored = await self.events.histories(users)
+        todo = [(u, ev, seq) for u, (ev, seq) in zip(users, stored) if ev is not None and len(ev)]
+        if todo:
+            model = self.model
+            histories = [ev for _, ev, _ in todo]
+            contexts = [{c: int(v[-1]) for c, v in ev.contexts.items()} for ev in histories]
+            head_in, query = await asyncio.to_thread(encode_next, model.model, histories, contexts)
+            states = [(u, seq, query[i].numpy(), head_in[i].numpy()) for i, (u, _, seq) in enumerate(todo)]
+            written = await self.events.write_states(states, model.version)
+            self.counts["states_written"] += written
+        await self.events.ack(REFRESH_GROUP, touched.ids)
+        now = time.time()
+        self.lags.extend(now - touched.users[u][1] for u, _, _ in todo)
+        self.counts["batches"] += 1
+        self.counts["users_encoded"] += len(todo)
+        self.counts["entries"] += len(touched.ids)
+        return len(todo)
+
+    def status(self) -> dict:
+        lags = np.asarray(self.lags, dtype=np.float64)
+        pct = lambda q: round(float(np.percentile(lags, q)), 4) if len(lags) else None  # noqa: E731
+        return self.base_status() | {
+            "counts": dict(self.counts),
+            "refresh_lag_s": {"p50": pct(50), "p99": pct(99), "max": pct(100), "samples": len(lags)},
+            "last_error": self.last_error,
+            "consumer": self.consumer,
             "options": self.options.model_dump(),
         }

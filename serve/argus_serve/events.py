@@ -37,14 +37,14 @@ from argus_models.inference import Events
 
 log = logging.getLogger("ray.serve")
 
-# KEYS: history list, id set. ARGV: cap, keep_ids, then (event id, packed event) pairs.
-# Returns {appended, duplicates, history length}.
+# KEYS: history list, id set, touched stream. ARGV: cap, keep_ids, user, then (event id, packed
+# event) pairs. Returns {appended, duplicates, history length, sequence number of the last event}.
 _APPEND = """
 local appended, dup = 0, 0
-local seq = redis.call('ZCARD', KEYS[2])
+local seq = 0
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if last[2] then seq = tonumber(last[2]) end
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('ZSCORE', KEYS[2], ARGV[i]) then
     dup = dup + 1
   else
@@ -56,7 +56,25 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[2]) - 1)
-return {appended, dup, redis.call('LLEN', KEYS[1])}
+if appended > 0 then
+  local now = redis.call('TIME')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000000, '*', 'u', ARGV[3], 's', seq,
+             't', now[1] .. '.' .. string.format('%06d', now[2]))
+end
+return {appended, dup, redis.call('LLEN', KEYS[1]), seq}
+"""
+
+# KEYS: state hash. ARGV: seq, time, model version, query bytes, head-input bytes. The state becomes
+# the latest (the one before it kept as the previous) unless a state of a later event is stored.
+_WRITE_STATE = """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
+if tonumber(ARGV[1]) < seq then return 0 end
+local q = redis.call('HGET', KEYS[1], 'q')
+if q and tonumber(ARGV[1]) > seq then
+  redis.call('HSET', KEYS[1], 'qp', q, 'hp', redis.call('HGET', KEYS[1], 'h'))
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'at', ARGV[2], 'v', ARGV[3], 'q', ARGV[4], 'h', ARGV[5])
+return 1
 """
 
 # KEYS: history list. ARGV: packed events. Fills the list only when it does not exist.
@@ -118,6 +136,41 @@ class Appended:
     appended: int
     duplicates: int
     history_events: int
+    seq: int  # sequence number of the user's last event (0: only the training run's)
+
+
+@dataclass
+class UserState:
+    """A user's encoder state, computed off the request path: the query vector [D] and the heads'
+    input [H] for the event after event `seq`, with the state before it (SOAP's mean of two)."""
+
+    query: np.ndarray
+    head_in: np.ndarray
+    seq: int
+    at: float  # when it was written (seconds since the epoch)
+    version: str  # the model version that computed it
+    previous: tuple[np.ndarray, np.ndarray] | None = None
+
+    def mean_of_two(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.previous is None:
+            return self.query, self.head_in
+        return (self.query + self.previous[0]) / 2, (self.head_in + self.previous[1]) / 2
+
+
+def _state(raw: dict) -> UserState | None:
+    if not raw or b"q" not in raw:
+        return None
+    vec = lambda b: np.frombuffer(b, dtype="<f4").copy()  # noqa: E731
+    previous = (vec(raw[b"qp"]), vec(raw[b"hp"])) if b"qp" in raw else None
+    return UserState(vec(raw[b"q"]), vec(raw[b"h"]), int(raw[b"seq"]), float(raw[b"at"]), raw[b"v"].decode(), previous)
+
+
+@dataclass
+class Touched:
+    """Users whose histories changed, read from the stream by a refresher."""
+
+    ids: list[bytes]  # stream entry ids, to acknowledge
+    users: dict[str, tuple[int, float]]  # user -> (latest seq, earliest ingest time) of the entries
 
 
 class EventStore:
@@ -156,6 +209,13 @@ class EventStore:
     @property
     def quarantine_key(self) -> str:
         return f"{self.ns}:quarantine"
+
+    @property
+    def touched_key(self) -> str:
+        return f"{self.ns}:touched"
+
+    def _state_key(self, user: str) -> str:
+        return f"{self.ns}:s:{user}"
 
     def _client(self) -> aioredis.Redis:
         # one asyncio client per event loop (a replica's requests run on one loop)
@@ -240,14 +300,92 @@ class EventStore:
             pipe = client.pipeline(transaction=False)
             users = list(per_user)
             for user in users:
-                args = [self.cap, self.keep_ids]
+                args = [self.cap, self.keep_ids, user]
                 for event_id, packed in per_user[user]:
                     args += [event_id, packed]
-                await script(keys=[self._history(user), self._ids(user)], args=args, client=pipe)
+                keys = [self._history(user), self._ids(user), self.touched_key]
+                await script(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
         except redis.RedisError as exc:
             raise self._unavailable(exc) from exc
-        return {u: Appended(int(r[0]), int(r[1]), int(r[2])) for u, r in zip(users, results)}
+        return {u: Appended(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for u, r in zip(users, results)}
+
+    async def read(self, user: str) -> tuple[Events | None, int, UserState | None]:
+        """The user's history, the sequence number of its last event and the stored state, in one
+        round trip."""
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            pipe.lrange(self._history(user), 0, -1)
+            pipe.zrange(self._ids(user), -1, -1, withscores=True)
+            pipe.hgetall(self._state_key(user))
+            values, last, state = await pipe.execute()
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        seq = int(last[0][1]) if last else 0
+        return (self.layout.unpack(values) if values else None), seq, _state(state)
+
+    async def write_states(self, states: list[tuple[str, int, np.ndarray, np.ndarray]], version: str) -> int:
+        """Store (user, seq, query, head input) states computed by `version`; returns how many were
+        newer than what was stored."""
+        client = self._client()
+        try:
+            script = client.register_script(_WRITE_STATE)
+            pipe = client.pipeline(transaction=False)
+            now = repr(time.time())
+            for user, seq, query, head_in in states:
+                args = [seq, now, version, query.astype("<f4").tobytes(), head_in.astype("<f4").tobytes()]
+                await script(keys=[self._state_key(user)], args=args, client=pipe)
+            return sum(int(r) for r in await pipe.execute())
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    async def touched(self, group: str, consumer: str, count: int = 64, block_ms: int = 1000) -> Touched:
+        """The next entries of the touched stream for `consumer` of `group` (created at the stream's
+        start on first use), those delivered to it before but not acknowledged first."""
+        client = self._client()
+        try:
+            try:
+                await client.xgroup_create(self.touched_key, group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            entries = await client.xreadgroup(group, consumer, {self.touched_key: "0"}, count=count)
+            if not entries or not entries[0][1]:
+                entries = await client.xreadgroup(group, consumer, {self.touched_key: ">"}, count=count, block=block_ms)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        ids, users = [], {}
+        for _, messages in entries or []:
+            for entry_id, fields in messages:
+                ids.append(entry_id)
+                if not fields:  # trimmed from the stream since it was delivered
+                    continue
+                user, seq, at = fields[b"u"].decode(), int(fields[b"s"]), float(fields[b"t"])
+                old = users.get(user)
+                users[user] = (max(seq, old[0]), min(at, old[1])) if old else (seq, at)
+        return Touched(ids, users)
+
+    async def histories(self, users: list[str]) -> list[tuple[Events | None, int]]:
+        """(history, seq of its last event) of each user, in one round trip."""
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            for user in users:
+                pipe.lrange(self._history(user), 0, -1)
+                pipe.zrange(self._ids(user), -1, -1, withscores=True)
+            raw = await pipe.execute()
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        out = []
+        for values, last in zip(raw[::2], raw[1::2]):
+            out.append(((self.layout.unpack(values) if values else None), int(last[0][1]) if last else 0))
+        return out
+
+    async def ack(self, group: str, ids: list[bytes]) -> None:
+        if ids:
+            try:
+                await self._client().xack(self.touched_key, group, *ids)
+            except redis.RedisError as exc:
+                raise self._unavailable(exc) from exc
 
     async def quarantine(self, records: list[dict]) -> None:
         """Keep what could not be stored, with its reason, in a capped stream."""

@@ -84,6 +84,11 @@ class BadRequest(ValueError):
     pass
 
 
+def store_layout(vocab, actions, hash_buckets) -> Layout:
+    """How the event store packs a vocabulary's events: its contexts, actions and hash tables, in order."""
+    return Layout(tuple(vocab.contexts), tuple(a.name for a in actions), len(hash_buckets))
+
+
 def event_id(ev: IngestEvent) -> str:
     """The id of an event sent without one: a digest of its fields, so the same event sent twice
     (a retried POST) has the same id."""
@@ -196,7 +201,7 @@ class RequestReader:
 
     def layout(self) -> Layout:
         """How the event store packs this vocabulary's events."""
-        return Layout(tuple(self.context_index), tuple(a.name for a in self.actions), len(self.hash_buckets))
+        return store_layout(self.vocab, self.actions, self.hash_buckets)
 
     def ingest(self, req: EventsRequest, layout: Layout) -> Ingest:
         """The events of a POST /v1/events in the store's form, per user and in order; events of
