@@ -6,6 +6,7 @@
     python jobs/bench_serve.py --run-dir runs/<run> --set rps=50 --set seconds=30 --out FILE
     python jobs/bench_serve.py --set 'sweep=[50,75,100,125,150,200]' --out FILE     # + capacity and overload
     python jobs/bench_serve.py --set profile_dir=runs/serve-profile --out FILE     # + py-spy flame graph per process
+    python jobs/bench_serve.py --set events_store=local --out FILE     # + stored states vs the encoder, refresh lag
 
 Without --run-dir it trains (once; reused on later calls) a synthetic run from a generator with
 --items items and --users users under runs/bench-serve-<items>: one epoch, the default model,

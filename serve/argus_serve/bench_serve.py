@@ -3,6 +3,7 @@ stage and end to end, next to the bare model forward of the same work in one pro
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import shutil
@@ -59,6 +60,13 @@ class ServeBenchConfig:
         ""  # py-spy flame graphs of every replica and the load generator over the main window ('' = none)
     )
     deploy_timeout_s: float = 600.0
+    # the event store: '' = the histories frozen in the run; `local` = a redis-server started for the
+    # bench; or a Redis URL. With it, every user of the load gets one event ingested first, the main
+    # window runs on the stored states (Retriever state_mode latest) while events stream in at
+    # event_rps, and the same load runs again with state_mode off (the encoder on every request).
+    events_store: str = ""
+    event_rps: float = 10.0
+    refresh_timeout_s: float = 300.0
 
 
 def _rss() -> int:
@@ -134,20 +142,33 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
         f"[bench] user store {files['user_store']['file_bytes'] / 2**20:.0f} MiB on disk; index {files['index']}",
         flush=True,
     )
+    redis_server, events_store = None, cfg.events_store
+    if events_store == "local":
+        import tempfile
+
+        from argus_serve.redis_local import RedisServer
+
+        redis_server = RedisServer(tempfile.mkdtemp(prefix="bench-redis-"), _free_port()).start()
+        events_store = redis_server.url
+        print(f"[bench] started redis-server for the event store at {events_store}", flush=True)
     print(f"[bench] deploying serve/argus.yaml on 127.0.0.1:{cfg.port} for {checkpoint}", flush=True)
     t0 = time.time()
-    deploy(
-        serve_config(
-            args={"checkpoint": str(checkpoint), "retrieve_k": cfg.candidates, "torch_threads": cfg.torch_threads},
-            user_configs={"Retriever": {"ann_min_items": cfg.ann_min_items, "scan": cfg.scan}},
+
+    def config(state_mode: str = "latest") -> dict:
+        args = {"checkpoint": str(checkpoint), "retrieve_k": cfg.candidates, "torch_threads": cfg.torch_threads}
+        return serve_config(
+            args=args | {"events_store": events_store},
+            user_configs={
+                "Retriever": {"ann_min_items": cfg.ann_min_items, "scan": cfg.scan, "state_mode": state_mode}
+            },
             port=cfg.port,
             deployment_options={
                 "Retriever": {"num_replicas": cfg.retriever_replicas},
                 "Ranker": {"num_replicas": cfg.ranker_replicas},
             },
-        ),
-        timeout_s=cfg.deploy_timeout_s,
-    )
+        )
+
+    deploy(config(), timeout_s=cfg.deploy_timeout_s)
     deploy_seconds = time.time() - t0
     print(f"[bench] application RUNNING after {time.time() - t0:.0f}s", flush=True)
     url = f"http://127.0.0.1:{cfg.port}/v1/recommend"
@@ -155,10 +176,14 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     def body(i: int) -> dict:
         return {"user_id": users[picks[i % len(picks)]], "k": cfg.k, "debug": True}
 
+    states = None
+    if events_store:
+        states = {"refresh_burst": ingest_and_wait(cfg, sorted({users[p] for p in picks}), vocab.items.tolist())}
     print(f"[bench] warm-up {cfg.warmup_seconds:.0f}s, then {cfg.seconds:.0f}s at {cfg.rps:.0f} requests/s", flush=True)
     run_load(url, body, cfg.rps, cfg.warmup_seconds, cfg.max_in_flight, cfg.arrivals)
     profilers = start_profilers(Path(cfg.profile_dir), cfg.seconds) if cfg.profile_dir else []
     before = cpu.snapshot()
+    stream = EventStream(cfg, [users[p] for p in picks], vocab.items.tolist()) if events_store else None
     load = run_load(
         url,
         lambda i: body(i + int(cfg.rps * cfg.warmup_seconds)),
@@ -169,9 +194,24 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
         seed=1,
     )
     result = summarize(load)
+    if stream is not None:
+        states["stream"] = stream.stop()
+        states["stored_share"] = state_share(url, [users[p] for p in picks[:50]])
     if profilers:
         result["profiles"] = finish_profilers(profilers)
     result["cpu_by_process"] = cpu.cpu_by_role(before, cpu.snapshot(), load.seconds, len(load.latencies_ms))
+    if states is not None:
+        print("[bench] the same load with state_mode off (the encoder on every request) ...", flush=True)
+        deploy(config("off"), timeout_s=cfg.deploy_timeout_s)
+        run_load(url, body, cfg.rps, cfg.warmup_seconds, cfg.max_in_flight, cfg.arrivals)
+        before_off = cpu.snapshot()
+        off = run_load(url, body, cfg.rps, cfg.seconds, cfg.max_in_flight, cfg.arrivals, seed=1)
+        states["encoder"] = summarize(off) | {
+            "cpu_by_process": cpu.cpu_by_role(before_off, cpu.snapshot(), off.seconds, len(off.latencies_ms))
+        }
+        states["stored"] = {k: result[k] for k in ("end_to_end", "stages")}
+        result["states"] = states
+        deploy(config(), timeout_s=cfg.deploy_timeout_s)
     if cfg.sweep:
         result["capacity"] = capacity_sweep(url, body, cfg)
     print("[bench] bare model forward (one process, batch 1) ...", flush=True)
@@ -192,8 +232,110 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
         "machine": cpu.machine(),
         "torch": torch.__version__,
         "serve_env": {k: os.environ.get(k, "0") for k in SERVE_ENV},
+        "events_store": events_store,
     }
+    if redis_server is not None:
+        redis_server.stop()
     return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _refresher_status(since: float = 0.0) -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle("StateRefresher", app_name="argus").status.remote(since).result()
+
+
+def ingest_and_wait(cfg: ServeBenchConfig, users: list[str], items: list[str]) -> dict:
+    """One event for each user (batches of 200 per POST), then wait until the refresher has
+    encoded them all: the burst's ingest rate and how long the states took."""
+    url = f"http://127.0.0.1:{cfg.port}/v1/events"
+    rng = np.random.default_rng(7)
+    done0 = _refresher_status().get("counts", {}).get("users_encoded", 0)
+    t0 = time.time()
+    with requests.Session() as s:
+        for i in range(0, len(users), 200):
+            batch = [
+                {"user_id": u, "item_id": items[int(rng.integers(len(items)))], "event_id": f"bench-{u}"}
+                for u in users[i : i + 200]
+            ]
+            r = s.post(url, json={"events": batch}, timeout=60)
+            r.raise_for_status()
+    ingest_s = time.time() - t0
+    print(f"[bench] ingested {len(users):,} events in {ingest_s:.1f}s; waiting for their states ...", flush=True)
+    while time.time() - t0 < cfg.refresh_timeout_s:
+        status = _refresher_status(t0)
+        if status["counts"].get("users_encoded", 0) - done0 >= len(users):
+            break
+        time.sleep(0.5)
+    else:
+        raise TimeoutError(f"the state refresher did not encode {len(users)} users in {cfg.refresh_timeout_s:.0f}s")
+    seconds = time.time() - t0
+    print(f"[bench] {len(users):,} states written {seconds:.1f}s after the first event", flush=True)
+    return {
+        "users": len(users),
+        "ingest_seconds": round(ingest_s, 2),
+        "ingest_events_per_s": round(len(users) / ingest_s, 1),
+        "all_states_after_s": round(seconds, 2),
+        "refresh_lag_s": status["refresh_lag_s"],
+    }
+
+
+class EventStream:
+    """Events POSTed one by one at `event_rps` in a thread during the measured window: the refresh
+    lag under a stream (from the refresher's own samples of the window)."""
+
+    def __init__(self, cfg: ServeBenchConfig, users: list[str], items: list[str]) -> None:
+        import threading
+
+        self.cfg, self.users, self.items = cfg, users, items
+        self.t0, self.sent, self.failed = time.time(), 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        url = f"http://127.0.0.1:{self.cfg.port}/v1/events"
+        rng = np.random.default_rng(11)
+        gap = 1.0 / max(self.cfg.event_rps, 1e-9)
+        with requests.Session() as s:
+            while not self._stop.wait(gap):
+                event = {
+                    "user_id": self.users[int(rng.integers(len(self.users)))],
+                    "item_id": self.items[int(rng.integers(len(self.items)))],
+                }
+                try:
+                    s.post(url, json=event, timeout=10).raise_for_status()
+                    self.sent += 1
+                except requests.RequestException:
+                    self.failed += 1
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        time.sleep(2.0)  # the last events' states
+        status = _refresher_status(self.t0)
+        return {
+            "event_rps": self.cfg.event_rps,
+            "sent": self.sent,
+            "failed": self.failed,
+            "refresh_lag_s": status["refresh_lag_s"],
+        }
+
+
+def state_share(url: str, users: list[str]) -> dict:
+    """What a sample of the load's users were answered from after the window."""
+    sources = collections.Counter(
+        requests.post(url, json={"user_id": u, "k": 10}, timeout=30).json()["state_source"] for u in users
+    )
+    return dict(sources)
 
 
 PROFILED = {"retriever", "ranker", "proxy", "load generator + driver"}
@@ -324,6 +466,21 @@ def format_result(result: dict) -> str:
         + f" ({result['cpu_by_process']['total']['cores']:.2f} cores busy, "
         f"{100 * result['cpu_by_process']['total']['stolen_fraction']:.1f}% stolen by the hypervisor)"
     )
+    if "states" in result:
+        st = result["states"]
+        a, b = st["stored"]["end_to_end"], st["encoder"]["end_to_end"]
+        burst, stream = st["refresh_burst"], st["stream"]
+        lines.append(
+            f"stored states (state_mode latest): p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms, "
+            f"{a['rps']:.1f} req/s; encoder on every request (off): p50 {b['p50_ms']:.1f} ms, "
+            f"p99 {b['p99_ms']:.1f} ms, {b['rps']:.1f} req/s; answered from {st['stored_share']}"
+        )
+        lag = stream["refresh_lag_s"]
+        lines.append(
+            f"refresh: {burst['users']:,} events ingested at {burst['ingest_events_per_s']:.0f}/s, all states "
+            f"after {burst['all_states_after_s']:.1f}s; under a stream of {stream['event_rps']:.0f} events/s "
+            f"({stream['sent']} sent): lag p50 {lag['p50']} s, p99 {lag['p99']} s"
+        )
     if "capacity" in result:
         c = result["capacity"]
         lines.append(

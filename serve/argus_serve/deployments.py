@@ -1,4 +1,4 @@
-"""The two deployments. Each is scaled on its own and holds its own copy of the checkpoint.
+"""The deployments. Each is scaled on its own and holds its own copy of the checkpoint.
 
 Retriever: the HTTP ingress (ingress.py's FastAPI app: validation, raw ids, the user store or the
            Redis event store that POST /v1/events appends to) and
@@ -7,6 +7,9 @@ Retriever: the HTTP ingress (ingress.py's FastAPI app: validation, raw ids, the 
 Ranker:    history + candidates → P(a) per candidate → Σ_a w_a·P(a) → diversity → top-k.
            The encoder runs once per request: the Retriever hands its encoder state to the
            Ranker with the candidates, used when both serve the same model version.
+StateRefresher (with the event store): re-encodes the users POST /v1/events touched, off the
+           request path, and stores their states in Redis; the Retriever then reads a user's
+           stored state instead of running the encoder (`state_mode`, SOAP-style serving).
 
 Retrieval is in the replica that answers HTTP because each hop between deployments costs CPU
 (serialization, gRPC, the replica's request machinery) comparable to the model work itself: on
@@ -550,7 +553,8 @@ class StateRefresher(_ModelReplica):
         self.events = EventStore(events["url"], vocab.version(), layout, cap, prefix=events.get("prefix", "argus"))
         self.consumer = f"refresher-{os.getpid()}"
         self.counts = collections.Counter()
-        self.lags = collections.deque(maxlen=2000)  # seconds from an event's ingest to its user's new state
+        # (when, seconds from an event's ingest to its user's new state) of the latest refreshes
+        self.lags = collections.deque(maxlen=20_000)
         self.last_error: str | None = None
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._freeze_heap()
@@ -589,14 +593,15 @@ class StateRefresher(_ModelReplica):
             self.counts["states_written"] += written
         await self.events.ack(REFRESH_GROUP, touched.ids)
         now = time.time()
-        self.lags.extend(now - touched.users[u][1] for u, _, _ in todo)
+        self.lags.extend((now, now - touched.users[u][1]) for u, _, _ in todo)
         self.counts["batches"] += 1
         self.counts["users_encoded"] += len(todo)
         self.counts["entries"] += len(touched.ids)
         return len(todo)
 
-    def status(self) -> dict:
-        lags = np.asarray(self.lags, dtype=np.float64)
+    def status(self, since: float = 0.0) -> dict:
+        """Counts, and the refresh lag of the states written from `since` (seconds since the epoch) on."""
+        lags = np.asarray([lag for at, lag in self.lags if at >= since], dtype=np.float64)
         pct = lambda q: round(float(np.percentile(lags, q)), 4) if len(lags) else None  # noqa: E731
         return self.base_status() | {
             "counts": dict(self.counts),
