@@ -55,20 +55,20 @@ def test_seed_once_then_capped_atomic_appends_and_idempotent_retries(redis_serve
     assert again == info
 
     async def scenario():
-        got = await store.get("u1")
+        got = (await store.read("u1"))[0]
         assert _same(got, _events([1, 2, 3, 4, 5, 6, 7]).tail(5))
-        assert await store.get("nobody") is None
+        assert (await store.read("nobody"))[0] is None
         new = _events([11, 12], start=7)
         packed = LAYOUT.pack(new)
         done = await store.append({"u1": [("e1", packed[0]), ("e2", packed[1])], "new-user": [("e3", packed[0])]})
         assert (done["u1"].appended, done["u1"].duplicates, done["u1"].history_events) == (2, 0, 5)
         assert (done["new-user"].appended, done["new-user"].history_events) == (1, 1)
-        got = await store.get("u1")
+        got = (await store.read("u1"))[0]
         assert got.items.tolist() == [5, 6, 7, 11, 12]  # the window: the oldest left out
         assert got.contexts["device"].tolist()[-2:] == new.contexts["device"].tolist()
         retry = await store.append({"u1": [("e1", packed[0]), ("e2", packed[1])]})
         assert (retry["u1"].appended, retry["u1"].duplicates) == (0, 2)
-        assert (await store.get("u1")).items.tolist() == [5, 6, 7, 11, 12]
+        assert ((await store.read("u1"))[0]).items.tolist() == [5, 6, 7, 11, 12]
 
     asyncio.run(scenario())
 
@@ -89,7 +89,7 @@ def test_concurrent_appends_for_one_user_neither_interleave_nor_double_count(red
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(writer, range(4)))
-    got = asyncio.run(store.get("hot"))
+    got = asyncio.run(store.read("hot"))[0]
     assert len(got) == 4 * 10 * 5
 
 
@@ -100,16 +100,16 @@ def test_ingested_events_survive_a_redis_restart_and_requests_meanwhile_get_a_cl
 
     async def append_and_read():
         await store.append({"u1": [("x1", packed[0])]})
-        return await store.get("u1")
+        return (await store.read("u1"))[0]
 
     assert asyncio.run(append_and_read()).items.tolist() == [1, 2, 8]
     redis_server.stop()
     try:
         with pytest.raises(StoreUnavailable, match=f"event store at {redis_server.url} is unreachable"):
-            asyncio.run(store.get("u1"))
+            asyncio.run(store.read("u1"))
     finally:
         redis_server.start()
-    assert asyncio.run(store.get("u1")).items.tolist() == [1, 2, 8]  # from the append-only file
+    assert asyncio.run(store.read("u1"))[0].items.tolist() == [1, 2, 8]  # from the append-only file
     assert redis.Redis.from_url(redis_server.url).get(f"{store.ns}:seeded") is not None
 
 

@@ -82,22 +82,18 @@ class RecommendResponse(BaseModel):
     state_lag_events: int | None = Field(None, description="events ingested after the stored state's last one")
 
 
-class IngestEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IngestEvent(HistoryEvent):
+    """An event to store: `history`'s fields (item_id, actions, context) and whose it is."""
+
     event_id: RawId | None = Field(
         None,
         description="idempotency key: an event whose id the user's history already has is not appended again "
         "(default: derived from the event's fields, so a retried POST of the same event is a duplicate)",
     )
     user_id: RawId = Field(description="raw user id; a user outside the training run starts with an empty history")
-    item_id: RawId = Field(description="raw item id, as in the training data")
     timestamp: float | None = Field(
         None, ge=0, description="event time (seconds); events are appended in the order sent"
     )
-    actions: dict[str, float] = Field(
-        default_factory=dict, description="feedback of the event; missing actions count as 0"
-    )
-    context: dict[str, ContextValue] = Field(default_factory=dict, description="context values of the event")
 
 
 class EventsRequest(BaseModel):

@@ -284,14 +284,6 @@ class EventStore:
             raise self._unavailable(exc) from exc
 
     # -- the request path -------------------------------------------------------------------------
-    async def get(self, user: str) -> Events | None:
-        """The user's stored history, or None for a user with no events."""
-        try:
-            values = await self._client().lrange(self._history(user), 0, -1)
-        except redis.RedisError as exc:
-            raise self._unavailable(exc) from exc
-        return self.layout.unpack(values) if values else None
-
     async def append(self, per_user: dict[str, list[tuple[str, bytes]]]) -> dict[str, Appended]:
         """Append each user's (event id, packed event) pairs, in order, skipping ids already stored."""
         client = self._client()
