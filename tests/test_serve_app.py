@@ -437,3 +437,25 @@ def test_the_state_refresher_encodes_touched_users_off_the_request_path(service)
     refresher = service.health()["state_refresher"]
     assert refresher["counts"]["users_encoded"] >= 2 and refresher["refresh_lag_s"]["p50"] is not None
     assert refresher["last_error"] is None
+
+
+def test_a_replay_scores_each_held_out_event_on_the_history_before_it_then_ingests_it(service):
+    """argus_serve.replay through the live service: the last tenth of the run's log replayed under
+    fresh user ids, each user seeded with their earlier events."""
+    from argus_serve.replay import ReplayConfig, events_from, replay_once
+
+    times = pq.read_table(service.run_dir / "data" / "events.parquet").column("timestamp").to_numpy()
+    held = events_from(service.run_dir, float(np.quantile(times, 0.9)), 1e9, 40, 0)
+    raw = replay_once(service.url, held, "replay-t", 0.0, ReplayConfig(k=50))
+    expected, seen = [], [0] * len(held.users)
+    for (n, _), cold in zip(held.events, held.cold):
+        if not cold:
+            expected.append(len(held.prefix[n]) + seen[n])
+        seen[n] += 1
+    # every request read the user's prefix and their earlier held-out events, never a later one
+    assert raw["history_events"] == expected and len(raw["ranks"]) == len(expected) > 0
+    assert raw["quarantined"] == 0 and set(raw["sources"]) <= {"stored", "encoder"}
+    assert all(r is None or 0 <= r < 50 for r in raw["ranks"])
+    n = held.events[-1][0]
+    last = service.recommend({"user_id": f"replay-t:{held.users[n]}", "k": 5}).json()
+    assert last["history_events"] == len(held.prefix[n]) + seen[n]  # the last event was ingested too
