@@ -9,7 +9,7 @@
 The run must be split in time (data.split temporal or temporal_windows): its events from the test
 start on were never trained on. Each replay (Retriever state_mode off, latest, mean2; the stored
 modes at each think_s) asks /v1/recommend for a held-out event's user, scores where the event's
-item lands, then POSTs the event to /v1/events (argus_serve.replay). A redis-server is started
+item lands, then POSTs the event to /v1/events (argus_serve.replay_serve). A redis-server is started
 for it (events_store=local) unless a Redis URL is given.
 """
 
@@ -25,7 +25,7 @@ import ray
 
 from argus_platform.cli import parse_config_and_args
 from argus_serve.launch import SERVE_ENV
-from argus_serve.replay import ReplayConfig, format_replay, replay
+from argus_serve.replay_serve import ReplayConfig, format_replay, replay
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

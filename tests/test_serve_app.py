@@ -440,9 +440,9 @@ def test_the_state_refresher_encodes_touched_users_off_the_request_path(service)
 
 
 def test_a_replay_scores_each_held_out_event_on_the_history_before_it_then_ingests_it(service):
-    """argus_serve.replay through the live service: the last tenth of the run's log replayed under
+    """argus_serve.replay_serve through the live service: the last tenth of the run's log replayed under
     fresh user ids, each user seeded with their earlier events."""
-    from argus_serve.replay import ReplayConfig, events_from, replay_once
+    from argus_serve.replay_serve import ReplayConfig, events_from, replay_once
 
     times = pq.read_table(service.run_dir / "data" / "events.parquet").column("timestamp").to_numpy()
     held = events_from(service.run_dir, float(np.quantile(times, 0.9)), 1e9, 40, 0)

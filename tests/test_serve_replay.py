@@ -1,4 +1,4 @@
-"""The staleness replay's input and figures (argus_serve.replay): the held-out events of a temporal
+"""The staleness replay's input and figures (argus_serve.replay_serve): the held-out events of a temporal
 split in time order with each user's earlier events, and the per-event metrics. The replay through
 a live service is in test_serve_app."""
 
@@ -11,7 +11,7 @@ import pytest
 from argus_platform.data.config import DataConfig, SyntheticConfig
 from argus_platform.data.prepare import prepare_data
 from argus_serve.artifacts import ArtifactError
-from argus_serve.replay import ReplayConfig, dcg_at, held_out_events, metrics, paired
+from argus_serve.replay_serve import ReplayConfig, dcg_at, held_out_events, metrics, paired
 
 
 def _prepare(tmp_path, split):

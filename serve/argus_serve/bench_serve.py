@@ -28,8 +28,9 @@ from argus_serve.artifacts import (
     run_dir_of,
     serving_dir,
 )
-from argus_serve.launch import SERVE_ENV, deploy, serve_config
+from argus_serve.launch import SERVE_ENV, deploy, refresher_status, serve_config, wait_for_states
 from argus_serve.loadgen import percentiles, run_load, schedule, summarize
+from argus_serve.redis_local import local_store
 from argus_serve.scoring import diversify, item_groups
 from argus_serve.store import UserStore
 
@@ -142,14 +143,8 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
         f"[bench] user store {files['user_store']['file_bytes'] / 2**20:.0f} MiB on disk; index {files['index']}",
         flush=True,
     )
-    redis_server, events_store = None, cfg.events_store
-    if events_store == "local":
-        import tempfile
-
-        from argus_serve.redis_local import RedisServer
-
-        redis_server = RedisServer(tempfile.mkdtemp(prefix="bench-redis-"), _free_port()).start()
-        events_store = redis_server.url
+    redis_server, events_store = local_store(cfg.events_store, "bench-redis-")
+    if redis_server is not None:
         print(f"[bench] started redis-server for the event store at {events_store}", flush=True)
     print(f"[bench] deploying serve/argus.yaml on 127.0.0.1:{cfg.port} for {checkpoint}", flush=True)
     t0 = time.time()
@@ -239,26 +234,12 @@ def benchmark(run_dir: str | Path, cfg: ServeBenchConfig) -> dict:
     return result
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _refresher_status(since: float = 0.0) -> dict:
-    from ray import serve
-
-    return serve.get_deployment_handle("StateRefresher", app_name="argus").status.remote(since).result()
-
-
 def ingest_and_wait(cfg: ServeBenchConfig, users: list[str], items: list[str]) -> dict:
     """One event for each user (batches of 200 per POST), then wait until the refresher has
     encoded them all: the burst's ingest rate and how long the states took."""
     url = f"http://127.0.0.1:{cfg.port}/v1/events"
     rng = np.random.default_rng(7)
-    done0 = _refresher_status().get("counts", {}).get("users_encoded", 0)
+    done0 = refresher_status().get("counts", {}).get("users_encoded", 0)
     t0 = time.time()
     with requests.Session() as s:
         for i in range(0, len(users), 200):
@@ -270,13 +251,7 @@ def ingest_and_wait(cfg: ServeBenchConfig, users: list[str], items: list[str]) -
             r.raise_for_status()
     ingest_s = time.time() - t0
     print(f"[bench] ingested {len(users):,} events in {ingest_s:.1f}s; waiting for their states ...", flush=True)
-    while time.time() - t0 < cfg.refresh_timeout_s:
-        status = _refresher_status(t0)
-        if status["counts"].get("users_encoded", 0) - done0 >= len(users):
-            break
-        time.sleep(0.5)
-    else:
-        raise TimeoutError(f"the state refresher did not encode {len(users)} users in {cfg.refresh_timeout_s:.0f}s")
+    status = wait_for_states(len(users), done0, t0, cfg.refresh_timeout_s, poll_s=0.5)
     seconds = time.time() - t0
     print(f"[bench] {len(users):,} states written {seconds:.1f}s after the first event", flush=True)
     return {
@@ -321,7 +296,7 @@ class EventStream:
         self._stop.set()
         self._thread.join()
         time.sleep(2.0)  # the last events' states
-        status = _refresher_status(self.t0)
+        status = refresher_status(self.t0)
         return {
             "event_rps": self.cfg.event_rps,
             "sent": self.sent,

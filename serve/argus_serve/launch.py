@@ -66,3 +66,18 @@ def deploy(config: dict, timeout_s: float = 180.0) -> None:
     raise TimeoutError(
         f"applications {sorted(names)} not RUNNING after {timeout_s:.0f}s: {serve.status().applications}"
     )
+
+
+def refresher_status(since: float = 0.0) -> dict:
+    """The StateRefresher deployment's counts and refresh lag (of the states written since `since`)."""
+    return serve.get_deployment_handle("StateRefresher", app_name="argus").status.remote(since).result()
+
+
+def wait_for_states(users: int, done_before: int, since: float, timeout_s: float, poll_s: float = 0.25) -> dict:
+    """Block until the refresher has encoded `users` more users than `done_before`; its status."""
+    while time.time() - since < timeout_s:
+        status = refresher_status(since)
+        if status["counts"].get("users_encoded", 0) - done_before >= users:
+            return status
+        time.sleep(poll_s)
+    raise TimeoutError(f"the state refresher did not encode {users} users in {timeout_s:.0f}s")

@@ -19,6 +19,25 @@ from pathlib import Path
 import redis
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_store(events_store: str, prefix: str) -> tuple[RedisServer | None, str]:
+    """`local`: a redis-server started on a free port, its data in a new temporary directory, and
+    its URL (stop the server when done); anything else is a Redis URL, used as it is."""
+    if events_store != "local":
+        return None, events_store
+    import tempfile
+
+    server = RedisServer(tempfile.mkdtemp(prefix=prefix), free_port()).start()
+    return server, server.url
+
+
 class RedisServer:
     """One redis-server process on 127.0.0.1:`port`, its data (AOF) under `data_dir`."""
 

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 import requests
 
 from argus_serve.artifacts import ArtifactError, resolve_checkpoint, run_dir_of
-from argus_serve.launch import deploy, serve_config
+from argus_serve.launch import deploy, refresher_status, serve_config, wait_for_states
+from argus_serve.redis_local import local_store
 
 MODES = ("off", "latest", "mean2")
 
@@ -126,22 +127,6 @@ def events_from(run_dir: Path, start: float, window_h: float, max_events: int, h
     return HeldOut(users, prefix, [(index[str(rows[u][r])], event(r)) for r in held], start)
 
 
-def _refresher_status(since: float = 0.0) -> dict:
-    from ray import serve
-
-    return serve.get_deployment_handle("StateRefresher", app_name="argus").status.remote(since).result()
-
-
-def wait_for_states(users: int, done_before: int, since: float, timeout_s: float) -> dict:
-    """Block until the refresher has encoded `users` more users than `done_before`; its status."""
-    while time.time() - since < timeout_s:
-        status = _refresher_status(since)
-        if status["counts"].get("users_encoded", 0) - done_before >= users:
-            return status
-        time.sleep(0.25)
-    raise TimeoutError(f"the state refresher did not encode {users} users in {timeout_s:.0f}s")
-
-
 def post_events(session: requests.Session, url: str, events: list[dict], batch: int = 200) -> int:
     """POST `events` in batches (oldest first); the number appended."""
     appended = 0
@@ -167,7 +152,7 @@ def replay_once(base: str, held: HeldOut, tag: str, think_s: float, cfg: ReplayC
         for j, e in enumerate(p)
     ]
     with requests.Session() as s:
-        done0 = _refresher_status().get("counts", {}).get("users_encoded", 0)
+        done0 = refresher_status().get("counts", {}).get("users_encoded", 0)
         t0 = time.time()
         post_events(s, f"{base}/v1/events", seed)
         wait_for_states(sum(1 for p in held.prefix if p), done0, t0, cfg.refresh_timeout_s)
@@ -258,15 +243,7 @@ def replay(run_dir: str | Path, cfg: ReplayConfig) -> dict:
         f"{sum(map(len, held.prefix)):,} earlier events seed each replay",
         flush=True,
     )
-    redis_server, store = None, cfg.events_store
-    if store == "local":
-        import tempfile
-
-        from argus_serve.bench_serve import _free_port
-        from argus_serve.redis_local import RedisServer
-
-        redis_server = RedisServer(tempfile.mkdtemp(prefix="replay-redis-"), _free_port()).start()
-        store = redis_server.url
+    redis_server, store = local_store(cfg.events_store, "replay-redis-")
     base = f"http://127.0.0.1:{cfg.port}"
     runs: dict[str, dict] = {}
     try:
