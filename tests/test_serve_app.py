@@ -459,3 +459,53 @@ def test_a_replay_scores_each_held_out_event_on_the_history_before_it_then_inges
     n = held.events[-1][0]
     last = service.recommend({"user_id": f"replay-t:{held.users[n]}", "k": 5}).json()
     assert last["history_events"] == len(held.prefix[n]) + seen[n]  # the last event was ingested too
+
+
+def test_neural_linear_exploration_learns_from_ingested_feedback_and_marks_explored_slots(service):
+    """The feedback learner folds each ingested event in once; the Ranker samples from the shared
+    posterior, reproducibly for a seed, and marks the explored slots."""
+    import time
+
+    rows, vocab = _user_rows(service.run_dir)
+    users = sorted(rows)[10:14]
+    explore = {"exploration": "neural_linear", "exploration_share": 0.4, "exploration_seed": 5}
+    service.args |= {"feedback_learner": True, "events_prefix": "nlb-test"}  # a namespace of its own
+    try:
+        service.deploy({"Ranker": explore})
+        body = {"user_id": users[0], "k": 5}
+        prior = service.recommend(body).json()
+        assert [i["explored"] for i in prior["items"]] == [False] * 3 + [True] * 2
+        assert prior["weights_version"].endswith("+nlb0")  # nothing learned yet: the prior
+        events = [
+            {"user_id": u, "item_id": vocab.items[20 + j], "event_id": f"nlb-{u}-{j}", "actions": {"like": j % 2}}
+            for u in users
+            for j in range(3)
+        ]
+        assert service.events({"events": events}).json()["appended"] == 12
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            ranker = service.health()["ranker"]["exploration"]
+            if ranker["observations"] and min(ranker["observations"].values()) == 12:
+                break
+            service.recommend(body)  # a request makes the replica look for a newer posterior
+            time.sleep(0.5)
+        assert ranker["observations"] == {a: 12 for a in YAML_WEIGHTS} and ranker["error"] is None, ranker
+        assert service.events({"events": events}).json()["duplicates"] == 12  # a retried POST teaches nothing
+        time.sleep(1.5)
+        a, b = service.recommend(body).json(), service.recommend(body).json()
+        assert a["items"] == b["items"] and a["weights_version"] == b["weights_version"] != prior["weights_version"]
+        assert service.health()["ranker"]["exploration"]["observations"] == {a: 12 for a in YAML_WEIGHTS}
+        # the exploited slots are the posterior mean's; other seeds explore other items
+        others = set()
+        for seed in range(6):
+            service.deploy({"Ranker": explore | {"exploration_seed": seed}})
+            got = service.recommend(body).json()["items"]
+            assert [i["item_id"] for i in got[:3]] == [i["item_id"] for i in a["items"][:3]]
+            others.add(tuple(i["item_id"] for i in got[3:]))
+        assert len(others) > 1
+        learner = service.health()["state_refresher"]
+        assert learner["counts"]["feedback_observed"] == 12 and learner["learner"]["error"] is None
+    finally:
+        service.args = {k: v for k, v in service.args.items() if k not in ("feedback_learner", "events_prefix")}
+        service.deploy()
+    assert "explored" not in service.recommend({"user_id": users[0], "k": 5}).json()["items"][0]  # back as shipped

@@ -57,6 +57,15 @@ class Events:
             None if self.hashes is None else self.hashes[-n:],
         )
 
+    def head(self, n: int) -> "Events":
+        """The first n events."""
+        return Events(
+            self.items[:n],
+            {k: v[:n] for k, v in self.contexts.items()},
+            {k: v[:n] for k, v in self.feedback.items()},
+            None if self.hashes is None else self.hashes[:n],
+        )
+
     def concat(self, other: "Events") -> "Events":
         hashes = None
         if self.hashes is not None or other.hashes is not None:
@@ -324,20 +333,43 @@ def action_probabilities(
     three_token models append the candidates' item tokens after the history and the next
     context, each attending to the history and itself only (candidate isolation), which needs
     the `histories` and `next_contexts` that `head_in` came from."""
-    schema = model.schema
-    if not schema.actions:
+    if not model.schema.actions:
         return {}
+    return _score_candidates(model, head_in, candidates, histories, next_contexts, with_features=False)[0]
+
+
+def action_features(
+    model: InferenceModel,
+    head_in: torch.Tensor,
+    candidates: torch.Tensor,
+    histories: list[Events] | None = None,
+    next_contexts: list[dict[str, int]] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`action_probabilities` and the feedback head's last hidden layer [B, K, F] it read them
+    from: the features of a linear payoff model on top of the network (neural-linear bandits)."""
+    if not model.schema.actions:
+        raise ValueError("the schema has no actions, so the model has no feedback head to read features from")
+    return _score_candidates(model, head_in, candidates, histories, next_contexts, with_features=True)
+
+
+@torch.no_grad()
+def _score_candidates(model, head_in, candidates, histories, next_contexts, with_features: bool):
     dense = model.dense
     items = dense.item_repr(F.embedding(candidates, model.tables[table_name(ITEM)]), candidates)  # [B, K, D]
     if dense.tokens.in_context:
         if histories is None or next_contexts is None:
             raise ValueError("three_token models score candidates in context: pass the histories and next contexts")
         emb, lengths = next_event_inputs(model, histories, next_contexts)
-        logits = dense.candidate_logits(items, emb=emb, lengths=lengths)
+        inputs = {"emb": emb, "lengths": lengths}
     else:
-        logits = dense.candidate_logits(items, head_in=head_in)
+        inputs = {"head_in": head_in}
+    features = None
+    if with_features:
+        features, logits = dense.candidate_features(items, **inputs)
+    else:
+        logits = dense.candidate_logits(items, **inputs)
     named = dense.action_logits(logits)
-    return {a.name: feedback_probability(a, named[a.name]) for a in schema.actions}
+    return {a.name: feedback_probability(a, named[a.name]) for a in model.schema.actions}, features
 
 
 def engage_probability(retrieval_scores: torch.Tensor, valid: torch.Tensor, sharpness: float) -> torch.Tensor:

@@ -271,9 +271,29 @@ class ArgusDenseArch(nn.Module):
         [B, H] (the request's next event, from `encode`); three_token models (`tokens.in_context`)
         read the window `emb`/`lengths` and, optionally, the event each candidate stands in for
         (`events` [B, M], default the row's last)."""
+        return self.feedback_head(self._candidate_inputs(candidates, head_in, emb, lengths, events))
+
+    def candidate_features(
+        self,
+        candidates: torch.Tensor,
+        head_in: torch.Tensor | None = None,
+        emb: dict[str, torch.Tensor] | None = None,
+        lengths: torch.Tensor | None = None,
+        events: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the feedback head's last hidden layer [B, M, 2D], the action logits [B, M, Σ outputs])
+        of the candidates, as `candidate_logits` computes them: the features a linear model over
+        the head's last layer reads (the Ranker's neural-linear exploration)."""
+        x = self._candidate_inputs(candidates, head_in, emb, lengths, events)
+        *hidden, last = self.feedback_head
+        for layer in hidden:
+            x = layer(x)
+        return x, last(x)
+
+    def _candidate_inputs(self, candidates, head_in, emb, lengths, events) -> torch.Tensor:
         if self.feedback_head is None:
             raise ValueError("the schema has no actions, so the model has no feedback head")
-        return self.tokens.candidate_logits(self, candidates, head_in, emb, lengths, events)
+        return self.tokens.candidate_inputs(self, candidates, head_in, emb, lengths, events)
 
     def action_logits(self, feedback: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the feedback head's output [..., Σ outputs] into named per-action logits."""

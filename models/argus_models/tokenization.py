@@ -65,15 +65,15 @@ class OneToken:
             out["feedback"] = arch.feedback_head(torch.cat([padded, item], dim=-1))[:n]
         return out
 
-    def candidate_logits(self, arch, candidates: torch.Tensor, head_in, emb, lengths, events) -> torch.Tensor:
-        """[B, M, Σ outputs] from the head input [B, H] of each row's next event (one row per
-        candidate through the feedback MLP: no candidate sees another)."""
+    def candidate_inputs(self, arch, candidates: torch.Tensor, head_in, emb, lengths, events) -> torch.Tensor:
+        """The feedback head's input [B, M, 2D(+D)] from the head input [B, H] of each row's next
+        event (one row per candidate through the feedback MLP: no candidate sees another)."""
         if head_in is None:
             raise ValueError("one_token models score candidates from the request's head input: pass head_in")
         if events is not None:
             raise ValueError("one_token models take the head input of the scored event, not `events`")
         h = head_in[:, None, :].expand(-1, candidates.shape[1], -1)
-        return arch.feedback_head(torch.cat([h, candidates], dim=-1))
+        return torch.cat([h, candidates], dim=-1)
 
 
 class ThreeToken:
@@ -121,8 +121,9 @@ class ThreeToken:
             out["feedback"] = arch.feedback_head(pad_rows(at(states[:, 1:, 1])))[:n]
         return out
 
-    def candidate_logits(self, arch, candidates: torch.Tensor, head_in, emb, lengths, events) -> torch.Tensor:
-        """Candidate isolation: [B, M, Σ outputs] for M candidate item vectors [B, M, D].
+    def candidate_inputs(self, arch, candidates: torch.Tensor, head_in, emb, lengths, events) -> torch.Tensor:
+        """Candidate isolation: the feedback head's input [B, M, D] (the states at the candidates'
+        item tokens) for M candidate item vectors [B, M, D].
 
         emb/lengths: each row's window of events; candidate m of row b stands in for the item of
         event `events[b, m]` (default: the row's last event, lengths-1, whose context is known and
@@ -145,7 +146,7 @@ class ThreeToken:
         positions = torch.cat([torch.arange(S, device=x.device).expand(B, -1), prefix], dim=1)
         mask = candidate_isolation_mask(torch.minimum(lengths * k, torch.full_like(lengths, S)), prefix, S)
         states = arch.encoder(x, lengths, mask=mask, positions=positions)
-        return arch.feedback_head(states[:, S:])
+        return states[:, S:]
 
 
 TOKENIZATIONS = {t.name: t for t in (OneToken, ThreeToken)}

@@ -58,6 +58,11 @@ class RecommendedItem(BaseModel):
     retrieval_score: float = Field(description="<query, item> of the retrieval stage")
     probabilities: dict[str, float] = Field(description="P(a) per action head")
     group: int | None = Field(None, description="item-side group used by the diversity rule (debug only)")
+    explored: bool | None = Field(
+        None,
+        description="with ranker exploration: the slot was filled by a Thompson-sampled payoff, not the posterior "
+        "mean (its `score` is the sampled one); absent when exploration is off",
+    )
 
 
 class RecommendResponse(BaseModel):

@@ -53,6 +53,13 @@ class AppArgs(BaseModel):
         description="with events_store: deploy the StateRefresher, which re-encodes the users POST /v1/events "
         "touched off the request path, so /v1/recommend can use their stored states (Retriever state_mode)",
     )
+    feedback_learner: bool = Field(
+        False,
+        description="with the state refresher: also fold ingested feedback into the neural-linear posterior "
+        "that Ranker exploration=neural_linear samples from (one encoder pass per ingested event)",
+    )
+    bandit_prior_std: float = Field(0.1, gt=0, description="neural-linear prior std of each payoff weight")
+    bandit_noise_std: float = Field(0.5, gt=0, description="neural-linear std of a reward around its payoff")
 
 
 def build_app(args: AppArgs) -> Application:
@@ -72,9 +79,13 @@ def build_app(args: AppArgs) -> Application:
         "max_exclude": args.max_exclude,
         "max_body_bytes": args.max_body_bytes,
     }
-    ranker = Ranker.bind(checkpoint, args.torch_threads)
+    if args.feedback_learner and not (args.events_store and args.state_refresher):
+        raise ValueError("feedback_learner runs in the state refresher: it needs events_store and state_refresher")
     events = {"url": args.events_store, "history_cap": args.history_cap, "prefix": args.events_prefix}
+    bandit = {"prior_std": args.bandit_prior_std, "noise_std": args.bandit_noise_std}
+    ranker = Ranker.bind(checkpoint, args.torch_threads, events, bandit)
     refresher = None
     if args.events_store and args.state_refresher:
-        refresher = StateRefresher.bind(checkpoint, events, args.torch_threads)
+        learner = bandit if args.feedback_learner else None
+        refresher = StateRefresher.bind(checkpoint, events, args.torch_threads, learner)
     return Retriever.bind(checkpoint, ranker, args.torch_threads, limits, events, refresher)

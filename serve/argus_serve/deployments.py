@@ -28,12 +28,14 @@ import gc
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import psutil
+import redis
 import torch
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,7 +44,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
 from argus_models.config import ModelSchema
-from argus_models.inference import Events, action_probabilities, build_index, combine, encode_next
+from argus_models.inference import Events, action_features, action_probabilities, build_index, combine, encode_next
 from argus_serve.api import EventsRequest, EventsResponse, IngestEvent, RecommendRequest, RecommendResponse
 from argus_serve.artifacts import (
     ServingModel,
@@ -53,6 +55,16 @@ from argus_serve.artifacts import (
     resolve_checkpoint,
     run_dir_of,
     serving_dir,
+)
+from argus_serve.bandit import (
+    BanditPrior,
+    Posterior,
+    PosteriorStore,
+    Solved,
+    explore_order,
+    observations,
+    payoff_features,
+    request_rng,
 )
 from argus_serve.events import EventStore, StoreUnavailable, UserState
 from argus_serve.ingress import BadRequest, Limits, RequestReader, api, store_layout
@@ -91,6 +103,7 @@ class RankQuery:
     k: int
     head_in: np.ndarray | None = None  # the Retriever's encoder state, reused when `encoded_by` is the Ranker's model
     encoded_by: str = ""
+    user_key: str = ""  # who asks (user id, or a digest of an anonymous history): seeds exploration
 
 
 @dataclass
@@ -143,6 +156,16 @@ class RankerOptions(_Options):
     )
     diversity_groups: int = Field(32, ge=1, description="k-means groups over item vectors")
     revision: str = Field("", description="change it to re-read an edited weights file")
+    exploration: Literal["none", "neural_linear"] = Field(
+        "none",
+        description="neural_linear: Thompson sampling from a Bayesian linear payoff per action over the feedback "
+        "head's last hidden layer, learned from ingested feedback (needs events_store and feedback_learner)",
+    )
+    exploration_share: float = Field(
+        0.2, ge=0, le=1, description="share of the k slots (the last ones) filled by the sampled payoffs"
+    )
+    exploration_seed: int = Field(0, ge=0, description="seeds the sampling, with the user and the posterior version")
+    posterior_refresh_s: float = Field(1.0, ge=0, description="how often a replica checks for a newer posterior")
 
 
 class _ModelReplica:
@@ -300,7 +323,16 @@ class Retriever(_ModelReplica):
         cands = await self.retrieve(RetrievalQuery(p.events, p.next_context, p.exclude, self.limits.retrieve_k, state))
         t2 = time.perf_counter()
         result = await self.ranker.rank.remote(
-            RankQuery(p.events, p.next_context, cands.items, cands.scores, req.k, cands.head_in, cands.model_version)
+            RankQuery(
+                p.events,
+                p.next_context,
+                cands.items,
+                cands.scores,
+                req.k,
+                cands.head_in,
+                cands.model_version,
+                req.user_id if req.user_id is not None else f"history:{zlib.crc32(p.events.items.tobytes())}",
+            )
         )
         t3 = time.perf_counter()
         items = self.reader.items(result.ranked, req.debug)
@@ -456,19 +488,50 @@ class Retriever(_ModelReplica):
         }
 
 
+@dataclass
+class _Exploration:
+    """The posterior a Ranker replica samples from: its model version, Redis version, solved form."""
+
+    model_version: str
+    version: int
+    solved: dict[str, Solved]
+    checked: float  # time.monotonic() of the last version check
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class Ranker(_ModelReplica):
     options_cls = RankerOptions
 
-    def __init__(self, checkpoint: str, torch_threads: int = 1) -> None:
+    def __init__(
+        self, checkpoint: str, torch_threads: int = 1, events: dict | None = None, bandit: dict | None = None
+    ) -> None:
         self.weights: ScoringWeights | None = None
         self.groups: np.ndarray | None = None
         self._groups_key = None
-        super().__init__(checkpoint, torch_threads)
+        self.posteriors: PosteriorStore | None = None
+        self._explore: _Exploration | None = None
+        self.explore_error: str | None = None
+        super().__init__(checkpoint, torch_threads)  # options at their defaults: exploration off
+        events = events or {}
+        if events.get("url"):  # the posterior of the event store's namespace (EventStore.ns)
+            self.posteriors = PosteriorStore(
+                events["url"],
+                f"{events.get('prefix', 'argus')}:{self.vocab_version}",
+                list(self.model.model.schema.actions),
+                BanditPrior(**(bandit or {})),
+            )
         self._freeze_heap()
 
     def _apply(self, options: RankerOptions, model: ServingModel) -> None:
         actions = [a.name for a in model.model.schema.actions]
+        if options.exploration == "neural_linear":
+            if self.posteriors is None:
+                raise ValueError(
+                    "exploration=neural_linear learns from ingested feedback: start the app with "
+                    "args.events_store=redis://HOST:PORT/DB (and feedback_learner: true)"
+                )
+            if not actions:
+                raise ValueError("exploration=neural_linear needs action heads; the model has none")
         weights = resolve_weights(
             options.weights, options.weights_file, actions, run_dir_of(model.checkpoint), options.engage_sharpness
         )
@@ -481,10 +544,35 @@ class Ranker(_ModelReplica):
             "Ranker weights (%s): %s, engage_sharpness %s", weights.source, weights.weights, weights.engage_sharpness
         )
 
+    async def _posterior(self, model: ServingModel) -> _Exploration:
+        """The shared posterior, re-read from Redis when its version moved (checked at most every
+        posterior_refresh_s). Redis down: the last one read (or the prior), the error in status()."""
+        now, cached = time.monotonic(), self._explore
+        current = cached is not None and cached.model_version == model.version
+        if current and now - cached.checked < self.options.posterior_refresh_s:
+            return cached
+        dim = model.model.dense.feedback_head[0].out_features + 2
+        try:
+            version = await self.posteriors.version(model.version)
+            if not current or version != cached.version:
+                version, posts = await self.posteriors.load(model.version, dim)
+                cached = _Exploration(model.version, version, {a: p.solved() for a, p in posts.items()}, now)
+            cached.checked = now
+            self.explore_error = None
+        except (OSError, redis.RedisError) as exc:
+            self.explore_error = f"posterior not read from {self.posteriors.url} ({type(exc).__name__}: {exc})"
+            if not current:
+                prior = Posterior.prior(dim, self.posteriors.prior).solved()
+                cached = _Exploration(model.version, 0, {a.name: prior for a in self.posteriors.actions}, now)
+            cached.checked = now
+        self._explore = cached
+        return cached
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def rank(self, queries: list[RankQuery]) -> list[RankResult]:
         t0 = time.perf_counter()
-        model, weights, groups, decay = self.model, self.weights, self.groups, self.options.diversity_decay
+        model, weights, groups, options = self.model, self.weights, self.groups, self.options
+        explore = await self._posterior(model) if options.exploration == "neural_linear" else None
         events, contexts = [q.events for q in queries], [q.next_context for q in queries]
         if all(q.encoded_by == model.version and q.head_in is not None for q in queries):
             head_in = torch.from_numpy(np.stack([q.head_in for q in queries]))  # the Retriever ran the same encoder
@@ -496,33 +584,72 @@ class Ranker(_ModelReplica):
         for b, q in enumerate(queries):
             cand[b, : len(q.candidates)] = torch.from_numpy(q.candidates)
             retrieval[b, : len(q.candidates)] = torch.from_numpy(q.retrieval_scores.astype(np.float32))
-        probs = action_probabilities(model.model, head_in, cand, events, contexts)
+        if explore is not None:
+            probs, hidden = action_features(model.model, head_in, cand, events, contexts)
+        else:
+            probs = action_probabilities(model.model, head_in, cand, events, contexts)
         scores = (
             combine(probs, weights.weights, retrieval, weights.engage_sharpness, cand > 0).numpy() if probs else None
         )
         results = []
         for b, q in enumerate(queries):
             n = len(q.candidates)
+            probabilities = {a: p[b, :n].numpy() for a, p in probs.items()}
             s = scores[b, :n] if scores is not None else q.retrieval_scores.astype(np.float32)
-            order = diversify(s, groups[q.candidates], decay, q.k)
+            explored = None
+            if explore is None:
+                order = diversify(s, groups[q.candidates], options.diversity_decay, q.k)
+            else:
+                s, sampled, probabilities = self._payoffs(explore, q, hidden[b, :n], probs, b, retrieval[b : b + 1, :n])
+                order, explored = explore_order(
+                    s, sampled, groups[q.candidates], options.diversity_decay, q.k, options.exploration_share
+                )
+                s = s.copy()
+                s[order[explored]] = sampled[order[explored]]  # an explored slot shows the score that placed it
             ranked = Ranked(
                 items=q.candidates[order],
                 scores=s[order],
                 retrieval_scores=q.retrieval_scores[order],
-                probabilities={a: p[b, :n].numpy()[order] for a, p in probs.items()},
+                probabilities={a: p[order] for a, p in probabilities.items()},
                 groups=groups[q.candidates[order]],
+                explored=explored,
             )
             results.append(ranked)
         ms = (time.perf_counter() - t0) * 1000
-        return [RankResult(r, model.version, weights.version, ms, len(queries)) for r in results]
+        version = weights.version if explore is None else f"{weights.version}+nlb{explore.version}"
+        return [RankResult(r, model.version, version, ms, len(queries)) for r in results]
+
+    def _payoffs(self, explore: _Exploration, q: RankQuery, hidden, probs, b: int, retrieval):
+        """One request's posterior-mean scores, Thompson-sampled scores and posterior-mean P(a)."""
+        rng = request_rng(self.options.exploration_seed, q.user_key, explore.version)
+        weights = self.weights
+        mean, sampled = {}, {}
+        for a in sorted(probs):
+            x = payoff_features(hidden, probs[a][b, : len(q.candidates)])
+            post = explore.solved[a]
+            mean[a] = torch.from_numpy(np.clip(x @ post.mean, 0.0, 1.0))[None]
+            sampled[a] = torch.from_numpy(np.clip(x @ post.sample(rng), 0.0, 1.0))[None]
+        valid = torch.ones_like(retrieval, dtype=torch.bool)
+        score = lambda p: combine(p, weights.weights, retrieval, weights.engage_sharpness, valid)[0].numpy()  # noqa: E731
+        return score(mean), score(sampled), {a: p[0].numpy() for a, p in mean.items()}
 
     def status(self) -> dict:
+        explore = None
+        if self.options.exploration == "neural_linear":
+            e = self._explore
+            explore = {
+                "posterior_version": e.version if e else None,
+                "observations": {a: s.count for a, s in e.solved.items()} if e else None,
+                "prior": vars(self.posteriors.prior),
+                "error": self.explore_error,
+            }
         return self.base_status() | {
             "weights": self.weights.weights,
             "engage_sharpness": self.weights.engage_sharpness,
             "weights_source": self.weights.source,
             "weights_version": self.weights.version,
             "options": self.options.model_dump(),
+            "exploration": explore,
         }
 
 
@@ -531,6 +658,7 @@ class RefresherOptions(_Options):
 
 
 REFRESH_GROUP = "state-refresher"
+LEARN_GROUP = "feedback-learner"
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
@@ -539,11 +667,15 @@ class StateRefresher(_ModelReplica):
     users each POST /v1/events touched from the event store's stream (a Redis consumer group, so
     replicas share the work and an unacknowledged batch is taken again), encodes their stored
     histories in batches and writes each state (query, heads' input, the event it covers, the
-    model version) to Redis, keeping the one before it for the mean of two."""
+    model version) to Redis, keeping the one before it for the mean of two.
+
+    With `bandit` (the app's feedback_learner) it also folds the ingested events' feedback into the
+    Ranker's neural-linear posterior (argus_serve.bandit), as a second consumer group of the same
+    stream: each event scored from the history before it, counted once per event."""
 
     options_cls = RefresherOptions
 
-    async def __init__(self, checkpoint: str, events: dict, torch_threads: int = 1) -> None:
+    async def __init__(self, checkpoint: str, events: dict, torch_threads: int = 1, bandit: dict | None = None) -> None:
         super().__init__(checkpoint, torch_threads)
         ckpt = absolute(checkpoint)
         vocab = load_vocabulary(ckpt)
@@ -556,24 +688,56 @@ class StateRefresher(_ModelReplica):
         # (when, seconds from an event's ingest to its user's new state) of the latest refreshes
         self.lags = collections.deque(maxlen=20_000)
         self.last_error: str | None = None
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.posteriors = None
+        if bandit is not None:
+            actions = list(self.model.model.schema.actions)
+            if not actions:
+                raise ValueError("feedback_learner needs a model with action heads; this one has none")
+            ns = f"{events.get('prefix', 'argus')}:{vocab.version()}"
+            self.posteriors = PosteriorStore(events["url"], ns, actions, BanditPrior(**bandit))
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(self.refresh_once, "last_error"))
+        self.learn_error: str | None = None
+        self._learn_task = loop.create_task(self._run(self.learn_once, "learn_error")) if self.posteriors else None
         self._freeze_heap()
 
     def _apply(self, options: RefresherOptions, model: ServingModel) -> None:
         pass
 
-    async def _run(self) -> None:
+    async def _run(self, step, error: str) -> None:
         while True:
             try:
-                await self.refresh_once()
-                self.last_error = None
+                await step()
+                setattr(self, error, None)
             except StoreUnavailable as exc:
-                self.last_error = str(exc)
+                setattr(self, error, str(exc))
                 await asyncio.sleep(1.0)
-            except Exception as exc:  # keep refreshing; the error is in status()
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("StateRefresher: batch failed")
+            except Exception as exc:  # keep going; the error is in status()
+                setattr(self, error, f"{type(exc).__name__}: {exc}")
+                log.exception("StateRefresher: %s failed", step.__name__)
                 await asyncio.sleep(1.0)
+
+    async def learn_once(self, block_ms: int = 1000) -> int:
+        """One batch of the feedback learner: the touched users' new events folded into the
+        posterior; returns how many observations counted."""
+        touched = await self.events.touched(LEARN_GROUP, self.consumer, self.options.batch_users, block_ms)
+        if not touched.ids:
+            return 0
+        model = self.model
+        users = list(touched.users)
+        stored = await self.events.histories(users)
+        cursors = await self.posteriors.cursors(model.version, users)
+        todo = [
+            (u, ev, seq, cursors.get(u, 0))
+            for u, (ev, seq) in zip(users, stored)
+            if ev is not None and seq > cursors.get(u, 0)
+        ]
+        obs, skipped = await asyncio.to_thread(observations, model.model, todo) if todo else ([], 0)
+        counted = await self.posteriors.update(model.version, obs)
+        await self.events.ack(LEARN_GROUP, touched.ids)
+        self.counts["feedback_observed"] += counted
+        self.counts["feedback_skipped"] += skipped
+        return counted
 
     async def refresh_once(self, block_ms: int = 1000) -> int:
         """One batch: the touched users' states written; returns how many users were encoded."""
@@ -607,6 +771,9 @@ class StateRefresher(_ModelReplica):
             "counts": dict(self.counts),
             "refresh_lag_s": {"p50": pct(50), "p99": pct(99), "max": pct(100), "samples": len(lags)},
             "last_error": self.last_error,
+            "learner": None
+            if self.posteriors is None
+            else {"error": self.learn_error, "posterior": self.posteriors.key(self.model.version)},
             "consumer": self.consumer,
             "options": self.options.model_dump(),
         }

@@ -277,6 +277,7 @@ class RequestReader:
                 retrieval_score=float(r.retrieval_scores[i]),
                 probabilities={a: float(p[i]) for a, p in r.probabilities.items()},
                 group=int(r.groups[i]) if debug else None,
+                explored=None if r.explored is None else bool(r.explored[i]),
             )
             for i in range(len(r.items))
         ]

@@ -54,3 +54,4 @@ class Ranked:
     retrieval_scores: np.ndarray  # [k]
     probabilities: dict[str, np.ndarray]  # {action: [k]}
     groups: np.ndarray  # [k]
+    explored: np.ndarray | None = None  # [k] bool: slots filled by exploration (None: exploration off)
