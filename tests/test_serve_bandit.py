@@ -150,8 +150,35 @@ def test_the_learner_scores_each_new_event_from_the_history_before_it(tiny_run):
         head_in, _ = encode_next(model, [prefix], ctx)
         probs, hidden = action_features(model, head_in, torch.tensor([[int(history.items[i])]]), [prefix], ctx)
         for a in heads:
-            np.testing.assert_allclose(o.features[a.name], payoff_features(hidden[0, 0], probs[a.name][0, 0]), atol=1e-5)
+            expected = payoff_features(hidden[0, 0], probs[a.name][0, 0])
+            np.testing.assert_allclose(o.features[a.name], expected, atol=1e-5)
             assert o.rewards[a.name] == pytest.approx(reward_value(a, history.feedback[a.name][i : i + 1])[0])
     # an event with nothing before it (a new user's first) is skipped and counted
     obs, skipped = observations(model, [("v", history.head(2), 2, 0)])
     assert [o.seq for o in obs] == [2] and skipped == 1
+
+
+def test_the_simulated_users_react_as_the_exact_engagement_says():
+    from argus_serve.bandit_sim import World, react, slate_engagement
+
+    rng = np.random.default_rng(5)
+    world = World(
+        user_factors=rng.normal(size=(2, 4)) * 0.7,
+        item_factors=np.vstack([np.zeros(4), rng.normal(size=(12, 4)) * 0.7]),
+        bait=np.concatenate([[0.0], np.where(rng.random(12) < 0.3, 0.8, 0.0)]),
+        temperature=1.5,
+        raw_users=np.array(["a", "b"]),
+        raw_items=np.array([str(i) for i in range(12)]),
+        seen=[set(), set()],
+    )
+    slate = np.array([1, 4, 5, 9, 12])
+    weights = {"like": 1.0, "played_ratio": 0.5, "skip": -0.5, "dislike": -1.0}
+    exact = slate_engagement(world, 1, slate, weights)
+    draws = [react(world, 1, slate, np.random.default_rng([9, t])) for t in range(20_000)]
+    value = np.array([sum(w * acts[a] for a, w in weights.items()) for _, acts in draws])
+    assert abs(value.mean() - exact["value"]) < 4 * value.std() / np.sqrt(len(value))
+    for a in ("like", "dislike", "skip"):
+        got = np.mean([acts[a] for _, acts in draws])
+        assert abs(got - exact[a]) < 4 * np.sqrt(exact[a] * (1 - exact[a]) / len(draws)) + 1e-3
+    bait = np.mean([world.bait[slate[j]] > 0 for j, _ in draws])
+    assert bait == pytest.approx(exact["clickbait_chosen"], abs=0.015)
