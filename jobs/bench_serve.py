@@ -31,7 +31,7 @@ from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import load_config
 from argus_platform.train_argus import train
 from argus_serve.bench_serve import ServeBenchConfig, benchmark, format_result
-from argus_serve.launch import SERVE_ENV
+from argus_serve.launch import SERVE_ENV, start_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [
@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config_and_args(ServeBenchConfig, __doc__.splitlines()[0], add_arguments, argv)
-    # Serve's fast request path (argus_serve.launch.SERVE_ENV), read when Ray starts, so it goes into
-    # the environment first; set a variable to 0 in the shell to compare without it.
+    # Serve's fast request path (argus_serve.launch.SERVE_ENV) is read when Ray starts, so it goes
+    # into the environment before the training run's Ray too
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
     label = f"{args.items // 1_000_000}m" if args.items % 1_000_000 == 0 else f"{args.items // 1000}k"
@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] training the benchmark run in {run_dir} (once)", flush=True)
         train(job)
         ray.shutdown()
-    # the replicas' logs stay in their files: shipping them to this process costs CPU the load needs
-    ray.init(
-        address=None if os.environ.get("RAY_ADDRESS") else "local",
-        num_cpus=job.scaling.local_num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_ray(job.scaling.local_num_cpus)
     result = benchmark(run_dir, cfg)
     print(format_result(result))
     Path(args.out).write_text(json.dumps(result, indent=2))

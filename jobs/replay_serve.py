@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import ray
 
 from argus_platform.cli import parse_config_and_args
-from argus_serve.launch import SERVE_ENV
+from argus_serve.launch import start_ray
 from argus_serve.replay_serve import ReplayConfig, format_replay, replay
 
 
@@ -35,9 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config_and_args(ReplayConfig, __doc__.splitlines()[0], add_arguments, argv)
-    for key, value in SERVE_ENV.items():  # read when Ray starts (argus_serve.launch)
-        os.environ.setdefault(key, value)
-    ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False, log_to_driver=False)
+    start_ray()
     result = replay(Path(args.run_dir).resolve(), cfg)
     print(format_replay(result))
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -8,7 +8,7 @@
 Each policy (greedy; neural_linear at each exploration share) plays the same seeded sessions: a
 user asks /v1/recommend, picks from the slate and reacts as the generator's true laws say, and the
 event goes to /v1/events, where the feedback learner folds it into the posterior
-(argus_serve.bandit_sim). A redis-server is started for it (events_store=local) unless a Redis URL
+(argus_platform.simulate_bandit). A redis-server is started for it (events_store=local) unless a Redis URL
 is given. Prints regret and true engagement per policy, writes them as JSON and plots the curves.
 """
 
@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import ray
 
 from argus_platform.cli import parse_config_and_args
-from argus_serve.bandit_sim import BanditSimConfig, format_simulation, plot_simulation, simulate
-from argus_serve.launch import SERVE_ENV
+from argus_platform.simulate_bandit import BanditSimConfig, format_simulation, plot_simulation, simulate
+from argus_serve.launch import start_ray
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,9 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config_and_args(BanditSimConfig, __doc__.splitlines()[0], add_arguments, argv)
-    for key, value in SERVE_ENV.items():  # read when Ray starts (argus_serve.launch)
-        os.environ.setdefault(key, value)
-    ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", include_dashboard=False, log_to_driver=False)
+    start_ray()
     result = simulate(Path(args.run_dir).resolve(), cfg)
     print(format_simulation(result))
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -512,9 +512,9 @@ def test_neural_linear_exploration_learns_from_ingested_feedback_and_marks_explo
 
 
 def test_a_bandit_simulation_plays_sessions_through_the_service_and_ingests_each_choice(service):
-    """argus_serve.bandit_sim against the live service (greedy, as deployed): every choice is
+    """argus_platform.simulate_bandit against the live service (greedy, as deployed): every choice is
     ingested, so no later slate of that user shows it again."""
-    from argus_serve.bandit_sim import BanditSimConfig, load_world, run_policy
+    from argus_platform.simulate_bandit import BanditSimConfig, load_world, run_policy
 
     rows, _ = _user_rows(service.run_dir)
     world = load_world(service.run_dir, "recommended")

@@ -159,7 +159,7 @@ def test_the_learner_scores_each_new_event_from_the_history_before_it(tiny_run):
 
 
 def test_the_simulated_users_react_as_the_exact_engagement_says():
-    from argus_serve.bandit_sim import World, react, slate_engagement
+    from argus_platform.simulate_bandit import World, react, slate_engagement
 
     rng = np.random.default_rng(5)
     world = World(

@@ -251,14 +251,15 @@ class Observation:
 def observations(model, histories: list[tuple[str, Events, int, int]]) -> tuple[list[Observation], int]:
     """The events after each user's cursor as observations: (user, history, seq of its last event,
     cursor). An event is scored from the history before it, as the Ranker scored it (one encoder
-    pass per event); events with no history before them, or already trimmed off the capped list,
-    are skipped (their count is returned second)."""
+    pass per event); events with no history before them, already trimmed off the capped list, or
+    of an item outside the vocabulary (embedded from hash rows: never a Ranker candidate) are
+    skipped (their count is returned second)."""
     heads = model.schema.actions
     rows, skipped = [], 0
     for user, ev, seq, cursor in histories:
         for s in range(cursor + 1, seq + 1):
             i = len(ev) - (seq - s) - 1  # list position of the user's s-th ingested event
-            if i < 1:
+            if i < 1 or ev.items[i] == 0:
                 skipped += 1
                 continue
             rows.append((user, s, ev.head(i), {c: int(v[i]) for c, v in ev.contexts.items()}, ev, i))

@@ -4,9 +4,11 @@ running replicas in place instead of restarting them. Used by the benchmark and 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+import ray
 import yaml
 from ray import serve
 from ray.serve._private.api import serve_start
@@ -22,6 +24,16 @@ CONFIG = Path(__file__).resolve().parents[1] / "argus.yaml"
 #                                   front of the ingress replicas, instead of the Python HTTP proxy
 # On 2 cores at 50 requests/s they cut the CPU per request from 46.5 to 32.0 ms (serve/README.md).
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def start_ray(num_cpus: int | None = None) -> None:
+    """Ray for a job that deploys the app: SERVE_ENV in the environment first (each variable can be
+    set to 0 in the shell to compare without it), the cluster at RAY_ADDRESS or a local one, the
+    replicas' logs left in their files (shipping them to the driver costs CPU the load needs)."""
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
+    address = None if os.environ.get("RAY_ADDRESS") else "local"
+    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def serve_config(
