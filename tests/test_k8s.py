@@ -130,6 +130,8 @@ def test_overlays_render_storage_training_tuning_and_serving(overlay):
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     assert kinds == [
         "Namespace/" + docs[0]["metadata"]["name"],
+        "NetworkPolicy/argus-redis",
+        "NetworkPolicy/argus-serve",
         "PersistentVolumeClaim/argus-data",
         "RayJob/argus-train",
         "RayJob/argus-tune-weights",
@@ -192,7 +194,8 @@ def _kubernetes_validate(docs: list[dict], tmp_path: Path) -> subprocess.Complet
 
 def test_core_kinds_and_every_ray_pod_template_validate_against_kubernetes_schemas(tmp_path):
     core = [d for _, d in all_docs() if d["kind"] not in RAY_KINDS]
-    assert {d["kind"] for d in core} == {"Namespace", "PersistentVolumeClaim", "Service", "StatefulSet"}
+    kinds = {"Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", "StatefulSet"}
+    assert {d["kind"] for d in core} == kinds
     pods = [
         {
             "apiVersion": "v1",
@@ -432,3 +435,100 @@ def test_rayservice_runs_the_local_serve_app_with_autoscaled_retriever_and_ranke
         for c in pod["containers"]:
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV, (where, c["name"])
+
+
+# -- who may call -----------------------------------------------------------------------------------
+
+
+def _matches(selector: dict | None, labels: dict) -> bool:
+    """A label selector as Kubernetes reads it (matchLabels and matchExpressions; {} matches all)."""
+    selector = selector or {}
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        ok = {
+            "In": present and value in e.get("values", []),
+            "NotIn": not present or value not in e.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _admits(policies, pod: dict, client: dict, port: int) -> bool:
+    """Whether the NetworkPolicies admit TCP from `client` to `port` of `pod` ({namespace, labels,
+    namespace_labels} each): a pod no Ingress policy selects admits everything; a selected pod
+    admits what any rule of any policy selecting it allows (peers OR'ed; a namespaceSelector and a
+    podSelector in one peer AND'ed; a peer without namespaceSelector means the policy's namespace)."""
+    selecting = [
+        p
+        for p in policies
+        if p["metadata"]["namespace"] == pod["namespace"]
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        and _matches(p["spec"]["podSelector"], pod["labels"])
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("protocol", "TCP") == "TCP" and p.get("port") == port for p in ports):
+                continue
+            for peer in rule.get("from") or [{}]:
+                if "namespaceSelector" in peer:
+                    in_namespace = _matches(peer["namespaceSelector"], client["namespace_labels"])
+                else:
+                    in_namespace = client["namespace"] == policy["metadata"]["namespace"]
+                if in_namespace and ("podSelector" not in peer or _matches(peer["podSelector"], client["labels"])):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", ["overlays/cpu-dev", "overlays/gpu"])
+def test_network_policies_admit_only_the_ingress_path_to_the_serve_port(overlay):
+    docs = render(overlay)
+    namespace = next(d for d in docs if d["kind"] == "Namespace")["metadata"]["name"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    service = next(d for d in docs if d["kind"] == "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    redis = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "argus-redis")
+
+    def pod(labels, ns=namespace):
+        return {"namespace": ns, "labels": labels, "namespace_labels": {"kubernetes.io/metadata.name": ns}}
+
+    serve_pods = [pod(t["metadata"]["labels"]) for t in templates]  # head and every worker group
+    store = pod(redis["spec"]["template"]["metadata"]["labels"])
+    ingress = pod({"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx")
+    operator = pod({"app.kubernetes.io/name": "kuberay-operator"}, "kuberay-system")
+    trainer = pod({"ray.io/node-type": "worker", "ray.io/cluster": "argus-train-x"})  # another Ray pod here
+    outsider = pod({"app.kubernetes.io/name": "ingress-nginx"}, "tenant-b")  # the right label, wrong namespace
+    for target in serve_pods:
+        assert _admits(policies, target, ingress, 8000)  # the one path in for requests
+        assert not _admits(policies, target, ingress, 8265) and not _admits(policies, target, ingress, 6379)
+        for client in (trainer, outsider, store):
+            assert not _admits(policies, target, client, 8000), client
+        assert _admits(policies, target, operator, 8265) and not _admits(policies, target, operator, 8000)
+        for peer in serve_pods:  # Ray's own traffic between the Serve pods, any port
+            assert all(_admits(policies, target, peer, port) for port in (6379, 8000, 8265, 10001, 41000))
+    assert all(_admits(policies, store, p, 6379) for p in serve_pods)
+    assert not any(_admits(policies, store, c, 6379) for c in (trainer, ingress, operator))
+
+
+def test_every_request_but_healthz_needs_the_api_token_and_every_ray_cluster_rays_token():
+    from argus_serve.ingress import OPEN_PATHS
+
+    assert OPEN_PATHS == {"/healthz"}
+    service = next(d for d in render("overlays/cpu-dev") if d["kind"] == "RayService")
+    token_file = Path(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["auth_token_file"])
+    for where, spec in pod_specs(service):  # build_app and the Retriever read it, on any Serve pod
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = [m for c in spec["containers"] for m in c["volumeMounts"]]
+        (mount,) = [m for m in mounts if m["mountPath"] == str(token_file.parent)]
+        assert mount.get("readOnly") and volumes[mount["name"]]["secret"]["secretName"] == "argus-api-token", where
+    for where, doc in ray_docs():  # the dashboard and the job API: Ray's token auth, the Secret KubeRay makes
+        cluster = doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
+        assert cluster["authOptions"] == {"mode": "token"}, where

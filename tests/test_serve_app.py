@@ -530,3 +530,52 @@ def test_a_bandit_simulation_plays_sessions_through_the_service_and_ingests_each
         raw = str(world.raw_users[user])
         body = service.recommend({"user_id": raw, "k": 5}).json()
         assert body["history_events"] == len(rows[raw][ITEM_COL]) + records["user"].count(user)
+
+
+def test_the_api_token_is_read_from_a_file_or_a_variable_and_never_left_open(tmp_path, monkeypatch):
+    from argus_serve.ingress import read_token
+
+    assert read_token() is None  # nothing named: no check
+    (tmp_path / "token").write_text("  s3cret\n")
+    assert read_token(str(tmp_path / "token")) == b"s3cret"
+    monkeypatch.setenv("ARGUS_TEST_TOKEN", "t0ken")
+    assert read_token(token_env="ARGUS_TEST_TOKEN") == b"t0ken"
+    (tmp_path / "empty").write_text("\n")
+    for kwargs, reason in (
+        ({"token_file": str(tmp_path / "missing")}, "missing"),
+        ({"token_file": str(tmp_path / "empty")}, "holds no token"),
+        ({"token_env": "ARGUS_NO_SUCH_VARIABLE"}, "ARGUS_NO_SUCH_VARIABLE holds no token"),
+        ({"token_file": str(tmp_path / "token"), "token_env": "ARGUS_TEST_TOKEN"}, "both given"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            read_token(**kwargs)
+
+
+def test_a_bearer_token_guards_every_route_but_healthz(service, tmp_path):
+    """Also pins that the replica's settings reach the middleware of the app it serves (Serve runs a
+    copy of the FastAPI app in each replica): the token and a non-default body limit."""
+    token = tmp_path / "api-token"
+    token.write_text("s3cret-token\n")
+    service.args |= {"auth_token_file": str(token), "max_body_bytes": 2048}
+    body = json.dumps({"user_id": sorted(_user_rows(service.run_dir)[0])[0], "k": 3})
+    post = lambda path, **headers: requests.post(f"{service.url}{path}", data=body, headers=headers, timeout=30)  # noqa: E731
+    try:
+        service.deploy()
+        missing = post("/v1/recommend")
+        assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in missing.json()["detail"]
+        wrong = post("/v1/recommend", Authorization="Bearer s3cret-tokem")
+        assert wrong.status_code == 401 and "not this service's" in wrong.json()["detail"]
+        assert post("/v1/recommend", Authorization="Basic s3cret-token").status_code == 401
+        assert post("/v1/recommend", Authorization="Bearer s3cret-token").status_code == 200
+        large = requests.post(
+            f"{service.url}/v1/recommend", data=" " * 3000, headers={"Authorization": "Bearer s3cret-token"}, timeout=30
+        )
+        assert large.status_code == 413 and "exceeds 2048" in large.json()["detail"]
+        assert post("/v1/events").status_code == 401
+        assert requests.get(f"{service.url}/openapi.json", timeout=30).status_code == 401
+        assert requests.get(f"{service.url}/healthz", timeout=30).status_code == 200  # probes need no token
+    finally:
+        service.args = {k: v for k, v in service.args.items() if k not in ("auth_token_file", "max_body_bytes")}
+        service.deploy()
+    assert post("/v1/recommend").status_code == 200  # the token check goes with the setting

@@ -15,7 +15,7 @@ from ray.serve import Application
 
 from argus_serve.artifacts import resolve_checkpoint, wait_for_run
 from argus_serve.deployments import Ranker, Retriever, StateRefresher
-from argus_serve.ingress import Limits
+from argus_serve.ingress import Limits, read_token
 
 log = logging.getLogger("ray.serve")
 
@@ -60,6 +60,12 @@ class AppArgs(BaseModel):
     )
     bandit_prior_std: float = Field(0.1, gt=0, description="neural-linear prior std of each payoff weight")
     bandit_noise_std: float = Field(0.5, gt=0, description="neural-linear std of a reward around its payoff")
+    auth_token_file: str = Field(
+        "",
+        description="a file (e.g. a mounted Secret) holding the bearer token every request but /healthz must "
+        "carry (`Authorization: Bearer <token>`; 401 otherwise); '' = no check",
+    )
+    auth_token_env: str = Field("", description="or the environment variable holding it, in the replicas' environment")
 
 
 def build_app(args: AppArgs) -> Application:
@@ -88,4 +94,6 @@ def build_app(args: AppArgs) -> Application:
     if args.events_store and args.state_refresher:
         learner = bandit if args.feedback_learner else None
         refresher = StateRefresher.bind(checkpoint, events, args.torch_threads, learner)
-    return Retriever.bind(checkpoint, ranker, args.torch_threads, limits, events, refresher)
+    read_token(args.auth_token_file, args.auth_token_env)  # refuse a named but missing token here already
+    auth = {"token_file": args.auth_token_file, "token_env": args.auth_token_env}
+    return Retriever.bind(checkpoint, ranker, args.torch_threads, limits, events, refresher, auth)

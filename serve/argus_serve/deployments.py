@@ -67,7 +67,7 @@ from argus_serve.bandit import (
     request_rng,
 )
 from argus_serve.events import EventStore, StoreUnavailable, UserState
-from argus_serve.ingress import BadRequest, Limits, RequestReader, api, store_layout
+from argus_serve.ingress import BadRequest, Limits, RequestReader, api, read_token, store_layout
 from argus_serve.scoring import Ranked, diversify, item_groups
 from argus_serve.weights import ScoringWeights, resolve_weights
 
@@ -253,11 +253,13 @@ class Retriever(_ModelReplica):
         limits: dict | None = None,
         events: dict | None = None,
         refresher: DeploymentHandle | None = None,
+        auth: dict | None = None,
     ) -> None:
         self.index = None
         super().__init__(checkpoint, torch_threads)
         self.limits = Limits(**(limits or {}))
         api.state.max_body_bytes = self.limits.max_body_bytes
+        api.state.token = read_token(**(auth or {}))  # read here: the file or variable is the replica's
         self.reader = RequestReader(absolute(checkpoint), self.limits)
         self.ranker = ranker
         self.events = self._event_store(events or {})
@@ -271,7 +273,11 @@ class Retriever(_ModelReplica):
             tag_keys=("stage",),
         )
         log.info(
-            "Retriever: %d known users, %d items, limits %s", len(self.reader.store), self.model.num_items, self.limits
+            "Retriever: %d known users, %d items, limits %s, bearer token %s",
+            len(self.reader.store),
+            self.model.num_items,
+            self.limits,
+            "required" if api.state.token is not None else "not required",
         )
         self._freeze_heap()
 

@@ -11,7 +11,9 @@ GET  /docs, /openapi.json (FastAPI)
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +48,40 @@ api = FastAPI(
     "of one training run.",
 )
 api.state.max_body_bytes = Limits.max_body_bytes
+api.state.token = None  # bytes: the bearer token every request but OPEN_PATHS must carry (None = no check)
+OPEN_PATHS = frozenset({"/healthz"})  # probes and load balancers call it without credentials
+
+
+def read_token(token_file: str = "", token_env: str = "") -> bytes | None:
+    """The API's bearer token from a file (a mounted Secret) or an environment variable; None when
+    neither is named. Named but missing or empty is an error: the service must not start open."""
+    if token_file and token_env:
+        raise ValueError("auth_token_file and auth_token_env both given: name one source of the API token")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"auth_token_file {token_file}: {exc.strerror or exc}") from None
+        source = f"auth_token_file {token_file}"
+    elif token_env:
+        token, source = os.environ.get(token_env, "").strip(), f"auth_token_env {token_env}"
+    else:
+        return None
+    if not token:
+        raise ValueError(f"{source} holds no token (empty or unset): the API would be open")
+    return token.encode()
+
+
+def _unauthorized(detail: str) -> JSONResponse:
+    return JSONResponse(status_code=401, content={"detail": detail}, headers={"WWW-Authenticate": "Bearer"})
 
 
 class JsonBodies:
-    """Refuse oversized bodies (413) and read every POST body as JSON: `curl -d '{...}'` sends form
-    content-type, and the API speaks nothing but JSON. Plain ASGI: Starlette's BaseHTTPMiddleware
-    (`@app.middleware`) runs each request through an extra task and memory streams, a tenth of
-    the Ingress's CPU per request on a 2-core host."""
+    """The checks before the handlers: the bearer token when one is configured (401 without it;
+    constant-time comparison; `/healthz` open), oversized bodies refused (413), and every POST
+    body read as JSON: `curl -d '{...}'` sends form content-type, and the API speaks nothing but
+    JSON. Plain ASGI: Starlette's BaseHTTPMiddleware (`@app.middleware`) runs each request through
+    an extra task and memory streams, a tenth of the Ingress's CPU per request on a 2-core host."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -60,11 +89,24 @@ class JsonBodies:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             headers = scope["headers"]
+            # the app this request runs through, not the module's `api`: Serve ships the deployment
+            # class by value, so a replica's app is a copy whose state its Retriever set
+            state = scope["app"].state
+            token = state.token
+            if token is not None and scope["path"] not in OPEN_PATHS:
+                given = next((v for k, v in headers if k == b"authorization"), b"")
+                scheme, _, value = given.partition(b" ")
+                if scheme.lower() != b"bearer" or not value:
+                    await _unauthorized("send the API token as `Authorization: Bearer <token>`")(scope, receive, send)
+                    return
+                if not hmac.compare_digest(value.strip(), token):
+                    await _unauthorized("the bearer token is not this service's")(scope, receive, send)
+                    return
             declared = next((v for k, v in headers if k == b"content-length"), b"")
-            if declared.isdigit() and int(declared) > api.state.max_body_bytes:
+            if declared.isdigit() and int(declared) > state.max_body_bytes:
                 reply = JSONResponse(
                     status_code=413,
-                    content={"detail": f"request body of {int(declared)} bytes exceeds {api.state.max_body_bytes}"},
+                    content={"detail": f"request body of {int(declared)} bytes exceeds {state.max_body_bytes}"},
                 )
                 await reply(scope, receive, send)
                 return

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--redis-dir", default="runs/redis", help="data directory of the local redis-server")
     parser.add_argument("--redis-port", type=int, default=6379, help="port of the local redis-server")
+    parser.add_argument(
+        "--auth-token-file", default="", help="require `Authorization: Bearer <the file's token>` ('' = as configured)"
+    )
     return parser.parse_args(argv)
 
 
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[serve] started redis-server for the event store: {events_store}, data in {args.redis_dir}", flush=True)
     config = serve_config(
         args.config or Path(__file__).resolve().parents[1] / "argus.yaml",
-        args={"checkpoint": args.checkpoint, "events_store": events_store},
+        args={"checkpoint": args.checkpoint, "events_store": events_store}
+        | ({"auth_token_file": args.auth_token_file} if args.auth_token_file else {}),
         user_configs={"Ranker": ranker_weights(args.weights_file)},
         port=args.port,
     )
