@@ -355,3 +355,121 @@ def test_compiled_blocks_train_under_ddp_and_fsdp2(tmp_path):
         for dense in ("ddp", "fsdp2"):
             assert r[dense]["graphs"] >= 1, r  # the blocks ran compiled, not eagerly
             assert r[dense]["loss_last"] < 0.7 * r[dense]["loss_first"], r
+
+
+def _ranks(worker, world: int, out_dir: Path, *extra) -> list[dict]:
+    """Run `worker(rank, world, init_file, out_dir, *extra)` in `world` gloo processes."""
+    init = out_dir / f"init-{world}-{'-'.join(map(str, extra))}".replace("/", "_")
+    mp.spawn(worker, args=(world, str(init), str(out_dir), *extra), nprocs=world, join=True)
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(world)]
+
+
+def _save_for_reshard_worker(rank, world, init_file, out_dir, sharding_type):
+    """Train a few steps with `sharding_type` (so the optimizer has state), save a checkpoint and the
+    gathered tables."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    from argus_platform.checkpoint import TrainState, save_checkpoint
+    from argus_platform.collate import Collator
+    from argus_platform.sharding.gather import gather_tables
+    from argus_platform.sharding.plan import shard
+
+    counts = torch.ones(SCHEMA.num_items + 1)
+    counts[0] = 0
+    torch.manual_seed(0)
+    sharded = shard(_cfg(sharding_type), SCHEMA, counts, torch.device("cpu"))
+    collate = Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank)
+    _train_steps(sharded, collate, rank, passes=2)
+    out = Path(out_dir)  # also the run directory the checkpoint copies its schema and vocabulary from
+    if rank == 0:
+        (out / "vocab").mkdir(parents=True, exist_ok=True)
+        SCHEMA.save(out / "schema.json")
+        (out / "spec.json").write_text("{}")
+        np.save(out / "vocab" / "train_item_counts.npy", counts.numpy())
+    dist.barrier()
+    cfg = _cfg(sharding_type)
+    save_checkpoint(out / f"saved-{sharding_type}", sharded, TrainState(epoch=1, step=10), cfg, out, rank)
+    tables = gather_tables(sharded.model)
+    if rank == 0:
+        torch.save(tables, out / f"saved-{sharding_type}-tables.pt")
+    _report(out, rank, {"types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()})})
+    sharded = None
+    _teardown()
+
+
+def _resume_resharded_worker(rank, world, init_file, out_dir, source, sharding_type):
+    """A differently seeded model of `world` ranks with `sharding_type` loads `source`, compares its
+    gathered tables with the saved ones, saves again and trains on."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    from argus_platform.checkpoint import TrainState, load_checkpoint, save_checkpoint
+    from argus_platform.collate import Collator
+    from argus_platform.sharding.gather import gather_tables
+    from argus_platform.sharding.plan import shard
+
+    counts = torch.ones(SCHEMA.num_items + 1)
+    counts[0] = 0
+    torch.manual_seed(1000 + world)
+    cfg = _cfg(sharding_type)
+    sharded = shard(cfg, SCHEMA, counts, torch.device("cpu"))
+    out = Path(out_dir)
+    state = load_checkpoint(out / f"saved-{source}", sharded)
+    saved = torch.load(out / f"saved-{source}-tables.pt")
+    loaded = gather_tables(sharded.model)
+    again = out / f"resaved-{source}-as-{sharding_type}-on-{world}"
+    save_checkpoint(again, sharded, TrainState(epoch=state.epoch, step=state.step), cfg, out, rank)
+    collate = Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank)
+    losses = _train_steps(sharded, collate, rank, passes=1)
+    _report(
+        out,
+        rank,
+        {
+            "tables_equal": sorted(saved) == sorted(loaded) and all(torch.equal(saved[k], loaded[k]) for k in saved),
+            "types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
+            "step": state.step,
+            "losses_finite": bool(np.isfinite(losses).all()) and len(losses) == 5,
+        },
+    )
+    sharded = None
+    _teardown()
+
+
+def _full_state(checkpoint: Path, out: Path) -> dict:
+    """A DCP checkpoint as whole tensors, read in this one process (no process group)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(str(checkpoint), str(out))
+    return torch.load(out, weights_only=False)
+
+
+def _flat(state, prefix="") -> dict:
+    if isinstance(state, dict):
+        return {k: v for key, value in state.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    if isinstance(state, (list, tuple)):
+        return {k: v for i, value in enumerate(state) for k, v in _flat(value, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): state}
+
+
+@pytest.mark.parametrize(
+    ("saved_as", "loaded_as", "worlds"),
+    [("row_wise", "row_wise", (1, 3)), ("table_wise", "row_wise", (3,))],
+)
+def test_a_checkpoint_of_two_workers_resumes_on_one_and_three_bit_for_bit(tmp_path, saved_as, loaded_as, worlds):
+    """DCP reshards the tables, the optimizer state and the dense weights when the world size or the
+    plan changes: what 2 ranks saved is, once loaded by 1 or 3 ranks (or a table-wise plan by a
+    row-wise one), the same tensors bit for bit — the gathered tables right after loading, and
+    every tensor of the checkpoint saved again from there; training then goes on."""
+    saver = _ranks(_save_for_reshard_worker, 2, tmp_path, saved_as)
+    assert saver[0]["types"] == [saved_as]
+    original = _flat(_full_state(tmp_path / f"saved-{saved_as}", tmp_path / "saved.pt"))
+    assert any("momentum" in k or "exp_avg" in k for k in original), sorted(original)[:20]  # optimizer state is in
+    for world in worlds:
+        for r in _ranks(_resume_resharded_worker, world, tmp_path, saved_as, loaded_as):
+            assert r["tables_equal"] and r["types"] == [loaded_as] and r["step"] == 10 and r["losses_finite"], r
+        again = _flat(_full_state(tmp_path / f"resaved-{saved_as}-as-{loaded_as}-on-{world}", tmp_path / "again.pt"))
+        assert sorted(again) == sorted(original), set(again) ^ set(original)
+        for key, value in original.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, again[key]), (world, key)
+            else:
+                assert value == again[key], (world, key)

@@ -63,7 +63,16 @@ def write_train_state(directory: Path, state: TrainState) -> None:
 
 
 def load_checkpoint(directory: Path, sharded) -> TrainState:
-    """Collective: restore model and optimizer shards in place; returns the saved train state."""
+    """Collective: restore model and optimizer shards in place; returns the saved train state.
+
+    DCP loads into the tensors of the state dict it is given, and a fresh AdamW has no state yet
+    (its moments appear at the first step): without a first step here the dense moments and step
+    counts of the checkpoint would be silently skipped and a resumed run would restart them from
+    zero. `init_state` takes one step on zero gradients (the parameters it touches are overwritten by
+    the load right after); the fused table optimizer keeps its state from the start."""
+    sharded.dense_optimizer.init_state()
+    for param in sharded.dense_optimizer.params.values():
+        param.grad = None
     state = {"model": sharded.model.state_dict(), "optim": sharded.optimizer.state_dict()}
     dcp.load(state, checkpoint_id=str(directory))
     sharded.model.load_state_dict(state["model"])

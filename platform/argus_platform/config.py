@@ -205,7 +205,12 @@ class RunCfg:
     checkpoints_to_keep: int = _help(
         "checkpoints kept in the run directory: the best N by validation NDCG@10, and the latest (to resume from)", 2
     )
-    max_failures: int = _help("worker-group restarts Ray Train attempts after a failure", 0)
+    max_failures: int | Literal["auto"] = _help(
+        "worker-group restarts Ray Train attempts after a failure (a killed worker or a lost node: the group "
+        "restarts from the last checkpoint); auto = 2 when the job joins a cluster (RAY_ADDRESS: nodes come "
+        "and go there), 0 on the local Ray (a failure there is a bug to see at once; rerunning resumes)",
+        "auto",
+    )
     verbose: bool = _help(
         "print Ray's, Ray Data's, TorchRec's and FBGEMM's own output to the terminal too (by default it stays in "
         "Ray's log files, linked as <run dir>/logs/ray; the job's own lines are printed either way)",
@@ -243,6 +248,8 @@ class TrainJobConfig:
         self.eval.validate()
         if self.scaling.num_workers < 1:
             raise ConfigError("scaling.num_workers must be at least 1")
+        if self.run.max_failures != "auto" and self.run.max_failures < 0:
+            raise ConfigError(f"run.max_failures must be >= 0 or auto, got {self.run.max_failures}")
         if self.optim.sparse_optimizer == "adam" and not self.scaling.use_gpu:
             raise ConfigError(
                 "optim.sparse_optimizer=adam runs on GPUs only (FBGEMM's CPU kernels support rowwise_adagrad, "

@@ -56,6 +56,17 @@ def init_ray(local_num_cpus: int, quiet: bool = False) -> None:
         print(f"[argus] started a local Ray with {local_num_cpus} logical CPUs", flush=True)
 
 
+CLUSTER_MAX_FAILURES = 2  # run.max_failures=auto on a cluster
+
+
+def resolve_max_failures(value: int | str) -> int:
+    """run.max_failures: `auto` is CLUSTER_MAX_FAILURES when the job joins a cluster (RAY_ADDRESS),
+    0 on a local Ray; a number is itself."""
+    if value != "auto":
+        return int(value)
+    return CLUSTER_MAX_FAILURES if os.environ.get("RAY_ADDRESS") else 0
+
+
 class SplitConfig(DataConfig):
     """Ray Train's dataset sharding, with nothing lost from the held-out splits.
 

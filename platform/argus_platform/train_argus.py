@@ -16,7 +16,7 @@ from argus_models.rundir import CHECKPOINT_GLOB, new_run_dir
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
 from argus_platform.data.prepare import PreparedRun, is_prepared, prepare_data
-from argus_platform.raytrain import fit, init_ray, make_trainer, say_where_logs_go
+from argus_platform.raytrain import fit, init_ray, make_trainer, resolve_max_failures, say_where_logs_go
 from argus_platform.sharding.plan import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
 
@@ -130,6 +130,12 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
         split: split_dataset(path, cfg.optim.seed if split == "train" else None)
         for split, path in prepared.paths.items()
     }
+    max_failures = resolve_max_failures(cfg.run.max_failures)
+    print(
+        f"[argus] after a worker failure Ray Train restarts the worker group from the last checkpoint up to "
+        f"{max_failures} time(s) (run.max_failures={cfg.run.max_failures})",
+        flush=True,
+    )
     trainer = make_trainer(
         train_loop_per_worker,
         {"job": to_dict(cfg), "run_dir": str(run_dir), "report_every_epoch": bool(callbacks)},
@@ -137,7 +143,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
         run_dir,
         datasets,
         keep=cfg.run.checkpoints_to_keep,
-        max_failures=cfg.run.max_failures,
+        max_failures=max_failures,
         callbacks=callbacks,
     )
     result = fit(trainer, run_dir)
