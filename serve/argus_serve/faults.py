@@ -180,7 +180,8 @@ def overload(url: str, body, cfg: FaultConfig) -> dict:
         "requests": len(during),
         "admitted": len(admitted),
         "refused": len(refused),
-        "refused_with_retry_after": load.refused_with_retry_after,
+        "refused_total": load.refused,  # the probes after the load included
+        "refused_with_retry_after": load.refused_with_retry_after,  # of refused_total
         "errors": load.errors,
         "dropped_by_client": load.dropped,
         "unanswered": sum(1 for _, status, _ in load.timeline if status == 0),
@@ -199,7 +200,8 @@ def overload(url: str, body, cfg: FaultConfig) -> dict:
     print(
         f"[faults] overload: offered {out['offered_rps']:.0f}/s, admitted {out['admitted_rps']:.1f}/s "
         f"(p99 {out['admitted_latency']['p99_ms']:.0f} ms), refused {out['refused']} "
-        f"(Retry-After on {out['refused_with_retry_after']}, p99 {out['refused_latency']['p99_ms']:.1f} ms), "
+        f"(Retry-After on {out['refused_with_retry_after']} of {out['refused_total']}, p99 "
+        f"{out['refused_latency']['p99_ms']:.1f} ms), "
         f"errors {out['errors']}, unanswered {out['unanswered']}; back to normal (≤ {bar:.0f} ms) after "
         f"{recovered if recovered is None else round(recovered, 2)} s",
         flush=True,
@@ -315,7 +317,8 @@ def format_faults(result: dict) -> str:
             f"{result['setup']['overload_seconds']:.0f}s, admitted {o['admitted_rps']:.1f}/s, p99 admitted "
             f"{o['admitted_latency']['p99_ms']:.0f} ms (baseline {o['baseline']['p99_ms']:.0f} ms), refused "
             f"{o['refused']} in p99 {o['refused_latency']['p99_ms']:.1f} ms (Retry-After on "
-            f"{o['refused_with_retry_after']}), other errors {o['errors']}, unanswered {o['unanswered']}, "
+            f"{o['refused_with_retry_after']} of {o['refused_total']}), other errors {o['errors']}, "
+            f"unanswered {o['unanswered']}, "
             f"recovered after {o['recovery_s']} s"
         )
     if "kill_replica" in result:

@@ -24,7 +24,7 @@ from argus_platform.data.history_stats import history_stats
 from argus_platform.data.item_features import ItemFeatureTable, build_item_features
 from argus_platform.data.quarantine import write_canonical
 from argus_platform.data.sequences import build_sequences
-from argus_platform.data.sources import open_source
+from argus_platform.data.sources import open_source, parquet_file
 from argus_platform.data.spec import DatasetSpec
 from argus_platform.data.vocab import Vocabulary, build_vocabulary
 
@@ -129,7 +129,7 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> PreparedRun:
     stages = Stages()
     spec, chunks, source = open_source(cfg, p["synthetic"])
     stages.done("generate" if cfg.source == "synthetic" else "open")
-    total = pq.ParquetFile(source).metadata.num_rows if str(source).endswith(".parquet") else None
+    total = parquet_file(source).metadata.num_rows if str(source).endswith(".parquet") else None
     validation = write_canonical(spec, chunks, source, p["events"], p["quarantine"], cfg.max_bad_fraction, total)
     stages.done("validate")
     print(

@@ -8,6 +8,7 @@ quarantined fraction exceeds `data.max_bad_fraction`.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,13 +50,24 @@ def _timestamps(col: pd.Series) -> pd.Series:
 
 
 def _ids(col: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(ids as strings, null mask). Integral floats lose their '.0' so 12 and 12.0 are one id."""
+    """(ids as strings, null mask). Integral floats lose their '.0' so 12 and 12.0 are one id;
+    surrounding whitespace is not part of an id."""
     bad = col.isna()
     if pd.api.types.is_float_dtype(col):
         col = col.astype("Int64")
     s = col.astype(str).str.strip()
     bad |= s.eq("") | s.str.lower().isin(["nan", "none", "null", "<na>"])
     return s, bad
+
+
+# a control character, or U+FFFD (what a reader put where the bytes were not valid UTF-8): an id
+# holding one is damaged text, never a real id
+_DAMAGED = r"[\x00-\x1f\x7f\ufffd]"
+FUTURE_SLACK_S = 86_400  # clocks differ; a day ahead of this machine's is the future
+
+
+def _damaged(s: pd.Series) -> pd.Series:
+    return s.str.contains(_DAMAGED, regex=True)
 
 
 def _shown(col: pd.Series) -> pd.Series:
@@ -82,8 +94,12 @@ def validate_chunk(df: pd.DataFrame, spec: DatasetSpec, source: str) -> tuple[pd
     items, bad_item = _ids(df[ITEM])
     flag(bad_user, f"null {USER}")
     flag(bad_item, f"null {ITEM}")
+    flag(_damaged(users), f"damaged {USER} (control character or undecodable bytes): " + users.map(repr))
+    flag(_damaged(items), f"damaged {ITEM} (control character or undecodable bytes): " + items.map(repr))
     ts = _timestamps(df[TIME])
     flag(ts.isna() | (ts < 0), "bad timestamp: " + _shown(df[TIME]))
+    future = ts > time.time() + FUTURE_SLACK_S
+    flag(future, "timestamp in the future (seconds since 1970 expected): " + _shown(df[TIME]))
     clean = {USER: users, ITEM: items, TIME: ts}
     for c in spec.context_columns:
         clean[c] = df[c].astype(object).where(df[c].notna(), MISSING).astype(str)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from argus_platform.data.config import DataConfig
@@ -32,11 +34,76 @@ class DataSourceError(ValueError):
     """An input file that cannot be read as declared (missing file, wrong columns)."""
 
 
+# what a file that is not what its name or format says raises while being read
+UNREADABLE = (
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+    UnicodeDecodeError,
+    gzip.BadGzipFile,
+    zlib.error,
+    EOFError,
+    pa.ArrowException,
+    OSError,
+)
+
+
 def _require_file(path: str | Path) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise DataSourceError(f"input {p} is a directory, not a file (set data.path to the file itself)")
     if not p.is_file():
         raise DataSourceError(f"input file {p} does not exist (set data.path)")
+    if p.stat().st_size == 0:
+        raise DataSourceError(f"input file {p} is empty (0 bytes)")
+    if p.suffix == ".gz":
+        with open(p, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                raise DataSourceError(f"{p}: named .gz but not gzip-compressed (rename it or compress it)")
     return p
+
+
+def unreadable(p: Path, exc: BaseException) -> DataSourceError:
+    """The error for a file that could not be read as its reader expects, naming the file."""
+    what = {
+        UnicodeDecodeError: "not text in the expected encoding",
+        pd.errors.EmptyDataError: "no data",
+        pd.errors.ParserError: "malformed rows",
+    }
+    reason = next((text for kind, text in what.items() if isinstance(exc, kind)), type(exc).__name__)
+    return DataSourceError(f"{p}: {reason}: {str(exc).strip()[:300]}")
+
+
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """The Parquet file at `path`; a file that is not one (truncated, another format) is named."""
+    p = Path(path)
+    try:
+        f = pq.ParquetFile(p)
+    except UNREADABLE as exc:
+        raise DataSourceError(f"{p}: not a readable Parquet file ({str(exc).strip()[:200]})") from None
+    names = f.schema_arrow.names
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataSourceError(f"{p}: column(s) {twice} appear more than once; each column must be unique")
+    return f
+
+
+def _header(p: Path, sep: str = ",") -> list[str]:
+    """The column names of a CSV file's first line as written (pandas renames a repeated one `x.1`);
+    a repeated name is an error naming it."""
+    try:
+        with (
+            gzip.open(p, "rt", encoding="utf-8", errors="replace")
+            if p.suffix == ".gz"
+            else open(p, encoding="utf-8", errors="replace") as fh
+        ):
+            first = fh.readline().rstrip("\r\n")
+    except UNREADABLE as exc:
+        raise unreadable(p, exc) from None
+    names = [c.strip().strip('"') for c in first.split(sep)]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataSourceError(f"{p}: column(s) {twice} appear more than once in the header; each must be unique")
+    return names
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -45,13 +112,17 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="latin-1")
 
 
-def _with_row(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def _with_row(chunks: Iterator[pd.DataFrame], p: Path) -> Iterator[pd.DataFrame]:
+    """Each chunk with `_row` (its rows' numbers in the file); read errors name the file."""
     start = 0
-    for df in chunks:
-        df = df.reset_index(drop=True)
-        df["_row"] = np.arange(start, start + len(df), dtype=np.int64)
-        start += len(df)
-        yield df
+    try:
+        for df in chunks:
+            df = df.reset_index(drop=True)
+            df["_row"] = np.arange(start, start + len(df), dtype=np.int64)
+            start += len(df)
+            yield df
+    except UNREADABLE as exc:
+        raise unreadable(p, exc) from None
 
 
 def read_sasrec(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
@@ -65,7 +136,7 @@ def read_sasrec(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
             )
             offset = 0
             for df in reader:
-                if df["_extra"].notna().any():
+                if "_extra" in df and df["_extra"].notna().any():
                     bad = df.index[df["_extra"].notna()][0]
                     raise DataSourceError(
                         f"{p}: line {offset + bad + 1} has more than two fields; expected `user item`"
@@ -75,7 +146,7 @@ def read_sasrec(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
                 offset += len(df)
                 yield df
 
-    return DatasetSpec(), _with_row(chunks())
+    return DatasetSpec(), _with_row(chunks(), p)
 
 
 def _movielens_levels(ratings: str) -> list[float]:
@@ -87,7 +158,7 @@ def read_movielens(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame
     p = _require_file(path)
     with _open_text(p) as fh:
         first = fh.readline()
-    names = [USER, ITEM, "rating", TIME]
+    names = [USER, ITEM, "rating", TIME, "_extra"]  # _extra: a fifth field would shift the others
     if "::" in first:
         kwargs = dict(sep="::", engine="python", header=None, names=names)
         levels = _movielens_levels("whole")
@@ -95,7 +166,8 @@ def read_movielens(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame
         kwargs = dict(sep="\t", header=None, names=names)
         levels = _movielens_levels("whole")
     elif first.lower().startswith("userid,"):
-        kwargs = dict(sep=",", header=0, names=names)
+        _header(p)  # with a header, a row with a fifth field is a parse error (named, with its line)
+        kwargs = dict(sep=",", header=0, names=names[:4])
         levels = _movielens_levels("half")
     else:
         raise DataSourceError(
@@ -112,14 +184,22 @@ def read_movielens(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame
 
     def chunks() -> Iterator[pd.DataFrame]:
         with _open_text(p) as fh:
+            offset = 0
             for df in pd.read_csv(fh, dtype=str, chunksize=CHUNK_ROWS, **kwargs):
+                if "_extra" in df and df["_extra"].notna().any():
+                    bad = int(np.flatnonzero(df["_extra"].notna().to_numpy())[0])
+                    raise DataSourceError(
+                        f"{p}: line {offset + bad + 1} has more than 4 fields; expected user, item, rating, time"
+                    )
+                df = df.drop(columns="_extra", errors="ignore")
+                offset += len(df)
                 r = pd.to_numeric(df["rating"], errors="coerce")
                 # Derived actions stay NaN where the rating is unusable, so the row is quarantined once.
                 df["like"] = np.where(r.isna(), np.nan, (r >= 4).astype(float))
                 df["dislike"] = np.where(r.isna(), np.nan, (r <= 2).astype(float))
                 yield df
 
-    return spec, _with_row(chunks())
+    return spec, _with_row(chunks(), p)
 
 
 KUAIRAND_ACTIONS = {
@@ -141,9 +221,11 @@ def read_kuairand(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]
         actions=[ActionSpec(name=name, kind="binary") for name in KUAIRAND_ACTIONS],
     )
     needed = ["user_id", "video_id", "time_ms", "hourmin", *KUAIRAND_ACTIONS.values()]
+    _header(p, "\t")
 
     def chunks() -> Iterator[pd.DataFrame]:
-        for df in pd.read_csv(p, sep="\t", dtype=str, chunksize=CHUNK_ROWS):
+        # bytes that are not UTF-8 become U+FFFD, and an id holding one is quarantined
+        for df in pd.read_csv(p, sep="\t", dtype=str, chunksize=CHUNK_ROWS, encoding_errors="replace"):
             missing = [c for c in needed if c not in df.columns]
             if missing:
                 raise DataSourceError(f"{p}: missing KuaiRand column(s) {missing}; found {list(df.columns)}")
@@ -161,15 +243,15 @@ def read_kuairand(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]
                 out[name] = df[col]
             yield out
 
-    return spec, _with_row(chunks())
+    return spec, _with_row(chunks(), p)
 
 
 def require_columns(p: Path, wanted: list[str], named_in: str) -> None:
     """Raise DataSourceError naming the file, the missing columns and the config key that named them."""
     if p.suffix == ".parquet":
-        columns = pq.ParquetFile(p).schema_arrow.names
+        columns = parquet_file(p).schema_arrow.names
     else:
-        columns = list(pd.read_csv(p, nrows=0).columns)
+        columns = _header(p)
     missing = [c for c in wanted if c not in columns]
     if missing:
         raise DataSourceError(f"{p}: missing column(s) {missing} named in {named_in}; the file has {columns}")
@@ -188,9 +270,10 @@ def read_events(path: str | Path, spec: DatasetSpec) -> tuple[DatasetSpec, Itera
 
     def chunks() -> Iterator[pd.DataFrame]:
         if p.suffix == ".parquet":
-            batches = (b.to_pandas() for b in pq.ParquetFile(p).iter_batches(batch_size=CHUNK_ROWS, columns=wanted))
-        else:
-            batches = pd.read_csv(p, usecols=wanted, dtype=str, chunksize=CHUNK_ROWS)
+            batches = (b.to_pandas() for b in parquet_file(p).iter_batches(batch_size=CHUNK_ROWS, columns=wanted))
+        else:  # bytes that are not UTF-8 become U+FFFD, and an id holding one is quarantined; every
+            # column is parsed (not `usecols`), so a row with more fields than the header is an error
+            batches = pd.read_csv(p, dtype=str, chunksize=CHUNK_ROWS, encoding_errors="replace")
         offset = 0
         for df in batches:
             df = df[wanted].rename(columns=rename)
@@ -199,7 +282,7 @@ def read_events(path: str | Path, spec: DatasetSpec) -> tuple[DatasetSpec, Itera
             offset += len(df)
             yield df
 
-    return spec.canonical(), _with_row(chunks())
+    return spec.canonical(), _with_row(chunks(), p)
 
 
 def open_source(cfg: DataConfig, synthetic_dir: Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame], str]:

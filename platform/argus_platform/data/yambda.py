@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from argus_platform.data.quarantine import REJECT
 from argus_platform.data.spec import ITEM, TIME, USER, ActionSpec, DatasetSpec
@@ -47,17 +46,17 @@ def yambda_spec() -> DatasetSpec:
 
 
 def read_yambda(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
-    from argus_platform.data.sources import DataSourceError, _require_file
+    from argus_platform.data.sources import DataSourceError, _require_file, parquet_file
 
     p = _require_file(path)
-    names = pq.ParquetFile(p).schema_arrow.names
+    names = parquet_file(p).schema_arrow.names
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise DataSourceError(f"{p}: not a Yambda flat multi_event file: missing column(s) {missing}; found {names}")
 
     def chunks() -> Iterator[pd.DataFrame]:
         carry, done_users, row0 = None, -1, 0
-        batches = pq.ParquetFile(p).iter_batches(batch_size=BATCH_ROWS, columns=COLUMNS)
+        batches = parquet_file(p).iter_batches(batch_size=BATCH_ROWS, columns=COLUMNS)
         batch = next(batches, None)
         while batch is not None:
             nxt = next(batches, None)
@@ -79,7 +78,8 @@ def read_yambda(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
             else:
                 carry = None
             if len(df):
-                done_users = max(done_users, int(pd.to_numeric(df["uid"], errors="coerce").max()))
+                top = pd.to_numeric(df["uid"], errors="coerce").max()  # NaN when every uid is null
+                done_users = max(done_users, int(top)) if pd.notna(top) else done_users
                 yield to_events(df)
             batch = nxt
         if carry is not None and len(carry):
@@ -117,6 +117,9 @@ def to_events(df: pd.DataFrame) -> pd.DataFrame:
         },
         index=listens.index,
     )
+    organic = listens["is_organic"].astype(object).map(lambda v: "null" if pd.isna(v) else str(v).strip())
+    off = ~organic.isin(["0", "1", "0.0", "1.0"])
+    out.loc[off[off].index, REJECT] = "is_organic not 0 or 1: " + organic[off]
     out.loc[unknown[unknown].index, REJECT] = "unknown event_type: " + kind[unknown]
     out.loc[pct.isna() & ~unknown.loc[listens.index], REJECT] = "listen without played_ratio_pct"
     rejected = []

@@ -1,0 +1,325 @@
+"""A generated corpus of broken inputs for every reader (tests/test_bad_data.py).
+
+Each reader has a small valid file (`Layout`: its columns, their roles, its format). Every case
+writes that file broken in one way — the file itself (zero bytes, truncated, a directory, a gzip that
+is not gzip, garbage, the wrong delimiter, no rows, a column missing or twice) or some of its rows
+(null, padded or non-UTF-8 ids, NaN / negative / future / text timestamps, actions out of range or
+not numbers, mixed types, ragged rows, a user with one event, only bad rows) — and says how many
+rows it broke. The test holds every case to one contract: an error naming the file (and the column,
+row or value when a row is at fault), or every row counted — rows in = rows kept + rows
+quarantined — with each broken row quarantined, never kept as it was.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+NOW = 1_760_000_000  # seconds; the valid rows' timestamps lie before it
+FUTURE = 4_102_444_800  # 2100-01-01
+
+
+@dataclass
+class Layout:
+    """A reader's file: columns in order, which is which, how it is written."""
+
+    name: str  # the reader (a test id)
+    columns: list[str]
+    user: str
+    item: str
+    time: str | None  # None: the reader has no timestamp (order is time)
+    actions: dict[str, tuple[str, str]]  # column -> (an out-of-range value, a non-number)
+    fmt: str  # "text" or "parquet"
+    sep: str = ","
+    header: bool = True
+    suffix: str = ".csv"
+    source: dict = field(default_factory=dict)  # the DataConfig keys that read it
+    time_scale: int = 1  # stored time units per second (KuaiRand: ms)
+
+    def rows(self, users: int = 12, per_user: int = 6) -> list[dict]:
+        """A valid log: `users` users with `per_user` events each, time ascending per user."""
+        out = []
+        for u in range(users):
+            for k in range(per_user):
+                row = {self.user: str(100 + u), self.item: str(1 + (u * 7 + k * 3) % 40)}
+                if self.time:
+                    row[self.time] = str((NOW - 10_000 + u * 100 + k) * self.time_scale)
+                for c in self.columns:
+                    row.setdefault(c, self.default(c, k))
+                out.append(row)
+        return out
+
+    def default(self, column: str, k: int) -> str:
+        values = DEFAULTS.get(self.name, {}).get(column)
+        return values[k % len(values)] if values else str(k % 2)
+
+
+DEFAULTS = {
+    "movielens": {"rating": ["4", "2", "5", "3"]},
+    "kuairand": {"hourmin": ["1230", "0815"]},
+    "yambda": {
+        "is_organic": ["1", "0"],
+        "played_ratio_pct": ["80", "30", "100"],
+        "track_length_seconds": ["200"],
+        "event_type": ["listen"],
+    },
+    "events_csv": {"source": ["home", "search"], "watch_ratio": ["0.5", "1.0", "0.1"]},
+    "events_parquet": {"source": ["home", "search"], "watch_ratio": ["0.5", "1.0", "0.1"]},
+}
+
+EVENTS_SPEC = {
+    "user_column": "uid",
+    "item_column": "iid",
+    "timestamp_column": "ts",
+    "context_columns": ["source"],
+    "actions": [{"name": "like", "kind": "binary"}, {"name": "watch_ratio", "kind": "ratio"}],
+}
+KUAIRAND = ["is_click", "long_view", "label", "is_comment", "is_follow", "is_forward", "is_profile_enter"]
+
+LAYOUTS = [
+    Layout("sasrec", ["user", "item"], "user", "item", None, {}, "text", " ", False, ".txt", {"source": "sasrec"}),
+    Layout(
+        "movielens",
+        ["user", "item", "rating", "ts"],
+        "user",
+        "item",
+        "ts",
+        {"rating": ("7", "good")},
+        "text",
+        "\t",
+        False,
+        ".data",
+        {"source": "movielens"},
+    ),
+    Layout(
+        "kuairand",
+        ["user_id", "video_id", "time_ms", "hourmin", *KUAIRAND],
+        "user_id",
+        "video_id",
+        "time_ms",
+        {"is_click": ("3", "yes"), "label": ("-1", "liked")},
+        "text",
+        "\t",
+        True,
+        ".csv",
+        {"source": "kuairand"},
+        time_scale=1000,
+    ),
+    Layout(
+        "yambda",
+        ["uid", "item_id", "timestamp", "is_organic", "played_ratio_pct", "track_length_seconds", "event_type"],
+        "uid",
+        "item_id",
+        "timestamp",
+        {"is_organic": ("7", "maybe"), "event_type": ("skip", "42")},
+        "parquet",
+        suffix=".parquet",
+        source={"source": "yambda"},
+    ),
+    Layout(
+        "events_csv",
+        ["uid", "iid", "ts", "source", "like", "watch_ratio"],
+        "uid",
+        "iid",
+        "ts",
+        {"like": ("2", "yes"), "watch_ratio": ("1.5", "most")},
+        "text",
+        source={"source": "events", "spec": EVENTS_SPEC},
+    ),
+    Layout(
+        "events_parquet",
+        ["uid", "iid", "ts", "source", "like", "watch_ratio"],
+        "uid",
+        "iid",
+        "ts",
+        {"like": ("2", "yes"), "watch_ratio": ("-0.5", "most")},
+        "parquet",
+        suffix=".parquet",
+        source={"source": "events", "spec": EVENTS_SPEC},
+    ),
+]
+
+
+@dataclass
+class Case:
+    reader: str
+    name: str
+    path: Path
+    rows_written: int | None  # data rows in the file (None: not a readable table)
+    broken_rows: int  # rows that must not be kept as they are (quarantined, or the case errors)
+    source: dict
+    must_fail: bool = False  # the file as a whole is unusable: only an error will do
+    column: str | None = None  # the column at fault, for the error's text
+    one_event_users: int = 0  # users the case left with one event (counted too short, not dropped)
+
+
+def write(layout: Layout, path: Path, rows: list[dict], columns: list[str] | None = None, sep: str | None = None):
+    """The rows in the layout's format (`columns`: another header, e.g. one column dropped or doubled)."""
+    columns = columns or layout.columns
+    if layout.fmt == "parquet":
+        arrays = {}
+        for i, c in enumerate(columns):
+            values = [r.get(c) for r in rows]
+            arrays[c if columns.count(c) == 1 else f"{c}\0{i}"] = values
+        table = pa.table({k: pa.array(v, pa.string()) for k, v in arrays.items()})
+        if len(set(columns)) < len(columns):  # a column twice: Arrow allows duplicate field names
+            table = table.rename_columns([k.split("\0")[0] for k in arrays])
+        pq.write_table(_typed(layout, table), path)
+        return
+    sep = layout.sep if sep is None else sep
+    lines = [sep.join(columns)] if layout.header else []
+    lines += [sep.join("" if r.get(c) is None else r[c] for c in columns) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _typed(layout: Layout, table: pa.Table) -> pa.Table:
+    """Parquet as its producers write it: numbers as numbers where every value is one."""
+    cols = []
+    for name, col in zip(table.column_names, table.columns):
+        if name in (layout.user, layout.item) or name in ("event_type", "source"):
+            cols.append(col)
+            continue
+        try:
+            cols.append(pa.array(pd.to_numeric(pd.Series(col.to_pylist()), errors="raise"), pa.float64()))
+        except (ValueError, TypeError):
+            cols.append(col)
+    return pa.table(cols, names=table.column_names)
+
+
+def corpus(root: Path) -> list[Case]:
+    cases = []
+    for layout in LAYOUTS:
+        d = root / layout.name
+        d.mkdir(parents=True, exist_ok=True)
+        cases += list(_cases(layout, d))
+    return cases
+
+
+def _cases(layout: Layout, d: Path):
+    base = layout.rows()
+    n = len(base)
+
+    def case(name: str, rows: list[dict] | None, broken: int, **kw) -> Case:
+        path = d / f"{name}{layout.suffix}"
+        if rows is not None:
+            write(layout, path, rows, kw.pop("columns", None), kw.pop("sep", None))
+        return Case(
+            layout.name,
+            name,
+            path,
+            kw.pop("rows_written", len(rows) if rows is not None else None),
+            broken,
+            layout.source,
+            **kw,
+        )
+
+    def with_cell(column: str, value, rows_at=(5, 17)) -> list[dict]:
+        rows = [dict(r) for r in base]
+        for i in rows_at:
+            rows[i][column] = value
+        return rows
+
+    # -- the file as a whole
+    yield case("valid", base, 0)
+    empty = d / f"zero_bytes{layout.suffix}"
+    empty.write_bytes(b"")
+    yield Case(layout.name, "zero_bytes", empty, None, 0, layout.source, must_fail=True)
+    full = d / f"full{layout.suffix}"
+    write(layout, full, base)
+    data = full.read_bytes()
+    truncated = d / f"truncated{layout.suffix}"
+    if layout.fmt == "parquet":
+        truncated.write_bytes(data[: len(data) * 2 // 3])
+        yield Case(layout.name, "truncated", truncated, None, 0, layout.source, must_fail=True)
+    else:  # cut inside the last row, after its first field: a row with its other fields missing
+        last = data.rstrip(b"\n").rsplit(b"\n", 1)
+        cut = last[0] + b"\n" + last[1].split(layout.sep.encode())[0] + layout.sep.encode()
+        truncated.write_bytes(cut)
+        yield Case(layout.name, "truncated", truncated, n, 1, layout.source)
+    directory = d / f"a_directory{layout.suffix}"
+    directory.mkdir(exist_ok=True)
+    yield Case(layout.name, "a_directory", directory, None, 0, layout.source, must_fail=True)
+    not_gzip = d / f"not_gzip{layout.suffix}.gz"
+    not_gzip.write_bytes(data)
+    yield Case(layout.name, "gzip_that_is_not_gzip", not_gzip, None, 0, layout.source, must_fail=True)
+    real_gzip = d / f"gzip{layout.suffix}.gz"
+    real_gzip.write_bytes(gzip.compress(data))
+    if layout.fmt == "text":
+        yield Case(layout.name, "gzip", real_gzip, n, 0, layout.source)  # text is read through gzip
+    else:
+        yield Case(layout.name, "gzip_of_parquet", real_gzip, None, 0, layout.source, must_fail=True)
+    garbage = d / f"garbage{layout.suffix}"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    yield Case(layout.name, "garbage_bytes", garbage, None, 0, layout.source, must_fail=True)
+    if layout.fmt == "text":
+        wrong = ";" if layout.sep != ";" else ","
+        yield case("wrong_delimiter", base, n, sep=wrong, must_fail=True)
+    else:
+        csv = d / "csv_named_parquet.parquet"
+        csv.write_text("\n".join(",".join(r[c] for c in layout.columns) for r in base))
+        yield Case(layout.name, "csv_named_parquet", csv, None, 0, layout.source, must_fail=True)
+    yield case("no_rows", [], 0, must_fail=True)
+    required = [c for c in layout.columns if c != layout.user]
+    if layout.header or layout.fmt == "parquet":
+        dropped = [c for c in layout.columns if c != required[-1]]
+        yield case("missing_column", base, 0, columns=dropped, must_fail=True, column=required[-1])
+        doubled = layout.columns + [layout.item]
+        yield case("duplicated_column", base, 0, columns=doubled, must_fail=True, column=layout.item)
+    else:  # headerless: a missing or doubled column is a row with too few or too many fields
+        yield case("missing_column", base, n, columns=layout.columns[:-1], must_fail=True)
+        yield case("duplicated_column", base, n, columns=layout.columns + [layout.item], must_fail=True)
+    yield case("only_bad_rows", [r | {layout.user: None} for r in base], n, must_fail=True)
+
+    # -- some rows
+    yield case("null_user", with_cell(layout.user, None), 2)
+    yield case("null_item", with_cell(layout.item, None), 2)
+    yield case("null_item_as_text", with_cell(layout.item, "NULL"), 2)
+    padded = [dict(r) for r in base]
+    padded[3][layout.user] = f"  {padded[3][layout.user]}\t" if layout.sep != "\t" else f"  {padded[3][layout.user]}"
+    if layout.sep != " ":  # space-separated: padding is field separation, not part of the id
+        yield case("id_with_whitespace", padded, 0)
+    latin = with_cell(layout.item, "caf\udce9", rows_at=(8,))  # a lone \xe9 byte (Latin-1 é) in UTF-8 text
+    if layout.fmt == "text":
+        path = d / f"non_utf8_id{layout.suffix}"
+        write(layout, path, [dict(r) | ({layout.item: "MARK"} if i == 8 else {}) for i, r in enumerate(base)])
+        path.write_bytes(path.read_bytes().replace(b"MARK", b"caf\xe9"))
+        latin1_readers = ("sasrec", "movielens")  # read as Latin-1 by design: every byte is a character
+        yield Case(layout.name, "non_utf8_id", path, n, 0 if layout.name in latin1_readers else 1, layout.source)
+    else:
+        rows = [dict(r) for r in latin]
+        rows[8][layout.item] = "caf\ufffd\x00"  # a NUL in an id
+        yield case("nul_in_id", rows, 1)
+    if layout.time:
+        yield case("nan_timestamp", with_cell(layout.time, "NaN"), 2)
+        yield case("negative_timestamp", with_cell(layout.time, str(-5 * layout.time_scale)), 2)
+        yield case("future_timestamp", with_cell(layout.time, str(FUTURE * layout.time_scale)), 2)
+        yield case("text_timestamp", with_cell(layout.time, "yesterday"), 2)
+        mixed = with_cell(layout.time, "2025-01-01T00:00:00Z", rows_at=(2, 3, 4))
+        yield case("mixed_types_in_timestamps", mixed, 3)  # dates among numbers: the dates are the odd ones
+    for column, (out_of_range, not_a_number) in layout.actions.items():
+        yield case(f"{column}_out_of_range", with_cell(column, out_of_range), 2)
+        yield case(f"{column}_not_a_number", with_cell(column, not_a_number), 2)
+    mixed_items = [dict(r) for r in base]
+    for i in range(0, n, 5):
+        mixed_items[i][layout.item] = f"x{mixed_items[i][layout.item]}"  # text ids among numbers: all kept
+    yield case("mixed_types_in_item_ids", mixed_items, 0)
+    lonely = base + [{**base[0], layout.user: "999"}]
+    yield case("user_with_one_event", lonely, 0, one_event_users=1)
+    if layout.fmt == "text":
+        ragged = [dict(r) for r in base]
+        ragged[9][layout.columns[-1]] = f"{ragged[9][layout.columns[-1]]}{layout.sep}extra"
+        yield case("ragged_row", ragged, 1)
+        blank = d / f"blank_lines{layout.suffix}"
+        write(layout, blank, base)
+        blank.write_text(blank.read_text().replace("\n", "\n\n", 3))
+        yield Case(layout.name, "blank_lines", blank, n, 0, layout.source)
+        crlf = d / f"crlf{layout.suffix}"
+        write(layout, crlf, base)
+        crlf.write_bytes(crlf.read_bytes().replace(b"\n", b"\r\n"))
+        yield Case(layout.name, "crlf_line_ends", crlf, n, 0, layout.source)
