@@ -323,3 +323,117 @@ def _cases(layout: Layout, d: Path):
         write(layout, crlf, base)
         crlf.write_bytes(crlf.read_bytes().replace(b"\n", b"\r\n"))
         yield Case(layout.name, "crlf_line_ends", crlf, n, 0, layout.source)
+
+
+def _file_cases(kind: str, d: Path, valid: pd.DataFrame, columns: list[str], broken_column: str):
+    """The file-level cases for a table read from Parquet or CSV (impressions, item features): each
+    must be an error naming the file."""
+
+    def parquet(name, frame):
+        path = d / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        return path
+
+    yield kind, "zero_bytes", _bytes(d / "zero_bytes.parquet", b"")
+    data = parquet("full", valid).read_bytes()
+    yield kind, "truncated_parquet", _bytes(d / "truncated.parquet", data[: len(data) // 2])
+    (d / "a_directory.parquet").mkdir(exist_ok=True)
+    yield kind, "a_directory", d / "a_directory.parquet"
+    yield kind, "gzip_that_is_not_gzip", _bytes(d / "not_gzip.csv.gz", valid.to_csv(index=False).encode())
+    yield kind, "garbage_bytes", _bytes(d / "garbage.parquet", np.random.default_rng(1).bytes(2048))
+    yield kind, "csv_named_parquet", _bytes(d / "csv.parquet", valid.to_csv(index=False).encode())
+    yield kind, "missing_column", parquet("missing_column", valid.drop(columns=[broken_column]))
+    doubled = pa.Table.from_pandas(valid, preserve_index=False)
+    doubled = doubled.append_column(broken_column, doubled.column(broken_column))
+    pq.write_table(doubled, d / "duplicated_column.parquet")
+    yield kind, "duplicated_column", d / "duplicated_column.parquet"
+    yield (
+        kind,
+        "duplicated_column_csv",
+        _bytes(
+            d / "duplicated_column.csv",
+            (",".join(columns + [broken_column]) + "\n" + "1," * len(columns) + "1\n").encode(),
+        ),
+    )
+    yield kind, "no_rows", parquet("no_rows", valid.head(0))
+    yield kind, "wrong_delimiter_csv", _bytes(d / "semicolons.csv", valid.to_csv(index=False, sep=";").encode())
+    ragged = valid.head(5).to_csv(index=False) + ",".join(["1"] * (len(columns) + 2)) + "\n"
+    yield kind, "ragged_row_csv", _bytes(d / "ragged.csv", ragged.encode())
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def impressions_corpus(root: Path, valid: pd.DataFrame) -> tuple[list[tuple], list[tuple]]:
+    """(file cases (kind, name, path) that must fail, row cases (name, path, rows, broken rows)) for
+    an impressions file whose valid rows are `valid` (a run's own impressions)."""
+    d = root / "impressions"
+    d.mkdir(parents=True, exist_ok=True)
+    valid = valid.reset_index(drop=True)
+    files = list(_file_cases("impressions", d, valid, list(valid.columns), "clicked"))
+    rows = []
+
+    def broken(name: str, column: str, value, at=(3, 11, 40), csv: bool = False):
+        frame = valid.astype(object).copy()
+        for i in at:
+            frame.loc[i, column] = value
+        path = d / f"{name}.{'csv' if csv else 'parquet'}"
+        if csv:
+            frame.to_csv(path, index=False)
+        else:
+            frame.astype({c: str for c in frame.columns if frame[c].map(type).nunique() > 1}).to_parquet(path)
+        rows.append((name, path, len(frame), len(at)))
+
+    rows.append(("valid", d / "full.parquet", len(valid), 0))
+    valid.to_csv(d / "valid.csv", index=False)
+    rows.append(("valid_csv", d / "valid.csv", len(valid), 0))
+    broken("null_user", "user_id", None)
+    broken("unknown_item", "item_id", 99_999_999)
+    broken("nan_timestamp", "timestamp", float("nan"))
+    broken("text_timestamp", "timestamp", "yesterday", csv=True)
+    broken("negative_timestamp", "timestamp", -5)
+    broken("clicked_out_of_range", "clicked", 2)
+    broken("clicked_not_a_number", "clicked", "yes", csv=True)
+    broken("action_out_of_range", "like", 3)
+    broken("ratio_out_of_range", "played_ratio", 1.7)
+    broken("control_character_in_id", "item_id", "10\x0001", csv=True)
+    return files, rows
+
+
+def item_feature_corpus(root: Path, items: list[str]) -> tuple[list[tuple], list[tuple]]:
+    """The same for an item-feature table (`item_id`, `genre` "a|b", `brand`) over catalogue `items`:
+    row cases are (name, path, rows, rows that must be quarantined, rows outside the catalogue)."""
+    d = root / "item_features"
+    d.mkdir(parents=True, exist_ok=True)
+    valid = pd.DataFrame(
+        {
+            "item_id": items,
+            "genre": [("a|b", "b", "c|a|d", "")[i % 4] for i in range(len(items))],
+            "brand": [f"brand{i % 5}" for i in range(len(items))],
+        }
+    )
+    files = list(_file_cases("item_features", d, valid, list(valid.columns), "genre"))
+    rows = [("valid", d / "full.parquet", len(valid), 0, 0)]
+
+    def case(name, frame, quarantined, outside, csv=False):
+        path = d / f"{name}.{'csv' if csv else 'parquet'}"
+        frame.to_csv(path, index=False) if csv else frame.to_parquet(path, index=False)
+        rows.append((name, path, len(frame), quarantined, outside))
+
+    null = valid.copy()
+    null.loc[[2, 5], "item_id"] = None
+    case("null_item_id", null, 2, 0)
+    case("repeated_item_id", pd.concat([valid, valid.head(3)], ignore_index=True), 3, 0)
+    case("unknown_items", pd.concat([valid, valid.head(4).assign(item_id=["zz1", "zz2", "zz3", "zz4"])]), 0, 4)
+    padded = valid.copy()
+    padded.loc[1, "item_id"] = f" {padded.loc[1, 'item_id']} "
+    case("id_with_whitespace", padded, 0, 0, csv=True)
+    control = valid.copy()
+    control.loc[4, "item_id"] = "caf\x00"
+    case("control_character_in_id", control, 1, 0)
+    empty_cells = valid.copy()
+    empty_cells.loc[[0, 1, 2], "genre"] = None
+    case("empty_feature_cells", empty_cells, 0, 0)  # an item without a value: kept, counted as such
+    return files, rows

@@ -95,3 +95,84 @@ def test_a_user_with_one_event_is_kept_in_the_log_and_counted_as_too_short(cases
         assert summary["validation"]["rows"] == case.rows_written, case.reader
         assert summary["validation"]["quarantined_rows"] == 0, case.reader
         assert summary["users_too_short"] == case.one_event_users, (case.reader, summary["users_too_short"])
+
+
+def _clear_error(call, path) -> str | None:
+    """None when `call()` fails with a clear error naming `path`, else what went wrong."""
+    try:
+        call()
+    except CLEAR as exc:
+        return None if path.name in str(exc) else f"the error does not name {path.name}: {str(exc)[:200]}"
+    except Exception as exc:  # noqa: BLE001 - the point: no other exception may reach the user
+        return f"{type(exc).__name__} instead of a clear error: {str(exc)[:200]}"
+    return "read without an error"
+
+
+def test_every_broken_impressions_file_is_named_or_its_rows_counted(tiny_run, tmp_path):
+    """The fine-tuning and replay input: an error naming the file, or rows = placed + skipped (by
+    reason), each broken row among the skipped and in the quarantine file."""
+    import pandas as pd
+    from bad_data_corpus import impressions_corpus
+
+    from argus_platform.data.prepare import load_prepared
+    from argus_platform.finetune.requests import build_requests, default_impressions
+
+    prepared = load_prepared(tiny_run)
+    valid = pd.read_parquet(default_impressions(tiny_run)).head(400)
+    files, rows = impressions_corpus(tmp_path / "corpus", valid)
+    problems = []
+    for _, name, path in files:
+        problem = _clear_error(lambda: build_requests(prepared, tiny_run, path, 8, tmp_path / name), path)
+        if problem:
+            problems.append(f"{name}: {problem}")
+    placement = ("no history before it", "after the last event", "beyond slate_size")  # not the data's fault
+
+    def unusable(summary) -> tuple[int, int]:
+        bad = sum(v for k, v in summary["skipped"].items() if k not in placement and "not asked for" not in k)
+        file = summary["quarantine_file"]
+        return bad, len(pd.read_parquet(file)) if file else 0
+
+    baseline = None
+    for name, path, written, broken in rows:
+        s = build_requests(prepared, tiny_run, path, 8, tmp_path / name)
+        if s["rows"] != written or s["rows"] != s["placed"] + sum(s["skipped"].values()):
+            problems.append(f"{name}: rows {s['rows']} of {written}, placed {s['placed']} + skipped {s['skipped']}")
+        if name.startswith("valid"):  # the run's own impressions: some items are unknown to the run already
+            baseline = baseline or unusable(s)
+            continue
+        counted, quarantined = unusable(s)
+        if counted - baseline[0] != broken or quarantined - baseline[1] != broken:
+            problems.append(f"{name}: {broken} broken rows, skipped {s['skipped']}, {quarantined} in quarantine")
+    assert len(files) + len(rows) - 2 >= 20
+    assert not problems, "\n".join(problems)
+
+
+def test_every_broken_item_feature_file_is_named_or_its_rows_counted(tiny_run, tmp_path):
+    """Item-side features: an error naming the file, or rows = kept + quarantined + outside the
+    catalogue, with the broken rows quarantined."""
+    import pandas as pd
+    from bad_data_corpus import item_feature_corpus
+
+    from argus_platform.data.config import ItemFeaturesConfig
+    from argus_platform.data.item_features import build_item_features
+    from argus_platform.data.prepare import load_prepared
+
+    vocab = load_prepared(tiny_run).vocab
+    files, rows = item_feature_corpus(tmp_path / "corpus", [str(i) for i in vocab.items.tolist()[:30]])
+
+    def build(path):
+        cfg = ItemFeaturesConfig(path=str(path), columns=["genre", "brand"])
+        return build_item_features(cfg, vocab, tmp_path / "q" / "item_features.parquet")
+
+    problems = [f"{name}: {p}" for _, name, path in files if (p := _clear_error(lambda: build(path), path))]
+    for name, path, written, quarantined, outside in rows:
+        stats = build(path).stats
+        counted = (stats["rows"], stats["rows_kept"], stats["quarantined_rows"], stats["rows_outside_catalogue"])
+        if stats["rows"] != written or stats["rows"] != sum(counted[1:]):
+            problems.append(f"{name}: rows in != kept + quarantined + outside: {counted} of {written}")
+        if (stats["quarantined_rows"], stats["rows_outside_catalogue"]) != (quarantined, outside):
+            problems.append(f"{name}: {counted}, expected {quarantined} quarantined, {outside} outside")
+        if quarantined and len(pd.read_parquet(tmp_path / "q" / "item_features.parquet")) != quarantined:
+            problems.append(f"{name}: the quarantine file does not hold the {quarantined} rows")
+    assert len(files) + len(rows) - 1 >= 18
+    assert not problems, "\n".join(problems)

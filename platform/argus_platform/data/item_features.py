@@ -28,8 +28,15 @@ import pandas as pd
 from argus_models.config import ItemFeature
 from argus_models.contract import Vocabulary
 from argus_platform.data.config import ItemFeaturesConfig
-from argus_platform.data.quarantine import _ids
-from argus_platform.data.sources import DataSourceError, _open_text, _require_file, require_columns
+from argus_platform.data.quarantine import _damaged, _ids
+from argus_platform.data.sources import (
+    UNREADABLE,
+    DataSourceError,
+    _open_text,
+    _require_file,
+    require_columns,
+    unreadable,
+)
 
 ITEM_ID = "item_id"  # the metadata frame's id column after reading
 MOVIELENS_FEATURES = ["genre", "year"]
@@ -70,9 +77,14 @@ def read_item_metadata(cfg: ItemFeaturesConfig) -> tuple[pd.DataFrame, list[str]
     else:
         wanted = [cfg.item_column, *cfg.columns]
         require_columns(p, wanted, "data.item_features")
-        df = pd.read_parquet(p, columns=wanted) if p.suffix == ".parquet" else pd.read_csv(p, usecols=wanted, dtype=str)
+        try:  # every column parsed (not `usecols`): a row with more fields than the header is an error
+            df = pd.read_parquet(p, columns=wanted) if p.suffix == ".parquet" else pd.read_csv(p, dtype=str)
+        except UNREADABLE as exc:
+            raise unreadable(p, exc) from None
         df = df[wanted].rename(columns={cfg.item_column: ITEM_ID})
         names = list(cfg.columns)
+    if df.empty:
+        raise DataSourceError(f"{p}: no rows (data.item_features.path)")
     df["_row"] = np.arange(len(df), dtype=np.int64)
     return df, names
 
@@ -134,16 +146,21 @@ def build_item_features(cfg: ItemFeaturesConfig, vocab: Vocabulary, quarantine_p
     df, names = read_item_metadata(cfg)
     ids, null_id = _ids(df[ITEM_ID])
     df[ITEM_ID] = ids
-    dup = ~null_id & df.duplicated(ITEM_ID, keep="first")
+    damaged = ~null_id & _damaged(ids)
+    dup = ~null_id & ~damaged & df.duplicated(ITEM_ID, keep="first")
     bad = pd.concat(
-        [df[null_id].assign(reason="null item id"), df[dup].assign(reason="repeated item id (first row kept)")]
+        [
+            df[null_id].assign(reason="null item id"),
+            df[damaged].assign(reason="damaged item id (control character or undecodable bytes)"),
+            df[dup].assign(reason="repeated item id (first row kept)"),
+        ]
     )
     quarantine_path.parent.mkdir(parents=True, exist_ok=True)
     if len(bad):
         bad.astype({c: str for c in bad.columns if c not in ("_row",)}).to_parquet(quarantine_path, index=False)
     elif quarantine_path.exists():
         quarantine_path.unlink()
-    df = df[~null_id & ~dup]
+    df = df[~null_id & ~damaged & ~dup]
     index = vocab.item_index()
     item_idx = df[ITEM_ID].map(index)
     in_catalogue = item_idx.notna()
@@ -179,6 +196,7 @@ def build_item_features(cfg: ItemFeaturesConfig, vocab: Vocabulary, quarantine_p
         "rows": int(len(ids)),
         "quarantined_rows": int(len(bad)),
         "quarantine_reasons": bad["reason"].value_counts().to_dict() if len(bad) else {},
+        "rows_kept": int(in_catalogue.sum()),  # rows = kept + quarantined + outside the catalogue
         "rows_outside_catalogue": int((~in_catalogue).sum()),
         "catalogue_items_without_features": int((~has_any).sum()),
         "values_cut_by_max_values": cut,

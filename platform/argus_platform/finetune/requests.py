@@ -4,8 +4,9 @@ Each impression (user, time, item, clicked, actions) is mapped through the pre-t
 vocabulary and placed before the first event of the user at or after its time, so its history is
 exactly the events before it. Impressions of one (user, time) form a request; requests shown
 before the user's validation or test event go to those splits, earlier ones to training. Rows that
-cannot be used (unknown user or item, no history before them, past the sequence) are counted by
-reason, never silently dropped.
+cannot be used (bad values, unknown user or item, no history before them, past the sequence) are
+counted by reason, never silently dropped: rows = placed + skipped. Rows unusable for their own
+data are also written to `<out_dir>/quarantine.parquet` with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 
 from argus_models.contract import TIME_COL, USER_IDX
 from argus_platform.data.prepare import PreparedRun
+from argus_platform.data.quarantine import _ids
+from argus_platform.data.sources import UNREADABLE, DataSourceError, _header, _require_file, parquet_file, unreadable
 from argus_platform.data.spec import DatasetSpec
 from argus_platform.data.synthetic import CLICKED, IMPRESSIONS_FILE
 
@@ -36,17 +39,44 @@ def default_impressions(run_dir: Path) -> Path:
 
 
 def read_impressions(path: Path, spec: DatasetSpec) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(
+    """The impressions file (Parquet or CSV) with `_row`, its row numbers; a file that cannot be read
+    as one is a DataSourceError naming it."""
+    if not Path(path).exists():
+        raise DataSourceError(
             f"no impressions at {path}: synthetic runs write them (data.synthetic.impressions_per_event > 0); "
             "for other data pass impressions=<file> with columns user_id, timestamp, item_id, clicked and the actions"
         )
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    p = _require_file(path)
     need = ["user_id", "timestamp", "item_id", CLICKED] + [a.name for a in spec.actions]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; impressions need {need}")
-    return df
+    try:
+        columns = parquet_file(p).schema_arrow.names if p.suffix == ".parquet" else _header(p)
+        missing = [c for c in need if c not in columns]
+        if missing:
+            raise DataSourceError(f"{p}: missing column(s) {missing}; impressions need {need}")
+        df = pq.read_table(p, columns=need).to_pandas() if p.suffix == ".parquet" else pd.read_csv(p, dtype=str)
+    except UNREADABLE as exc:
+        raise unreadable(p, exc) from None
+    if df.empty:
+        raise DataSourceError(f"{p}: no impressions (no rows)")
+    return df[need].assign(_row=np.arange(len(df), dtype=np.int64))
+
+
+def unusable_impressions(df: pd.DataFrame, spec: DatasetSpec) -> pd.Series:
+    """Per row, why it cannot be used ('' when it can): a bad timestamp, a `clicked` that is not 0 or
+    1, an action value outside its kind."""
+    reason = pd.Series("", index=df.index, dtype=object)
+
+    def flag(mask, text: str) -> None:
+        reason[mask & reason.eq("")] = text
+
+    ts = pd.to_numeric(df["timestamp"], errors="coerce")
+    flag(ts.isna() | (ts < 0), "bad timestamp")
+    clicked = pd.to_numeric(df[CLICKED], errors="coerce")
+    flag(~clicked.isin([0, 1]), f"{CLICKED} not 0 or 1")
+    for a in spec.actions:
+        values = pd.to_numeric(df[a.name], errors="coerce").to_numpy()
+        flag(pd.Series(~a.valid(values), index=df.index), f"action {a.name} out of range ({a.kind})")
+    return reason
 
 
 def build_requests(
@@ -62,13 +92,27 @@ def build_requests(
     spec, vocab = prepared.spec, prepared.vocab
     df = read_impressions(impressions, spec)
     reasons: Counter = Counter()
-    user_idx = _index(vocab.users, df["user_id"].astype(str).to_numpy(), start=0)
-    item_idx = _index(vocab.items, df["item_id"].astype(str).to_numpy(), start=1)
-    bad = np.zeros(len(df), bool)
+    unusable = unusable_impressions(df, spec)
+    users, _ = _ids(df["user_id"])
+    items, _ = _ids(df["item_id"])
+    user_idx = _index(vocab.users, users.to_numpy(), start=0)
+    item_idx = _index(vocab.items, items.to_numpy(), start=1)
+    bad = unusable.ne("").to_numpy().copy()
+    reasons.update(unusable[bad].tolist())
     for mask, why in ((user_idx < 0, "unknown user"), (item_idx < 0, "unknown item")):
         reasons[why] += int((mask & ~bad).sum())
         bad |= mask
-    df = df.assign(_u=user_idx, _i=item_idx)[~bad]
+    quarantine = out_dir / "quarantine.parquet"  # every row not placed for a reason of its data, with it
+    why = np.where(unusable.ne(""), unusable, np.where(user_idx < 0, "unknown user", "unknown item"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if bad.any():
+        df[bad].astype(str).assign(_reason=why[bad]).to_parquet(quarantine, index=False)
+    elif quarantine.exists():
+        quarantine.unlink()
+    df = df.assign(_u=user_idx, _i=item_idx, timestamp=pd.to_numeric(df["timestamp"], errors="coerce"))[~bad]
+    for a in [CLICKED, *(a.name for a in spec.actions)]:
+        df[a] = pd.to_numeric(df[a], errors="coerce")
+    placed = 0
     # The full sequences: the test split holds every event of every user.
     seqs = pq.ParquetDataset(prepared.paths["test"]).read().to_pandas().set_index(USER_IDX)
     targets = {a.name: a for a in spec.actions}
@@ -96,6 +140,7 @@ def build_requests(
             req = req.sort_values(CLICKED, ascending=False, kind="stable")
             reasons["beyond slate_size"] += max(0, len(req) - slate_size)
             req = req.head(slate_size)
+            placed += len(req)
             acts = {name: a.target(req[name].to_numpy()).astype(np.float32) for name, a in targets.items()}
             by_split[split].append((pos, req["_i"].to_numpy(np.int32), req[CLICKED].to_numpy(np.float32), acts))
         for split, reqs in by_split.items():
@@ -113,7 +158,9 @@ def build_requests(
     summary = {
         "impressions": str(impressions),
         "rows": len(user_idx),
+        "placed": placed,  # rows = placed + the skipped ones, by reason
         "skipped": dict(reasons),
+        "quarantine_file": str(quarantine) if bad.any() else None,
         "users": rows,
         "paths": paths,
         "requests": {s: int(sum(len(r[REQ_POS]) for r in out[s])) for s in out},
