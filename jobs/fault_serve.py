@@ -11,7 +11,7 @@ rate for overload_seconds and probes at baseline_rps afterwards: offered vs admi
 Retry-After and their latency, p99 of the admitted requests from their scheduled send times, seconds
 until latency is back to the baseline's. kill_replica: `ray.kill` on one replica of each of
 kill_targets in turn under kill_rps: failed requests per kill, seconds until the errors stop, and
-what /healthz said meanwhile (argus_serve.faults).
+what /healthz said meanwhile (argus_serve.fault_serve).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import ray
 
 from argus_platform.cli import parse_config_and_args
-from argus_serve.faults import FaultConfig, format_faults, run_faults
+from argus_serve.fault_serve import FaultConfig, format_faults, run_faults
 from argus_serve.launch import start_ray
 
 

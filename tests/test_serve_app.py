@@ -551,14 +551,47 @@ def test_the_api_token_is_read_from_a_file_or_a_variable_and_never_left_open(tmp
             read_token(**kwargs)
 
 
-def test_a_bearer_token_guards_every_route_but_healthz(service, tmp_path):
-    """Also pins that the replica's settings reach the middleware of the app it serves (Serve runs a
-    copy of the FastAPI app in each replica): the token and a non-default body limit."""
+def _fuzz(url: str, headers: dict) -> dict[tuple[str, int], int]:
+    """schemathesis against the live /openapi.json, valid and invalid requests (fixed seed, 300
+    cases): no 5xx, every 4xx says why in `detail`. Returns (route, status class) -> count."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    seen: dict[tuple[str, int], int] = {}
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=headers)
+    modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+    cases = st.one_of(*(schema.as_strategy(mode) for mode in modes))
+
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=cases)
+    def fuzz(case):
+        response = case.call(timeout=30, headers=headers)
+        where = f"{case.method} {case.path} body={case.body!r:.300}"
+        key = (f"{case.method} {case.path}", response.status_code // 100 * 100)
+        seen[key] = seen.get(key, 0) + 1
+        assert response.status_code < 500, f"{response.status_code} on {where}: {response.text[:300]}"
+        if response.status_code >= 400:
+            detail = response.json().get("detail")
+            assert detail, f"{response.status_code} without a reason on {where}: {response.text[:300]}"
+
+    fuzz()
+    return seen
+
+
+def test_with_a_token_every_route_but_healthz_needs_it_and_fuzzing_finds_no_5xx(service, tmp_path):
+    """One deploy with a bearer token, a small body limit and an events namespace of its own: the
+    refused (none, another, not Bearer) and accepted cases on every route, `/healthz` open; then
+    schemathesis fuzzing from the API's own schema with the token finds no 5xx and a reason on every
+    4xx, and the service is healthy afterwards. Also pins that a replica's settings reach the
+    middleware of the app it serves (Serve runs a copy of the FastAPI app in each replica)."""
     token = tmp_path / "api-token"
     token.write_text("s3cret-token\n")
-    service.args |= {"auth_token_file": str(token), "max_body_bytes": 2048}
+    guarded = {"auth_token_file": str(token), "max_body_bytes": 2048, "events_prefix": "fuzz-test"}
+    service.args |= guarded
     body = json.dumps({"user_id": sorted(_user_rows(service.run_dir)[0])[0], "k": 3})
     post = lambda path, **headers: requests.post(f"{service.url}{path}", data=body, headers=headers, timeout=30)  # noqa: E731
+    auth = {"Authorization": "Bearer s3cret-token"}
     try:
         service.deploy()
         missing = post("/v1/recommend")
@@ -567,60 +600,18 @@ def test_a_bearer_token_guards_every_route_but_healthz(service, tmp_path):
         wrong = post("/v1/recommend", Authorization="Bearer s3cret-tokem")
         assert wrong.status_code == 401 and "not this service's" in wrong.json()["detail"]
         assert post("/v1/recommend", Authorization="Basic s3cret-token").status_code == 401
-        assert post("/v1/recommend", Authorization="Bearer s3cret-token").status_code == 200
-        large = requests.post(
-            f"{service.url}/v1/recommend", data=" " * 3000, headers={"Authorization": "Bearer s3cret-token"}, timeout=30
-        )
+        assert post("/v1/recommend", **auth).status_code == 200
+        large = requests.post(f"{service.url}/v1/recommend", data=" " * 3000, headers=auth, timeout=30)
         assert large.status_code == 413 and "exceeds 2048" in large.json()["detail"]
         assert post("/v1/events").status_code == 401
         assert requests.get(f"{service.url}/openapi.json", timeout=30).status_code == 401
         assert requests.get(f"{service.url}/healthz", timeout=30).status_code == 200  # probes need no token
-    finally:
-        service.args = {k: v for k, v in service.args.items() if k not in ("auth_token_file", "max_body_bytes")}
-        service.deploy()
-    assert post("/v1/recommend").status_code == 200  # the token check goes with the setting
-
-
-def test_fuzzing_from_the_apis_own_schema_finds_no_5xx_and_every_4xx_gives_a_reason(service):
-    """schemathesis against the live /openapi.json, valid and invalid requests (fixed seed, bounded):
-    no 5xx, every 4xx says why in `detail`, and the service is healthy afterwards. Events go to a
-    namespace of their own, so the fuzzed histories touch no other test's users."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-
-    service.args |= {"events_prefix": "fuzz-test"}
-    seen: dict[tuple[str, int], int] = {}
-    try:
-        service.deploy()
-        schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
-        modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
-        cases = st.one_of(*(schema.as_strategy(mode) for mode in modes))
-
-        @settings(
-            max_examples=300,
-            derandomize=True,  # the same cases on every run
-            database=None,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(case=cases)
-        def fuzz(case):
-            response = case.call(timeout=30)
-            where = f"{case.method} {case.path} body={case.body!r:.300}"
-            seen[(f"{case.method} {case.path}", response.status_code // 100 * 100)] = (
-                seen.get((f"{case.method} {case.path}", response.status_code // 100 * 100), 0) + 1
-            )
-            assert response.status_code < 500, f"{response.status_code} on {where}: {response.text[:300]}"
-            if response.status_code >= 400:
-                detail = response.json().get("detail")
-                assert detail, f"{response.status_code} without a reason on {where}: {response.text[:300]}"
-
-        fuzz()
+        seen = _fuzz(service.url, auth)
         assert service.health()["status"] == "ok"
     finally:
-        service.args = {k: v for k, v in service.args.items() if k != "events_prefix"}
+        service.args = {k: v for k, v in service.args.items() if k not in guarded}
         service.deploy()
+    assert post("/v1/recommend").status_code == 200  # the token check goes with the setting
     print("fuzzed:", dict(sorted(seen.items())))
     routes = {route for route, _ in seen}
     assert {"POST /v1/recommend", "POST /v1/events", "GET /healthz"} <= routes, routes
