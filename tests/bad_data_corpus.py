@@ -13,7 +13,7 @@ quarantined — with each broken row quarantined, never kept as it was.
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,16 @@ EVENTS_SPEC = {
 }
 KUAIRAND = ["is_click", "long_view", "label", "is_comment", "is_follow", "is_forward", "is_profile_enter"]
 
+EVENTS_CSV = Layout(
+    "events_csv",
+    ["uid", "iid", "ts", "source", "like", "watch_ratio"],
+    "uid",
+    "iid",
+    "ts",
+    {"like": ("2", "yes"), "watch_ratio": ("1.5", "most")},
+    "text",
+    source={"source": "events", "spec": EVENTS_SPEC},
+)
 LAYOUTS = [
     Layout("sasrec", ["user", "item"], "user", "item", None, {}, "text", " ", False, ".txt", {"source": "sasrec"}),
     Layout(
@@ -122,26 +132,13 @@ LAYOUTS = [
         suffix=".parquet",
         source={"source": "yambda"},
     ),
-    Layout(
-        "events_csv",
-        ["uid", "iid", "ts", "source", "like", "watch_ratio"],
-        "uid",
-        "iid",
-        "ts",
-        {"like": ("2", "yes"), "watch_ratio": ("1.5", "most")},
-        "text",
-        source={"source": "events", "spec": EVENTS_SPEC},
-    ),
-    Layout(
-        "events_parquet",
-        ["uid", "iid", "ts", "source", "like", "watch_ratio"],
-        "uid",
-        "iid",
-        "ts",
-        {"like": ("2", "yes"), "watch_ratio": ("-0.5", "most")},
-        "parquet",
+    EVENTS_CSV,
+    replace(
+        EVENTS_CSV,
+        name="events_parquet",
+        actions={"like": ("2", "yes"), "watch_ratio": ("-0.5", "most")},
+        fmt="parquet",
         suffix=".parquet",
-        source={"source": "events", "spec": EVENTS_SPEC},
     ),
 ]
 

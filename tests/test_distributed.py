@@ -100,6 +100,16 @@ def _teardown() -> None:
     dist.destroy_process_group()
 
 
+def _run_files(run_dir: Path, counts: torch.Tensor, rank: int) -> None:
+    """Collective: the files a checkpoint copies from its run directory (schema, spec, item counts)."""
+    if rank == 0:
+        (run_dir / "vocab").mkdir(parents=True, exist_ok=True)
+        SCHEMA.save(run_dir / "schema.json")
+        (run_dir / "spec.json").write_text("{}")
+        np.save(run_dir / "vocab" / "train_item_counts.npy", counts.numpy())
+    dist.barrier()
+
+
 def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -132,12 +142,7 @@ def _worker(rank, world, init_file, out_dir):
     from pathlib import Path
 
     run_dir = Path(out_dir) / "run"
-    if rank == 0:
-        (run_dir / "vocab").mkdir(parents=True, exist_ok=True)
-        SCHEMA.save(run_dir / "schema.json")
-        (run_dir / "spec.json").write_text("{}")
-        np.save(run_dir / "vocab" / "train_item_counts.npy", counts.numpy())
-    dist.barrier()
+    _run_files(run_dir, counts, rank)
     before = gather_tables(sharded.model)
     save_checkpoint(Path(out_dir) / "ckpt", sharded, TrainState(epoch=3, step=60), cfg, run_dir, rank)
     dist.barrier()
@@ -381,12 +386,7 @@ def _save_for_reshard_worker(rank, world, init_file, out_dir, sharding_type):
     collate = Collator(SCHEMA, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank)
     _train_steps(sharded, collate, rank, passes=2)
     out = Path(out_dir)  # also the run directory the checkpoint copies its schema and vocabulary from
-    if rank == 0:
-        (out / "vocab").mkdir(parents=True, exist_ok=True)
-        SCHEMA.save(out / "schema.json")
-        (out / "spec.json").write_text("{}")
-        np.save(out / "vocab" / "train_item_counts.npy", counts.numpy())
-    dist.barrier()
+    _run_files(out, counts, rank)
     cfg = _cfg(sharding_type)
     save_checkpoint(out / f"saved-{sharding_type}", sharded, TrainState(epoch=1, step=10), cfg, out, rank)
     tables = gather_tables(sharded.model)
