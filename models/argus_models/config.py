@@ -43,6 +43,14 @@ class ModelConfig:
         },
     )
     positions: Literal["rope", "learned"] = field(default="rope", metadata={"help": "rope or learned positions"})
+    encoder: Literal["transformer", "hstu"] = field(
+        default="transformer",
+        metadata={
+            "help": "transformer: pre-norm softmax attention + SwiGLU blocks; hstu: HSTU layers (Zhai et al. "
+            "2024: SiLU pointwise attention over max_seq_len, a learned relative-position bias, U-gating, no FFN; "
+            "rope is not used, learned positions are)"
+        },
+    )
     tokenization: Literal["one_token", "three_token"] = field(
         default="one_token",
         metadata={

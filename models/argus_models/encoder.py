@@ -1,4 +1,5 @@
-"""Pre-norm causal transformer: RMSNorm, SDPA attention, SwiGLU FFN, RoPE or learned positions.
+"""Pre-norm causal transformer: RMSNorm, SDPA attention, SwiGLU FFN, RoPE or learned positions;
+or HSTU layers (`model.encoder: hstu`, `HSTUBlock`).
 
 Rows are right-padded, so the plain causal mask is exact for every valid position (it never
 reaches a padded key) and SDPA can use its fused, memory-efficient kernels (no [S, S] mask is
@@ -132,6 +133,51 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+class HSTUBlock(nn.Module):
+    """One HSTU layer (Zhai et al., "Actions Speak Louder than Words", ICML 2024, eqs. 1-3):
+
+        U, V, Q, K = split(SiLU(W1 · norm(x)))
+        A·V        = SiLU(Q Kᵀ + rab) V / N        (causal; rab: a learned bias per relative position)
+        y          = x + W2 · dropout(norm(A·V) ⊙ U)
+
+    Pointwise attention: no softmax, so a key's weight does not shrink as more keys are seen and the
+    intensity of engagement is kept. N is the encoder's length (`max_seq_len`), a constant: the
+    output at a position never depends on how many events follow it or how far a row is padded
+    (length groups stay exact). The paper's bias also buckets time gaps; this encoder is given no
+    timestamps, so only the relative-position part is learned. No FFN: U-gating takes its place."""
+
+    def __init__(self, cfg: ModelConfig, max_tokens: int) -> None:
+        super().__init__()
+        if cfg.embedding_dim % cfg.num_heads:
+            raise ValueError(
+                f"model.embedding_dim={cfg.embedding_dim} is not divisible by model.num_heads={cfg.num_heads}"
+            )
+        D = cfg.embedding_dim
+        self.num_heads, self.max_tokens = cfg.num_heads, max_tokens
+        self.norm_in = RMSNorm(D)
+        self.uvqk = nn.Linear(D, 4 * D, bias=False)
+        self.rel_bias = nn.Parameter(torch.zeros(2 * max_tokens - 1))  # index (s - t) + max_tokens - 1
+        self.norm_attn = RMSNorm(D)
+        self.out = nn.Linear(D, D, bias=False)
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, S, D]; mask: bool [B or 1, 1, S, S] (True = may attend) or None for causal;
+        positions: the tokens' position ids, [S] or per row [B, S] (None: 0..S-1)."""
+        B, S, D = x.shape
+        H = self.num_heads
+        u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
+        q, k, v = (t.view(B, S, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B, H, S, hd]
+        index = torch.arange(S, device=x.device)
+        p = index if positions is None else positions
+        bias = self.rel_bias[p[..., None, :] - p[..., :, None] + self.max_tokens - 1]  # [(B,) S(t), S(s)]
+        weights = F.silu(q @ k.transpose(-1, -2) + (bias if bias.dim() == 2 else bias[:, None])) / self.max_tokens
+        allowed = (index[None, :] <= index[:, None]) if mask is None else mask
+        weights = weights.masked_fill(~allowed, 0.0)
+        av = (weights @ v).transpose(1, 2).reshape(B, S, D)
+        return x + self.out(self.drop(self.norm_attn(av) * u))
+
+
 def causal_padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """bool [B, 1, S, S]: position t attends to s ≤ t, both inside the sequence.
 
@@ -154,7 +200,8 @@ class CausalEncoder(nn.Module):
             raise ValueError(f"model.length_groups is {cfg.length_groups}; use 1 (off) or more groups")
         self.cfg = cfg
         self.max_tokens = max_tokens or cfg.max_seq_len
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        make = (lambda: HSTUBlock(cfg, self.max_tokens)) if cfg.encoder == "hstu" else (lambda: Block(cfg))
+        self.blocks = nn.ModuleList(make() for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.embedding_dim)
         self.pos = nn.Embedding(self.max_tokens, cfg.embedding_dim) if cfg.positions == "learned" else None
         self.drop = Dropout(cfg.dropout)
@@ -194,7 +241,11 @@ class CausalEncoder(nn.Module):
             )
         pos = torch.arange(S, device=x.device) if positions is None else positions
         rope = None
-        if self.pos is not None:
+        if self.cfg.encoder == "hstu":  # the relative bias reads the position ids (learned ones are added too)
+            if self.pos is not None:
+                x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
+            rope = pos
+        elif self.pos is not None:
             x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
         else:
             rope = self._rope(D // self.cfg.num_heads, x.device)
