@@ -84,7 +84,7 @@ def test_dense_arch_at_valid_positions_equals_the_full_outputs_indexed(tokenizat
         assert torch.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("encoder", ["transformer", "hstu"])
+@pytest.mark.parametrize("encoder", ["transformer", "hstu", "dense_attention"])
 def test_causality_future_events_do_not_change_past_states(encoder):
     cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=2, max_seq_len=6, dropout=0.0, encoder=encoder)
     dense = ArgusDenseArch(cfg, SCHEMA).eval()
@@ -204,7 +204,8 @@ def test_cpu_dropout_drops_at_rate_p_and_scales_what_it_keeps():
 
 
 @pytest.mark.parametrize(
-    ("positions", "encoder"), [("rope", "transformer"), ("learned", "transformer"), ("rope", "hstu")]
+    ("positions", "encoder"),
+    [("rope", "transformer"), ("learned", "transformer"), ("rope", "hstu"), ("learned", "dense_attention")],
 )
 def test_length_groups_give_the_same_states_and_gradients(positions, encoder):
     from argus_models.encoder import CausalEncoder, length_groups
@@ -213,7 +214,11 @@ def test_length_groups_give_the_same_states_and_gradients(positions, encoder):
     cfg = ModelConfig(
         embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.0, positions=positions, encoder=encoder
     )
-    whole, grouped = CausalEncoder(cfg).train(), CausalEncoder(ModelConfig(**{**vars(cfg), "length_groups": 3})).train()
+    # DenseAttention's queries get gradients that nearly cancel (its output MaxNorm makes the block
+    # blind to their scale): compared in float64, where both agree to 1e-15 (float32: ~50 % apart)
+    dtype = torch.float64 if encoder == "dense_attention" else torch.float32
+    whole = CausalEncoder(cfg).train().to(dtype)
+    grouped = CausalEncoder(ModelConfig(**{**vars(cfg), "length_groups": 3})).train().to(dtype)
     grouped.load_state_dict(whole.state_dict())
     lengths = torch.tensor([8, 2, 5, 1, 7, 3, 8])
     assert [(rows.tolist(), width) for rows, width in length_groups(lengths, 3, 8)] == [
@@ -222,7 +227,7 @@ def test_length_groups_give_the_same_states_and_gradients(positions, encoder):
         ([0, 6], 8),
     ]
     valid = torch.arange(8)[None, :] < lengths[:, None]
-    x = torch.randn(7, 8, 16)
+    x = torch.randn(7, 8, 16, dtype=dtype)
     states, grads = [], []
     for enc in (whole, grouped):
         out = enc(x, lengths)
@@ -276,11 +281,30 @@ def test_hstu_layer_equals_its_loop_by_loop_reference():
         assert not torch.allclose(block(x, None, gaps), block(x, None, None), atol=1e-3)  # the bias is read
 
 
-def test_hstu_encoder_trains_in_the_dense_arch():
-    """`model.encoder: hstu` end to end through the dense arch: every parameter gets a gradient
-    (the relative bias included) and a few steps lower the loss."""
+def test_dense_attention_in_linear_time_equals_the_quadratic_form():
+    """The chunked O(N) causal DenseAttention equals (tril(Q Xᵀ)) X for chunks that divide the
+    length, that do not, and one chunk; the masked (quadratic) path with the causal mask agrees."""
+    from argus_models.encoder import DenseAttentionBlock, causal_dense_attention, max_norm
+
     torch.manual_seed(0)
-    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=2, max_seq_len=6, dropout=0.0, encoder="hstu")
+    q, x = torch.randn(2, 3, 37, 4, dtype=torch.float64), torch.randn(2, 3, 37, 4, dtype=torch.float64)
+    quadratic = (q @ x.transpose(-1, -2)).tril() @ x
+    for chunk in (1, 8, 10, 64):
+        assert torch.allclose(causal_dense_attention(q, x, chunk), quadratic, atol=1e-10), chunk
+    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=12, encoder="dense_attention")
+    block = DenseAttentionBlock(cfg, chunk=5).eval()
+    h = max_norm(torch.randn(2, 12, 8))
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()[None, None]
+    assert torch.allclose(block.attend(h, None), block.attend(h, causal), atol=1e-6)
+    assert max_norm(torch.tensor([[3.0, -6.0]])).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("encoder", ["hstu", "dense_attention"])
+def test_other_encoders_train_in_the_dense_arch(encoder):
+    """`model.encoder` hstu or dense_attention end to end through the dense arch: every encoder
+    parameter gets a gradient (HSTU's relative bias included) and a few steps lower the loss."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=2, max_seq_len=6, dropout=0.0, encoder=encoder)
     dense = ArgusDenseArch(cfg, SCHEMA).train()
     emb = {k: torch.randn(4, 5, 8) for k in ("item", "ctx_source", "fb_like", "fb_rating")}
     target = torch.randn(4, 4, 8)

@@ -43,12 +43,13 @@ class ModelConfig:
         },
     )
     positions: Literal["rope", "learned"] = field(default="rope", metadata={"help": "rope or learned positions"})
-    encoder: Literal["transformer", "hstu"] = field(
+    encoder: Literal["transformer", "hstu", "dense_attention"] = field(
         default="transformer",
         metadata={
             "help": "transformer: pre-norm softmax attention + SwiGLU blocks; hstu: HSTU layers (Zhai et al. "
-            "2024: SiLU pointwise attention over max_seq_len, a learned relative-position bias, U-gating, no FFN; "
-            "rope is not used, learned positions are)"
+            "2024: SiLU pointwise attention over max_seq_len, a learned relative-position bias, U-gating, no FFN); "
+            "dense_attention: DenseAttention blocks (Argatkin: no softmax, keys = values = the max-normed input, "
+            "causal in O(N) by chunks); rope is not used by the last two, learned positions are"
         },
     )
     tokenization: Literal["one_token", "three_token"] = field(

@@ -1,5 +1,6 @@
 """Pre-norm causal transformer: RMSNorm, SDPA attention, SwiGLU FFN, RoPE or learned positions;
-or HSTU layers (`model.encoder: hstu`, `HSTUBlock`).
+or HSTU layers (`model.encoder: hstu`, `HSTUBlock`), or DenseAttention blocks (`dense_attention`,
+`DenseAttentionBlock`).
 
 Rows are right-padded, so the plain causal mask is exact for every valid position (it never
 reaches a padded key) and SDPA can use its fused, memory-efficient kernels (no [S, S] mask is
@@ -178,6 +179,67 @@ class HSTUBlock(nn.Module):
         return x + self.out(self.drop(self.norm_attn(av) * u))
 
 
+def max_norm(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """DenseAttention's MaxNormActivation: each token divided by its largest absolute entry."""
+    return x / (x.abs().amax(dim=-1, keepdim=True) + eps)
+
+
+def causal_dense_attention(q: torch.Tensor, kv: torch.Tensor, chunk: int) -> torch.Tensor:
+    """out_t = Σ_{s≤t} (q_t·x_s) x_s for q, kv [B, H, S, hd], in O(S·chunk·hd + S·hd²) time and
+    O(chunk² + hd²) memory per row and head: within a chunk the causal products directly, across
+    chunks through the running hd×hd sum of x_sᵀ x_s (associativity: (q Xᵀ) X = q (Xᵀ X))."""
+    state = q.new_zeros(*q.shape[:2], q.shape[-1], q.shape[-1])
+    out = []
+    for start in range(0, q.shape[2], chunk):
+        qc, xc = q[:, :, start : start + chunk], kv[:, :, start : start + chunk]
+        out.append(qc @ state + (qc @ xc.transpose(-1, -2)).tril() @ xc)
+        state = state + xc.transpose(-1, -2) @ xc
+    return torch.cat(out, dim=2)
+
+
+class DenseAttentionBlock(nn.Module):
+    """A DenseAttention block (Argatkin, "DenseAttention: No-Compromise Exact All N×N Interactions
+    Algorithm with O(N) Space and Time Complexity"), causal:
+
+        h = MaxNorm(x);  q = h W_Q;  a_t = Σ_{s≤t} (q_t·h_s) h_s   (per head; keys = values = h)
+        y = x + dropout(MaxNorm(W_2 ReLU(W_1 a)))
+
+    No softmax, no key, value or output projection, no LayerNorm, one skip connection, as in the
+    paper. Causal attention runs in O(N) by chunks (`causal_dense_attention`); an explicit mask
+    (candidate isolation) takes the quadratic form. Where this deviates: the paper's cosine relative
+    positional embeddings are not implemented (use `model.positions=learned`), nor its local
+    attention variants."""
+
+    def __init__(self, cfg: ModelConfig, chunk: int = 64) -> None:
+        super().__init__()
+        if cfg.embedding_dim % cfg.num_heads:
+            raise ValueError(
+                f"model.embedding_dim={cfg.embedding_dim} is not divisible by model.num_heads={cfg.num_heads}"
+            )
+        D, hidden = cfg.embedding_dim, int(cfg.ffn_multiplier * cfg.embedding_dim)
+        self.num_heads, self.chunk = cfg.num_heads, chunk
+        self.queries = nn.Linear(D, D, bias=False)
+        # small, as in the paper: nothing like a softmax bounds Q·Xᵀ
+        nn.init.normal_(self.queries.weight, std=0.02 / (2 * cfg.num_layers * D) ** 0.5)
+        self.expand = nn.Linear(D, hidden, bias=False)
+        self.contract = nn.Linear(hidden, D, bias=False)
+        self.drop = Dropout(cfg.dropout)
+
+    def attend(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, S, D = h.shape
+        heads = lambda t: t.view(B, S, self.num_heads, D // self.num_heads).transpose(1, 2)  # noqa: E731
+        q, kv = heads(self.queries(h)), heads(h)  # [B, H, S, hd]
+        if mask is None:
+            a = causal_dense_attention(q, kv, self.chunk)
+        else:
+            a = ((q @ kv.transpose(-1, -2)) * mask) @ kv
+        return a.transpose(1, 2).reshape(B, S, D)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rope=None) -> torch.Tensor:
+        a = self.attend(max_norm(x), mask)
+        return x + self.drop(max_norm(self.contract(F.relu(self.expand(a)))))
+
+
 def causal_padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """bool [B, 1, S, S]: position t attends to s ≤ t, both inside the sequence.
 
@@ -200,7 +262,11 @@ class CausalEncoder(nn.Module):
             raise ValueError(f"model.length_groups is {cfg.length_groups}; use 1 (off) or more groups")
         self.cfg = cfg
         self.max_tokens = max_tokens or cfg.max_seq_len
-        make = (lambda: HSTUBlock(cfg, self.max_tokens)) if cfg.encoder == "hstu" else (lambda: Block(cfg))
+        make = {
+            "transformer": lambda: Block(cfg),
+            "hstu": lambda: HSTUBlock(cfg, self.max_tokens),
+            "dense_attention": lambda: DenseAttentionBlock(cfg),
+        }[cfg.encoder]
         self.blocks = nn.ModuleList(make() for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.embedding_dim)
         self.pos = nn.Embedding(self.max_tokens, cfg.embedding_dim) if cfg.positions == "learned" else None
@@ -241,10 +307,10 @@ class CausalEncoder(nn.Module):
             )
         pos = torch.arange(S, device=x.device) if positions is None else positions
         rope = None
-        if self.cfg.encoder == "hstu":  # the relative bias reads the position ids (learned ones are added too)
+        if self.cfg.encoder != "transformer":  # no RoPE: HSTU's relative bias reads the position ids
             if self.pos is not None:
                 x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
-            rope = pos
+            rope = pos if self.cfg.encoder == "hstu" else None
         elif self.pos is not None:
             x = x + self.pos(pos)[None] if positions is None else x + self.pos(pos)
         else:
