@@ -285,9 +285,11 @@ def test_overload_is_refused_at_once_with_503_and_retry_after_and_the_service_st
     users = sorted(rows)
     service.deploy(deployment_options={"Retriever": {"max_ongoing_requests": 1, "max_queued_requests": 1}})
     try:
-        e = summarize(
-            run_load(f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)]}, rps=400, seconds=0.5)
-        )["end_to_end"]
+        # in-flight cap above the 200 requests: the client never holds one back, whatever the latency
+        load = run_load(
+            f"{service.url}/v1/recommend", lambda i: {"user_id": users[i % len(users)]}, 400, 0.5, max_in_flight=256
+        )
+        e = summarize(load)["end_to_end"]
         assert e["sent"] == 200 and not e["errors"] and e["dropped"] == 0, e
         assert e["refused"] > 0 and e["refused_with_retry_after"] == e["refused"] and e["requests"] > 0, e
         assert e["requests"] + e["refused"] == 200, e
