@@ -281,17 +281,14 @@ def _cases(layout: Layout, d: Path):
     padded[3][layout.user] = f"  {padded[3][layout.user]}\t" if layout.sep != "\t" else f"  {padded[3][layout.user]}"
     if layout.sep != " ":  # space-separated: padding is field separation, not part of the id
         yield case("id_with_whitespace", padded, 0)
-    latin = with_cell(layout.item, "caf\udce9", rows_at=(8,))  # a lone \xe9 byte (Latin-1 é) in UTF-8 text
-    if layout.fmt == "text":
+    if layout.fmt == "text":  # a lone \xe9 byte (Latin-1 é) in an id of UTF-8 text
         path = d / f"non_utf8_id{layout.suffix}"
         write(layout, path, [dict(r) | ({layout.item: "MARK"} if i == 8 else {}) for i, r in enumerate(base)])
         path.write_bytes(path.read_bytes().replace(b"MARK", b"caf\xe9"))
         latin1_readers = ("sasrec", "movielens")  # read as Latin-1 by design: every byte is a character
         yield Case(layout.name, "non_utf8_id", path, n, 0 if layout.name in latin1_readers else 1, layout.source)
     else:
-        rows = [dict(r) for r in latin]
-        rows[8][layout.item] = "caf\ufffd\x00"  # a NUL in an id
-        yield case("nul_in_id", rows, 1)
+        yield case("nul_in_id", with_cell(layout.item, "caf\ufffd\x00", rows_at=(8,)), 1)  # a NUL in an id
     if layout.time:
         yield case("nan_timestamp", with_cell(layout.time, "NaN"), 2)
         yield case("negative_timestamp", with_cell(layout.time, str(-5 * layout.time_scale)), 2)
