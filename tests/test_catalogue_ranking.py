@@ -90,7 +90,7 @@ def test_bounded_ranking_equals_the_dense_reference(hashed, filter_seen):
     C = 97
     schema = _schema(C, hashed)
     dense, tables = _dense(schema, 0), _tables(schema, 1)
-    collator = Collator(schema, KINDS, window=13, item_hashes=_hashes(schema))
+    collator = Collator(schema, KINDS, window=13, item_parts=_hashes(schema))
     batches = [_rows(s, 23, C) for s in range(4)]
     counts = _counts(C)
     ref = evaluate_reference(dense, tables, batches, collator, counts, EvalConfig(filter_seen=filter_seen))
@@ -236,10 +236,10 @@ def _sharded_worker(rank, world, init_file, out_dir):
             codes[0] = 0
         counts = _counts(C)
         torch.manual_seed(0)
-        sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes, item_hashes=hashes)
+        sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes, item_parts=hashes)
         # a few training steps through the pipeline, then evaluation with the pipeline detached
         pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, torch.device("cpu"))
-        train = Collator(schema, KINDS, window=13, negatives="uniform", num_uniform=8, seed=rank, item_hashes=hashes)
+        train = Collator(schema, KINDS, window=13, negatives="uniform", num_uniform=8, seed=rank, item_parts=hashes)
         steps = iter([train(_rows(100 + 10 * rank + s, 8, C)) for s in range(3)])
         while True:
             try:
@@ -247,7 +247,7 @@ def _sharded_worker(rank, world, init_file, out_dir):
             except StopIteration:
                 break
         pipeline.detach()
-        collator = Collator(schema, KINDS, window=13, item_hashes=hashes)
+        collator = Collator(schema, KINDS, window=13, item_parts=hashes)
         # unequal shares: rank 0 evaluates three batches, rank 1 one
         mine = [_rows(s, 9, C) for s in ((0, 1, 2) if rank == 0 else (3,))]
         cfg_eval = EvalConfig(catalogue_block=5)

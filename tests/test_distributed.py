@@ -230,12 +230,12 @@ def _fsdp2_worker(rank, world, init_file, out_dir, precision):
     counts = torch.ones(schema.num_items + 1)
     counts[0] = 0
     torch.manual_seed(0)
-    sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes, item_hashes=hashes)
+    sharded = shard(cfg, schema, counts, torch.device("cpu"), item_codes=codes, item_parts=hashes)
     results = {
         "types": sorted({p.sharding_type for p in sharded.plan.plan["sparse.ec"].values()}),
         "dtensor": all(isinstance(p, DTensor) for p in sharded.dense.parameters()),
     }
-    batch = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=5, item_hashes=hashes)(
+    batch = Collator(schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=5, item_parts=hashes)(
         _table(7)
     )
     # hashed features through the sharded tables (before the pipeline takes over the sparse forward)
@@ -243,7 +243,7 @@ def _fsdp2_worker(rank, world, init_file, out_dir, precision):
     via_local = lookup_local(sharded.dense.local_tables(gather_tables(sharded.model)), batch.sparse_features)
     results["hash_lookup_equal"] = all(torch.allclose(via_shards[k], via_local[k]) for k in via_shards)
     collate = Collator(
-        schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank, item_hashes=hashes
+        schema, {"like": ("binary", 2)}, window=9, negatives="uniform", num_uniform=8, seed=rank, item_parts=hashes
     )
     results["loss_first"], results["loss_last"] = _train(sharded, collate, rank)
     copy = sharded.eval_dense(cfg)

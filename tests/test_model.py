@@ -615,9 +615,9 @@ def test_multi_hash_sharded_lookup_equals_the_local_tables():
         }
     )
     kinds = {"like": ("binary", 2), "rating": ("graded", 5)}
-    with pytest.raises(ValueError, match="item_hashes"):
+    with pytest.raises(ValueError, match="item_parts"):
         Collator(schema, kinds, window=7)
-    batch = Collator(schema, kinds, window=7, negatives="uniform", num_uniform=6, item_hashes=codes)(table)
+    batch = Collator(schema, kinds, window=7, negatives="uniform", num_uniform=6, item_parts=codes)(table)
     assert "item_h1" in batch.sparse_features.keys() and "neg_item_h0" in batch.sparse_features.keys()
     via_ec = sparse(batch.sparse_features)
     via_local = lookup_local(tables, batch.sparse_features)

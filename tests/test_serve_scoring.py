@@ -47,12 +47,13 @@ ITEM_FEATURES = [ItemFeature("genre", num_values=6, slots=3), ItemFeature("year"
         "three_token+item_features",
         "one_token+item_features+multi_hash",
         "three_token+multi_hash",
+        "one_token+item_features+recjpq",
     ],
 )
 def sm(request) -> InferenceModel:
     torch.manual_seed(0)
     tokenization, *extras = request.param.split("+")
-    side, hashed = "item_features" in extras, "multi_hash" in extras
+    side, hashed, jpq = "item_features" in extras, "multi_hash" in extras, "recjpq" in extras
     cfg = ModelConfig(
         embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=tokenization
     )
@@ -62,8 +63,12 @@ def sm(request) -> InferenceModel:
         actions=ACTIONS,
         item_features=ITEM_FEATURES if side else [],
         item_hash_buckets=[13, 11] if hashed else [],
+        recjpq_splits=4 if jpq else 0,
+        recjpq_sub_items=7 if jpq else 0,
     )
     dense = ArgusDenseArch(cfg, schema).eval()
+    if jpq:  # 4 splits of 7 sub-items, 4 dims each: rows 1..7 per split
+        dense.set_recjpq_codes(torch.cat([torch.zeros(1, 4), torch.randint(1, 8, (50, 4))]).long())
     if side:  # random genres (0 = none) and years per item
         g = torch.Generator().manual_seed(3)
         dense.item_tower.set_codes(

@@ -79,8 +79,9 @@ def _assert_checkpoint_reproduces(ckpt, run_dir, split, recorded):
     model = load_inference_model(ckpt)
     spec = from_dict(DatasetSpec, json.loads((ckpt / "spec.json").read_text()))
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
-    hashes = model.dense.item_hash_codes.numpy() if model.schema.item_hash_buckets else None
-    collator = Collator(model.schema, kinds, window=model.config.max_seq_len + 1, item_hashes=hashes)
+    parts = model.dense.item_part_rows()  # multi-hash buckets or RecJPQ codes, from the checkpoint
+    parts = None if parts is None else parts.numpy()
+    collator = Collator(model.schema, kinds, window=model.config.max_seq_len + 1, item_parts=parts)
     table = pq.ParquetDataset(str(run_dir / "data" / split)).read()
     batches = [table.slice(i, 50) for i in range(0, table.num_rows, 50)]
     counts = torch.from_numpy(np.load(ckpt / "train_item_counts.npy"))
@@ -233,6 +234,60 @@ def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
     assert model.tables["t_item"].shape == (model.schema.num_items + 1, 3 * 16)  # [E_item ; E_h0 ; E_h1] rows
     state = TrainState.load(ckpt)
     _assert_checkpoint_reproduces(ckpt, run_dir, "validation", state.history[-1]["validation"])
+
+
+def test_recjpq_item_codes_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
+    """MovieLens-100K with RecJPQ item codes: the driver assigns the codes once, the checkpoint
+    carries them, and the one-process model (item rows rebuilt from the sub-item tables) reproduces
+    the test metrics the job reported."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from conftest import shared_file
+
+    from argus_models.checkpoint import load_inference_model
+    from argus_models.recjpq import assign_codes
+    from argus_platform.item_parts import RECJPQ_CODES
+
+    run_dir = tmp_path / "ml100k-jpq"
+    args = [
+        "data.source=movielens",
+        f"data.path={shared_file('ml-100k/u.data')}",
+        "model.embedding_dim=16",
+        "model.num_layers=1",
+        "model.max_seq_len=20",
+        "model.item_codes=recjpq",
+        "model.recjpq_splits=4",
+        "model.recjpq_sub_items=64",
+        "optim.batch_size=64",
+        "optim.epochs=1",
+        "optim.log_every_steps=0",
+        "scaling.local_num_cpus=4",
+        f"run.dir={run_dir}",
+    ]
+    assert _main([f"--set={kv}" for kv in args]) == 0
+    out = capsys.readouterr().out
+    assert "[argus] RecJPQ item codes from a rank-4 SVD of 943 training histories" in out
+    assert "4 sub-item tables of 64 rows x 4 wide, 25.9x fewer weights than one row per item" in out
+    final = json.loads((run_dir / "metrics.json").read_text())
+    ckpt = resolve_checkpoint(str(run_dir))
+    _assert_checkpoint_reproduces(ckpt, run_dir, "test", final["test"])
+    model = load_inference_model(ckpt)
+    codes = np.load(run_dir / RECJPQ_CODES)
+    assert np.array_equal(model.dense.recjpq_codes.numpy(), codes)
+    assert (model.schema.recjpq_splits, model.schema.recjpq_sub_items) == (4, 64)
+    assert model.tables["t_item"].shape == (model.schema.num_items + 1, 16)
+    assert model.tables["t_item_q0"].shape == (65, 4)
+    train = pq.read_table(run_dir / "data" / "train", columns=["item_id"]).column("item_id")
+    lengths = np.array([len(r) for r in train.to_pylist()])
+    again = assign_codes(
+        np.repeat(np.arange(len(lengths)), lengths),
+        np.concatenate(train.to_pylist()),
+        len(lengths),
+        model.schema.num_items,
+        4,
+        64,
+    )
+    assert np.array_equal(again, codes)  # the same codes from the same training split
 
 
 # What "the same result" means for the tiny config: 3 uninterrupted runs of it (2026-12-07) spread

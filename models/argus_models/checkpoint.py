@@ -18,10 +18,9 @@ import torch.distributed.checkpoint as dcp
 import yaml
 
 from argus_models.config import ModelConfig, ModelSchema
-from argus_models.model import ArgusDenseArch, embedding_configs
+from argus_models.model import ArgusDenseArch, table_groups
 
 DENSE_PREFIX = "objective.dense."
-TABLE_PREFIX = "sparse.ec.embeddings."
 
 
 @dataclass
@@ -55,16 +54,22 @@ def load_inference_model(checkpoint: str | Path, device: str | torch.device = "c
     schema = ModelSchema.load(checkpoint / "schema.json")
     dense = ArgusDenseArch(cfg, schema)
     state = {DENSE_PREFIX + k: v for k, v in dense.state_dict().items()}
-    for table in embedding_configs(schema, cfg.embedding_dim):
-        state[f"{TABLE_PREFIX}{table.name}.weight"] = torch.empty(table.num_embeddings, table.embedding_dim)
+    prefixes = []
+    for group, configs in table_groups(schema, cfg.embedding_dim).items():
+        prefixes.append(f"sparse.{group}.embeddings.")
+        for table in configs:
+            state[f"{prefixes[-1]}{table.name}.weight"] = torch.empty(table.num_embeddings, table.embedding_dim)
     with warnings.catch_warnings():  # a single-process load is the point here, not an accident
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         dcp.load({"model": state}, checkpoint_id=str(checkpoint), no_dist=True)
     dense.load_state_dict({k[len(DENSE_PREFIX) :]: v for k, v in state.items() if k.startswith(DENSE_PREFIX)})
     tables = {
-        k[len(TABLE_PREFIX) : -len(".weight")]: v.to(device) for k, v in state.items() if k.startswith(TABLE_PREFIX)
+        k[len(prefix) : -len(".weight")]: v.to(device)
+        for k, v in state.items()
+        for prefix in prefixes
+        if k.startswith(prefix)
     }
-    tables = dense.to(device).local_tables(tables)  # multi-hash: each item's [E_item ; E_h1 ; …] row
+    tables = dense.to(device).local_tables(tables)  # multi-hash / RecJPQ: each item's whole row
     return InferenceModel(config=cfg, schema=schema, dense=dense.to(device).eval(), tables=tables)
 
 

@@ -86,6 +86,20 @@ class ModelConfig:
         },
     )
     multi_hash_tables: int = field(default=2, metadata={"help": "number of hash tables when multi_hash_buckets > 0"})
+    item_codes: Literal["ids", "recjpq"] = field(
+        default="ids",
+        metadata={
+            "help": "ids: one item-table row per item; recjpq: RecJPQ (Petrov & Macdonald 2024): each item is the "
+            "concatenation of model.recjpq_splits sub-item rows, one from each of as many small tables, picked by "
+            "codes fixed before training from a truncated SVD of the training user-item matrix"
+        },
+    )
+    recjpq_splits: int = field(
+        default=8, metadata={"help": "recjpq: sub-item tables per item (each embedding_dim / splits wide)"}
+    )
+    recjpq_sub_items: int = field(
+        default=256, metadata={"help": "recjpq: rows of each sub-item table (at most the catalogue size)"}
+    )
     normalize_embeddings: bool = field(
         default=False, metadata={"help": "L2-normalise query and item vectors (then tune loss.temperature)"}
     )
@@ -128,6 +142,9 @@ class ModelSchema:
     actions: list[ActionHead] = field(default_factory=list)
     item_features: list[ItemFeature] = field(default_factory=list)
     item_hash_buckets: list[int] = field(default_factory=list)  # multi-hash tables (rows each, padding excluded)
+    # RecJPQ: sub-item tables per item and rows of each (padding excluded); 0 = one row per item
+    recjpq_splits: int = 0
+    recjpq_sub_items: int = 0
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -141,6 +158,8 @@ class ModelSchema:
             actions=[ActionHead(**a) for a in raw["actions"]],
             item_features=[ItemFeature(**f) for f in raw.get("item_features", [])],
             item_hash_buckets=list(raw.get("item_hash_buckets", [])),
+            recjpq_splits=int(raw.get("recjpq_splits", 0)),
+            recjpq_sub_items=int(raw.get("recjpq_sub_items", 0)),
         )
 
 
@@ -157,3 +176,22 @@ def multi_hash_buckets(cfg: ModelConfig) -> list[int]:
             f"model.multi_hash_tables is {cfg.multi_hash_tables}; multi-hash embeddings need at least 1 table"
         )
     return [cfg.multi_hash_buckets] * cfg.multi_hash_tables
+
+
+def recjpq_shape(cfg: ModelConfig, num_items: int) -> tuple[int, int]:
+    """(sub-item tables, rows of each) that `cfg` asks for on a catalogue of `num_items`; (0, 0) = off."""
+    if cfg.item_codes == "ids":
+        return 0, 0
+    if cfg.multi_hash_buckets:
+        raise ValueError(
+            "model.item_codes=recjpq and model.multi_hash_buckets are two ways to build item rows: pick one"
+        )
+    m, k = cfg.recjpq_splits, cfg.recjpq_sub_items
+    if m < 1 or k < 2:
+        raise ValueError(f"model.recjpq_splits ({m}) must be >= 1 and model.recjpq_sub_items ({k}) >= 2")
+    if cfg.embedding_dim and cfg.embedding_dim % m:
+        raise ValueError(
+            f"model.embedding_dim ({cfg.embedding_dim}) must be a multiple of model.recjpq_splits ({m}): "
+            "each sub-item row is embedding_dim / splits wide"
+        )
+    return m, min(k, num_items)

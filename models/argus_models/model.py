@@ -33,6 +33,24 @@ def fb_feature(name: str) -> str:
     return f"fb_{name}"
 
 
+def code_feature(m: int) -> str:
+    """Sequence feature of RecJPQ sub-item table m (the window's items' codes in split m)."""
+    return f"{ITEM}_q{m}"
+
+
+def neg_code_feature(m: int) -> str:
+    """NEG_ITEM's codes in RecJPQ sub-item table m."""
+    return f"{NEG_ITEM}_q{m}"
+
+
+def item_part_features(schema: ModelSchema) -> list[str]:
+    """The per-item features whose rows make up an item's row beside (multi-hash) or instead of
+    (RecJPQ) its own item-table row, in order."""
+    if schema.recjpq_splits:
+        return [code_feature(m) for m in range(schema.recjpq_splits)]
+    return [hash_feature(k) for k in range(len(schema.item_hash_buckets))]
+
+
 def hash_feature(k: int) -> str:
     """Sequence feature of multi-hash table k (the bucket rows of the window's items)."""
     return f"{ITEM}_h{k}"
@@ -49,36 +67,72 @@ def table_name(feature: str) -> str:
 
 
 def sequence_features(schema: ModelSchema) -> list[str]:
-    """Per-event sparse features, in KJT key order (the `negative_features` come after them)."""
-    hashed = [hash_feature(k) for k in range(len(schema.item_hash_buckets))]
-    return [ITEM] + hashed + [ctx_feature(c) for c in schema.contexts] + [fb_feature(a.name) for a in schema.actions]
+    """Per-event sparse features, in KJT key order (the `negative_features` come after them). ITEM is
+    always there (the ids): with RecJPQ no table reads it, and the sharded lookup leaves it out."""
+    parts = item_part_features(schema)
+    return [ITEM] + parts + [ctx_feature(c) for c in schema.contexts] + [fb_feature(a.name) for a in schema.actions]
 
 
 def negative_features(schema: ModelSchema) -> list[str]:
     """Features of extra item ids (negatives, the catalogue, slates): all their ids sit in row 0."""
-    return [NEG_ITEM] + [neg_hash_feature(k) for k in range(len(schema.item_hash_buckets))]
+    return [NEG_ITEM] + [NEG_ITEM + f[len(ITEM) :] for f in item_part_features(schema)]
 
 
 def _is_negative(key: str) -> bool:
-    return key == NEG_ITEM or key.startswith(NEG_ITEM + "_h")
+    return key == NEG_ITEM or key.startswith((NEG_ITEM + "_h", NEG_ITEM + "_q"))
 
 
 def _is_hash(key: str) -> bool:
-    return key.startswith(ITEM + "_h") or key.startswith(NEG_ITEM + "_h")
+    """A multi-hash or RecJPQ part of an item's row (of the window's items or of NEG_ITEM)."""
+    return key.startswith((ITEM + "_h", NEG_ITEM + "_h", ITEM + "_q", NEG_ITEM + "_q"))
+
+
+CODE_TABLES = "ec_codes"  # the module of the RecJPQ sub-item tables (narrower than the others)
 
 
 def embedding_configs(schema: ModelSchema, dim: int) -> list[EmbeddingConfig]:
-    """One table per feature family; every table has width `dim` (one EmbeddingCollection)."""
+    """Every table, in the order of `table_groups`."""
+    return [t for group in table_groups(schema, dim).values() for t in group]
+
+
+def table_groups(schema: ModelSchema, dim: int) -> dict[str, list[EmbeddingConfig]]:
+    """The tables of each EmbeddingCollection of the sparse arch, by module name. An EmbeddingCollection
+    holds tables of one width: "ec" those of width `dim`, CODE_TABLES the RecJPQ sub-item tables
+    (dim / splits wide, as an item row is their concatenation). A group with no table is left out."""
+    groups = {"ec": _full_width_tables(schema, dim)}
+    if schema.recjpq_splits:
+        m = schema.recjpq_splits
+        if dim % m:
+            raise ValueError(f"model.embedding_dim ({dim}) must be a multiple of model.recjpq_splits ({m})")
+        # Each split's rows start as N(0, 1/dim), like an item-table row, so an item's row has the same scale.
+        init = functools.partial(nn.init.normal_, mean=0.0, std=dim**-0.5)
+        groups[CODE_TABLES] = [
+            EmbeddingConfig(
+                name=table_name(code_feature(j)),
+                embedding_dim=dim // m,
+                num_embeddings=schema.recjpq_sub_items + 1,  # row 0: padding
+                feature_names=[code_feature(j), neg_code_feature(j)],
+                init_fn=init,
+            )
+            for j in range(m)
+        ]
+    return {name: tables for name, tables in groups.items() if tables}
+
+
+def _full_width_tables(schema: ModelSchema, dim: int) -> list[EmbeddingConfig]:
+    """One table per feature family, each `dim` wide (RecJPQ: no item table)."""
     init = functools.partial(nn.init.normal_, mean=0.0, std=dim**-0.5)
-    tables = [
-        EmbeddingConfig(
-            name=table_name(ITEM),
-            embedding_dim=dim,
-            num_embeddings=schema.num_items + 1,
-            feature_names=[ITEM, NEG_ITEM],
-            init_fn=init,
+    tables = []
+    if not schema.recjpq_splits:
+        tables.append(
+            EmbeddingConfig(
+                name=table_name(ITEM),
+                embedding_dim=dim,
+                num_embeddings=schema.num_items + 1,
+                feature_names=[ITEM, NEG_ITEM],
+                init_fn=init,
+            )
         )
-    ]
     for k, buckets in enumerate(schema.item_hash_buckets):
         tables.append(
             EmbeddingConfig(
@@ -111,31 +165,47 @@ def embedding_configs(schema: ModelSchema, dim: int) -> list[EmbeddingConfig]:
 
 
 class ArgusSparseArch(nn.Module):
-    """The embedding tables. Built on `meta` for sharding; only this module is sharded."""
+    """The embedding tables (one EmbeddingCollection per table width, `table_groups`). Built on
+    `meta` for sharding; only this module is sharded."""
 
     def __init__(self, schema: ModelSchema, dim: int, device: torch.device | str = "meta") -> None:
         super().__init__()
-        self.ec = EmbeddingCollection(tables=embedding_configs(schema, dim), device=torch.device(device))
+        groups = table_groups(schema, dim)
+        if "ec" in groups:
+            self.ec = EmbeddingCollection(tables=groups["ec"], device=torch.device(device))
+        if CODE_TABLES in groups:
+            self.ec_codes = EmbeddingCollection(tables=groups[CODE_TABLES], device=torch.device(device))
 
     def forward(self, features: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
-        """KJT of ids → {feature: padded [B, W, D]} (NEG_ITEM: [n, D], the ids of row 0)."""
-        return ec_output_to_padded(self.ec(features))
+        """KJT of ids → {feature: padded [B, W, D]} (NEG_ITEM: [n, D], the ids of row 0). Each
+        collection looks up its own features of the KJT."""
+        if not hasattr(self, "ec_codes"):
+            return ec_output_to_padded(self.ec(features))
+        if not hasattr(self, "ec"):
+            return ec_output_to_padded(self.ec_codes(features))
+        return ec_output_to_padded(self.ec(features), self.ec_codes(features))
 
 
-def ec_output_to_padded(out: dict) -> dict[str, torch.Tensor]:
-    return concat_hash_rows(jagged_to_padded({k: (jt.values(), jt.lengths()) for k, jt in out.items()}))
+def ec_output_to_padded(*outs: dict) -> dict[str, torch.Tensor]:
+    jagged = {k: (jt.values(), jt.lengths()) for out in outs for k, jt in out.items()}
+    return concat_hash_rows(jagged_to_padded(jagged))
+
+
+def _part_index(key: str) -> int:
+    return int(key.rsplit("_", 1)[1][1:])
 
 
 def concat_hash_rows(padded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Multi-hash: ITEM/NEG_ITEM rows become [E_item ; E_h1 ; … ] (width D·(1+K)), the hash keys go."""
-    hashed = sorted((k for k in padded if _is_hash(k)), key=lambda k: int(k.rsplit("_h", 1)[1]))
-    if not hashed:
+    """Multi-hash: ITEM/NEG_ITEM rows become [E_item ; E_h1 ; … ] (width D·(1+K)); RecJPQ: they are
+    the concatenation of the sub-item rows [E_q0 ; … ; E_q(M-1)] (width D). The part keys go."""
+    parts_keys = sorted((k for k in padded if _is_hash(k)), key=_part_index)
+    if not parts_keys:
         return padded
     out = {k: v for k, v in padded.items() if not _is_hash(k)}
     for base in (ITEM, NEG_ITEM):
-        parts = [padded[k] for k in hashed if k.rsplit("_h", 1)[0] == base]
-        if parts and base in out:
-            out[base] = torch.cat([out[base]] + parts, dim=-1)
+        parts = [padded[k] for k in parts_keys if k.rsplit("_", 1)[0] == base]
+        if parts:
+            out[base] = torch.cat(([out[base]] if base in out else []) + parts, dim=-1)
     return out
 
 
@@ -160,8 +230,8 @@ def jagged_to_padded(jagged: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> di
 def lookup_local(tables: dict[str, torch.Tensor], features: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
     """Same contract as `ArgusSparseArch.forward`, from full in-memory tables (evaluation, serving).
 
-    With multi-hash tables, `tables` must be `ArgusDenseArch.local_tables(...)`: its item table
-    already holds each item's [E_item ; E_h1 ; …] row, so hashed features in the KJT are not needed."""
+    With multi-hash or RecJPQ tables, `tables` must be `ArgusDenseArch.local_tables(...)`: its item
+    table already holds each item's whole row, so the part features in the KJT are not needed."""
     jagged = {}
     for key in features.keys():
         if _is_hash(key):
@@ -201,6 +271,10 @@ class ArgusDenseArch(nn.Module):
         self.item_proj = nn.Linear(D * (1 + n_hash), D) if n_hash else None
         if n_hash:
             self.register_buffer("item_hash_codes", torch.zeros(schema.num_items + 1, n_hash, dtype=torch.int64))
+        if schema.recjpq_splits:  # RecJPQ: each item's sub-item row in every split, fixed before training
+            self.register_buffer(
+                "recjpq_codes", torch.zeros(schema.num_items + 1, schema.recjpq_splits, dtype=torch.int64)
+            )
         self.action_slices: dict[str, tuple[int, int]] = {}
         start = 0
         for head in schema.actions:
@@ -316,9 +390,38 @@ class ArgusDenseArch(nn.Module):
             raise ValueError(f"item hash codes outside 0..{self.schema.item_hash_buckets}")
         self.item_hash_codes.copy_(codes.to(torch.int64))
 
+    @torch.no_grad()
+    def set_recjpq_codes(self, codes: torch.Tensor) -> None:
+        """codes: [C+1, M] each item's row (1..sub_items; 0 for the padding item) in every sub-item
+        table (`recjpq.assign_codes`)."""
+        if not self.schema.recjpq_splits:
+            raise ValueError("the schema has no RecJPQ sub-item tables")
+        if tuple(codes.shape) != tuple(self.recjpq_codes.shape):
+            raise ValueError(
+                f"RecJPQ codes have shape {tuple(codes.shape)}; the model expects {tuple(self.recjpq_codes.shape)}"
+            )
+        if bool((codes < 0).any()) or bool((codes > self.schema.recjpq_sub_items).any()):
+            raise ValueError(f"RecJPQ codes outside 0..{self.schema.recjpq_sub_items}")
+        self.recjpq_codes.copy_(codes.to(torch.int64))
+
+    def item_part_rows(self) -> torch.Tensor | None:
+        """[C+1, parts] each item's row in every part table (multi-hash buckets or RecJPQ codes), the
+        map the collators need; None when items have one row each."""
+        if self.schema.recjpq_splits:
+            return self.recjpq_codes
+        return self.item_hash_codes if self.item_proj is not None else None
+
     def local_tables(self, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Full tables for local lookups (`lookup_local`): with multi-hash tables, the item table is
-        replaced by each item's [E_item ; E_h1 ; …] row [C+1, D·(1+K)] (idempotent)."""
+        replaced by each item's [E_item ; E_h1 ; …] row [C+1, D·(1+K)]; with RecJPQ it is built from
+        the sub-item tables, each item's row the concatenation [E_q0 ; … ; E_q(M-1)] its codes pick
+        [C+1, D] (idempotent)."""
+        if self.schema.recjpq_splits:
+            if table_name(ITEM) in tables:
+                return tables
+            codes = self.recjpq_codes.to(tables[table_name(code_feature(0))].device)
+            parts = [tables[table_name(code_feature(m))][codes[:, m]] for m in range(codes.shape[1])]
+            return {**tables, table_name(ITEM): torch.cat(parts, dim=-1)}
         if self.item_proj is None:
             return tables
         item = tables[table_name(ITEM)]

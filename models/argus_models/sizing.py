@@ -55,8 +55,13 @@ def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, in
 
 
 def embedding_parameter_count(schema: ModelSchema, dim: int) -> dict[str, int]:
-    """Rows × dim of every table (item table has a padding row), plus "total"."""
-    parts = {"item": (schema.num_items + 1) * dim}
+    """Rows × width of every table (item table has a padding row; RecJPQ: no item table, its sub-item
+    tables dim / splits wide), plus "total"."""
+    m = schema.recjpq_splits
+    if m:
+        parts = {f"item_q{j}": (schema.recjpq_sub_items + 1) * (dim // m) for j in range(m)}
+    else:
+        parts = {"item": (schema.num_items + 1) * dim}
     parts.update({f"item_h{k}": (b + 1) * dim for k, b in enumerate(schema.item_hash_buckets)})
     parts.update({f"ctx_{c}": n * dim for c, n in schema.contexts.items()})
     parts.update({f"fb_{a.name}": a.num_codes * dim for a in schema.actions})

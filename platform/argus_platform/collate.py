@@ -11,7 +11,14 @@ from torchrec import KeyedJaggedTensor
 
 from argus_models.config import ModelSchema
 from argus_models.contract import ITEM_COL, act_col, ctx_col, list_values, target_code
-from argus_models.model import ITEM, ctx_feature, fb_feature, hash_feature, negative_features, sequence_features
+from argus_models.model import (
+    ITEM,
+    ctx_feature,
+    fb_feature,
+    item_part_features,
+    negative_features,
+    sequence_features,
+)
 from argus_models.task import SequenceBatch
 
 
@@ -74,8 +81,9 @@ class Collator:
     window: events per row (max_seq_len history + 1 target event).
     random_windows: sample a random window from rows longer than `window` (training) instead of the last.
     negatives: "uniform" (n uniform ids per batch), "catalogue" (all ids, for full softmax) or "none".
-    item_hashes: [C+1, K] bucket rows of every item (`hashing.catalogue_hash_codes`) when the schema
-      has multi-hash tables: the KJT then carries each item id's bucket in every hash table.
+    item_parts: [C+1, K] every item's row in each item part table when the schema has them
+      (`model.item_part_features`): its bucket in each multi-hash table (`hashing.catalogue_hash_codes`)
+      or its code in each RecJPQ sub-item table (`recjpq.assign_codes`); the KJT then carries them.
     """
 
     def __init__(
@@ -87,16 +95,18 @@ class Collator:
         num_uniform: int = 0,
         seed: int = 0,
         random_windows: bool = False,
-        item_hashes: np.ndarray | None = None,
+        item_parts: np.ndarray | None = None,
     ) -> None:
-        n_hash = len(schema.item_hash_buckets)
-        if n_hash and (item_hashes is None or item_hashes.shape != (schema.num_items + 1, n_hash)):
-            got = None if item_hashes is None else item_hashes.shape
+        self.part_keys = item_part_features(schema)
+        n_parts = len(self.part_keys)
+        if n_parts and (item_parts is None or item_parts.shape != (schema.num_items + 1, n_parts)):
+            got = None if item_parts is None else item_parts.shape
+            kind = "RecJPQ sub-item" if schema.recjpq_splits else "multi-hash"
             raise ValueError(
-                f"the schema has {n_hash} multi-hash tables: the collator needs item_hashes of shape "
-                f"{(schema.num_items + 1, n_hash)}, got {got}"
+                f"the schema has {n_parts} {kind} tables: the collator needs item_parts of shape "
+                f"{(schema.num_items + 1, n_parts)}, got {got}"
             )
-        self.item_hashes = np.asarray(item_hashes, dtype=np.int64) if n_hash else None
+        self.item_parts = np.asarray(item_parts, dtype=np.int64) if n_parts else None
         self.schema, self.window, self.random_windows = schema, window, random_windows
         self.action_kinds = action_kinds  # name -> (kind, codes)
         self.negatives, self.num_uniform = negatives, num_uniform
@@ -112,9 +122,9 @@ class Collator:
         idx, lengths = window_index(offsets, self.window, self.rng if self.random_windows else None)
         B, W = len(lengths), int(lengths.max())
         per_feature = {ITEM: items_flat[idx].astype(np.int64)}
-        if self.item_hashes is not None:
-            for k in range(self.item_hashes.shape[1]):
-                per_feature[hash_feature(k)] = self.item_hashes[per_feature[ITEM], k]
+        if self.item_parts is not None:
+            for k, key in enumerate(self.part_keys):
+                per_feature[key] = self.item_parts[per_feature[ITEM], k]
         for c in self.schema.contexts:
             per_feature[ctx_feature(c)] = list_values(batch.column(ctx_col(c)))[0][idx].astype(np.int64)
         actions = np.zeros((B, W, len(self.schema.actions)), dtype=np.float32)
@@ -136,7 +146,7 @@ class Collator:
             neg = np.zeros(0, dtype=np.int64)
         neg = neg.astype(np.int64)
         seq_keys, neg_keys = sequence_features(self.schema), negative_features(self.schema)
-        neg_values = [neg] + [self.item_hashes[neg, k] for k in range(len(neg_keys) - 1)]
+        neg_values = [neg] + [self.item_parts[neg, k] for k in range(len(neg_keys) - 1)]
         keys = seq_keys + neg_keys
         values = np.concatenate([per_feature[k] for k in seq_keys] + neg_values)
         neg_lengths = np.zeros(B, dtype=np.int64)
@@ -158,8 +168,8 @@ class Collator:
         one padding event: the catalogue's rows through the same (sharded) lookup as training."""
         ids = np.asarray(ids, dtype=np.int64)
         seq_keys, neg_keys = sequence_features(self.schema), negative_features(self.schema)
-        pad = {hash_feature(k): int(self.item_hashes[0, k]) for k in range(len(neg_keys) - 1)}
-        neg_values = [ids] + [self.item_hashes[ids, k] for k in range(len(neg_keys) - 1)]
+        pad = {key: int(self.item_parts[0, k]) for k, key in enumerate(self.part_keys)}
+        neg_values = [ids] + [self.item_parts[ids, k] for k in range(len(neg_keys) - 1)]
         values = np.concatenate([np.array([pad.get(k, 0) for k in seq_keys], dtype=np.int64)] + neg_values)
         lengths = np.array([1] * len(seq_keys) + [len(ids)] * len(neg_keys), dtype=np.int32)
         return KeyedJaggedTensor.from_lengths_sync(

@@ -17,8 +17,8 @@ from torchrec.distributed.planner.storage_reservations import FixedPercentageSto
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingPlan
 
-from argus_models.config import ModelSchema, multi_hash_buckets
-from argus_models.model import embedding_configs
+from argus_models.config import ModelSchema, multi_hash_buckets, recjpq_shape
+from argus_models.model import embedding_configs, item_part_features
 from argus_models.sizing import (
     activation_bytes_per_token,
     block_parameter_count,
@@ -96,17 +96,20 @@ def planning_schema(cfg: TrainJobConfig, num_items: int, context_rows: int = 100
         contexts={c: context_rows for c in spec.context_columns},
         actions=[a.head() for a in spec.actions],
         item_hash_buckets=multi_hash_buckets(cfg.model),
+        **dict(zip(("recjpq_splits", "recjpq_sub_items"), recjpq_shape(cfg.model, num_items))),
     )
 
 
 def _dense_memory(cfg: TrainJobConfig, schema: ModelSchema, world: int, strategy: str) -> tuple[int, int, int]:
     total = dense_parameter_count(cfg.model, schema)["total"]
+    # The item → part-row map (multi-hash buckets or RecJPQ codes, int64) is a buffer on every rank.
+    item_map = 8 * (schema.num_items + 1) * len(item_part_features(schema))
     if strategy == "ddp":
-        return 4 * total, 4 * total, 8 * total
+        return 4 * total + item_map, 4 * total, 8 * total
     # FSDP2: each rank holds 1/world of weights, gradients and moments, plus two unsharded blocks
     # (the one computing and the one being prefetched).
     shard = -(-total // world)
-    return 4 * shard + 2 * 4 * block_parameter_count(cfg.model), 4 * shard, 8 * shard
+    return 4 * shard + 2 * 4 * block_parameter_count(cfg.model) + item_map, 4 * shard, 8 * shard
 
 
 def activation_bytes(cfg: TrainJobConfig, schema: ModelSchema) -> tuple[int, int]:

@@ -72,11 +72,11 @@ def run_torchrun(cfg: TrainJobConfig) -> dict:
 
         from argus_platform.data.prepare import prepare_data
         from argus_platform.raytrain import init_ray
-        from argus_platform.train_argus import model_schema
+        from argus_platform.train_argus import write_schema
 
         init_ray(cfg.scaling.local_num_cpus)
         prepared = prepare_data(cfg.data, run_dir)
-        model_schema(prepared, cfg.model).save(run_dir / "schema.json")
+        write_schema(prepared, cfg, run_dir)
         ray.shutdown()
     dist.barrier()
     paths = json.loads((run_dir / "data" / "summary.json").read_text())["splits"]

@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import ray
 import yaml
 
-from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets
+from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets, recjpq_shape
 from argus_models.rundir import CHECKPOINT_GLOB, new_run_dir
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
 from argus_platform.data.prepare import PreparedRun, is_prepared, prepare_data
+from argus_platform.item_parts import write_recjpq_codes
 from argus_platform.raytrain import fit, init_ray, make_trainer, resolve_max_failures, say_where_logs_go
 from argus_platform.sharding.plan import check_kernels
 from argus_platform.train_loop import train_loop_per_worker
@@ -34,7 +35,18 @@ def model_schema(prepared: PreparedRun, model: ModelConfig) -> ModelSchema:
         actions=[a.head() for a in prepared.spec.actions],
         item_features=prepared.item_features.features if prepared.item_features else [],
         item_hash_buckets=multi_hash_buckets(model),
+        **dict(zip(("recjpq_splits", "recjpq_sub_items"), recjpq_shape(model, prepared.vocab.num_items))),
     )
+
+
+def write_schema(prepared: PreparedRun, cfg: TrainJobConfig, run_dir: Path) -> ModelSchema:
+    """<run dir>/schema.json, and the RecJPQ codes when the model asks for them (before any worker starts)."""
+    schema = model_schema(prepared, cfg.model)
+    schema.save(run_dir / "schema.json")
+    if schema.recjpq_splits:
+        line = write_recjpq_codes(prepared.paths["train"], schema, run_dir, cfg.model.embedding_dim, cfg.optim.seed)
+        print(f"[argus] {line}", flush=True)
+    return schema
 
 
 MATERIALIZE_BELOW_BYTES = 128 << 20  # larger splits stream, so the driver never holds a large log
@@ -125,7 +137,7 @@ def train(cfg: TrainJobConfig, callbacks: list | None = None) -> dict:
     started = time.time()
     prepared = prepare_data(cfg.data, run_dir)
     print_data(prepared, cfg, started)
-    model_schema(prepared, cfg.model).save(run_dir / "schema.json")
+    write_schema(prepared, cfg, run_dir)
     datasets = {
         split: split_dataset(path, cfg.optim.seed if split == "train" else None)
         for split, path in prepared.paths.items()

@@ -4,6 +4,7 @@ logic and takes its data and reporting as arguments so it can run without Ray (t
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,9 +16,9 @@ import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from argus_models.config import ModelSchema
-from argus_models.hashing import catalogue_hash_codes
 from argus_models.model import count_parameters
 from argus_models.rundir import checkpoint_of_epoch, checkpoints
+from argus_models.sizing import embedding_parameter_count
 from argus_platform.catalogue_ranking import catalogue_shard
 from argus_platform.checkpoint import TrainState, load_checkpoint, write_train_state
 from argus_platform.collate import Collator, length_buckets
@@ -28,6 +29,7 @@ from argus_platform.data.history_stats import history_stats
 from argus_platform.data.prepare import load_prepared
 from argus_platform.epoch import EpochStats, checkpoint_and_report, improved, say, start_worker, train_epoch
 from argus_platform.evaluation import evaluate, user_sample
+from argus_platform.item_parts import item_part_rows
 from argus_platform.progress import Progress, StolenCpu, duration
 from argus_platform.recipe import (
     choose_next_item_loss,
@@ -43,7 +45,7 @@ QUIET_BELOW_S = 10.0  # epochs, step lines and evaluations shorter than this pri
 
 
 def make_collators(
-    cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int, item_hashes: np.ndarray | None = None
+    cfg: TrainJobConfig, schema: ModelSchema, spec, rank: int, item_parts: np.ndarray | None = None
 ) -> tuple[Collator, Collator]:
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
     window = cfg.model.max_seq_len + 1
@@ -57,9 +59,9 @@ def make_collators(
         cfg.loss.uniform_negatives,
         seed=cfg.optim.seed * 1000 + rank,
         random_windows=cfg.optim.train_windows == "random",
-        item_hashes=item_hashes,
+        item_parts=item_parts,
     )
-    return train, Collator(schema, kinds, window, item_hashes=item_hashes)
+    return train, Collator(schema, kinds, window, item_parts=item_parts)
 
 
 def run_worker(
@@ -87,18 +89,29 @@ def run_worker(
         say(f"[argus] {line}")
     counts = torch.from_numpy(prepared.item_counts)
     codes = prepared.item_features.codes if prepared.item_features else None
-    hashes = catalogue_hash_codes(prepared.vocab.items, schema.item_hash_buckets) if schema.item_hash_buckets else None
-    sharded = shard(cfg, schema, counts, device, item_codes=codes, item_hashes=hashes)
+    parts = item_part_rows(schema, prepared.vocab.items, run_dir)  # multi-hash buckets or RecJPQ codes
+    sharded = shard(cfg, schema, counts, device, item_codes=codes, item_parts=parts)
     say(f"[argus] sharding plan ({world} x {device.type}):\n{describe_plan(sharded.plan)}")
     dense_params = count_parameters(sharded.dense)
-    say(f"[argus] dense parameters: {dense_params:,}; table rows: items {schema.num_items + 1:,}")
+    items = (
+        f"items {schema.num_items + 1:,}"
+        if not schema.recjpq_splits
+        else f"{schema.num_items:,} items as {schema.recjpq_splits} RecJPQ tables of {schema.recjpq_sub_items + 1:,}"
+    )
+    say(f"[argus] dense parameters: {dense_params:,}; table rows: {items}")
+    tables = embedding_parameter_count(schema, cfg.model.embedding_dim)
+    sizes = {
+        "dense": dense_params,
+        "tables": tables["total"],
+        "item_tables": sum(v for k, v in tables.items() if k == "item" or k.startswith(("item_h", "item_q"))),
+    }
     state = TrainState()
     curves = Curves(run_dir, rank == 0)
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, sharded)
         state.resumed_at_epochs.append(state.epoch)
         say(f"[argus] resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
-    train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank, hashes)
+    train_collate, eval_collate = make_collators(cfg, schema, prepared.spec, rank, parts)
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, device)
     o = cfg.optim
     window = cfg.model.max_seq_len + 1
@@ -296,7 +309,7 @@ def run_worker(
         if (stopping or patience_out) and state.best_epoch == state.epoch:
             _read_test(state, evaluation.run("test", state.epoch))  # the best model is the one in memory
         state.eval_seconds += time.time() - t_eval
-        metrics["final"] = _final(cfg, state)  # the checkpoint's metrics carry the run's result so far
+        metrics["final"] = _final(cfg, state, sizes)  # the checkpoint's metrics carry the run's result so far
         pop = validation["popularity"]["ndcg@10"]
         say(
             f"[argus] epoch {state.epoch} validation ndcg@10={val:.4f} ±{validation['model']['ndcg@10_se']:.4f} "
@@ -314,7 +327,7 @@ def run_worker(
                 load_checkpoint(best, sharded)
                 say(f"[argus] testing the best validation epoch, {state.best_epoch}: restored {best.name}")
                 _read_test(state, evaluation.run("test", state.best_epoch))
-                metrics["final"] = _final(cfg, state)
+                metrics["final"] = _final(cfg, state, sizes)
                 if rank == 0:
                     write_train_state(saved, state)
 
@@ -331,7 +344,7 @@ def run_worker(
     if rank == 0:
         title = f"{run_dir.name}: best validation NDCG@10 {state.best_validation:.4f} at epoch {state.best_epoch}"
         plot_curves(state.train_losses, state.history, run_dir / CURVES, title)
-    return _final(cfg, state)
+    return _final(cfg, state, sizes)
 
 
 class Evaluation:
@@ -535,9 +548,12 @@ class Budget:
         return self.state.plan.get("test_seconds", 0.0) + last.get("checkpoint_seconds", 0.0)
 
 
-def _final(cfg: TrainJobConfig, state: TrainState) -> dict:
+def _final(cfg: TrainJobConfig, state: TrainState, sizes: dict[str, int]) -> dict:
     return {
         **state.best_metrics,
+        "parameters": sizes,
+        # this worker's peak resident memory so far (Linux reports ru_maxrss in KiB)
+        "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "best_epoch": state.best_epoch,
         "epochs_trained": state.epoch,
         "steps": state.step,

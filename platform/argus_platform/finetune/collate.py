@@ -26,10 +26,10 @@ class SlateCollator:
         action_kinds: dict[str, tuple[str, int]],
         window: int,
         slate_size: int,
-        item_hashes: np.ndarray | None = None,
+        item_parts: np.ndarray | None = None,
     ) -> None:
         self.schema, self.window, self.slate_size = schema, window, slate_size
-        self.sequences = Collator(schema, action_kinds, window, item_hashes=item_hashes)
+        self.sequences = Collator(schema, action_kinds, window, item_parts=item_parts)
         self.outside_window = 0
 
     def __call__(self, table: pa.Table) -> SlateBatch:

@@ -117,8 +117,9 @@ def run_slate_worker(
     load_weights(checkpoint, sharded)
     spec = load_prepared(pretrained_run).spec
     kinds = {a.name: (a.kind, a.num_codes()) for a in spec.actions}
-    hashes = dense.item_hash_codes.cpu().numpy() if dense.item_proj is not None else None  # from the checkpoint
-    collate = SlateCollator(schema, kinds, tcfg.model.max_seq_len + 1, cfg.slate_size, item_hashes=hashes)
+    parts = dense.item_part_rows()  # multi-hash buckets or RecJPQ codes, from the checkpoint
+    parts = None if parts is None else parts.cpu().numpy()
+    collate = SlateCollator(schema, kinds, tcfg.model.max_seq_len + 1, cfg.slate_size, item_parts=parts)
     key = "pairwise_accuracy" if cfg.mode == "pairwise" else "mean_auc"
 
     def held_out() -> dict:

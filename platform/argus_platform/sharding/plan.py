@@ -26,7 +26,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from argus_models.config import ModelSchema
-from argus_models.model import ITEM, ArgusDenseArch, embedding_configs, table_name
+from argus_models.model import ITEM, ArgusDenseArch, embedding_configs, item_part_features, table_name
 from argus_models.task import ArgusTrainTask
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import ConfigError
@@ -120,7 +120,9 @@ def constraints_for(cfg: TrainJobConfig, schema: ModelSchema) -> dict[str, Param
         elif fsdp2:
             # FSDP2 owns only the dense arch, so no table may be data-parallel; the small context and
             # feedback tables go whole to one rank each.
-            item_sized = table.name == table_name(ITEM) or table.name.startswith(table_name(ITEM) + "_h")
+            item_sized = table.name == table_name(ITEM) or table.name.startswith(
+                (table_name(ITEM) + "_h", table_name(ITEM) + "_q")
+            )
             kwargs["sharding_types"] = SHARDED_TYPES if item_sized else ["table_wise"]
         if cfg.sharding.compute_kernel:
             kwargs["compute_kernels"] = [cfg.sharding.compute_kernel]
@@ -190,16 +192,17 @@ def shard(
     device: torch.device,
     task: torch.nn.Module | None = None,
     item_codes: np.ndarray | None = None,
-    item_hashes: np.ndarray | None = None,
+    item_parts: np.ndarray | None = None,
 ) -> ShardedTask:
     """Plan for the live process group and wrap in DMP (collective: every rank calls it).
     `task`: another module with the same `sparse` / `objective.dense` layout (fine-tuning);
-    `item_codes` / `item_hashes`: item-side feature codes and multi-hash bucket rows (see `build_task`)."""
-    if task is None and schema.item_hash_buckets and item_hashes is None:
-        raise ValueError("the schema has multi-hash item tables but no item hash codes were given")
+    `item_codes` / `item_parts`: item-side feature codes and multi-hash bucket rows or RecJPQ codes
+    (see `build_task`)."""
+    if task is None and item_part_features(schema) and item_parts is None:
+        raise ValueError("the schema has multi-hash or RecJPQ item tables but no item part rows were given")
     check_kernels(cfg, device.type)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=resolve_precision(cfg.optim.precision, device)[0]))
-    task = task if task is not None else build_task(cfg, schema, item_counts, device.type, item_codes, item_hashes)
+    task = task if task is not None else build_task(cfg, schema, item_counts, device.type, item_codes, item_parts)
     sharder = make_sharder(cfg)
     world = dist.get_world_size()
     local_world = int(torch.cuda.device_count()) if device.type == "cuda" else world

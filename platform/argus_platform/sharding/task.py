@@ -23,12 +23,12 @@ def build_task(
     item_counts: torch.Tensor,
     device_type: str = "cpu",
     item_codes: np.ndarray | None = None,
-    item_hashes: np.ndarray | None = None,
+    item_parts: np.ndarray | None = None,
     dense_on_meta: bool = False,
 ) -> ArgusTrainTask:
     """The unsharded task with its tables on `meta`; `device_type` is where it will run (autocast);
     `item_codes`: the catalogue's item-side feature codes when the schema has item features;
-    `item_hashes`: its multi-hash bucket rows when the schema has hash tables; `dense_on_meta`: the
+    `item_parts`: its multi-hash bucket rows or RecJPQ codes when the schema has such tables; `dense_on_meta`: the
     dense arch on `meta` too (planning: a 1B-parameter arch would take 4 GiB of host memory)."""
     cfg = replace(cfg, loss=resolve_next_item_loss(cfg.loss, schema.num_items)[0])  # auto → the catalogue's loss
     probs = item_counts.double() / item_counts.sum().clamp_min(1)
@@ -43,8 +43,11 @@ def build_task(
         if item_codes is None:
             raise ValueError("the schema has item features but no item feature codes were given")
         dense.item_tower.set_codes(torch.from_numpy(item_codes))
-    if dense.item_proj is not None and item_hashes is not None:  # (the planner's dry run needs only the tables)
-        dense.set_item_hashes(torch.from_numpy(item_hashes))
+    if item_parts is not None:  # (the planner's dry run needs only the tables)
+        if schema.recjpq_splits:
+            dense.set_recjpq_codes(torch.from_numpy(item_parts))
+        elif dense.item_proj is not None:
+            dense.set_item_hashes(torch.from_numpy(item_parts))
     objective = ArgusObjective(
         dense,
         log_q=log_q,
