@@ -82,7 +82,7 @@ def _is_negative(key: str) -> bool:
     return key == NEG_ITEM or key.startswith((NEG_ITEM + "_h", NEG_ITEM + "_q"))
 
 
-def _is_hash(key: str) -> bool:
+def _is_part(key: str) -> bool:
     """A multi-hash or RecJPQ part of an item's row (of the window's items or of NEG_ITEM)."""
     return key.startswith((ITEM + "_h", NEG_ITEM + "_h", ITEM + "_q", NEG_ITEM + "_q"))
 
@@ -179,11 +179,9 @@ class ArgusSparseArch(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
         """KJT of ids → {feature: padded [B, W, D]} (NEG_ITEM: [n, D], the ids of row 0). Each
         collection looks up its own features of the KJT."""
-        if not hasattr(self, "ec_codes"):
-            return ec_output_to_padded(self.ec(features))
-        if not hasattr(self, "ec"):
-            return ec_output_to_padded(self.ec_codes(features))
-        return ec_output_to_padded(self.ec(features), self.ec_codes(features))
+        return ec_output_to_padded(
+            *(getattr(self, name)(features) for name in ("ec", CODE_TABLES) if hasattr(self, name))
+        )
 
 
 def ec_output_to_padded(*outs: dict) -> dict[str, torch.Tensor]:
@@ -198,12 +196,12 @@ def _part_index(key: str) -> int:
 def concat_hash_rows(padded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Multi-hash: ITEM/NEG_ITEM rows become [E_item ; E_h1 ; … ] (width D·(1+K)); RecJPQ: they are
     the concatenation of the sub-item rows [E_q0 ; … ; E_q(M-1)] (width D). The part keys go."""
-    parts_keys = sorted((k for k in padded if _is_hash(k)), key=_part_index)
-    if not parts_keys:
+    part_keys = sorted((k for k in padded if _is_part(k)), key=_part_index)
+    if not part_keys:
         return padded
-    out = {k: v for k, v in padded.items() if not _is_hash(k)}
+    out = {k: v for k, v in padded.items() if not _is_part(k)}
     for base in (ITEM, NEG_ITEM):
-        parts = [padded[k] for k in parts_keys if k.rsplit("_", 1)[0] == base]
+        parts = [padded[k] for k in part_keys if k.rsplit("_", 1)[0] == base]
         if parts:
             out[base] = torch.cat(([out[base]] if base in out else []) + parts, dim=-1)
     return out
@@ -234,7 +232,7 @@ def lookup_local(tables: dict[str, torch.Tensor], features: KeyedJaggedTensor) -
     table already holds each item's whole row, so the part features in the KJT are not needed."""
     jagged = {}
     for key in features.keys():
-        if _is_hash(key):
+        if _is_part(key):
             continue
         jt = features[key]
         weight = tables[table_name(ITEM if key == NEG_ITEM else key)]
