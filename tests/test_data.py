@@ -110,6 +110,39 @@ def test_sasrec_reader_keeps_line_order(tmp_path):
     assert spec.actions == [] and df["timestamp"].tolist() == [0, 1, 2] and df["item_id"].tolist() == ["10", "11", "10"]
 
 
+def test_only_timestamps_that_are_times_give_hstu_a_time_bias(tmp_path):
+    """The line numbers of a SASRec file, or a log read without a timestamp column, only order the
+    events: HSTU then has no time-gap bias. Real timestamps (MovieLens, a mapped column) give it one,
+    unless the spec says they only order events; other encoders never have one."""
+    from argus_models.config import ModelConfig, time_buckets
+
+    (tmp_path / "seq.txt").write_text("1 10\n1 11\n")
+    (tmp_path / "u.data").write_text("1\t5\t4\t100\n")
+    pd.DataFrame({"u": ["1"], "i": ["5"], "t": [100]}).to_csv(tmp_path / "log.csv", index=False)
+    hstu = ModelConfig(encoder="hstu")
+    spec_of = {
+        "sasrec": read_sasrec(tmp_path / "seq.txt")[0],
+        "movielens": read_movielens(tmp_path / "u.data")[0],
+        "csv with time": read_events(
+            tmp_path / "log.csv", DatasetSpec(user_column="u", item_column="i", timestamp_column="t")
+        )[0],
+        "csv, order only": read_events(
+            tmp_path / "log.csv", DatasetSpec(user_column="u", item_column="i", timestamp_column="t", event_time=False)
+        )[0],
+        "csv without time": read_events(
+            tmp_path / "log.csv", DatasetSpec(user_column="u", item_column="i", timestamp_column="")
+        )[0],
+    }
+    got = {name: time_buckets(hstu, spec.event_time) for name, spec in spec_of.items()}
+    assert got == {"sasrec": 0, "movielens": 128, "csv with time": 128, "csv, order only": 0, "csv without time": 0}
+    assert (
+        time_buckets(ModelConfig(), True) == 0
+        and time_buckets(ModelConfig(encoder="hstu", hstu_time_buckets=0), True) == 0
+    )
+    with pytest.raises(ValueError, match="model.hstu_time_buckets is -1"):
+        time_buckets(ModelConfig(encoder="hstu", hstu_time_buckets=-1), True)
+
+
 def test_movielens_udata_ratings_become_actions(tmp_path):
     path = tmp_path / "u.data"
     path.write_text("1\t5\t4\t100\n1\t6\t2\t101\n2\t5\t3\t50\n")

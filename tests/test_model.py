@@ -241,9 +241,12 @@ def test_length_groups_give_the_same_states_and_gradients(positions, encoder):
         CausalEncoder(ModelConfig(**{**vars(cfg), "length_groups": 0}))
 
 
-def _hstu_reference(block, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def _hstu_reference(block, x: torch.Tensor, positions: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
     """HSTU's layer one query position, head and key at a time (the paper's equations as written):
-    a_ts = SiLU(q_t·k_s + rab(p_s − p_t)) / N for s ≤ t, out_t = x_t + W2(norm(Σ_s a_ts v_s) ⊙ u_t)."""
+    a_ts = SiLU(q_t·k_s + rab(p_s − p_t, τ_t − τ_s)) / N for s ≤ t, out_t = x_t + W2(norm(Σ_s a_ts v_s) ⊙ u_t),
+    the time part w_time[min(⌊ln(max(|τ_t − τ_s|, 1)) / 0.301⌋, buckets)]."""
+    import math
+
     import torch.nn.functional as F
 
     B, S, D = x.shape
@@ -257,6 +260,9 @@ def _hstu_reference(block, x: torch.Tensor, positions: torch.Tensor) -> torch.Te
                 c = slice(h * hd, (h + 1) * hd)
                 for s_ in range(t + 1):
                     rab = block.rel_bias[int(positions[b, s_] - positions[b, t]) + N - 1]
+                    if times is not None:
+                        gap = max(abs(int(times[b, t]) - int(times[b, s_])), 1)
+                        rab = rab + block.time_bias[min(int(math.log(gap) / 0.301), block.time_buckets)]
                     av[c] += F.silu(q[t, c] @ k[s_, c] + rab) / N * v[s_, c]
             out[b, t] = x[b, t] + block.out(block.norm_attn(av) * u[t])
     return out
@@ -279,6 +285,75 @@ def test_hstu_layer_equals_its_loop_by_loop_reference():
         assert torch.allclose(block(x, None, None), _hstu_reference(block, x, default), atol=1e-5)
         assert torch.allclose(block(x, None, gaps), _hstu_reference(block, x, gaps), atol=1e-5)
         assert not torch.allclose(block(x, None, gaps), block(x, None, None), atol=1e-3)  # the bias is read
+
+
+def test_hstu_time_gap_bias_equals_the_reference_and_is_read():
+    """With a time-gap bias (seconds apart: one second to a year, repeated and unordered times) the
+    vectorised layer equals the loop-by-loop reference; the bias changes the output; the gap buckets
+    are the paper's log buckets, clamped; a timed layer without times is an error."""
+    from argus_models.encoder import HSTUBlock, time_gap_buckets
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=1, max_seq_len=12, dropout=0.0, encoder="hstu")
+    block = HSTUBlock(cfg, cfg.max_seq_len, time_buckets=40).eval()
+    with torch.no_grad():
+        block.rel_bias.normal_()
+        block.time_bias.normal_()
+    x = torch.randn(2, 6, 8)
+    t0 = 1_700_000_000
+    times = torch.tensor([[t0, t0 + 1, t0 + 60, t0 + 3_600, t0 + 86_400, t0 + 31_536_000], [t0] * 3 + [t0 + 5] * 3])
+    positions = torch.arange(6).expand(2, 6)
+    with torch.no_grad():
+        assert torch.allclose(block(x, None, None, times), _hstu_reference(block, x, positions, times), atol=1e-5)
+        same_time = torch.full_like(times, t0)
+        assert not torch.allclose(block(x, None, None, times), block(x, None, None, same_time), atol=1e-3)
+    gaps = torch.tensor([0, 1, 2, 3, 60, 86_400, 10**12])
+    got = time_gap_buckets(torch.stack([torch.zeros_like(gaps), gaps], 1), 40)[:, 1, 0]
+    assert got.tolist() == [0, 0, 2, 3, 13, 37, 40]  # ln(2)/0.301 = 2.3, ln(86400)/0.301 = 37.8, clamped
+    with pytest.raises(ValueError, match="time-gap bias"):
+        block(x, None, None)
+
+
+def test_hstu_time_bias_through_the_encoder_length_groups_and_the_dense_arch():
+    """An HSTU encoder with a time bias: length groups give the same states as one pass (the times
+    are cut with the rows), the dense arch reads `event_times` from its inputs, a later event's time
+    changes no earlier state (causal), and inputs without times are refused by name."""
+    from argus_models.encoder import CausalEncoder
+    from argus_models.tokenization import EVENT_TIMES
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_dim=8, num_heads=2, num_layers=2, max_seq_len=8, dropout=0.0, encoder="hstu")
+    grouped = CausalEncoder(ModelConfig(**{**vars(cfg), "length_groups": 2}), time_buckets=64).eval()
+    single = CausalEncoder(cfg, time_buckets=64).eval()
+    with torch.no_grad():
+        for block in grouped.blocks:
+            block.time_bias.normal_()
+    single.load_state_dict(grouped.state_dict())
+    x, lengths = torch.randn(4, 8, 8), torch.tensor([8, 2, 5, 3])
+    times = torch.cumsum(torch.randint(1, 100_000, (4, 8)), 1)
+    valid = torch.arange(8)[None] < lengths[:, None]
+    with torch.no_grad():
+        a, b = grouped(x, lengths, times=times), single(x, lengths, times=times)
+    assert torch.allclose(a[valid], b[valid], atol=1e-5)
+    with pytest.raises(ValueError, match=r"needs the tokens' times \[4, 8\], got None"):
+        single(x, lengths)
+    with pytest.raises(ValueError, match="a time-gap bias is an HSTU encoder's"):
+        CausalEncoder(ModelConfig(embedding_dim=8, num_heads=2), time_buckets=8)
+
+    timed = ModelSchema(**{**vars(SCHEMA), "time_buckets": 64})
+    dense = ArgusDenseArch(ModelConfig(**{**vars(cfg), "length_groups": 1}), timed).eval()
+    emb = {k: torch.randn(1, 6, 8) for k in ("item", "ctx_source", "fb_like", "fb_rating")}
+    times = torch.cumsum(torch.randint(1, 100_000, (1, 6)), 1)
+    with torch.no_grad():
+        for block in dense.encoder.blocks:
+            block.time_bias.normal_()
+        a = dense({**emb, EVENT_TIMES: times}, torch.tensor([6]))["state"]
+        later = times.clone()
+        later[:, 3:] += 10**7
+        b = dense({**emb, EVENT_TIMES: later}, torch.tensor([6]))["state"]
+    assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6) and not torch.allclose(a[:, 3], b[:, 3], atol=1e-4)
+    with pytest.raises(ValueError, match="the inputs need 'event_times'"):
+        dense(emb, torch.tensor([6]))
 
 
 def test_dense_attention_in_linear_time_equals_the_quadratic_form():
@@ -426,12 +501,23 @@ def test_candidate_isolation_mask_with_two_requests_picture():
     assert torch.equal(mask, expected)
 
 
-def _three_token(dropout=0.0):
+def _three_token(dropout=0.0, encoder="transformer", time_buckets=0):
     cfg = ModelConfig(
-        embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=6, dropout=dropout, tokenization="three_token"
+        embedding_dim=16,
+        num_heads=2,
+        num_layers=2,
+        max_seq_len=6,
+        dropout=dropout,
+        tokenization="three_token",
+        encoder=encoder,
     )
     torch.manual_seed(0)
-    return ArgusDenseArch(cfg, SCHEMA).eval()
+    dense = ArgusDenseArch(cfg, ModelSchema(**{**vars(SCHEMA), "time_buckets": time_buckets})).eval()
+    if time_buckets:
+        with torch.no_grad():
+            for block in dense.encoder.blocks:
+                block.time_bias.normal_()
+    return dense
 
 
 def test_three_token_heads_read_the_right_positions():
@@ -457,9 +543,16 @@ def test_three_token_heads_read_the_right_positions():
     assert changed("fb_like", 2) == {"query": [False, False, True, True], "feedback": [False, False, True, True]}
 
 
-def test_three_token_candidate_isolation_matches_the_training_forward():
-    dense = _three_token()
+@pytest.mark.parametrize("timed", [False, True], ids=["transformer", "hstu-time-bias"])
+def test_three_token_candidate_isolation_matches_the_training_forward(timed):
+    """A candidate scored after the history equals the training forward's feedback at that event;
+    timed: an HSTU encoder with a time bias, each candidate at its event's time."""
+    from argus_models.tokenization import EVENT_TIMES
+
+    dense = _three_token(encoder="hstu", time_buckets=32) if timed else _three_token()
     emb = {k: torch.randn(2, 5, 16) for k in ("item", "ctx_source", "fb_like", "fb_rating")}
+    if timed:
+        emb[EVENT_TIMES] = torch.cumsum(torch.randint(1, 10**6, (2, 5)), 1)
     lengths = torch.tensor([5, 3])
     train = dense(emb, lengths)["feedback"]  # [B, W-1, outputs]
     cands = torch.randn(2, 4, 16)

@@ -43,18 +43,23 @@ PRESETS = {"argus-3m": 3e6, "argus-30m": 30e6, "argus-300m": 300e6, "argus-1b": 
         ModelConfig(
             embedding_dim=32, num_layers=1, num_heads=2, tokenization="three_token", positions="learned", max_seq_len=9
         ),
+        ModelConfig(embedding_dim=32, num_layers=2, num_heads=2, encoder="hstu", max_seq_len=20),
+        ModelConfig(embedding_dim=32, num_layers=2, num_heads=2, encoder="hstu", tokenization="three_token"),
+        ModelConfig(embedding_dim=32, num_layers=2, num_heads=2, encoder="dense_attention", positions="learned"),
     ],
 )
 def test_dense_parameter_count_matches_the_module(cfg, schema):
-    counted = dense_parameter_count(cfg, schema)
-    dense = ArgusDenseArch(cfg, schema)
-    assert counted["total"] == count_parameters(dense)
-    assert counted["encoder"] == count_parameters(dense.encoder)
-    assert counted["item_head"] == count_parameters(dense.item_head)
-    if schema.item_features:
-        assert counted["item_features"] == count_parameters(dense.item_tower)
-    if schema.item_hash_buckets:
-        assert counted["item_proj"] == count_parameters(dense.item_proj)
+    for time_buckets in [0, 128] if cfg.encoder == "hstu" else [0]:  # HSTU with and without its time-gap bias
+        schema = ModelSchema(**{**vars(schema), "time_buckets": time_buckets})
+        counted = dense_parameter_count(cfg, schema)
+        dense = ArgusDenseArch(cfg, schema)
+        assert counted["total"] == count_parameters(dense)
+        assert counted["encoder"] == count_parameters(dense.encoder)
+        assert counted["item_head"] == count_parameters(dense.item_head)
+        if schema.item_features:
+            assert counted["item_features"] == count_parameters(dense.item_tower)
+        if schema.item_hash_buckets:
+            assert counted["item_proj"] == count_parameters(dense.item_proj)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -136,8 +136,8 @@ def test_the_collator_needs_the_codes():
 
 def test_the_configuration_is_checked():
     assert recjpq_shape(ModelConfig(), 1000) == (0, 0)
-    assert recjpq_shape(ModelConfig(item_codes="recjpq"), 1000) == (8, 256)
-    assert recjpq_shape(ModelConfig(item_codes="recjpq"), 100) == (8, 100)  # no more rows than items
+    assert recjpq_shape(ModelConfig(item_codes="recjpq"), 10_000) == (16, 1024)
+    assert recjpq_shape(ModelConfig(item_codes="recjpq"), 100) == (16, 100)  # no more rows than items
     with pytest.raises(ValueError, match="multiple of model.recjpq_splits"):
         recjpq_shape(ModelConfig(item_codes="recjpq", embedding_dim=60), 1000)
     with pytest.raises(ValueError, match="pick one"):
@@ -157,10 +157,10 @@ def test_a_10m_item_catalogue_plans_on_one_gpu_only_with_recjpq():
     assert not plans["ids"].fits and any("insufficient storage" in r for r in plans["ids"].reasons)
     jpq = plans["recjpq"]
     assert jpq.fits, jpq.reasons
-    assert jpq.schema.recjpq_splits == 8 and jpq.schema.recjpq_sub_items == 256
+    assert jpq.schema.recjpq_splits == 16 and jpq.schema.recjpq_sub_items == 1024
     tables = jpq.plan.plan["sparse.ec_codes"]
-    assert sorted(tables) == [f"t_item_q{m}" for m in range(8)]
+    assert sorted(tables) == sorted(f"t_item_q{m}" for m in range(16))
     sizes = embedding_parameter_count(jpq.schema, 256)
-    assert sizes["item_q0"] == 257 * 32 and "item" not in sizes
-    assert plans["ids"].embedding_params["item"] / sum(sizes[f"item_q{m}"] for m in range(8)) > 10_000
-    assert jpq.memory.dense_weights >= 10_000_001 * 8 * 8  # the item → code map is on the GPU too
+    assert sizes["item_q0"] == 1025 * 16 and "item" not in sizes
+    assert plans["ids"].embedding_params["item"] / sum(sizes[f"item_q{m}"] for m in range(16)) > 1_000
+    assert jpq.memory.dense_weights >= 10_000_001 * 16 * 8  # the item → code map is on the GPU too

@@ -20,12 +20,14 @@ def _events(items, start=0):
         np.asarray(items, dtype=np.int64),
         {"device": (np.arange(n) + start) % 3},
         {"like": np.arange(n) % 2, "played_ratio": (np.arange(n) * 3) % 10},
+        times=1_733_450_000 + 60 * (np.arange(n) + start),
     )
 
 
 def _same(a: Events, b: Events) -> bool:
     return (
         np.array_equal(a.items, b.items)
+        and np.array_equal(a.times, b.times)
         and all(np.array_equal(a.contexts[c], b.contexts[c]) for c in a.contexts)
         and all(np.array_equal(a.feedback[k], b.feedback[k]) for k in a.feedback)
     )
@@ -43,6 +45,9 @@ def test_packed_events_round_trip_with_and_without_hash_rows():
     ev.hashes[2] = [7, 11]
     back = hashed.unpack(hashed.pack(ev))
     assert _same(back, ev) and np.array_equal(back.hashes, ev.hashes)
+    ev.times = np.array([0, 1, 2**31, 2**40, 4_102_444_800])  # int64 seconds: past 2038 and 2100
+    assert np.array_equal(hashed.unpack(hashed.pack(ev)).times, ev.times)
+    assert hashed.tag != LAYOUT.tag  # events packed another way live under other keys
 
 
 def test_seed_once_then_capped_atomic_appends_and_idempotent_retries(redis_server):

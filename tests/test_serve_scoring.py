@@ -28,6 +28,7 @@ from argus_models.inference import (
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ITEM_IDS, ArgusDenseArch, ctx_feature, embedding_configs, fb_feature, table_name
 from argus_models.rundir import checkpoints, torchrun_checkpoint_name, wait_for_run
+from argus_models.tokenization import EVENT_TIMES
 from argus_serve.artifacts import ArtifactError, resolve_checkpoint
 from argus_serve.scoring import diversify, item_groups
 from argus_serve.weights import WeightsError, load_weights_file, resolve_weights, write_weights_file
@@ -48,14 +49,23 @@ ITEM_FEATURES = [ItemFeature("genre", num_values=6, slots=3), ItemFeature("year"
         "one_token+item_features+multi_hash",
         "three_token+multi_hash",
         "one_token+item_features+recjpq",
+        "one_token+hstu_time",
+        "three_token+hstu_time",
     ],
 )
 def sm(request) -> InferenceModel:
     torch.manual_seed(0)
     tokenization, *extras = request.param.split("+")
     side, hashed, jpq = "item_features" in extras, "multi_hash" in extras, "recjpq" in extras
+    timed = "hstu_time" in extras  # HSTU with its time-gap bias: the events' times are read
     cfg = ModelConfig(
-        embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8, dropout=0.0, tokenization=tokenization
+        embedding_dim=16,
+        num_layers=2,
+        num_heads=2,
+        max_seq_len=8,
+        dropout=0.0,
+        tokenization=tokenization,
+        encoder="hstu" if timed else "transformer",
     )
     schema = ModelSchema(
         num_items=50,
@@ -65,8 +75,13 @@ def sm(request) -> InferenceModel:
         item_hash_buckets=[13, 11] if hashed else [],
         recjpq_splits=4 if jpq else 0,
         recjpq_sub_items=7 if jpq else 0,
+        time_buckets=64 if timed else 0,
     )
     dense = ArgusDenseArch(cfg, schema).eval()
+    if timed:
+        with torch.no_grad():
+            for block in dense.encoder.blocks:
+                block.time_bias.normal_()
     if jpq:  # 4 splits of 7 sub-items, 4 dims each: rows 1..7 per split
         dense.set_recjpq_codes(torch.cat([torch.zeros(1, 4), torch.randint(1, 8, (50, 4))]).long())
     if side:  # random genres (0 = none) and years per item
@@ -85,17 +100,25 @@ def _events(rng: np.random.Generator, n: int) -> Events:
         rng.integers(1, 51, n),
         {"source": rng.integers(1, 4, n)},
         {"like": rng.integers(0, 2, n), "watched": rng.integers(0, 10, n), "stars": rng.integers(0, 5, n)},
+        times=1_700_000_000 + np.cumsum(rng.integers(1, 10**6, n)),
     )
+
+
+def _next_time(h: Events) -> int:
+    """When the request after history `h` comes: a day after its last event."""
+    return int(h.times[-1]) + 86_400
 
 
 def _reference(sm: InferenceModel, h: Events, next_ctx: int, candidate: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The training forward on one window [history (last max_seq_len) ; (candidate, next_ctx)]:
     query and feedback logits at the position that predicts the appended event."""
+    at = _next_time(h)
     h = h.tail(sm.config.max_seq_len)
     ids = {ITEM: np.append(h.items, candidate), ctx_feature("source"): np.append(h.contexts["source"], next_ctx)}
     ids |= {fb_feature(a.name): np.append(h.feedback[a.name], 0) for a in ACTIONS}
     emb = {k: F.embedding(torch.from_numpy(v)[None], sm.tables[table_name(k)]) for k, v in ids.items()}
     emb[ITEM_IDS] = torch.from_numpy(ids[ITEM])[None]
+    emb[EVENT_TIMES] = torch.from_numpy(np.append(h.times, at))[None]  # read by a timed model only
     with torch.no_grad():
         out = sm.dense(emb, torch.tensor([len(h) + 1]))
     return out["query"][0, -1], out["feedback"][0, -1]
@@ -105,9 +128,10 @@ def test_encode_next_and_ranking_match_the_training_forward(sm):
     rng = np.random.default_rng(1)
     hist = [_events(rng, n) for n in (1, 3, 8, 20)]  # 20 > max_seq_len: the tail is read
     ctx = [{"source": 2}, {"source": 1}, {"source": 3}, {"source": 0}]
-    head_in, query = encode_next(sm, hist, ctx)
+    at = [_next_time(h) for h in hist]
+    head_in, query = encode_next(sm, hist, ctx, at)
     cands = torch.tensor([[5, 9], [1, 50], [7, 7], [33, 2]])
-    probs = action_probabilities(sm, head_in, cands, hist, ctx)
+    probs = action_probabilities(sm, head_in, cands, hist, ctx, at)
     for b, h in enumerate(hist):
         for j in range(2):
             ref_q, ref_fb = _reference(sm, h, ctx[b]["source"], int(cands[b, j]))
@@ -116,20 +140,25 @@ def test_encode_next_and_ranking_match_the_training_forward(sm):
             for a in ACTIONS:
                 ref_p = feedback_probability(a, logits[a.name])
                 torch.testing.assert_close(probs[a.name][b, j], ref_p, atol=1e-5, rtol=1e-5)
+    if sm.schema.time_buckets:  # a history without times cannot be read by a model with a time bias
+        untimed = Events(hist[1].items, hist[1].contexts, hist[1].feedback)
+        with pytest.raises(ValueError, match="history 1 has no event times"):
+            encode_next(sm, [hist[0], untimed], ctx[:2])
 
 
 def test_a_candidates_score_does_not_depend_on_the_other_candidates(sm):
     rng = np.random.default_rng(2)
     hist = [_events(rng, 6), _events(rng, 2)]
     ctx = [{"source": 1}, {"source": 2}]
-    head_in, _ = encode_next(sm, hist, ctx)
-    full = action_probabilities(sm, head_in[:1], torch.tensor([[4, 8, 15, 16, 23, 42]]), hist[:1], ctx[:1])
-    alone = action_probabilities(sm, head_in[:1], torch.tensor([[15]]), hist[:1], ctx[:1])
+    at = [_next_time(h) for h in hist]
+    head_in, _ = encode_next(sm, hist, ctx, at)
+    full = action_probabilities(sm, head_in[:1], torch.tensor([[4, 8, 15, 16, 23, 42]]), hist[:1], ctx[:1], at[:1])
+    alone = action_probabilities(sm, head_in[:1], torch.tensor([[15]]), hist[:1], ctx[:1], at[:1])
     shuffled = action_probabilities(
-        sm, head_in[:1], torch.tensor([[42, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9]]), hist[:1], ctx[:1]
+        sm, head_in[:1], torch.tensor([[42, 15, 1, 2, 3, 4, 5, 6, 7, 8, 9]]), hist[:1], ctx[:1], at[:1]
     )
-    head_in_b, _ = encode_next(sm, hist[:1], ctx[:1])  # without the other request in the batch
-    solo = action_probabilities(sm, head_in_b, torch.tensor([[15, 42]]), hist[:1], ctx[:1])
+    head_in_b, _ = encode_next(sm, hist[:1], ctx[:1], at[:1])  # without the other request in the batch
+    solo = action_probabilities(sm, head_in_b, torch.tensor([[15, 42]]), hist[:1], ctx[:1], at[:1])
     for a in ("like", "watched", "stars"):
         torch.testing.assert_close(full[a][0, 2], alone[a][0, 0], atol=1e-6, rtol=0)
         torch.testing.assert_close(full[a][0, 2], shuffled[a][0, 1], atol=1e-6, rtol=0)

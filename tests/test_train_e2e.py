@@ -290,6 +290,58 @@ def test_recjpq_item_codes_train_checkpoint_and_reload(ray_local, tmp_path, caps
     assert np.array_equal(again, codes)  # the same codes from the same training split
 
 
+def test_hstu_time_gap_bias_trains_reloads_and_reads_request_times(ray_local, tmp_path, capsys):
+    """MovieLens-100K (timestamps in seconds) with `model.encoder=hstu`: the schema has the time-gap
+    bias, the one-process model reproduces the job's test metrics (the collator hands it the event
+    times), and Serve's request reader gives each history event its time and refuses a request
+    history without timestamps with the field named."""
+    import numpy as np
+    import torch
+    from conftest import shared_file
+
+    from argus_models.checkpoint import load_inference_model
+    from argus_models.inference import encode_next
+    from argus_serve.api import RecommendRequest
+    from argus_serve.ingress import BadRequest, Limits, RequestReader
+
+    run_dir = tmp_path / "ml100k-hstu"
+    args = [
+        "data.source=movielens",
+        f"data.path={shared_file('ml-100k/u.data')}",
+        "model.encoder=hstu",
+        "model.embedding_dim=16",
+        "model.num_layers=1",
+        "model.max_seq_len=20",
+        "optim.batch_size=64",
+        "optim.epochs=1",
+        "optim.log_every_steps=0",
+        "scaling.local_num_cpus=4",
+        f"run.dir={run_dir}",
+    ]
+    assert _main([f"--set={kv}" for kv in args]) == 0
+    capsys.readouterr()
+    final = json.loads((run_dir / "metrics.json").read_text())
+    ckpt = resolve_checkpoint(str(run_dir))
+    model = load_inference_model(ckpt)
+    assert model.schema.time_buckets == 128 and model.dense.encoder.blocks[0].time_bias.abs().sum() > 0  # trained
+    _assert_checkpoint_reproduces(ckpt, run_dir, "test", final["test"])
+
+    reader = RequestReader(ckpt, Limits())
+    raw_items = [str(x) for x in reader.vocab.items[:3]]
+    timed = [{"item_id": i, "timestamp": 881_250_949 + 3_600 * k} for k, i in enumerate(raw_items)]
+    prepared = reader.prepare(RecommendRequest(history=timed, k=5), from_store=False)
+    assert prepared.events.times.tolist() == [881_250_949, 881_254_549, 881_258_149]
+    head_in, query = encode_next(model, [prepared.events], [prepared.next_context])
+    assert torch.isfinite(query).all()
+    later = [{**e, "timestamp": e["timestamp"] + 10**7 * k} for k, e in enumerate(timed)]
+    moved = reader.prepare(RecommendRequest(history=later, k=5), from_store=False)
+    assert not torch.allclose(encode_next(model, [moved.events], [moved.next_context])[1], query)  # times are read
+    with pytest.raises(BadRequest, match=r"history\[1\]: no timestamp; this model's HSTU encoder"):
+        reader.prepare(RecommendRequest(history=[timed[0], {"item_id": raw_items[1]}], k=5), from_store=False)
+    stored = reader.store.get(str(reader.vocab.users[0]))
+    assert stored.times is not None and np.all(np.diff(stored.times) >= 0)  # the run's histories keep their times
+
+
 # What "the same result" means for the tiny config: 3 uninterrupted runs of it (2026-12-07) spread
 # over these ranges (the wider of validation and test; test NDCG@10 0.0973-0.1141) — Ray Data's
 # streaming split hands rows to the two workers in whatever order they ask, so batches differ from

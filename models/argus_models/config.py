@@ -47,9 +47,17 @@ class ModelConfig:
         default="transformer",
         metadata={
             "help": "transformer: pre-norm softmax attention + SwiGLU blocks; hstu: HSTU layers (Zhai et al. "
-            "2024: SiLU pointwise attention over max_seq_len, a learned relative-position bias, U-gating, no FFN); "
+            "2024: SiLU pointwise attention over max_seq_len, a learned bias per relative position and per "
+            "log-bucketed time gap, U-gating, no FFN); "
             "dense_attention: DenseAttention blocks (Argatkin: no softmax, keys = values = the max-normed input, "
             "causal in O(N) by chunks); rope is not used by the last two, learned positions are"
+        },
+    )
+    hstu_time_buckets: int = field(
+        default=128,
+        metadata={
+            "help": "hstu: buckets of the time-gap bias, floor(ln(gap seconds) / 0.301) clamped to this (the "
+            "paper's); used when the data's timestamps are times (data.spec.event_time), 0 = position bias only"
         },
     )
     tokenization: Literal["one_token", "three_token"] = field(
@@ -95,10 +103,10 @@ class ModelConfig:
         },
     )
     recjpq_splits: int = field(
-        default=8, metadata={"help": "recjpq: sub-item tables per item (each embedding_dim / splits wide)"}
+        default=16, metadata={"help": "recjpq: sub-item tables per item (each embedding_dim / splits wide)"}
     )
     recjpq_sub_items: int = field(
-        default=256, metadata={"help": "recjpq: rows of each sub-item table (at most the catalogue size)"}
+        default=1024, metadata={"help": "recjpq: rows of each sub-item table (at most the catalogue size)"}
     )
     normalize_embeddings: bool = field(
         default=False, metadata={"help": "L2-normalise query and item vectors (then tune loss.temperature)"}
@@ -145,6 +153,8 @@ class ModelSchema:
     # RecJPQ: sub-item tables per item and rows of each (padding excluded); 0 = one row per item
     recjpq_splits: int = 0
     recjpq_sub_items: int = 0
+    # HSTU time-gap bias buckets; 0 = none (another encoder, or timestamps that only order events)
+    time_buckets: int = 0
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -160,6 +170,7 @@ class ModelSchema:
             item_hash_buckets=list(raw.get("item_hash_buckets", [])),
             recjpq_splits=int(raw.get("recjpq_splits", 0)),
             recjpq_sub_items=int(raw.get("recjpq_sub_items", 0)),
+            time_buckets=int(raw.get("time_buckets", 0)),
         )
 
 
@@ -176,6 +187,14 @@ def multi_hash_buckets(cfg: ModelConfig) -> list[int]:
             f"model.multi_hash_tables is {cfg.multi_hash_tables}; multi-hash embeddings need at least 1 table"
         )
     return [cfg.multi_hash_buckets] * cfg.multi_hash_tables
+
+
+def time_buckets(cfg: ModelConfig, event_time: bool) -> int:
+    """Buckets of HSTU's time-gap bias for `cfg` on data whose timestamps are (`event_time`) or are
+    not times in seconds; 0 = no time bias."""
+    if cfg.hstu_time_buckets < 0:
+        raise ValueError(f"model.hstu_time_buckets is {cfg.hstu_time_buckets}; use 0 (off) or the number of buckets")
+    return cfg.hstu_time_buckets if cfg.encoder == "hstu" and event_time else 0
 
 
 def recjpq_shape(cfg: ModelConfig, num_items: int) -> tuple[int, int]:

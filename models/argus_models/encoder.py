@@ -138,16 +138,21 @@ class HSTUBlock(nn.Module):
     """One HSTU layer (Zhai et al., "Actions Speak Louder than Words", ICML 2024, eqs. 1-3):
 
         U, V, Q, K = split(SiLU(W1 · norm(x)))
-        A·V        = SiLU(Q Kᵀ + rab) V / N        (causal; rab: a learned bias per relative position)
+        A·V        = SiLU(Q Kᵀ + rab) V / N        (causal)
         y          = x + W2 · dropout(norm(A·V) ⊙ U)
+
+    rab(t, s) = w_pos[s - t] + w_time[bucket(τ_t - τ_s)]: a learned bias per relative position and,
+    when the model is built with `time_buckets`, per time gap between the two tokens' events,
+    bucket(g) = floor(ln(max(|g|, 1)) / 0.301) clamped to `time_buckets` (the paper's bucketing). The
+    paper's query time is the *next* event's; here it is the query token's own event, so a user's
+    state does not depend on when it is read (Serve computes it off the request path).
 
     Pointwise attention: no softmax, so a key's weight does not shrink as more keys are seen and the
     intensity of engagement is kept. N is the encoder's length (`max_seq_len`), a constant: the
     output at a position never depends on how many events follow it or how far a row is padded
-    (length groups stay exact). The paper's bias also buckets time gaps; this encoder is given no
-    timestamps, so only the relative-position part is learned. No FFN: U-gating takes its place."""
+    (length groups stay exact). No FFN: U-gating takes its place."""
 
-    def __init__(self, cfg: ModelConfig, max_tokens: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_tokens: int, time_buckets: int = 0) -> None:
         super().__init__()
         if cfg.embedding_dim % cfg.num_heads:
             raise ValueError(
@@ -158,13 +163,22 @@ class HSTUBlock(nn.Module):
         self.norm_in = RMSNorm(D)
         self.uvqk = nn.Linear(D, 4 * D, bias=False)
         self.rel_bias = nn.Parameter(torch.zeros(2 * max_tokens - 1))  # index (s - t) + max_tokens - 1
+        self.time_buckets = time_buckets
+        self.time_bias = nn.Parameter(torch.zeros(time_buckets + 1)) if time_buckets else None
         self.norm_attn = RMSNorm(D)
         self.out = nn.Linear(D, D, bias=False)
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x: [B, S, D]; mask: bool [B or 1, 1, S, S] (True = may attend) or None for causal;
-        positions: the tokens' position ids, [S] or per row [B, S] (None: 0..S-1)."""
+        positions: the tokens' position ids, [S] or per row [B, S] (None: 0..S-1); times: [B, S]
+        the time (seconds) of each token's event, required when the block has a time bias."""
         B, S, D = x.shape
         H = self.num_heads
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
@@ -172,11 +186,22 @@ class HSTUBlock(nn.Module):
         index = torch.arange(S, device=x.device)
         p = index if positions is None else positions
         bias = self.rel_bias[p[..., None, :] - p[..., :, None] + self.max_tokens - 1]  # [(B,) S(t), S(s)]
+        if self.time_bias is not None:
+            if times is None:
+                raise ValueError("this HSTU layer has a time-gap bias: pass the events' times")
+            bias = bias + self.time_bias[time_gap_buckets(times, self.time_buckets)]  # [B, S, S]
         weights = F.silu(q @ k.transpose(-1, -2) + (bias if bias.dim() == 2 else bias[:, None])) / self.max_tokens
         allowed = (index[None, :] <= index[:, None]) if mask is None else mask
         weights = weights.masked_fill(~allowed, 0.0)
         av = (weights @ v).transpose(1, 2).reshape(B, S, D)
         return x + self.out(self.drop(self.norm_attn(av) * u))
+
+
+def time_gap_buckets(times: torch.Tensor, buckets: int) -> torch.Tensor:
+    """[..., S, S] bucket of the gap between the times [..., S] of query t (rows) and key s (columns):
+    floor(ln(max(|τ_t - τ_s|, 1)) / 0.301) clamped to [0, buckets] (HSTU's log bucketing)."""
+    gap = (times[..., :, None] - times[..., None, :]).abs().clamp_min(1).to(torch.float32)
+    return (gap.log() / 0.301).long().clamp(0, buckets)
 
 
 def max_norm(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -256,15 +281,18 @@ def causal_padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
 class CausalEncoder(nn.Module):
     """Token vectors [B, S, D] + lengths [B] → contextual states [B, S, D]."""
 
-    def __init__(self, cfg: ModelConfig, max_tokens: int | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, max_tokens: int | None = None, time_buckets: int = 0) -> None:
         super().__init__()
         if cfg.length_groups < 1:
             raise ValueError(f"model.length_groups is {cfg.length_groups}; use 1 (off) or more groups")
+        if time_buckets and cfg.encoder != "hstu":
+            raise ValueError(f"a time-gap bias is an HSTU encoder's; model.encoder is {cfg.encoder}")
         self.cfg = cfg
         self.max_tokens = max_tokens or cfg.max_seq_len
+        self.timed = bool(time_buckets)
         make = {
             "transformer": lambda: Block(cfg),
-            "hstu": lambda: HSTUBlock(cfg, self.max_tokens),
+            "hstu": lambda: HSTUBlock(cfg, self.max_tokens, time_buckets),
             "dense_attention": lambda: DenseAttentionBlock(cfg),
         }[cfg.encoder]
         self.blocks = nn.ModuleList(make() for _ in range(cfg.num_layers))
@@ -295,10 +323,17 @@ class CausalEncoder(nn.Module):
         lengths: torch.Tensor,
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, S, D] right-padded; lengths: [B]; mask: optional bool [B or 1, 1, S, S] replacing
-        the causal one; positions: optional [B, S] position ids (default 0..S-1). Returns [B, S, D]."""
+        the causal one; positions: optional [B, S] position ids (default 0..S-1); times: [B, S] each
+        token's event time in seconds, required by (and only read by) an encoder with a time bias.
+        Returns [B, S, D]."""
         B, S, D = x.shape
+        if self.timed and (times is None or times.shape != (B, S)):
+            got = None if times is None else tuple(times.shape)
+            raise ValueError(f"this HSTU encoder has a time-gap bias: it needs the tokens' times [{B}, {S}], got {got}")
+        times = times if self.timed else None
         last = S - 1 if positions is None else int(positions.max())
         if last >= self.max_tokens:
             raise ValueError(
@@ -324,17 +359,19 @@ class CausalEncoder(nn.Module):
             out = []
             for rows, width in groups:
                 cut = None if rope is None else rope[:width]
-                out.append(F.pad(self._run(x[rows, :width], None, cut), (0, 0, 0, S - width)))
+                t = None if times is None else times[rows, :width]
+                out.append(F.pad(self._run(x[rows, :width], None, cut, t), (0, 0, 0, S - width)))
             return torch.cat(out)[torch.argsort(torch.cat([rows for rows, _ in groups]))]
-        return self._run(x, mask, rope)
+        return self._run(x, mask, rope, times)
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor | None, rope) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | None, rope, times: torch.Tensor | None) -> torch.Tensor:
         x = self.drop(x)
         recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
+        args = (mask, rope) if times is None else (mask, rope, times)
         for block in self.blocks:
             # Checkpointing keeps only each block's input and recomputes the block in backward
             # (dropout masks are replayed from the saved RNG state).
-            x = checkpoint(block, x, mask, rope, use_reentrant=False) if recompute else block(x, mask, rope)
+            x = checkpoint(block, x, *args, use_reentrant=False) if recompute else block(x, *args)
         return self.norm(x)
 
 

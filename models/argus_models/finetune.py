@@ -27,6 +27,7 @@ from torchrec.streamable import Pipelineable
 from argus_models.losses import feedback_loss
 from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
 from argus_models.task import DEFAULT_ACTION_WEIGHT
+from argus_models.tokenization import EVENT_TIMES
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SlateBatch(Pipelineable):
     req_row [R]: window row of each request; req_pos [R]: index in the window of the event the
         slate was shown before (≥ 1: at least one history event)
     slate [R, K] item ids (0 = no item); clicked [R, K] 0/1; labels [R, K, A] action targets
+    times [B, W]: the windows' event times, only for a model that reads them (HSTU's time bias)
     """
 
     sparse_features: KeyedJaggedTensor
@@ -48,16 +50,18 @@ class SlateBatch(Pipelineable):
     slate: torch.Tensor
     clicked: torch.Tensor
     labels: torch.Tensor
+    times: torch.Tensor | None = None
 
     def _map(self, fn) -> "SlateBatch":
-        return SlateBatch(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+        return SlateBatch(**{f.name: None if (v := getattr(self, f.name)) is None else fn(v) for f in fields(self)})
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "SlateBatch":
         return self._map(lambda t: t.to(device=device, non_blocking=non_blocking))
 
     def record_stream(self, stream: torch.Stream) -> None:
         for f in fields(self):
-            getattr(self, f.name).record_stream(stream)
+            if getattr(self, f.name) is not None:
+                getattr(self, f.name).record_stream(stream)
 
     def pin_memory(self) -> "SlateBatch":
         return self._map(lambda t: t.pin_memory())
@@ -103,6 +107,8 @@ class SlateObjective(nn.Module):
     def slate_outputs(self, emb: dict[str, torch.Tensor], batch: SlateBatch) -> torch.Tensor:
         """pairwise: scores [R, K]; ranker: feedback logits [R, K, Σ outputs]."""
         R, K = batch.slate.shape
+        if batch.times is not None:
+            emb = {**emb, EVENT_TIMES: batch.times}  # an HSTU encoder with a time-gap bias reads them
         slate_vec = self.dense.item_vectors(emb[NEG_ITEM], batch.slate.reshape(-1)).view(R, K, -1)
         if self.mode == "ranker" and self.dense.tokens.in_context:
             return self._isolated_slates(emb, batch, slate_vec)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from argus_models.checkpoint import InferenceModel
 from argus_models.losses import feedback_probability
 from argus_models.model import ITEM, ITEM_IDS, ctx_feature, fb_feature, hash_feature, table_name
+from argus_models.tokenization import EVENT_TIMES
 from argus_models.weights import ENGAGE, SHARPNESS
 
 log = logging.getLogger(__name__)
@@ -39,32 +40,34 @@ class Events:
     feedback: {action: [L] feedback-token codes}
     hashes:   [L, K] multi-hash bucket rows (`hashing.hash_buckets` of the raw id) of the events
               whose item is outside the vocabulary, 0 elsewhere; None when every item is known
+    times:    [L] event times in seconds; None when unknown (only an HSTU encoder with a time-gap
+              bias reads them, and it needs them)
     """
 
     items: np.ndarray
     contexts: dict[str, np.ndarray]
     feedback: dict[str, np.ndarray]
     hashes: np.ndarray | None = None
+    times: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def tail(self, n: int) -> "Events":
+    def _rows(self, rows: slice) -> "Events":
         return Events(
-            self.items[-n:],
-            {k: v[-n:] for k, v in self.contexts.items()},
-            {k: v[-n:] for k, v in self.feedback.items()},
-            None if self.hashes is None else self.hashes[-n:],
+            self.items[rows],
+            {k: v[rows] for k, v in self.contexts.items()},
+            {k: v[rows] for k, v in self.feedback.items()},
+            None if self.hashes is None else self.hashes[rows],
+            None if self.times is None else self.times[rows],
         )
+
+    def tail(self, n: int) -> "Events":
+        return self._rows(slice(len(self) - min(n, len(self)), None))
 
     def head(self, n: int) -> "Events":
         """The first n events."""
-        return Events(
-            self.items[:n],
-            {k: v[:n] for k, v in self.contexts.items()},
-            {k: v[:n] for k, v in self.feedback.items()},
-            None if self.hashes is None else self.hashes[:n],
-        )
+        return self._rows(slice(None, n))
 
     def concat(self, other: "Events") -> "Events":
         hashes = None
@@ -78,6 +81,7 @@ class Events:
             {k: np.concatenate([v, other.contexts[k]]) for k, v in self.contexts.items()},
             {k: np.concatenate([v, other.feedback[k]]) for k, v in self.feedback.items()},
             hashes,
+            None if self.times is None or other.times is None else np.concatenate([self.times, other.times]),
         )
 
 
@@ -95,10 +99,15 @@ def hashed_item_rows(model: InferenceModel, codes: np.ndarray) -> torch.Tensor:
 
 
 def next_event_inputs(
-    model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]
+    model: InferenceModel,
+    histories: list[Events],
+    next_contexts: list[dict[str, int]],
+    next_times: list[float] | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Padded windows: each row's (last max_seq_len) history plus one next event whose item is
-    unknown (padding id 0) and whose context is the request's. Returns ({feature: [B, W, D]}, lengths [B])."""
+    unknown (padding id 0) and whose context is the request's; for a model that reads event times,
+    each history's times and the next event's (`next_times`, default: now). Returns
+    ({feature: [B, W, D]}, lengths [B])."""
     schema, tables = model.schema, model.tables
     hist = [h.tail(model.config.max_seq_len) for h in histories]
     lengths = np.array([len(h) + 1 for h in hist], dtype=np.int64)
@@ -120,15 +129,38 @@ def next_event_inputs(
         if len(cold):
             emb[ITEM][b, cold] = hashed_item_rows(model, h.hashes[cold]).to(emb[ITEM].dtype)
     emb[ITEM_IDS] = torch.from_numpy(ids[ITEM])
+    if schema.time_buckets:
+        emb[EVENT_TIMES] = torch.from_numpy(window_times(hist, W, next_times))
     return emb, torch.from_numpy(lengths)
+
+
+def window_times(hist: list[Events], width: int, next_times: list[float] | None) -> np.ndarray:
+    """[B, width] each history's event times, then its next event's (`next_times`, default now)."""
+    missing = [b for b, h in enumerate(hist) if h.times is None and len(h)]
+    if missing:
+        raise ValueError(
+            f"history {missing[0]} has no event times: this model's HSTU encoder has a time-gap bias and "
+            "needs each event's timestamp"
+        )
+    now = time.time()
+    times = np.zeros((len(hist), width), dtype=np.int64)
+    for b, h in enumerate(hist):
+        if len(h):
+            times[b, : len(h)] = h.times
+        times[b, len(h)] = int(now if next_times is None else next_times[b])
+    return times
 
 
 @torch.no_grad()
 def encode_next(
-    model: InferenceModel, histories: list[Events], next_contexts: list[dict[str, int]]
+    model: InferenceModel,
+    histories: list[Events],
+    next_contexts: list[dict[str, int]],
+    next_times: list[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Heads' input [B, H] and next-item query [B, D] for the event after each history."""
-    emb, lengths = next_event_inputs(model, histories, next_contexts)
+    """Heads' input [B, H] and next-item query [B, D] for the event after each history (at
+    `next_times`, default now: read only by a model with a time-gap bias and a three-token layout)."""
+    emb, lengths = next_event_inputs(model, histories, next_contexts, next_times)
     _, head_in = model.dense.encode(emb, lengths)  # [B, W-1, H]
     head_in = head_in[torch.arange(len(lengths)), lengths - 2]  # the position that predicts event L
     return head_in, model.dense.query(head_in)
@@ -325,6 +357,7 @@ def action_probabilities(
     candidates: torch.Tensor,
     histories: list[Events] | None = None,
     next_contexts: list[dict[str, int]] | None = None,
+    next_times: list[float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """head_in [B, H], candidates [B, K] item indices → {action: P(a) [B, K]}.
 
@@ -332,10 +365,10 @@ def action_probabilities(
     one_token models run each (request, candidate) pair as its own row through the feedback MLP;
     three_token models append the candidates' item tokens after the history and the next
     context, each attending to the history and itself only (candidate isolation), which needs
-    the `histories` and `next_contexts` that `head_in` came from."""
+    the `histories` and `next_contexts` (and, with a time-gap bias, `next_times`) that `head_in` came from."""
     if not model.schema.actions:
         return {}
-    return _score_candidates(model, head_in, candidates, histories, next_contexts, with_features=False)[0]
+    return _score_candidates(model, head_in, candidates, histories, next_contexts, next_times, with_features=False)[0]
 
 
 def action_features(
@@ -344,22 +377,23 @@ def action_features(
     candidates: torch.Tensor,
     histories: list[Events] | None = None,
     next_contexts: list[dict[str, int]] | None = None,
+    next_times: list[float] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """`action_probabilities` and the feedback head's last hidden layer [B, K, F] it read them
     from: the features of a linear payoff model on top of the network (neural-linear bandits)."""
     if not model.schema.actions:
         raise ValueError("the schema has no actions, so the model has no feedback head to read features from")
-    return _score_candidates(model, head_in, candidates, histories, next_contexts, with_features=True)
+    return _score_candidates(model, head_in, candidates, histories, next_contexts, next_times, with_features=True)
 
 
 @torch.no_grad()
-def _score_candidates(model, head_in, candidates, histories, next_contexts, with_features: bool):
+def _score_candidates(model, head_in, candidates, histories, next_contexts, next_times, with_features: bool):
     dense = model.dense
     items = dense.item_repr(F.embedding(candidates, model.tables[table_name(ITEM)]), candidates)  # [B, K, D]
     if dense.tokens.in_context:
         if histories is None or next_contexts is None:
             raise ValueError("three_token models score candidates in context: pass the histories and next contexts")
-        emb, lengths = next_event_inputs(model, histories, next_contexts)
+        emb, lengths = next_event_inputs(model, histories, next_contexts, next_times)
         inputs = {"emb": emb, "lengths": lengths}
     else:
         inputs = {"head_in": head_in}

@@ -14,10 +14,23 @@ def ffn_hidden(cfg: ModelConfig) -> int:
     return int(cfg.ffn_multiplier * cfg.embedding_dim * 2 / 3)
 
 
-def block_parameter_count(cfg: ModelConfig) -> int:
-    """One transformer block: 2 RMSNorm weights, qkv + out (no bias), SwiGLU (no bias)."""
+def block_parameter_count(cfg: ModelConfig, max_tokens: int | None = None, time_buckets: int = 0) -> int:
+    """One block of `cfg.encoder`. transformer: 2 RMSNorm weights, qkv + out, SwiGLU (no biases);
+    hstu: 2 RMSNorm weights, UVQK + out, the relative-position bias over `max_tokens` and the
+    time-gap bias; dense_attention: the query projection and the two FFN matrices."""
     D, F = cfg.embedding_dim, ffn_hidden(cfg)
+    if cfg.encoder == "hstu":
+        return 2 * D + 5 * D * D + 2 * (max_tokens or cfg.max_seq_len) - 1 + (time_buckets + 1 if time_buckets else 0)
+    if cfg.encoder == "dense_attention":
+        return D * D + 2 * D * int(cfg.ffn_multiplier * D)
     return 2 * D + 4 * D * D + 3 * D * F
+
+
+def max_encoder_tokens(cfg: ModelConfig, schema: ModelSchema) -> int:
+    """The encoder's length: max_seq_len events, as tokens (three_token: 2-3 per event and one more event)."""
+    if cfg.tokenization == "three_token":
+        return (2 + bool(schema.actions)) * (cfg.max_seq_len + 1)
+    return cfg.max_seq_len
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> int:
@@ -29,18 +42,17 @@ def dense_parameter_count(cfg: ModelConfig, schema: ModelSchema) -> dict[str, in
     D = cfg.embedding_dim
     has_ctx, has_fb = int(bool(schema.contexts)), int(bool(schema.actions))
     outputs = sum(a.num_outputs for a in schema.actions)
+    max_tokens = max_encoder_tokens(cfg, schema)
     if cfg.tokenization == "three_token":
         k = 2 + has_fb
-        max_tokens = k * (cfg.max_seq_len + 1)
         tokens = k * D + (D * D + D) * (has_ctx + has_fb)  # type vectors, context and feedback projections
         head_width, fb_width = D, D
     else:
-        max_tokens = cfg.max_seq_len
         tokens = D * (1 + has_ctx + has_fb) * D + D
         head_width, fb_width = D * (1 + has_ctx), D * (2 + has_ctx)
     parts = {
         "token_proj": tokens,
-        "encoder": cfg.num_layers * block_parameter_count(cfg)
+        "encoder": cfg.num_layers * block_parameter_count(cfg, max_tokens, schema.time_buckets)
         + D
         + (max_tokens * D if cfg.positions == "learned" else 0),
         "item_head": _mlp(head_width, 2 * D, D),

@@ -13,6 +13,7 @@ from torchrec.streamable import Pipelineable
 from argus_models.losses import chunked_full_softmax_loss, feedback_loss, sampled_softmax_loss
 from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch, ArgusSparseArch
 from argus_models.rows import pad_rows
+from argus_models.tokenization import EVENT_TIMES
 
 DEFAULT_ACTION_WEIGHT = 1.0  # λ_a of an action loss.action_weights leaves out
 
@@ -27,6 +28,7 @@ class SequenceBatch(Pipelineable):
     lengths:  [B]     events in each window
     actions:  [B, W, A] action targets per event (binary 0/1, ratio in [0,1], graded level index)
     neg_ids:  [n]     the NEG_ITEM ids, in order
+    times:    [B, W]  event times in seconds (0 = padding), only for a model whose encoder reads them
     """
 
     sparse_features: KeyedJaggedTensor
@@ -34,29 +36,38 @@ class SequenceBatch(Pipelineable):
     lengths: torch.Tensor
     actions: torch.Tensor
     neg_ids: torch.Tensor
+    times: torch.Tensor | None = None
+
+    def _map(self, kjt: KeyedJaggedTensor, fn) -> "SequenceBatch":
+        return SequenceBatch(
+            sparse_features=kjt,
+            items=fn(self.items),
+            lengths=fn(self.lengths),
+            actions=fn(self.actions),
+            neg_ids=fn(self.neg_ids),
+            times=None if self.times is None else fn(self.times),
+        )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "SequenceBatch":
-        return SequenceBatch(
-            sparse_features=self.sparse_features.to(device=device, non_blocking=non_blocking),
-            items=self.items.to(device=device, non_blocking=non_blocking),
-            lengths=self.lengths.to(device=device, non_blocking=non_blocking),
-            actions=self.actions.to(device=device, non_blocking=non_blocking),
-            neg_ids=self.neg_ids.to(device=device, non_blocking=non_blocking),
+        return self._map(
+            self.sparse_features.to(device=device, non_blocking=non_blocking),
+            lambda t: t.to(device=device, non_blocking=non_blocking),
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
         self.sparse_features.record_stream(stream)
-        for t in (self.items, self.lengths, self.actions, self.neg_ids):
-            t.record_stream(stream)
+        for t in (self.items, self.lengths, self.actions, self.neg_ids, self.times):
+            if t is not None:
+                t.record_stream(stream)
 
     def pin_memory(self) -> "SequenceBatch":
-        return SequenceBatch(
-            sparse_features=self.sparse_features.pin_memory(),
-            items=self.items.pin_memory(),
-            lengths=self.lengths.pin_memory(),
-            actions=self.actions.pin_memory(),
-            neg_ids=self.neg_ids.pin_memory(),
-        )
+        return self._map(self.sparse_features.pin_memory(), lambda t: t.pin_memory())
+
+    def dense_inputs(self, emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The looked-up rows as the dense arch reads them: with the item ids (the item tower adds
+        side features by id) and, where the batch has them, the event times (HSTU's time bias)."""
+        extra = {ITEM_IDS: self.items} | ({} if self.times is None else {EVENT_TIMES: self.times})
+        return {**emb, **extra}
 
 
 class ArgusObjective(nn.Module):
@@ -99,7 +110,7 @@ class ArgusObjective(nn.Module):
         self, emb: dict[str, torch.Tensor], batch: SequenceBatch
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Set here, not in the task: TrainPipelineSparseDist FX-traces the task, whose `emb` is a Proxy.
-        emb = {**emb, ITEM_IDS: batch.items}  # the item tower adds side features by id
+        emb = batch.dense_inputs(emb)
         W = batch.items.shape[1]
         valid = torch.arange(W - 1, device=batch.lengths.device)[None, :] < (batch.lengths - 1)[:, None]  # [B, W-1]
         out = self.dense(emb, batch.lengths, valid)  # the heads' outputs at the N valid positions

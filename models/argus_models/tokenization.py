@@ -25,6 +25,21 @@ from argus_models.encoder import CausalEncoder, Dropout
 from argus_models.rows import pad_rows
 
 Emb = dict[str, torch.Tensor]
+# not a table feature: the padded [B, W] event times (seconds) beside the looked-up rows, for an
+# HSTU encoder with a time-gap bias (`ModelSchema.time_buckets`)
+EVENT_TIMES = "event_times"
+
+
+def event_times(arch: nn.Module, emb: Emb) -> torch.Tensor | None:
+    """The window's event times [B, W] when the encoder reads them (None otherwise)."""
+    if not arch.schema.time_buckets:
+        return None
+    if EVENT_TIMES not in emb:
+        raise ValueError(
+            f"the model's HSTU encoder has a time-gap bias: the inputs need {EVENT_TIMES!r} (each event's "
+            "timestamp in seconds) beside the looked-up rows"
+        )
+    return emb[EVENT_TIMES]
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -39,7 +54,7 @@ class OneToken:
     def build(self, arch: nn.Module, cfg: ModelConfig, outputs: int) -> None:
         D = cfg.embedding_dim
         arch.token_proj = nn.Linear(D * (1 + arch.has_ctx + arch.has_fb), D)
-        arch.encoder = CausalEncoder(cfg)
+        arch.encoder = CausalEncoder(cfg, time_buckets=arch.schema.time_buckets)
         arch.item_head = mlp(D * (1 + arch.has_ctx), 2 * D, D, cfg.dropout)
         arch.feedback_head = mlp(D * (2 + arch.has_ctx), 2 * D, outputs, cfg.dropout) if arch.has_fb else None
 
@@ -50,7 +65,8 @@ class OneToken:
         if arch.has_fb:
             parts.append(arch.feedback(emb))
         tokens = arch.token_proj(torch.cat(parts, dim=-1))[:, :-1]  # [B, W-1, D]
-        state = arch.encoder(tokens, (lengths - 1).clamp_min(1))
+        times = event_times(arch, emb)
+        state = arch.encoder(tokens, (lengths - 1).clamp_min(1), times=None if times is None else times[:, :-1])
         head_in = torch.cat([state, ctx[:, 1:]], dim=-1) if ctx is not None else state
         return state, head_in
 
@@ -86,7 +102,9 @@ class ThreeToken:
         arch.token_type = nn.Parameter(torch.randn(self.tokens_per_event, D) * 0.02)  # rows: c, i, f
         arch.ctx_proj = nn.Linear(D, D) if arch.has_ctx else None
         arch.fb_proj = nn.Linear(D, D) if arch.has_fb else None
-        arch.encoder = CausalEncoder(cfg, max_tokens=self.tokens_per_event * (cfg.max_seq_len + 1))
+        arch.encoder = CausalEncoder(
+            cfg, max_tokens=self.tokens_per_event * (cfg.max_seq_len + 1), time_buckets=arch.schema.time_buckets
+        )
         arch.item_head = mlp(D, 2 * D, D, cfg.dropout)
         arch.feedback_head = mlp(D, 2 * D, outputs, cfg.dropout) if arch.has_fb else None
 
@@ -105,7 +123,9 @@ class ThreeToken:
         """Encoder states [B, W, k, D], token j of event t at position k·t + j."""
         tokens = self.event_tokens(arch, emb, items)
         B, W, k, D = tokens.shape
-        return arch.encoder(tokens.reshape(B, W * k, D), lengths * k).view(B, W, k, D)
+        times = event_times(arch, emb)
+        times = None if times is None else times.repeat_interleave(k, dim=1)  # each token at its event's time
+        return arch.encoder(tokens.reshape(B, W * k, D), lengths * k, times=times).view(B, W, k, D)
 
     def encode(self, arch, emb: Emb, lengths: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """States [B, W-1, D] at the context token c_{t+1}, which is also the heads' input."""
@@ -145,7 +165,10 @@ class ThreeToken:
         x = torch.cat([tokens.reshape(B, W * k, D)[:, :S], candidates + arch.token_type[1]], dim=1)  # [B, S + M, D]
         positions = torch.cat([torch.arange(S, device=x.device).expand(B, -1), prefix], dim=1)
         mask = candidate_isolation_mask(torch.minimum(lengths * k, torch.full_like(lengths, S)), prefix, S)
-        states = arch.encoder(x, lengths, mask=mask, positions=positions)
+        times = event_times(arch, emb)
+        if times is not None:  # a candidate's item token is at its event's time
+            times = torch.cat([times.repeat_interleave(k, dim=1)[:, :S], times.gather(1, events)], dim=1)
+        states = arch.encoder(x, lengths, mask=mask, positions=positions, times=times)
         return states[:, S:]
 
 

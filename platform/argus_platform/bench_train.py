@@ -99,7 +99,10 @@ def measure(
         else torch.randint(1, schema.num_items + 1, (n_neg,), device=device)
     )
     actions = torch.zeros(B, W, len(schema.actions), device=device)
-    batch = SequenceBatch(None, items, lengths, actions, neg_ids)
+    times = None
+    if schema.time_buckets:  # HSTU's time-gap bias: events up to an hour apart
+        times = torch.cumsum(torch.randint(1, 3_600, (B, W), device=device), 1)
+    batch = SequenceBatch(None, items, lengths, actions, neg_ids, times)
     codes = {k: torch.randint(0, t.shape[0], (B, W), device=device) for k, t in tables.items() if k != ITEM}
 
     def step() -> None:

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torchrec import KeyedJaggedTensor
 
-from argus_models.model import ITEM_IDS, NEG_ITEM, ArgusDenseArch
+from argus_models.model import NEG_ITEM, ArgusDenseArch
 
 TOP = 10  # the top-k kept per user for catalogue coverage@10
 
@@ -270,8 +270,3 @@ class PopularityRanker:
         blocked[r[near], p[near]] = True
         first = np.argsort(blocked, axis=1, kind="stable")[:, : min(TOP, width)]
         return (pos_t - above).astype(np.float64), self.order[first]
-
-
-def query_inputs(emb: dict[str, torch.Tensor], items: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The looked-up rows as the dense arch reads them (the item tower adds side features by id)."""
-    return {**emb, ITEM_IDS: items}

@@ -10,7 +10,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from argus_models.config import ModelSchema
-from argus_models.contract import ITEM_COL, act_col, ctx_col, list_values, target_code
+from argus_models.contract import ITEM_COL, TIME_COL, act_col, ctx_col, list_values, target_code
 from argus_models.model import (
     ITEM,
     ctx_feature,
@@ -136,6 +136,10 @@ class Collator:
             per_feature[fb_feature(head.name)] = self._codes(head.name, targets)
         items = np.zeros((B, W), dtype=np.int64)
         items[rows, cols] = per_feature[ITEM]
+        times = None
+        if self.schema.time_buckets:  # an HSTU encoder with a time-gap bias reads them
+            times = np.zeros((B, W), dtype=np.int64)
+            times[rows, cols] = list_values(batch.column(TIME_COL))[0][idx]
         if item_ids is not None:
             neg = np.asarray(item_ids, dtype=np.int64)
         elif self.negatives == "uniform":
@@ -161,6 +165,7 @@ class Collator:
             lengths=torch.from_numpy(lengths.astype(np.int64)),
             actions=torch.from_numpy(actions),
             neg_ids=torch.from_numpy(neg.astype(np.int64)),
+            times=None if times is None else torch.from_numpy(times),
         )
 
     def id_features(self, ids: np.ndarray) -> KeyedJaggedTensor:

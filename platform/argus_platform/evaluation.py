@@ -33,7 +33,6 @@ from argus_platform.catalogue_ranking import (
     catalogue_shard,
     gather_queries,
     model_ranks,
-    query_inputs,
 )
 from argus_platform.collate import Collator, history_items
 from argus_platform.config import EvalConfig
@@ -167,7 +166,7 @@ def evaluate(
             last = batch.lengths - 2  # last history position; it predicts event lengths-1
             wanted = torch.zeros(B, batch.items.shape[1] - 1, dtype=torch.bool, device=device)
             wanted[rows, last] = True  # the heads run on these positions only: outputs are [B, ...]
-            out = dense(query_inputs(lookup(batch.sparse_features), batch.items), batch.lengths, wanted)
+            out = dense(batch.dense_inputs(lookup(batch.sparse_features)), batch.lengths, wanted)
             targets = batch.items[rows, batch.lengths - 1]
             if bool((targets < 1).any()):
                 raise ValueError("an evaluation row ends in the padding item 0; prepared splits hold real items only")

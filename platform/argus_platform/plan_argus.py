@@ -17,13 +17,14 @@ from torchrec.distributed.planner.storage_reservations import FixedPercentageSto
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.types import ShardingPlan
 
-from argus_models.config import ModelSchema, multi_hash_buckets, recjpq_shape
+from argus_models.config import ModelSchema, multi_hash_buckets, recjpq_shape, time_buckets
 from argus_models.model import embedding_configs, item_part_features
 from argus_models.sizing import (
     activation_bytes_per_token,
     block_parameter_count,
     dense_parameter_count,
     embedding_parameter_count,
+    max_encoder_tokens,
 )
 from argus_platform.config import TrainJobConfig, resolve_next_item_loss
 from argus_platform.data.synthetic import synthetic_spec
@@ -97,6 +98,7 @@ def planning_schema(cfg: TrainJobConfig, num_items: int, context_rows: int = 100
         actions=[a.head() for a in spec.actions],
         item_hash_buckets=multi_hash_buckets(cfg.model),
         **dict(zip(("recjpq_splits", "recjpq_sub_items"), recjpq_shape(cfg.model, num_items))),
+        time_buckets=time_buckets(cfg.model, spec.event_time),
     )
 
 
@@ -109,7 +111,8 @@ def _dense_memory(cfg: TrainJobConfig, schema: ModelSchema, world: int, strategy
     # FSDP2: each rank holds 1/world of weights, gradients and moments, plus two unsharded blocks
     # (the one computing and the one being prefetched).
     shard = -(-total // world)
-    return 4 * shard + 2 * 4 * block_parameter_count(cfg.model) + item_map, 4 * shard, 8 * shard
+    block = block_parameter_count(cfg.model, max_encoder_tokens(cfg.model, schema), schema.time_buckets)
+    return 4 * shard + 2 * 4 * block + item_map, 4 * shard, 8 * shard
 
 
 def activation_bytes(cfg: TrainJobConfig, schema: ModelSchema) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import ray
 import yaml
 
-from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets, recjpq_shape
+from argus_models.config import ModelConfig, ModelSchema, multi_hash_buckets, recjpq_shape, time_buckets
 from argus_models.rundir import CHECKPOINT_GLOB, new_run_dir
 from argus_platform.config import TrainJobConfig
 from argus_platform.configlib import to_dict
@@ -36,6 +36,7 @@ def model_schema(prepared: PreparedRun, model: ModelConfig) -> ModelSchema:
         item_features=prepared.item_features.features if prepared.item_features else [],
         item_hash_buckets=multi_hash_buckets(model),
         **dict(zip(("recjpq_splits", "recjpq_sub_items"), recjpq_shape(model, prepared.vocab.num_items))),
+        time_buckets=time_buckets(model, prepared.spec.event_time),
     )
 
 

@@ -24,6 +24,12 @@ class HistoryEvent(BaseModel):
         default_factory=dict, description="feedback of the event; missing actions count as 0"
     )
     context: dict[str, ContextValue] = Field(default_factory=dict, description="context values of the event")
+    timestamp: float | None = Field(
+        None,
+        ge=0,
+        description="event time (seconds since 1970); a model with HSTU's time-gap bias needs it in `history` "
+        "(POST /v1/events: default the time it arrives); events are kept in the order sent",
+    )
 
 
 class RecommendRequest(BaseModel):
@@ -88,7 +94,7 @@ class RecommendResponse(BaseModel):
 
 
 class IngestEvent(HistoryEvent):
-    """An event to store: `history`'s fields (item_id, actions, context) and whose it is."""
+    """An event to store: `history`'s fields (item_id, actions, context, timestamp) and whose it is."""
 
     event_id: RawId | None = Field(
         None,
@@ -96,9 +102,6 @@ class IngestEvent(HistoryEvent):
         "(default: derived from the event's fields, so a retried POST of the same event is a duplicate)",
     )
     user_id: RawId = Field(description="raw user id; a user outside the training run starts with an empty history")
-    timestamp: float | None = Field(
-        None, ge=0, description="event time (seconds); events are appended in the order sent"
-    )
 
 
 class EventsRequest(BaseModel):

@@ -1,10 +1,11 @@
 """Users' histories in Redis: what `POST /v1/events` appends to and `POST /v1/recommend` reads.
 
-Keys, under `<prefix>:<vocabulary version>:` (a new vocabulary starts a new namespace):
+Keys, under `<prefix>:<vocabulary version>:<layout tag>:` (a new vocabulary, or a model whose
+events pack differently, starts a new namespace):
 
     h:<user>    LIST of events, oldest first, capped at `cap` (the model's window). An event is one
                 packed little-endian int32 row: item index, context indices, feedback codes, the
-                multi-hash rows of an item outside the vocabulary (`Layout`).
+                multi-hash rows of an item outside the vocabulary, the event time (`Layout`).
     ids:<user>  ZSET of the user's recent event ids (score: arrival order), so a retried POST is
                 not counted twice; trimmed to `keep_ids` ids.
     seeded      the training run's histories are in (JSON: users, events, seconds); until then
@@ -21,6 +22,7 @@ that do not exist yet, so an interrupted load resumes without duplicating anyone
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -36,6 +38,8 @@ from redis.retry import Retry
 from argus_models.inference import Events
 
 log = logging.getLogger("ray.serve")
+
+ROW_FORMAT = 2  # 2: the event time after the hash rows
 
 # KEYS: history list, id set, touched stream. ARGV: cap, keep_ids, user, then (event id, packed
 # event) pairs. Returns {appended, duplicates, history length, sequence number of the last event}.
@@ -93,7 +97,8 @@ class StoreUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Columns of a packed event: the item, one per context, one per action, one per hash table."""
+    """Columns of a packed event: the item, one per context, one per action, one per hash table,
+    then the event time in seconds (an int64 as two int32 words; 0 = unknown)."""
 
     contexts: tuple[str, ...]
     actions: tuple[str, ...]
@@ -101,7 +106,13 @@ class Layout:
 
     @property
     def width(self) -> int:
-        return 1 + len(self.contexts) + len(self.actions) + self.hash_tables
+        return 1 + len(self.contexts) + len(self.actions) + self.hash_tables + 2
+
+    @property
+    def tag(self) -> str:
+        """Names this packing in the store's keys, so events packed another way are never misread."""
+        body = json.dumps([ROW_FORMAT, self.contexts, self.actions, self.hash_tables])
+        return "r" + hashlib.sha1(body.encode()).hexdigest()[:8]
 
     def pack(self, events: Events) -> list[bytes]:
         """One bytes value per event."""
@@ -116,19 +127,24 @@ class Layout:
             rows[:, col] = events.feedback[a]
             col += 1
         if self.hash_tables and events.hashes is not None:
-            rows[:, col:] = events.hashes
+            rows[:, col : col + self.hash_tables] = events.hashes
+        if events.times is not None:
+            rows[:, -2:] = np.asarray(events.times, dtype="<i8").view("<i4").reshape(n, 2)
         return [r.tobytes() for r in rows]
 
     def unpack(self, values: list[bytes]) -> Events:
-        rows = np.frombuffer(b"".join(values), dtype="<i4").reshape(-1, self.width).astype(np.int64)
+        raw = np.frombuffer(b"".join(values), dtype="<i4").reshape(-1, self.width)
+        rows = raw.astype(np.int64)
         col = 1 + len(self.contexts)
         contexts = {c: rows[:, 1 + i] for i, c in enumerate(self.contexts)}
         feedback = {a: rows[:, col + i] for i, a in enumerate(self.actions)}
         hashes = None
         if self.hash_tables:
-            h = rows[:, col + len(self.actions) :]
+            start = col + len(self.actions)
+            h = rows[:, start : start + self.hash_tables]
             hashes = h if h.any() else None
-        return Events(rows[:, 0], contexts, feedback, hashes)
+        times = np.ascontiguousarray(raw[:, -2:]).view("<i8").reshape(-1).astype(np.int64)
+        return Events(rows[:, 0], contexts, feedback, hashes, times)
 
 
 @dataclass
@@ -181,7 +197,7 @@ class EventStore:
             raise ValueError(f"history cap must be at least 1 event, got {cap}")
         self.url, self.layout, self.cap = url, layout, cap
         self.keep_ids = keep_ids or max(4 * cap, 1000)
-        self.ns = f"{prefix}:{namespace}"
+        self.ns = f"{prefix}:{namespace}:{layout.tag}"
         options = dict(
             socket_timeout=2.0,
             socket_connect_timeout=1.0,

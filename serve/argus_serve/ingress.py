@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,7 +166,9 @@ class RequestReader:
         self.actions = read_actions(checkpoint)
         self.item_ids = SortedIds(self.vocab.items)  # raw item id -> position; the item index is position + 1
         # multi-hash models embed history items outside the vocabulary from their hash rows
-        self.hash_buckets = list(ModelSchema.load(checkpoint / "schema.json").item_hash_buckets)
+        schema = ModelSchema.load(checkpoint / "schema.json")
+        self.hash_buckets = list(schema.item_hash_buckets)
+        self.timed = bool(schema.time_buckets)  # HSTU's time-gap bias reads each event's time
         self.context_index = {
             c: {v: i + 1 for i, v in enumerate(vals.tolist())} for c, vals in self.vocab.contexts.items()
         }
@@ -189,14 +192,24 @@ class RequestReader:
             out[c] = idx or 0
         return out
 
-    def _encode(self, evs: list, where: str, warnings: dict[str, list[str]]) -> tuple[Events, list[int], list[int]]:
-        """Events (HistoryEvent or IngestEvent: item_id, actions, context) in model indices: the
-        encoded events, the positions in `evs` they came from, and the positions of items outside
-        the vocabulary that no hash table can embed (left out). Bad actions or context columns
-        raise BadRequest with the field named."""
+    def _encode(
+        self, evs: list, where: str, warnings: dict[str, list[str]], arrived: float | None = None
+    ) -> tuple[Events, list[int], list[int]]:
+        """Events (HistoryEvent or IngestEvent: item_id, actions, context, timestamp) in model
+        indices: the encoded events, the positions in `evs` they came from, and the positions of
+        items outside the vocabulary that no hash table can embed (left out). An event without a
+        timestamp is at `arrived`; without that either, a model that reads event times refuses it.
+        Bad actions, context columns or missing times raise BadRequest with the field named."""
         names = {a.name: a for a in self.actions}
         keep, ctx, fb, cold, unknown, kept = [], {c: [] for c in self.context_index}, {a: [] for a in names}, {}, [], []
+        times = []
         for i, ev in enumerate(evs):
+            at = ev.timestamp if ev.timestamp is not None else arrived
+            if at is None and self.timed:
+                raise BadRequest(
+                    f"{where}[{i}]: no timestamp; this model's HSTU encoder has a time-gap bias and reads each "
+                    "event's time (seconds since 1970)"
+                )
             bad = sorted(set(ev.actions) - set(names))
             if bad:
                 raise BadRequest(f"{where}[{i}]: unknown action(s) {bad}; the model's actions are {sorted(names)}")
@@ -217,6 +230,7 @@ class RequestReader:
                 item = 0
             keep.append(item)
             kept.append(i)
+            times.append(int(at or 0))
             for c, v in self._context(ev.context, f"{where}[{i}].context", warnings).items():
                 ctx[c].append(v)
             for c in self.context_index:
@@ -231,7 +245,11 @@ class RequestReader:
             hashes = np.zeros((len(keep), len(self.hash_buckets)), dtype=np.int64)
             hashes[list(cold)] = hash_buckets(list(cold.values()), self.hash_buckets)
         events = Events(
-            as_arr(keep), {c: as_arr(v) for c, v in ctx.items()}, {a: as_arr(v) for a, v in fb.items()}, hashes
+            as_arr(keep),
+            {c: as_arr(v) for c, v in ctx.items()},
+            {a: as_arr(v) for a, v in fb.items()},
+            hashes,
+            as_arr(times),
         )
         return events, kept, unknown
 
@@ -253,7 +271,7 @@ class RequestReader:
                 f"{len(req.events)} events in one request; at most {self.limits.max_history_events} are accepted"
             )
         warnings: dict[str, list[str]] = {}
-        events, kept, unknown = self._encode(req.events, "events", warnings)
+        events, kept, unknown = self._encode(req.events, "events", warnings, arrived=time.time())
         ids = [ev.event_id or event_id(ev) for ev in req.events]
         per_user: dict[str, list[tuple[str, bytes]]] = {}
         for row, i in zip(layout.pack(events), kept):

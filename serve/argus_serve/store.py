@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
+from argus_models.contract import ITEM_COL, TIME_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
 from argus_models.inference import Events, write_atomically
 from argus_serve.artifacts import ActionInfo, ArtifactError, serving_dir
 
@@ -144,7 +144,7 @@ class UserStore:
         self._ids = ids
         self.contexts, self.actions = contexts, actions
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()  # zero-copy views of the mapping
-        wanted = [ITEM_COL] + [ctx_col(c) for c in contexts] + [act_col(a.name) for a in actions]
+        wanted = [ITEM_COL, TIME_COL] + [ctx_col(c) for c in contexts] + [act_col(a.name) for a in actions]
         missing = [c for c in wanted if c not in table.column_names]
         if missing:
             raise ArtifactError(f"{path} lacks the column(s) {missing} the model needs; delete it to rebuild")
@@ -187,6 +187,7 @@ class UserStore:
             items=self._get(ITEM_COL, row).astype(np.int64),
             contexts={c: self._get(ctx_col(c), row).astype(np.int64) for c in self.contexts},
             feedback={a.name: target_code(a.kind, a.num_codes, self._get(act_col(a.name), row)) for a in self.actions},
+            times=self._get(TIME_COL, row).astype(np.int64),
         )
 
     def stats(self) -> dict:

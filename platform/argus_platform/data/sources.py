@@ -146,7 +146,7 @@ def read_sasrec(path: str | Path) -> tuple[DatasetSpec, Iterator[pd.DataFrame]]:
                 offset += len(df)
                 yield df
 
-    return DatasetSpec(), _with_row(chunks(), p)
+    return DatasetSpec(event_time=False), _with_row(chunks(), p)
 
 
 def _movielens_levels(ratings: str) -> list[float]:

@@ -60,7 +60,9 @@ class DatasetSpec:
 
     user_column: str = USER
     item_column: str = ITEM
-    timestamp_column: str = TIME
+    timestamp_column: str = TIME  # "" = none: the row order within the file orders each user's events
+    # the timestamps are times in seconds (HSTU's time-gap bias reads them), not only an order
+    event_time: bool = True
     context_columns: list[str] = field(default_factory=list)
     actions: list[ActionSpec] = field(default_factory=list)
 
@@ -75,6 +77,7 @@ class DatasetSpec:
     def canonical(self) -> "DatasetSpec":
         """The spec of the canonical log: fixed id/time names, actions under their own names."""
         return DatasetSpec(
+            event_time=self.event_time and bool(self.timestamp_column),
             context_columns=list(self.context_columns),
             actions=[
                 ActionSpec(name=a.name, kind=a.kind, levels=list(a.levels), buckets=a.buckets) for a in self.actions

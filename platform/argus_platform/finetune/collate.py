@@ -73,6 +73,7 @@ class SlateCollator:
             slate=torch.from_numpy(slate),
             clicked=torch.from_numpy(clicked),
             labels=torch.from_numpy(labels),
+            times=seq.times,
         )
 
 

@@ -32,7 +32,7 @@ import ray
 import torch
 
 from argus_models.checkpoint import load_inference_model
-from argus_models.contract import ITEM_COL, USER_IDX, act_col, ctx_col, target_code
+from argus_models.contract import ITEM_COL, TIME_COL, USER_IDX, act_col, ctx_col, target_code
 from argus_models.inference import Events, ExactIndex, action_probabilities, encode_next, item_vectors
 from argus_models.rundir import absolute
 from argus_platform.data.prepare import PreparedRun
@@ -121,18 +121,19 @@ class CandidateSet:
             return cls(z["items"], z["target"], pick("prob"), pick("obs"), oracle or None, **optional), meta
 
 
-def _next_event(r: dict, end: int, actions: list[dict], contexts: list[str]) -> tuple[Events, dict, int, dict]:
-    """A sequence row cut at event `end`: the history before it, its context (known when ranking),
-    its item and its actions' values (graded: the level)."""
+def _next_event(r: dict, end: int, actions: list[dict], contexts: list[str]) -> tuple[Events, dict, int, dict, int]:
+    """A sequence row cut at event `end`: the history before it (with its times), its context
+    (known when ranking), its item, its actions' values (graded: the level) and its time."""
     items = np.asarray(r[ITEM_COL][: end + 1], dtype=np.int64)
+    times = np.asarray(r[TIME_COL][: end + 1], dtype=np.int64)
     ctx = {c: np.asarray(r[ctx_col(c)][: end + 1], dtype=np.int64) for c in contexts}
     feedback, values = {}, {}
     for a in actions:
         vals = np.asarray(r[act_col(a["name"])][: end + 1], dtype=np.float32)
         feedback[a["name"]] = target_code(a["kind"], a["num_codes"], vals[:-1])
         values[a["name"]] = _natural(a, vals[-1:])[0]
-    hist = Events(items[:-1], {c: v[:-1] for c, v in ctx.items()}, feedback)
-    return hist, {c: int(v[-1]) for c, v in ctx.items()}, int(items[-1]), values
+    hist = Events(items[:-1], {c: v[:-1] for c, v in ctx.items()}, feedback, times=times[:-1])
+    return hist, {c: int(v[-1]) for c, v in ctx.items()}, int(items[-1]), values, int(times[-1])
 
 
 def _natural(action: dict, values: np.ndarray) -> np.ndarray:
@@ -168,8 +169,8 @@ class _Scorer:
             events = [_next_event(r, len(r[ITEM_COL]) - 1, self.actions, self.contexts) for r in rows]
         else:  # one request per held-out event: the row's last
             events = [_next_event(r, int(r[REQ_POS][-1]), self.actions, self.contexts) for r in rows]
-        hist, ctx = [e[0] for e in events], [e[1] for e in events]
-        head_in, query = encode_next(self.model, hist, ctx)
+        hist, ctx, at = [e[0] for e in events], [e[1] for e in events], [e[4] for e in events]
+        head_in, query = encode_next(self.model, hist, ctx, at)
         if self.source == "retrieval":
             targets = np.asarray([e[2] for e in events])
             ids, _ = self.index.search(query, self.width, [np.unique(h.items) for h in hist])
@@ -193,7 +194,7 @@ class _Scorer:
                 for a in self.actions:
                     values = _natural(a, np.asarray(r[req_act(a["name"])][-1], dtype=np.float32)[: self.width])
                     observed[a["name"]][i, : len(shown)] = values
-        probs = action_probabilities(self.model, head_in, torch.from_numpy(ids), hist, ctx)
+        probs = action_probabilities(self.model, head_in, torch.from_numpy(ids), hist, ctx, at)
         out = {"items": ids, "target": target, SPLIT_COL: np.asarray([r[SPLIT_COL] for r in rows], dtype=np.int8)}
         out["retrieval"] = torch.einsum("rd,rcd->rc", query, self.vectors[torch.from_numpy(ids)]).numpy()
         for a in self.actions:
