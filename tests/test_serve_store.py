@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from argus_models.contract import ITEM_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
+from argus_models.contract import ITEM_COL, TIME_COL, USER_IDX, Vocabulary, act_col, ctx_col, target_code
 from argus_serve.artifacts import ActionInfo, ArtifactError
 from argus_serve.store import STORE_FILE, SortedIds, UserStore
 
@@ -28,6 +28,7 @@ def _write_run(run_dir, num_users=50, without=(3, 17), seed=0):
         n = int(rng.integers(3, 12))
         full[u] = {
             ITEM_COL: rng.integers(1, 41, n),
+            TIME_COL: 1_700_000_000 + np.cumsum(rng.integers(0, 10**5, n)),
             ctx_col("device"): rng.integers(0, 3, n),
             act_col("like"): rng.integers(0, 2, n).astype(np.float32),
             act_col("played_ratio"): rng.random(n).astype(np.float32),
@@ -48,6 +49,7 @@ def test_store_returns_each_users_longest_row_and_nothing_for_others(tmp_path):
     for u, seq in full.items():
         ev = store.get(vocab.users[u])
         np.testing.assert_array_equal(ev.items, seq[ITEM_COL])
+        np.testing.assert_array_equal(ev.times, seq[TIME_COL])  # HSTU's time-gap bias reads them
         np.testing.assert_array_equal(ev.contexts["device"], seq[ctx_col("device")])
         np.testing.assert_array_equal(ev.feedback["like"], target_code("binary", 2, seq[act_col("like")]))
         np.testing.assert_array_equal(
