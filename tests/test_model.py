@@ -304,9 +304,10 @@ def test_hstu_time_gap_bias_equals_the_reference_and_is_read():
     times = torch.tensor([[t0, t0 + 1, t0 + 60, t0 + 3_600, t0 + 86_400, t0 + 31_536_000], [t0] * 3 + [t0 + 5] * 3])
     positions = torch.arange(6).expand(2, 6)
     with torch.no_grad():
-        assert torch.allclose(block(x, None, None, times), _hstu_reference(block, x, positions, times), atol=1e-5)
-        same_time = torch.full_like(times, t0)
-        assert not torch.allclose(block(x, None, None, times), block(x, None, None, same_time), atol=1e-3)
+        gaps = time_gap_buckets(times, 40)
+        assert torch.allclose(block(x, None, None, gaps), _hstu_reference(block, x, positions, times), atol=1e-5)
+        same_time = time_gap_buckets(torch.full_like(times, t0), 40)
+        assert not torch.allclose(block(x, None, None, gaps), block(x, None, None, same_time), atol=1e-3)
     gaps = torch.tensor([0, 1, 2, 3, 60, 86_400, 10**12])
     got = time_gap_buckets(torch.stack([torch.zeros_like(gaps), gaps], 1), 40)[:, 1, 0]
     assert got.tolist() == [0, 0, 2, 3, 13, 37, 40]  # ln(2)/0.301 = 2.3, ln(86400)/0.301 = 37.8, clamped

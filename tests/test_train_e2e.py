@@ -236,35 +236,39 @@ def test_item_features_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
     _assert_checkpoint_reproduces(ckpt, run_dir, "validation", state.history[-1]["validation"])
 
 
-def test_recjpq_item_codes_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
-    """MovieLens-100K with RecJPQ item codes: the driver assigns the codes once, the checkpoint
-    carries them, and the one-process model (item rows rebuilt from the sub-item tables) reproduces
-    the test metrics the job reported."""
-    import numpy as np
-    import pyarrow.parquet as pq
+def _train_ml100k(run_dir, *options: str) -> int:
+    """One epoch of a small model on MovieLens-100K's u.data with `options` (key=value) on top."""
     from conftest import shared_file
 
-    from argus_models.checkpoint import load_inference_model
-    from argus_models.recjpq import assign_codes
-    from argus_platform.item_parts import RECJPQ_CODES
-
-    run_dir = tmp_path / "ml100k-jpq"
     args = [
         "data.source=movielens",
         f"data.path={shared_file('ml-100k/u.data')}",
         "model.embedding_dim=16",
         "model.num_layers=1",
         "model.max_seq_len=20",
-        "model.item_codes=recjpq",
-        "model.recjpq_splits=4",
-        "model.recjpq_sub_items=64",
+        *options,
         "optim.batch_size=64",
         "optim.epochs=1",
         "optim.log_every_steps=0",
         "scaling.local_num_cpus=4",
         f"run.dir={run_dir}",
     ]
-    assert _main([f"--set={kv}" for kv in args]) == 0
+    return _main([f"--set={kv}" for kv in args])
+
+
+def test_recjpq_item_codes_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
+    """MovieLens-100K with RecJPQ item codes: the driver assigns the codes once, the checkpoint
+    carries them, and the one-process model (item rows rebuilt from the sub-item tables) reproduces
+    the test metrics the job reported."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from argus_models.checkpoint import load_inference_model
+    from argus_models.recjpq import assign_codes
+    from argus_platform.item_parts import RECJPQ_CODES
+
+    run_dir = tmp_path / "ml100k-jpq"
+    assert _train_ml100k(run_dir, "model.item_codes=recjpq", "model.recjpq_splits=4", "model.recjpq_sub_items=64") == 0
     out = capsys.readouterr().out
     assert "[argus] RecJPQ item codes from a rank-4 SVD of 943 training histories" in out
     assert "4 sub-item tables of 64 rows x 4 wide, 25.9x fewer weights than one row per item" in out
@@ -297,7 +301,6 @@ def test_hstu_time_gap_bias_trains_reloads_and_reads_request_times(ray_local, tm
     history without timestamps with the field named."""
     import numpy as np
     import torch
-    from conftest import shared_file
 
     from argus_models.checkpoint import load_inference_model
     from argus_models.inference import encode_next
@@ -305,20 +308,7 @@ def test_hstu_time_gap_bias_trains_reloads_and_reads_request_times(ray_local, tm
     from argus_serve.ingress import BadRequest, Limits, RequestReader
 
     run_dir = tmp_path / "ml100k-hstu"
-    args = [
-        "data.source=movielens",
-        f"data.path={shared_file('ml-100k/u.data')}",
-        "model.encoder=hstu",
-        "model.embedding_dim=16",
-        "model.num_layers=1",
-        "model.max_seq_len=20",
-        "optim.batch_size=64",
-        "optim.epochs=1",
-        "optim.log_every_steps=0",
-        "scaling.local_num_cpus=4",
-        f"run.dir={run_dir}",
-    ]
-    assert _main([f"--set={kv}" for kv in args]) == 0
+    assert _train_ml100k(run_dir, "model.encoder=hstu") == 0
     capsys.readouterr()
     final = json.loads((run_dir / "metrics.json").read_text())
     ckpt = resolve_checkpoint(str(run_dir))

@@ -174,11 +174,12 @@ class HSTUBlock(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         positions: torch.Tensor | None,
-        times: torch.Tensor | None = None,
+        gaps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, S, D]; mask: bool [B or 1, 1, S, S] (True = may attend) or None for causal;
-        positions: the tokens' position ids, [S] or per row [B, S] (None: 0..S-1); times: [B, S]
-        the time (seconds) of each token's event, required when the block has a time bias."""
+        positions: the tokens' position ids, [S] or per row [B, S] (None: 0..S-1); gaps: [B, S, S]
+        the time-gap buckets of the tokens' events (`time_gap_buckets`, computed once per encoder
+        pass), required when the block has a time bias."""
         B, S, D = x.shape
         H = self.num_heads
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
@@ -187,9 +188,9 @@ class HSTUBlock(nn.Module):
         p = index if positions is None else positions
         bias = self.rel_bias[p[..., None, :] - p[..., :, None] + self.max_tokens - 1]  # [(B,) S(t), S(s)]
         if self.time_bias is not None:
-            if times is None:
-                raise ValueError("this HSTU layer has a time-gap bias: pass the events' times")
-            bias = bias + self.time_bias[time_gap_buckets(times, self.time_buckets)]  # [B, S, S]
+            if gaps is None:
+                raise ValueError("this HSTU layer has a time-gap bias: pass the events' time-gap buckets")
+            bias = bias + self.time_bias[gaps]  # [B, S, S]
         weights = F.silu(q @ k.transpose(-1, -2) + (bias if bias.dim() == 2 else bias[:, None])) / self.max_tokens
         allowed = (index[None, :] <= index[:, None]) if mask is None else mask
         weights = weights.masked_fill(~allowed, 0.0)
@@ -289,7 +290,7 @@ class CausalEncoder(nn.Module):
             raise ValueError(f"a time-gap bias is an HSTU encoder's; model.encoder is {cfg.encoder}")
         self.cfg = cfg
         self.max_tokens = max_tokens or cfg.max_seq_len
-        self.timed = bool(time_buckets)
+        self.time_buckets = time_buckets
         make = {
             "transformer": lambda: Block(cfg),
             "hstu": lambda: HSTUBlock(cfg, self.max_tokens, time_buckets),
@@ -330,10 +331,10 @@ class CausalEncoder(nn.Module):
         token's event time in seconds, required by (and only read by) an encoder with a time bias.
         Returns [B, S, D]."""
         B, S, D = x.shape
-        if self.timed and (times is None or times.shape != (B, S)):
+        if self.time_buckets and (times is None or times.shape != (B, S)):
             got = None if times is None else tuple(times.shape)
             raise ValueError(f"this HSTU encoder has a time-gap bias: it needs the tokens' times [{B}, {S}], got {got}")
-        times = times if self.timed else None
+        times = times if self.time_buckets else None
         last = S - 1 if positions is None else int(positions.max())
         if last >= self.max_tokens:
             raise ValueError(
@@ -367,7 +368,7 @@ class CausalEncoder(nn.Module):
     def _run(self, x: torch.Tensor, mask: torch.Tensor | None, rope, times: torch.Tensor | None) -> torch.Tensor:
         x = self.drop(x)
         recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
-        args = (mask, rope) if times is None else (mask, rope, times)
+        args = (mask, rope) if times is None else (mask, rope, time_gap_buckets(times, self.time_buckets))
         for block in self.blocks:
             # Checkpointing keeps only each block's input and recomputes the block in backward
             # (dropout masks are replayed from the saved RNG state).
