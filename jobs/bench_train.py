@@ -4,6 +4,7 @@
 python jobs/bench_train.py --config jobs/configs/argus-300m.yaml --num-items 1000000     # on a GPU
 python jobs/bench_train.py --config jobs/configs/argus-3m.yaml --set model.max_seq_len=8192 --set optim.batch_size=2
 python jobs/bench_train.py --config jobs/configs/ml1m.yaml --device cpu --set optim.precision=bf16   # vs =fp32
+python jobs/bench_train.py --config jobs/configs/ml1m.yaml --device cpu --num-items 3706 --timed-precision
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from argus_platform.bench_train import measure
 from argus_platform.cli import parse_config_and_args
 from argus_platform.config import TrainJobConfig
 from argus_platform.plan_argus import planning_schema
-from argus_platform.precision import resolve_precision
+from argus_platform.precision import resolve_precision, timed_precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
     parser.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--out", default="", help="also write the figures as JSON here")
+    parser.add_argument(
+        "--timed-precision",
+        action="store_true",
+        help="only time the step in fp32 and bf16 as optim.precision=auto does on a CPU with AVX512-BF16 and no "
+        "AMX, and print the choice",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config_and_args(TrainJobConfig, __doc__.splitlines()[0], add_arguments, argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg.scaling.apply_to_process()  # as a training worker does
+    if args.timed_precision:
+        chosen, why = timed_precision(cfg, planning_schema(cfg, args.num_items or cfg.data.synthetic.num_items), device)
+        print(f"precision: {chosen} ({why})")
+        return 0
     precision, why = resolve_precision(cfg.optim.precision, device)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
     print(f"precision: {precision} ({why})")

@@ -30,6 +30,7 @@ from argus_platform.data.prepare import load_prepared
 from argus_platform.epoch import EpochStats, checkpoint_and_report, improved, say, start_worker, train_epoch
 from argus_platform.evaluation import evaluate, user_sample
 from argus_platform.item_parts import item_part_rows
+from argus_platform.precision import bf16_worth_timing, timed_precision
 from argus_platform.progress import Progress, StolenCpu, duration
 from argus_platform.recipe import (
     choose_next_item_loss,
@@ -68,7 +69,7 @@ def run_worker(
     cfg: TrainJobConfig, run_dir: Path, iterate: Iterate, resume_dir: Path | None, report: Report, device: torch.device
 ) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
-    precision = start_worker(cfg, cfg.optim.seed, device)
+    requested, precision = cfg.optim.precision, start_worker(cfg, cfg.optim.seed, device)
     cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
     prepared = load_prepared(run_dir)
     schema = ModelSchema.load(run_dir / "schema.json")
@@ -87,6 +88,10 @@ def run_worker(
     cfg, chosen = resolve_data_choices(cfg, histories, choose_loss, schema.num_items)
     for line in chosen:
         say(f"[argus] {line}")
+    if requested == "auto" and bf16_worth_timing(device):  # the model is known now: time its step
+        precision, why = timed_precision(cfg, schema, device)
+        cfg = replace(cfg, optim=replace(cfg.optim, precision=precision))
+        say(f"[argus] precision: {precision} ({why})")
     counts = torch.from_numpy(prepared.item_counts)
     codes = prepared.item_features.codes if prepared.item_features else None
     parts = item_part_rows(schema, prepared.vocab.items, run_dir)  # multi-hash buckets or RecJPQ codes
