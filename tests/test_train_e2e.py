@@ -256,7 +256,29 @@ def _train_ml100k(run_dir, *options: str) -> int:
     return _main([f"--set={kv}" for kv in args])
 
 
-def test_recjpq_item_codes_train_checkpoint_and_reload(ray_local, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def ml100k_hstu_recjpq(ray_local, tmp_path_factory) -> tuple[Path, str]:
+    """One epoch on MovieLens-100K (timestamps in seconds) with the HSTU encoder and RecJPQ item
+    codes: (run dir, the job's terminal output). Two options that touch different parts of the
+    model (the encoder's attention bias, the item rows), trained once for the two tests below."""
+    import contextlib
+    import io
+
+    run_dir = tmp_path_factory.mktemp("ml100k") / "hstu-jpq"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = _train_ml100k(
+            run_dir,
+            "model.encoder=hstu",
+            "model.item_codes=recjpq",
+            "model.recjpq_splits=4",
+            "model.recjpq_sub_items=64",
+        )
+    assert rc == 0, out.getvalue()[-3000:]
+    return run_dir, out.getvalue()
+
+
+def test_recjpq_item_codes_train_checkpoint_and_reload(ml100k_hstu_recjpq):
     """MovieLens-100K with RecJPQ item codes: the driver assigns the codes once, the checkpoint
     carries them, and the one-process model (item rows rebuilt from the sub-item tables) reproduces
     the test metrics the job reported."""
@@ -267,9 +289,7 @@ def test_recjpq_item_codes_train_checkpoint_and_reload(ray_local, tmp_path, caps
     from argus_models.recjpq import assign_codes
     from argus_platform.item_parts import RECJPQ_CODES
 
-    run_dir = tmp_path / "ml100k-jpq"
-    assert _train_ml100k(run_dir, "model.item_codes=recjpq", "model.recjpq_splits=4", "model.recjpq_sub_items=64") == 0
-    out = capsys.readouterr().out
+    run_dir, out = ml100k_hstu_recjpq
     assert "[argus] RecJPQ item codes from a rank-4 SVD of 943 training histories" in out
     assert "4 sub-item tables of 64 rows x 4 wide, 25.9x fewer weights than one row per item" in out
     final = json.loads((run_dir / "metrics.json").read_text())
@@ -294,7 +314,7 @@ def test_recjpq_item_codes_train_checkpoint_and_reload(ray_local, tmp_path, caps
     assert np.array_equal(again, codes)  # the same codes from the same training split
 
 
-def test_hstu_time_gap_bias_trains_reloads_and_reads_request_times(ray_local, tmp_path, capsys):
+def test_hstu_time_gap_bias_trains_reloads_and_reads_request_times(ml100k_hstu_recjpq):
     """MovieLens-100K (timestamps in seconds) with `model.encoder=hstu`: the schema has the time-gap
     bias, the one-process model reproduces the job's test metrics (the collator hands it the event
     times), and Serve's request reader gives each history event its time and refuses a request
@@ -307,9 +327,7 @@ def test_hstu_time_gap_bias_trains_reloads_and_reads_request_times(ray_local, tm
     from argus_serve.api import RecommendRequest
     from argus_serve.ingress import BadRequest, Limits, RequestReader
 
-    run_dir = tmp_path / "ml100k-hstu"
-    assert _train_ml100k(run_dir, "model.encoder=hstu") == 0
-    capsys.readouterr()
+    run_dir, _ = ml100k_hstu_recjpq
     final = json.loads((run_dir / "metrics.json").read_text())
     ckpt = resolve_checkpoint(str(run_dir))
     model = load_inference_model(ckpt)
