@@ -86,11 +86,11 @@ def bf16_worth_timing(device: torch.device) -> bool:
     return bool(caps.get("avx512_bf16")) and not caps.get("amx_bf16")
 
 
-def _slowest(seconds: float) -> float:
+def slowest_rank(seconds: float, device: torch.device) -> float:
     """The slowest rank's figure (collective when distributed), so every rank makes the same choice."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return seconds
-    t = torch.tensor([seconds], dtype=torch.float64)
+    t = torch.tensor([seconds], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
@@ -113,7 +113,7 @@ def timed_precision(cfg, schema, device: torch.device, steps: int = 2) -> tuple[
     def step_seconds(precision: str) -> float:
         with torch.random.fork_rng(devices=[]):
             c = replace(cfg, optim=replace(cfg.optim, precision=precision))
-            return _slowest(measure(c, schema, device, steps=steps, warmup=1).step_seconds)
+            return slowest_rank(measure(c, schema, device, steps=steps, warmup=1).step_seconds, device)
 
     fp32 = step_seconds("fp32")
     if fp32 < TIMED_MIN_STEP_S:

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-import torch.distributed as dist
 
 from argus_models.losses import chunked_full_softmax_loss
 from argus_platform.config import LossConfig, TrainJobConfig, auto_loss, resolve_next_item_loss
 from argus_platform.configlib import ConfigError
 from argus_platform.data.history_stats import mean_windowed
+from argus_platform.precision import slowest_rank
 
 WINDOW_QUANTILE = "p95"  # model.max_seq_len=0: the window holds this share of the histories whole
 MAX_AUTO_WINDOW = 200  # ... up to this many events (attention's cost grows with the window)
@@ -61,11 +61,7 @@ def full_softmax_pair_seconds(device: torch.device, precision: str, dim: int, nu
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t)
-    per_pair = torch.tensor([best / (n * c)], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        per_pair = per_pair.to(device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(per_pair, op=dist.ReduceOp.MAX)
-    return float(per_pair.item())
+    return slowest_rank(best / (n * c), device)
 
 
 def choose_next_item_loss(
