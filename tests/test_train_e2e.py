@@ -343,7 +343,16 @@ def test_hstu_time_gap_bias_trains_reloads_and_reads_request_times(ml100k_hstu_r
     assert torch.isfinite(query).all()
     later = [{**e, "timestamp": e["timestamp"] + 10**7 * k} for k, e in enumerate(timed)]
     moved = reader.prepare(RecommendRequest(history=later, k=5), from_store=False)
-    assert not torch.allclose(encode_next(model, [moved.events], [moved.next_context])[1], query)  # times are read
+    # One epoch moves each bucket's bias by ~1e-3, too little to pin reliably through the query; with a
+    # bias that grows with the gap the moved times must change the query, and without one must not.
+    bias = model.dense.encoder.blocks[0].time_bias
+    with torch.no_grad():
+        bias.copy_(torch.linspace(-2.0, 2.0, len(bias)))
+        ramped = [encode_next(model, [r.events], [r.next_context])[1] for r in (prepared, moved)]
+        bias.zero_()
+        flat = [encode_next(model, [r.events], [r.next_context])[1] for r in (prepared, moved)]
+    assert (ramped[0] - ramped[1]).abs().max() > 1e-3  # the request's times reach the attention bias
+    assert torch.equal(flat[0], flat[1])  # and only through it
     with pytest.raises(BadRequest, match=r"history\[1\]: no timestamp; this model's HSTU encoder"):
         reader.prepare(RecommendRequest(history=[timed[0], {"item_id": raw_items[1]}], k=5), from_store=False)
     stored = reader.store.get(str(reader.vocab.users[0]))
